@@ -1,0 +1,1 @@
+"""Dask graphs over chunked arrays, and running them on a cluster."""

@@ -1,0 +1,1 @@
+"""Everything that touches bytes: fsspec discovery, loaders, Zarr stores, exports."""

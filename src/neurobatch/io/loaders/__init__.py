@@ -1,0 +1,1 @@
+"""One loader module per input format, all returning the same Dataset shapes."""

@@ -1,0 +1,1 @@
+"""Pure NumPy/SciPy kernels, one operation per module; never imports dask."""

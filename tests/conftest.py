@@ -1,0 +1,53 @@
+"""Shared fixtures: a real ``distributed.LocalCluster`` and the schedulers to compare on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+import pytest
+from distributed import Client, LocalCluster
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "slow",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("default")
+
+
+@pytest.fixture(scope="session")
+def local_client() -> Iterator[Client]:
+    """A real two-process ``LocalCluster`` on loopback, shared by the whole session."""
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        memory_limit="2GiB",
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(params=["threads", "distributed"])
+def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Make dask compute on the threaded scheduler, then on the real LocalCluster.
+
+    Both lazy collections (``.compute()``) and eager engine functions that compute
+    internally use the scheduler set here for the duration of the test.
+    """
+    get: Any = "threads"
+    if request.param == "distributed":
+        get = request.getfixturevalue("local_client").get
+    with dask.config.set(scheduler=get):
+        yield request.param
