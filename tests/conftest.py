@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dask
@@ -51,3 +52,14 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
         get = request.getfixturevalue("local_client").get
     with dask.config.set(scheduler=get):
         yield request.param
+
+
+@contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Fail if anything inside the block computes a dask graph (graph building must be lazy)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("dask computed inside a block that must only build a graph")
+
+    with dask.config.set(scheduler=refuse):
+        yield

@@ -1,0 +1,275 @@
+"""Butterworth design, zero-phase filtering, and the overlap depth a blocked filter needs.
+
+The zero-phase filter is SciPy's ``sosfiltfilt`` with odd padding, PhoPro's choice. A
+blocked run extends every block by :func:`overlap_depth` samples on each side: beyond that
+distance the forward-backward impulse response has decayed below ``rtol`` of its peak, so
+the block edges no longer influence the kept samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import scipy.signal
+from numpy.typing import ArrayLike, NDArray
+
+from neurobatch.kernels._validation import validate_choice, validate_finite
+
+__all__ = [
+    "FilterKind",
+    "butter_sos",
+    "overlap_depth",
+    "pad_length",
+    "validate_signal_length",
+    "zero_phase_filter",
+]
+
+FilterKind = Literal["lowpass", "highpass", "bandpass", "bandstop"]
+_FILTER_KINDS: tuple[str, ...] = ("lowpass", "highpass", "bandpass", "bandstop")
+
+
+def butter_sos(
+    kind: FilterKind,
+    cutoff_hz: float | tuple[float, float],
+    *,
+    fs: float,
+    order: int = 4,
+) -> NDArray[np.float64]:
+    """Design a digital Butterworth filter as second-order sections.
+
+    Parameters
+    ----------
+    kind : {"lowpass", "highpass", "bandpass", "bandstop"}
+        The filter type.
+    cutoff_hz : float or (float, float)
+        The -3 dB frequency in Hz: one value for ``lowpass`` and ``highpass``, a
+        ``(low, high)`` pair for ``bandpass`` and ``bandstop``.
+    fs : float
+        Sampling rate in Hz.
+    order : int, default 4
+        Filter order (the forward-backward filter has twice this order).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_sections, 6)`` second-order sections, as ``scipy.signal.butter(...,
+        output="sos")`` gives with the cutoff normalised by the Nyquist frequency.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown, ``order`` is not a positive integer, ``fs`` is not
+        positive, or a cutoff is not strictly between 0 and the Nyquist frequency.
+
+    See Also
+    --------
+    zero_phase_filter : apply the sections forward and backward.
+
+    Examples
+    --------
+    >>> sos = butter_sos("lowpass", 3.0, fs=1000.0, order=4)
+    >>> sos.shape
+    (2, 6)
+    >>> butter_sos("lowpass", 600.0, fs=1000.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: cutoff_hz must lie strictly between 0 and the Nyquist frequency 500.0 Hz (fs=1000.0), got 600.0.
+    """
+    validate_choice(kind, "kind", _FILTER_KINDS)
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or order < 1:
+        raise ValueError(f"order must be a positive integer, got {order!r}.")
+    if not math.isfinite(fs) or fs <= 0:
+        raise ValueError(f"fs must be a positive sampling rate in Hz, got {fs!r}.")
+    two_sided = kind in ("bandpass", "bandstop")
+    cutoffs = np.atleast_1d(np.asarray(cutoff_hz, dtype=np.float64))
+    if two_sided and (cutoffs.shape != (2,) or not cutoffs[0] < cutoffs[1]):
+        raise ValueError(
+            f"cutoff_hz for a {kind} filter must be a (low, high) pair with low < high, "
+            f"got {cutoff_hz!r}."
+        )
+    if not two_sided and cutoffs.shape != (1,):
+        raise ValueError(f"cutoff_hz for a {kind} filter must be one frequency, got {cutoff_hz!r}.")
+    nyquist = fs / 2
+    if not np.all((cutoffs > 0) & (cutoffs < nyquist)):
+        raise ValueError(
+            "cutoff_hz must lie strictly between 0 and the Nyquist frequency "
+            f"{nyquist} Hz (fs={fs}), got {cutoff_hz!r}."
+        )
+    wn = cutoffs / nyquist
+    sos: NDArray[np.float64] = scipy.signal.butter(
+        int(order), wn if two_sided else wn[0], btype=kind, output="sos"
+    )
+    return sos
+
+
+def pad_length(sos: ArrayLike) -> int:
+    """Return the default pad length of ``scipy.signal.sosfiltfilt`` for these sections.
+
+    Parameters
+    ----------
+    sos : array_like
+        ``(n_sections, 6)`` second-order sections.
+
+    Returns
+    -------
+    int
+        ``3 * (2 * n_sections + 1 - min(zeros in b2, zeros in a2))``: a signal must be
+        longer than this to be filtered.
+
+    Examples
+    --------
+    >>> pad_length(butter_sos("lowpass", 3.0, fs=1000.0, order=4))
+    15
+    """
+    sos_arr = _validate_sos(sos)
+    n_taps = 2 * len(sos_arr) + 1
+    n_taps -= min(int((sos_arr[:, 2] == 0).sum()), int((sos_arr[:, 5] == 0).sum()))
+    return 3 * n_taps
+
+
+def zero_phase_filter(x: ArrayLike, sos: ArrayLike, *, axis: int = 0) -> NDArray[np.float64]:
+    """Filter forward and backward, as ``scipy.signal.sosfiltfilt(padtype="odd")``.
+
+    Parameters
+    ----------
+    x : array_like
+        The signal; any shape, filtered along ``axis``. Must be finite.
+    sos : array_like
+        ``(n_sections, 6)`` second-order sections, e.g. from :func:`butter_sos`.
+    axis : int, default 0
+        The time axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        The zero-phase filtered signal, same shape as ``x``, in float64 (or the wider of
+        the input and sections dtypes).
+
+    Raises
+    ------
+    ValueError
+        If ``x`` holds NaN or infinity, or is not longer than :func:`pad_length` along
+        ``axis``.
+
+    See Also
+    --------
+    overlap_depth : how far a blocked run must extend each block.
+    neurobatch.engine.blocked.zero_phase_filter : the same filter over a chunked dask array.
+
+    Examples
+    --------
+    >>> fs = 1000.0
+    >>> t = np.arange(2000) / fs
+    >>> x = np.sin(2 * np.pi * 1.0 * t) + np.sin(2 * np.pi * 50.0 * t)
+    >>> y = zero_phase_filter(x, butter_sos("lowpass", 3.0, fs=fs))
+    >>> bool(np.abs(y[500:1500] - np.sin(2 * np.pi * 1.0 * t[500:1500])).max() < 0.01)
+    True
+    """
+    x_arr = validate_finite(x, "x")
+    sos_arr = _validate_sos(sos)
+    validate_signal_length(x_arr.shape[axis], sos_arr)
+    y: NDArray[np.float64] = scipy.signal.sosfiltfilt(sos_arr, x_arr, axis=axis, padtype="odd")
+    return y
+
+
+def overlap_depth(sos: ArrayLike, *, rtol: float = 1e-12) -> int:
+    """Return the samples after which the forward-backward impulse response stays below ``rtol``.
+
+    The forward-backward filter's impulse response is the autocorrelation ``r[k]`` of the
+    forward impulse response ``h``. The depth is the smallest ``d`` with
+    ``|r[k]| < rtol * max|r|`` for every ``k >= d``: extending each block by ``d`` samples
+    on both sides makes a blocked zero-phase filter equal the whole-array one to about
+    ``rtol`` of the signal's scale. It is never less than :func:`pad_length`.
+
+    Parameters
+    ----------
+    sos : array_like
+        ``(n_sections, 6)`` second-order sections of a stable filter.
+    rtol : float, default 1e-12
+        The relative level, in (0, 1), below which the response counts as decayed.
+
+    Returns
+    -------
+    int
+        The depth in samples.
+
+    Raises
+    ------
+    ValueError
+        If the filter is unstable (a pole on or outside the unit circle) or ``rtol`` is not
+        in (0, 1).
+
+    Examples
+    --------
+    >>> overlap_depth(butter_sos("lowpass", 3.0, fs=1000.0, order=4))
+    3728
+    >>> overlap_depth(butter_sos("bandpass", (300.0, 6000.0), fs=30000.0, order=3))
+    812
+    """
+    sos_arr = _validate_sos(sos)
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol!r}.")
+    poles = np.concatenate([np.roots(section[3:]) for section in sos_arr])
+    radius = float(np.abs(poles).max()) if poles.size else 0.0
+    if radius >= 1:
+        raise ValueError(
+            f"the filter is unstable (largest pole magnitude {radius:.6f} >= 1); "
+            "a zero-phase filter needs a stable design."
+        )
+    # The tail of h decays like n**m * radius**n (m: pole multiplicity); simulate far enough
+    # past where radius**n alone reaches rtol that the tail is resolved, then measure it.
+    n_tail = math.log(rtol * 1e-3) / math.log(radius) if radius > 0 else 1.0
+    n_h = int(2 * n_tail) + 64
+    impulse = np.zeros(n_h)
+    impulse[0] = 1.0
+    h = scipy.signal.sosfilt(sos_arr, impulse)
+    autocorrelation = scipy.signal.correlate(h, h, mode="full", method="fft")[n_h - 1 :]
+    magnitude = np.abs(autocorrelation)
+    above = np.flatnonzero(magnitude >= rtol * magnitude.max())
+    depth = int(above[-1]) + 1 if above.size else 1
+    return max(depth, pad_length(sos_arr))
+
+
+def _validate_sos(sos: ArrayLike) -> NDArray[np.float64]:
+    sos_arr = np.asarray(sos, dtype=np.float64)
+    if sos_arr.ndim != 2 or sos_arr.shape[1] != 6 or len(sos_arr) == 0:
+        raise ValueError(
+            f"sos must be an array of shape (n_sections, 6), got shape {sos_arr.shape}."
+        )
+    if not np.allclose(sos_arr[:, 3], 1.0):
+        raise ValueError("sos must have a0 == 1 in every section (column 3), as scipy designs it.")
+    return sos_arr
+
+
+def validate_signal_length(n_samples: int, sos: ArrayLike) -> None:
+    """Raise unless a signal of ``n_samples`` is long enough to zero-phase filter with ``sos``.
+
+    Parameters
+    ----------
+    n_samples : int
+        The signal's length along the time axis.
+    sos : array_like
+        ``(n_sections, 6)`` second-order sections.
+
+    Raises
+    ------
+    ValueError
+        If ``n_samples`` is not greater than :func:`pad_length` of ``sos``.
+
+    Examples
+    --------
+    >>> validate_signal_length(10, butter_sos("lowpass", 3.0, fs=1000.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: the signal has 10 samples along the time axis; a zero-phase filter with 2 second-order sections needs at least 16 (more than the pad length 15).
+    """
+    sos_arr = _validate_sos(sos)
+    min_length = pad_length(sos_arr) + 1
+    if n_samples < min_length:
+        raise ValueError(
+            f"the signal has {n_samples} samples along the time axis; a zero-phase filter "
+            f"with {len(sos_arr)} second-order sections needs at least {min_length} "
+            f"(more than the pad length {min_length - 1})."
+        )
