@@ -1,0 +1,228 @@
+"""Realistic synthetic recordings for the demo, the tests and the benchmarks.
+
+- :func:`photometry_recording`: two-channel fibre photometry (signal and isosbestic) with
+  photobleaching, shared motion artefacts, cue-locked calcium transients and behavioural
+  events, shaped as DESIGN.md's Recording.
+- :func:`movie_with_spikes`: a white-noise stimulus movie and spike trains of units with
+  planted spatio-temporal receptive fields, shaped as DESIGN.md's Movie.
+
+Everything is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.signal
+import xarray as xr
+
+__all__ = ["movie_with_spikes", "photometry_recording"]
+
+
+def photometry_recording(
+    *,
+    duration_s: float = 600.0,
+    fs: float = 1000.0,
+    seed: int = 0,
+    mean_iti_s: float = 20.0,
+    response_dff: float = 0.08,
+) -> xr.Dataset:
+    """Simulate one two-channel photometry recording with behavioural events.
+
+    The isosbestic channel carries photobleaching (two exponentials), slow drift and
+    motion artefacts; the signal channel is a scaled copy of the same baseline times
+    ``1 + dF/F``, where dF/F holds calcium transients (fast rise, 0.4 s decay) after each
+    lever press and spontaneously, plus independent shot noise on both channels.
+
+    Events: ``trial_cue`` every ``mean_iti_s`` seconds on average (jittered); after about
+    80 % of cues a ``lever1`` or ``lever2`` press 2-4 s later; a ``shock`` after 10 % of
+    cues, 5 s later.
+
+    Parameters
+    ----------
+    duration_s : float, default 600
+        Length of the recording in seconds.
+    fs : float, default 1000
+        Sampling rate in Hz.
+    seed : int, default 0
+        Seed of the random generator.
+    mean_iti_s : float, default 20
+        Mean interval between trial cues, in seconds.
+    response_dff : float, default 0.08
+        Peak dF/F of a lever-press transient.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``signal(time)`` and ``isosbestic(time)`` (float64), coordinate ``time`` in
+        seconds; ``event_time(event)`` with coordinate ``event_name(event)``, sorted by
+        time; ``true_dff(time)`` (the planted dF/F, for checks); metadata in ``attrs``.
+
+    Examples
+    --------
+    >>> rec = photometry_recording(duration_s=600.0, fs=100.0, seed=1)
+    >>> rec.sizes["time"], rec.attrs["sampling_rate"]
+    (60000, 100.0)
+    >>> sorted(set(rec.event_name.values.tolist()))
+    ['lever1', 'lever2', 'shock', 'trial_cue']
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * fs))
+    t = np.arange(n) / fs
+
+    # behaviour
+    cues = np.cumsum(rng.uniform(0.5, 1.5, size=int(duration_s / mean_iti_s) + 2) * mean_iti_s)
+    cues = cues[cues < duration_s - 10.0]
+    pressed = rng.random(cues.size) < 0.8
+    which = rng.random(cues.size) < 0.5
+    press_times = cues + rng.uniform(2.0, 4.0, size=cues.size)
+    shocked = rng.random(cues.size) < 0.1
+    events = {
+        "trial_cue": cues,
+        "lever1": press_times[pressed & which],
+        "lever2": press_times[pressed & ~which],
+        "shock": cues[shocked] + 5.0,
+    }
+
+    # calcium transients: lever-locked plus spontaneous
+    spontaneous = np.sort(rng.uniform(0, duration_s, size=int(duration_s / 15)))
+    onsets = np.concatenate([press_times[pressed], spontaneous])
+    amplitudes = np.concatenate(
+        [
+            response_dff * rng.uniform(0.7, 1.3, size=int(pressed.sum())),
+            0.3 * response_dff * rng.uniform(0.5, 1.5, size=spontaneous.size),
+        ]
+    )
+    impulses = np.zeros(n)
+    np.add.at(impulses, np.minimum((onsets * fs).astype(np.int64), n - 1), amplitudes)
+    kernel_t = np.arange(int(3.0 * fs)) / fs
+    kernel = (1 - np.exp(-kernel_t / 0.05)) * np.exp(-kernel_t / 0.4)
+    kernel /= kernel.max()
+    true_dff = scipy.signal.oaconvolve(impulses, kernel)[:n]
+
+    # shared baseline: bleaching, drift, motion artefacts
+    bleach = 1.0 + 0.25 * np.exp(-t / (0.4 * max(duration_s, 60.0))) + 0.08 * np.exp(-t / 30.0)
+    drift = 0.01 * np.sin(2 * np.pi * t / max(duration_s, 1.0) + rng.uniform(0, 2 * np.pi))
+    motion = np.zeros(n)
+    for start in rng.uniform(0, duration_s, size=max(1, int(duration_s / 120))):
+        i0 = int(start * fs)
+        width = int(rng.uniform(0.2, 1.0) * fs)
+        motion[i0 : i0 + width] -= rng.uniform(0.02, 0.06) * np.hanning(len(motion[i0 : i0 + width]))
+    baseline = bleach + drift + motion
+
+    isosbestic = 0.9 * baseline + 0.003 * rng.standard_normal(n)
+    signal = 1.6 * baseline * (1 + true_dff) + 0.1 + 0.004 * rng.standard_normal(n)
+
+    names = np.concatenate([np.full(v.size, k) for k, v in events.items()])
+    times = np.concatenate(list(events.values()))
+    order = np.argsort(times, kind="stable")
+    return xr.Dataset(
+        {
+            "signal": ("time", signal),
+            "isosbestic": ("time", isosbestic),
+            "true_dff": ("time", true_dff),
+            "event_time": ("event", times[order]),
+        },
+        coords={"time": t, "event_name": ("event", names[order].astype(str))},
+        attrs={
+            "sampling_rate": float(fs),
+            "subject": f"mouse-{seed:03d}",
+            "sex": "F" if seed % 2 else "M",
+            "age": 60 + seed % 30,
+            "session": f"session-{seed:03d}",
+            "source": "neurobatch.synthetic.photometry_recording",
+        },
+    )
+
+
+def movie_with_spikes(
+    *,
+    n_frames: int = 20_000,
+    height: int = 16,
+    width: int = 16,
+    n_units: int = 20,
+    n_lags: int = 8,
+    fps: float = 60.0,
+    onset_s: float = 1.0,
+    mean_rate_hz: float = 5.0,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Simulate a white-noise movie and units with planted receptive fields.
+
+    Each unit has a Gaussian spatial receptive field at a random position, with a
+    biphasic temporal profile over ``n_lags`` frames; its firing rate is a rectified
+    linear response to the movie, scaled to ``mean_rate_hz``, and spikes are Poisson,
+    placed uniformly within their frame.
+
+    Parameters
+    ----------
+    n_frames, height, width : int
+        Movie size.
+    n_units : int
+        Number of units.
+    n_lags : int
+        Length of the planted receptive fields in frames.
+    fps : float
+        Frame rate in Hz.
+    onset_s : float
+        Time of the first frame, in seconds.
+    mean_rate_hz : float
+        Mean firing rate of each unit.
+    seed : int
+        Seed of the random generator.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``frames(frame, y, x)`` (float32, zero mean, unit variance) with coordinate
+        ``frame_time``; ``spike_time(spike)`` with coordinate ``unit(spike)``;
+        ``receptive_field(unit_id, lag, y, x)`` the planted filters; ``fps`` and
+        ``stimulus_onset`` in ``attrs``.
+
+    Examples
+    --------
+    >>> ds = movie_with_spikes(n_frames=600, height=8, width=8, n_units=3, seed=2)
+    >>> ds.frames.shape, ds.receptive_field.shape
+    ((600, 8, 8), (3, 8, 8, 8))
+    """
+    rng = np.random.default_rng(seed)
+    frames = rng.standard_normal((n_frames, height, width)).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    lags = np.arange(n_lags)
+    temporal = np.sin(np.pi * (lags + 1) / (n_lags + 1)) * np.exp(-lags / max(n_lags / 3, 1))
+    temporal -= 0.3 * np.sin(np.pi * lags / max(n_lags - 1, 1)) ** 2
+    fields = np.empty((n_units, n_lags, height, width))
+    spike_times: list[np.ndarray] = []
+    units: list[np.ndarray] = []
+    flat = frames.reshape(n_frames, -1).astype(np.float64)
+    for u in range(n_units):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        sigma = rng.uniform(0.8, 2.0)
+        spatial = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+        fields[u] = temporal[:, None, None] * spatial
+        drive = np.zeros(n_frames)
+        projection = flat @ spatial.ravel()
+        for lag in range(n_lags):
+            drive[lag:] += temporal[lag] * projection[: n_frames - lag]
+        rate = np.maximum(drive, 0)
+        rate *= mean_rate_hz / max(rate.mean(), 1e-12) / fps
+        counts = rng.poisson(rate)
+        frame_of_spike = np.repeat(np.arange(n_frames), counts)
+        times = onset_s + (frame_of_spike + rng.uniform(0, 1, frame_of_spike.size)) / fps
+        spike_times.append(times)
+        units.append(np.full(times.size, u))
+    all_times = np.concatenate(spike_times)
+    all_units = np.concatenate(units)
+    order = np.argsort(all_times, kind="stable")
+    return xr.Dataset(
+        {
+            "frames": (("frame", "y", "x"), frames),
+            "spike_time": ("spike", all_times[order]),
+            "receptive_field": (("unit_id", "lag", "y", "x"), fields),
+        },
+        coords={
+            "frame_time": ("frame", onset_s + np.arange(n_frames) / fps),
+            "unit": ("spike", all_units[order]),
+            "unit_id": np.arange(n_units),
+        },
+        attrs={"fps": float(fps), "stimulus_onset": float(onset_s)},
+    )
