@@ -43,7 +43,8 @@ def validate_finite(x: ArrayLike, name: str) -> NDArray[Any]:
         n_nan = int(np.isnan(arr).sum())
         n_inf = int(np.isinf(arr).sum())
         first = np.flatnonzero(~np.isfinite(arr.ravel()))[0]
-        where = np.unravel_index(first, arr.shape) if arr.ndim > 1 else int(first)
+        index = np.unravel_index(first, arr.shape)
+        where = tuple(int(i) for i in index) if arr.ndim > 1 else int(first)
         raise ValueError(
             f"{name} must be finite, got {n_nan} NaN and {n_inf} infinite value(s) "
             f"(first at index {where})."

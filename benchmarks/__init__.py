@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and compare side by side; never run as timed tests."""
