@@ -13,6 +13,8 @@ def chunkings(draw: st.DrawFn, length: int, *, max_chunks: int = 12) -> tuple[in
     or the whole array.
     """
     n_cuts = draw(st.integers(min_value=0, max_value=min(max_chunks - 1, length - 1)))
+    if n_cuts == 0:
+        return (length,)
     cuts = draw(
         st.lists(
             st.integers(min_value=1, max_value=length - 1),

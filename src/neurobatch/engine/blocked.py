@@ -7,13 +7,24 @@ so that running chunk by chunk gives the whole-array answer.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, cast
 
+import dask
 import dask.array as da
 import numpy as np
-from numpy.typing import ArrayLike
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from numpy.typing import ArrayLike, NDArray
 
-from neurobatch.kernels import correction, filters
+from neurobatch.kernels import correction, filters, fitting
+from neurobatch.kernels import sta as sta_kernels
+from neurobatch.kernels import trials as trial_kernels
 from neurobatch.kernels._validation import validate_choice
 from neurobatch.kernels.correction import Normalization
 
@@ -194,7 +205,802 @@ def normalize(x: da.Array, *, method: Normalization = "zscore") -> da.Array:
 
 
 # --- isosbestic fits ------------------------------------------------------------------------
+# The algorithms live in neurobatch.kernels.fitting, written against a ``reduce(chunk,
+# combine)`` callable; here that callable is a dask tree reduction over aligned blocks of
+# (isosbestic, signal), computed on dask's current scheduler.
+
+
+def _fit_channels(
+    isosbestic: da.Array | ArrayLike, signal: da.Array | ArrayLike
+) -> tuple[da.Array, da.Array]:
+    """Validate the two channels and unify their chunks (both get every chunk boundary)."""
+    from dask.array.core import unify_chunks
+
+    arrays: dict[str, da.Array] = {}
+    for name, value in (("isosbestic", isosbestic), ("signal", signal)):
+        a = value if isinstance(value, da.Array) else da.asarray(value)  # type: ignore[no-untyped-call]
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}.")
+        if a.ndim != 1:
+            raise ValueError(f"{name} must be 1-D (samples along time), got shape {a.shape}.")
+        if any(math.isnan(c) for c in a.chunks[0]):
+            raise ValueError(
+                f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first."
+            )
+        arrays[name] = a
+    x, y = arrays["isosbestic"], arrays["signal"]
+    if x.shape != y.shape:
+        raise ValueError(
+            f"isosbestic and signal must have the same length, got {x.shape[0]} and "
+            f"{y.shape[0]}."
+        )
+    if x.chunks != y.chunks:
+        logger.debug("fit: unifying chunks %s and %s", x.chunks[0], y.chunks[0])
+        _, (x, y) = unify_chunks(x, "i", y, "i")
+    return x, y
+
+
+def _fit_block(x: NDArray[Any], y: NDArray[Any], *, chunk: Any) -> NDArray[np.object_]:
+    """One block's partial, boxed in a 1-element object array (a dask block)."""
+    box = np.empty(1, dtype=object)
+    box[0] = chunk(x, y)
+    return box
+
+
+def _fit_unbox(box: NDArray[np.object_], axis: Any, keepdims: bool) -> Any:
+    """Reduction ``chunk`` step: take the partial out of its box."""
+    return box[0]
+
+
+def _fit_combine(combine: Any, parts: Any, axis: Any, keepdims: bool) -> Any:
+    """Reduction ``combine`` step: the kernel's combine over a list of partials."""
+    return combine(parts if isinstance(parts, list) else [parts])
+
+
+def _fit_aggregate(combine: Any, parts: Any, axis: Any, keepdims: bool) -> NDArray[np.object_]:
+    """Reduction ``aggregate`` step: the last combine, boxed in a 0-d object array."""
+    box = np.empty((), dtype=object)
+    box[()] = _fit_combine(combine, parts, axis, keepdims)
+    return box
+
+
+def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.Reducer:
+    """A reducer running kernel chunk/combine functions as a dask tree reduction."""
+    if split_every is not None and (
+        isinstance(split_every, bool)
+        or not isinstance(split_every, int | np.integer)
+        or split_every < 2
+    ):
+        raise ValueError(
+            f"split_every must be an integer >= 2 (how many partials each combine step "
+            f"merges) or None for dask's default, got {split_every!r}."
+        )
+    n_blocks = x.numblocks[0]
+
+    def reduce(chunk: Any, combine: Any, /) -> Any:
+        token = uuid.uuid4().hex
+        parts = da.map_blocks(
+            _fit_block,
+            x,
+            y,
+            chunk=chunk,
+            chunks=((1,) * n_blocks,),
+            dtype=object,
+            meta=np.empty((0,), dtype=object),
+            name=f"fit-chunk-{token}",
+        )
+        total = da.reduction(
+            parts,
+            _fit_unbox,
+            functools.partial(_fit_aggregate, combine),
+            combine=functools.partial(_fit_combine, combine),
+            axis=0,
+            dtype=object,
+            split_every=split_every,
+            concatenate=False,
+            meta=np.empty((), dtype=object),
+            name=f"fit-combine-{token}",
+        )
+        (boxed,) = dask.compute(total)
+        return boxed[()]
+
+    return reduce
+
+
+def fit_ols(
+    isosbestic: da.Array | ArrayLike,
+    signal: da.Array | ArrayLike,
+    *,
+    intercept: bool = True,
+    split_every: int | None = None,
+) -> fitting.FitResult:
+    """Least-squares fit ``signal ≈ b0 + b1 * isosbestic`` over arrays chunked along time.
+
+    One tree reduction of per-block co-moments (:func:`neurobatch.kernels.fitting.
+    comoments_chunk`, merged with Chan et al.'s formula), computed now on dask's current
+    scheduler. The result equals :func:`neurobatch.kernels.fitting.fit_ols` on the whole
+    arrays to rounding (~1e-12 relative).
+
+    Parameters
+    ----------
+    isosbestic : dask.array.Array or array_like
+        Shape ``(n,)``: the isosbestic channel, chunked along time.
+    signal : dask.array.Array or array_like
+        Shape ``(n,)``: the signal channel. Its chunks may differ from the isosbestic's:
+        both are rechunked to the union of their chunk boundaries
+        (``dask.array.core.unify_chunks``), so equal chunks cost nothing.
+    intercept : bool, default True
+        Fit ``b0 + b1 x`` (True) or ``b1 x`` (False).
+    split_every : int, optional
+        Fan-in of the tree reduction (>= 2); dask's default when None.
+
+    Returns
+    -------
+    neurobatch.kernels.fitting.FitResult
+        ``method='ols'``.
+
+    Raises
+    ------
+    TypeError
+        If an input is not real-valued.
+    ValueError
+        If an input is not 1-D or has unknown chunk sizes, the lengths differ,
+        ``split_every`` is not an integer >= 2, the data hold NaN or infinity (found from
+        the co-moments once computed), there are fewer than 2 samples, or the isosbestic is
+        constant.
+
+    See Also
+    --------
+    neurobatch.kernels.fitting.fit_ols : the same on NumPy arrays.
+
+    Examples
+    --------
+    >>> iso = da.from_array(np.linspace(1.0, 2.0, 10), chunks=3)
+    >>> fit = fit_ols(iso, 0.5 + 2.0 * iso, split_every=2)
+    >>> print(f"{fit.intercept:.6f} {fit.slope:.6f} {fit.r_squared:.6f}")
+    0.500000 2.000000 1.000000
+    """
+    x, y = _fit_channels(isosbestic, signal)
+    logger.debug("fit_ols: %d blocks, split_every=%s", x.numblocks[0], split_every)
+    return fitting.solve_ols(_fit_reducer(x, y, split_every), intercept=intercept)
+
+
+def fit_irls(
+    isosbestic: da.Array | ArrayLike,
+    signal: da.Array | ArrayLike,
+    *,
+    c: float = 3.0,
+    maxiter: int = 50,
+    tol: float = 1e-8,
+    intercept: bool = True,
+    split_every: int | None = None,
+) -> fitting.FitResult:
+    """Robust fit (Tukey's biweight, IRLS as statsmodels' ``RLM``) over chunked arrays.
+
+    :func:`neurobatch.kernels.fitting.solve_irls` with every pass a dask tree reduction,
+    computed now on dask's current scheduler: one pass of co-moments, then per iteration
+    one pass of Tukey-weighted co-moments and one pass over the residuals (deviance and
+    exact median of ``|residual|``; rarely more). The inputs are read on every pass
+    (2 per iteration, typically 10–30 iterations): persist them first (``dask.persist``)
+    if they are expensive to compute, e.g. the output of a filter. The result equals the
+    whole-array kernel :func:`neurobatch.kernels.fitting.fit_irls` to rounding.
+
+    Parameters
+    ----------
+    isosbestic : dask.array.Array or array_like
+        Shape ``(n,)``: the isosbestic channel, chunked along time.
+    signal : dask.array.Array or array_like
+        Shape ``(n,)``: the signal channel (chunks unified with the isosbestic's, as in
+        :func:`fit_ols`).
+    c : float, default 3.0
+        Tukey's tuning constant.
+    maxiter : int, default 50
+        Maximum iterations, counted as statsmodels does.
+    tol : float, default 1e-8
+        Tolerance on the change of the deviance.
+    intercept : bool, default True
+        Whether to fit the intercept.
+    split_every : int, optional
+        Fan-in of the tree reductions (>= 2); dask's default when None.
+
+    Returns
+    -------
+    neurobatch.kernels.fitting.FitResult
+        ``method='irls'``, with ``scale``, ``n_iter`` and ``converged``.
+
+    Raises
+    ------
+    TypeError
+        If an input is not real-valued.
+    ValueError
+        As :func:`fit_ols`, and if an option is out of range or there are fewer than 3
+        samples (2 without intercept).
+
+    See Also
+    --------
+    neurobatch.kernels.fitting.fit_irls : the same on NumPy arrays.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> iso = 1.0 + 0.01 * rng.standard_normal(1000)
+    >>> sig = 0.2 + 1.5 * iso + 0.001 * rng.standard_normal(1000)
+    >>> sig[100:120] += 0.5  # a motion artefact
+    >>> fit = fit_irls(da.from_array(iso, chunks=300), da.from_array(sig, chunks=250))
+    >>> fit == fitting.fit_irls(iso, sig)
+    True
+    """
+    x, y = _fit_channels(isosbestic, signal)
+    logger.debug("fit_irls: %d blocks, split_every=%s", x.numblocks[0], split_every)
+    return fitting.solve_irls(
+        _fit_reducer(x, y, split_every), c=c, maxiter=maxiter, tol=tol, intercept=intercept
+    )
+
 
 # --- trial windows --------------------------------------------------------------------------
 
+
+def _time_first(x: da.Array | ArrayLike, axis: int) -> da.Array:
+    """Return ``x`` as a dask array with its time axis first."""
+    arr = x if isinstance(x, da.Array) else da.asarray(x)
+    if not -arr.ndim <= axis < arr.ndim:
+        raise ValueError(
+            f"axis must be in [{-arr.ndim}, {arr.ndim}) for a {arr.ndim}-D signal, got {axis}."
+        )
+    axis %= arr.ndim
+    return arr if axis == 0 else da.moveaxis(arr, axis, 0)
+
+
+def _blocked_windows(
+    x: da.Array,
+    starts: NDArray[np.int64],
+    fractions: NDArray[np.float64] | None,
+    length: int,
+    operation: str,
+) -> da.Array:
+    """Build the gather graph: one task per source block holding window starts.
+
+    ``x`` has time first; ``starts`` are sorted and in range. The windows starting in block
+    ``b`` are cut from block ``b`` extended to the right by the samples they need (up to
+    ``span - 1``), taken from as many following chunks as that reaches: a one-sided overlap
+    that spans several neighbours when chunks are shorter than a window, without rechunking.
+    Each task is the kernel :func:`~neurobatch.kernels.trials.windows_from_pieces`, so a
+    worker runs it importing only NumPy and that kernel module, not the engine.
+    """
+    span = length + (0 if fractions is None else 1)
+    dtype = x.dtype if fractions is None else np.result_type(x.dtype, np.float64)
+    trailing = x.chunks[1:]
+    meta = np.empty((0,) * (x.ndim + 1), dtype=dtype)
+    if starts.size == 0:
+        return da.empty((0, length, *x.shape[1:]), chunks=((0,), (length,), *trailing), dtype=dtype)
+    offsets = np.cumsum((0, *x.chunks[0]))
+    first_block = np.searchsorted(offsets, starts, side="right") - 1
+    edges = [0, *(np.flatnonzero(np.diff(first_block)) + 1).tolist(), starts.size]
+    name = f"{operation}-{tokenize(x, starts, fractions, length)}"
+    dsk: dict[Any, Any] = {}
+    counts: list[int] = []
+    reach = 0
+    for g, (i0, i1) in enumerate(itertools.pairwise(edges)):
+        b = int(first_block[i0])
+        lo, hi = int(starts[i0]), int(starts[i1 - 1]) + span
+        e = int(np.searchsorted(offsets, hi - 1, side="right")) - 1
+        cuts = np.array(
+            [
+                [max(lo - offsets[c], 0), min(hi, offsets[c + 1]) - offsets[c]]
+                for c in range(b, e + 1)
+            ],
+            dtype=np.int64,
+        )
+        local = starts[i0:i1] - lo
+        frac = None if fractions is None else fractions[i0:i1]
+        for j in itertools.product(*(range(len(c)) for c in trailing)):
+            sources = [(x.name, c, *j) for c in range(b, e + 1)]
+            dsk[(name, g, 0, *j)] = (
+                trial_kernels.windows_from_pieces,
+                length,
+                local,
+                frac,
+                cuts,
+                *sources,
+            )
+        counts.append(i1 - i0)
+        reach = max(reach, e - b)
+    logger.debug(
+        "%s: %d windows of %d samples from %d of %d blocks, reaching up to %d block(s) ahead",
+        operation,
+        starts.size,
+        span,
+        len(counts),
+        len(x.chunks[0]),
+        reach,
+    )
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[cast(Any, x)])
+    return da.Array(graph, name, chunks=(tuple(counts), (length,), *trailing), meta=meta)
+
+
+def gather_windows(
+    x: da.Array | ArrayLike, starts: ArrayLike, length: int, *, axis: int = 0
+) -> da.Array:
+    """Cut windows of ``length`` samples out of a chunked signal, one task per block.
+
+    Each window is cut from the block holding its start, extended to the right by the
+    ``length - 1`` samples it may need from the following chunk(s): a one-sided overlap
+    that spans as many neighbours as it must, so chunks shorter than a window work
+    unchanged (no rechunking), and a thousand windows make one task per block, not a
+    thousand slicing tasks. Blocks holding no window start make no task.
+
+    Parameters
+    ----------
+    x : dask.array.Array or array_like
+        The signal; time along ``axis``, chunked along it (other axes may be chunked too).
+    starts : array_like
+        ``(n_windows,)`` integer start indices, sorted (non-decreasing),
+        ``0 <= start <= N - length``.
+    length : int
+        Samples per window, ``>= 1``.
+    axis : int, default 0
+        The time axis of ``x``.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(n_windows, length, *other axes)``, lazily, ``x``'s dtype; along the window axis
+        one chunk per source block that holds starts, in window order; the other axes keep
+        ``x``'s chunks. Equal to ``x[starts[:, None] + arange(length)]`` (time first).
+
+    Raises
+    ------
+    ValueError
+        If ``starts`` is not sorted, a window runs past either end, ``length < 1`` or
+        ``axis`` is out of range.
+    TypeError
+        If ``starts`` does not hold integers.
+
+    See Also
+    --------
+    neurobatch.kernels.trials.gather_windows : the whole-array kernel.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = da.arange(12, chunks=4)
+    >>> w = gather_windows(x, [0, 2, 5, 9], 3)
+    >>> w.chunks
+    ((2, 1, 1), (3,))
+    >>> w.compute()
+    array([[ 0,  1,  2],
+           [ 2,  3,  4],
+           [ 5,  6,  7],
+           [ 9, 10, 11]])
+    """
+    xt = _time_first(x, axis)
+    s = trial_kernels.validate_starts(starts, length, xt.shape[0], require_sorted=True)
+    return _blocked_windows(xt, s, None, length, "gather-windows")
+
+
+def interpolate_windows(
+    x: da.Array | ArrayLike,
+    starts: ArrayLike,
+    fractions: ArrayLike,
+    length: int,
+    *,
+    axis: int = 0,
+) -> da.Array:
+    """Interpolate windows at fractional positions out of a chunked signal.
+
+    Like :func:`gather_windows` with a one-sided overlap of ``length`` samples (each
+    window reads ``length + 1``); value ``k`` of window ``i`` is ``w0 + f * (w1 - w0)``
+    with ``w0 = x[starts[i] + k]``, ``w1`` the next sample and ``f = fractions[i]``.
+
+    Parameters
+    ----------
+    x : dask.array.Array or array_like
+        The signal; time along ``axis``.
+    starts : array_like
+        ``(n_windows,)`` sorted integer starts, ``0 <= start <= N - length - 1``.
+    fractions : array_like
+        ``(n_windows,)`` fractions of a sample past each start.
+    length : int
+        Values per window, ``>= 1``.
+    axis : int, default 0
+        The time axis of ``x``.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(n_windows, length, *other axes)``, lazily, at least float64; equal to
+        :func:`neurobatch.kernels.trials.interpolate_windows` on the whole array.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gather_windows`, or if ``fractions`` does not match ``starts``.
+    TypeError
+        If ``starts`` does not hold integers.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = da.from_array(np.arange(8.0) ** 2, chunks=3)
+    >>> interpolate_windows(x, [1, 4], [0.5, 0.25], 2).compute()
+    array([[ 2.5 ,  6.5 ],
+           [18.25, 27.75]])
+    """
+    xt = _time_first(x, axis)
+    s = trial_kernels.validate_starts(starts, length + 1, xt.shape[0], require_sorted=True)
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != s.shape:
+        raise ValueError(f"fractions must have shape {s.shape} like starts, got {f.shape}.")
+    return _blocked_windows(xt, s, f, length, "interpolate-windows")
+
+
+def _planned_windows(x: da.Array, windows: trial_kernels.WindowSet, operation: str) -> da.Array:
+    """Gather a plan's windows in plan order (sorting the starts, then undoing the sort)."""
+    order = np.argsort(windows.starts, kind="stable")
+    fractions = None if windows.fractions is None else windows.fractions[order]
+    out = _blocked_windows(x, windows.starts[order], fractions, windows.length, operation)
+    if (order == np.arange(order.size)).all():
+        return out
+    logger.debug("%s: re-centring reordered the windows; restoring trial order", operation)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return out[inverse]
+
+
+def extract_trials(
+    x: da.Array | ArrayLike, plan: trial_kernels.TrialPlan, *, axis: int = 0
+) -> da.Array:
+    """Cut and normalise a plan's trial windows out of a chunked signal, lazily.
+
+    The trial windows and the baseline windows are both blocked gathers
+    (:func:`gather_windows`, or :func:`interpolate_windows` for ``interp`` plans). The
+    baseline statistics of each trial (:func:`~neurobatch.kernels.trials.baseline_statistics`)
+    are computed per baseline block, moved to the trial windows' blocks and applied there
+    (:func:`~neurobatch.kernels.trials.apply_normalization`): the result equals
+    :func:`neurobatch.kernels.trials.extract_trials` on the whole array exactly.
+
+    Parameters
+    ----------
+    x : dask.array.Array or array_like
+        The signal, ``plan.n_time`` samples along ``axis``. It is not checked for NaN
+        (that would compute it); the plan's kernels propagate NaN.
+    plan : neurobatch.kernels.trials.TrialPlan
+        From :func:`neurobatch.kernels.trials.plan_trials` on the signal's time axis.
+    axis : int, default 0
+        The time axis of ``x``.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(plan.n_trials, len(plan.rel_time), *other axes)``, lazily, in trial order.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` does not have ``plan.n_time`` samples along ``axis``.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from neurobatch.kernels import trials
+    >>> t = np.arange(40) / 10.0
+    >>> plan = trials.plan_trials(
+    ...     t, {"cue": [1.0, 2.5]}, align_to="cue", bounds_s=(-0.2, 0.3),
+    ...     baseline_bounds_s=(-0.5, 0.0), normalization="zero",
+    ... )
+    >>> x = da.from_array(np.arange(40.0), chunks=7)
+    >>> extract_trials(x, plan).compute()
+    array([[1., 2., 3., 4., 5.],
+           [1., 2., 3., 4., 5.]])
+    """
+    xt = _time_first(x, axis)
+    if xt.shape[0] != plan.n_time:
+        raise ValueError(
+            f"x must have plan.n_time = {plan.n_time} samples along axis {axis} (the time "
+            f"axis the plan was made from), got {xt.shape[0]}."
+        )
+    windows = _planned_windows(xt, plan.windows, "trial-windows")
+    if plan.baseline is None or plan.normalization == "none":
+        return windows
+    method = plan.normalization
+    baseline = _planned_windows(xt, plan.baseline, "baseline-windows")
+    ones = (1,) * (xt.ndim - 1)
+    stats_dtype = trial_kernels.baseline_statistics(
+        np.ones((1, 2, *ones), dtype=baseline.dtype), method
+    ).dtype
+    stats = da.map_blocks(
+        trial_kernels.baseline_statistics,
+        baseline,
+        method,
+        chunks=(baseline.chunks[0], (2,), *baseline.chunks[2:]),
+        dtype=stats_dtype,
+        meta=np.empty((0,) * baseline.ndim, dtype=stats_dtype),
+    ).rechunk({0: windows.chunks[0]})
+    out_dtype = trial_kernels.apply_normalization(
+        np.ones((1, 1, *ones), dtype=windows.dtype), np.ones((1, 2, *ones), stats_dtype), method
+    ).dtype
+    other = "".join(chr(ord("c") + i) for i in range(xt.ndim - 1))
+    return da.blockwise(
+        trial_kernels.apply_normalization,
+        "tw" + other,
+        windows,
+        "tw" + other,
+        stats,
+        "ts" + other,
+        method,
+        None,
+        dtype=out_dtype,
+        concatenate=True,
+        meta=np.empty((0,) * windows.ndim, dtype=out_dtype),
+    )
+
+
 # --- spike-triggered averages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BlockedSta:
+    """A lazy spike-triggered average and the spike bookkeeping behind it.
+
+    Attributes
+    ----------
+    sta : dask.array.Array
+        Shape ``(n_units, n_lags, y, x)``, float64, lazy; chunks
+        ``((n_units,), (n_lags,), movie.chunks[1], movie.chunks[2])``: one chunk per pixel
+        tile of the movie. NaN for a unit without usable spikes.
+    bins : neurobatch.kernels.sta.SpikeBins
+        Computed eagerly: unit labels (``bins.unit_ids``, the rows of ``sta``), usable and
+        excluded spike counts per unit, lags in frames and seconds.
+    """
+
+    sta: da.Array
+    bins: sta_kernels.SpikeBins
+
+
+def _sta_split_every(split_every: int | None) -> int:
+    """Return the fan-in of the STA tree reduction: ``split_every`` or dask's default."""
+    if split_every is None:
+        configured = dask.config.get("split_every", None)
+        if isinstance(configured, dict):
+            configured = configured.get(0)
+        split_every = 4 if configured is None else configured
+    if (
+        isinstance(split_every, bool)
+        or not isinstance(split_every, int | np.integer)
+        or split_every < 2
+    ):
+        raise ValueError(
+            f"split_every must be an integer >= 2 (how many partials each combine step "
+            f"adds) or None for dask's default, got {split_every!r}."
+        )
+    return int(split_every)
+
+
+def _sta_frames(block: NDArray[Any], start: int, stop: int) -> NDArray[Any]:
+    """Frames ``start:stop`` of one movie chunk: a halo piece for a later block."""
+    return block[start:stop]
+
+
+def _sta_block(n_lags: int, counts: Any, *pieces: NDArray[Any]) -> sta_kernels.StaPartial:
+    """One block's partial STA: its frames preceded by the ``n_lags - 1`` before them."""
+    frames = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+    return sta_kernels.sta_chunk(counts, frames, n_lags=n_lags)
+
+
+def _sta_combine(*parts: sta_kernels.StaPartial) -> sta_kernels.StaPartial:
+    """Add the partials of one node of the tree."""
+    return sta_kernels.sta_combine(parts)
+
+
+def _sta_aggregate(
+    shape: tuple[int, int, int, int], *parts: sta_kernels.StaPartial
+) -> NDArray[np.float64]:
+    """Root of the tree: add the last partials and divide (NaN where a unit has no spike).
+
+    Empty units were already warned about, on the client, when the graph was built.
+    """
+    if not parts:
+        return np.full(shape, np.nan, dtype=np.float64)
+    combined = parts[0] if len(parts) == 1 else sta_kernels.sta_combine(parts)
+    return sta_kernels.sta_agg(combined, warn=False)
+
+
+def blocked_sta(
+    movie: da.Array | ArrayLike,
+    spike_times: ArrayLike,
+    units: ArrayLike,
+    *,
+    fps: float,
+    n_lags: int,
+    onset: float = 0.0,
+    unit_ids: ArrayLike | None = None,
+    split_every: int | None = None,
+) -> BlockedSta:
+    """Spike-triggered average of every unit over a movie chunked along frames, lazily.
+
+    The same result as :func:`neurobatch.kernels.sta.spike_triggered_average` (to rounding),
+    computed as a tree reduction over the movie's frame blocks. The spikes are binned
+    eagerly (:func:`~neurobatch.kernels.sta.bin_spikes`); each spike's frame ``N`` belongs
+    to exactly one block, the one whose frames hold ``N``. The task of block ``b`` gets the
+    block's spike counts, the block's frames and a one-sided overlap: the ``n_lags - 1``
+    frames before the block, sliced out of as many earlier chunks as that reaches (so chunks
+    shorter than ``n_lags - 1`` work, and nothing is rechunked); it returns a partial
+    ``{"total", "n"}`` (:func:`~neurobatch.kernels.sta.sta_chunk`). Partials are added
+    ``split_every`` at a time, and the root divides.
+
+    Blocks holding no usable spike contribute nothing and are not read at all. Any chunking
+    along ``y`` and ``x`` works: each pixel tile is reduced on its own, and the output is
+    chunked like the movie along ``y`` and ``x``. A task holds its block, the overlap and one
+    partial of ``n_units * n_lags * tile_y * tile_x`` float64 values, so memory does not
+    depend on the movie's length; chunk ``y``/``x`` to shrink the partials when there are
+    many units.
+
+    Parameters
+    ----------
+    movie : dask.array.Array or array_like
+        Shape ``(n_frames, y, x)``, real: the stimulus movie, chunked along frames (a NumPy
+        array becomes one chunk per dask's default chunking). Frames must be finite; each
+        block checks its frames when it is computed.
+    spike_times : array_like
+        Shape ``(n_spikes,)``: spike times in seconds.
+    units : array_like
+        Shape ``(n_spikes,)``: the unit label of each spike.
+    fps : float
+        Frame rate of the movie, frames per second; > 0.
+    n_lags : int
+        Number of lags, in ``[1, n_frames]``; lag ``k`` is ``k`` frames before the spike's
+        frame.
+    onset : float, default 0.0
+        Time at which frame 0 starts, in seconds.
+    unit_ids : array_like, optional
+        The units to report, in this order; see :func:`~neurobatch.kernels.sta.bin_spikes`.
+    split_every : int, optional
+        Fan-in of the tree reduction (>= 2): how many partials each combine step adds. By
+        default dask's ``split_every`` setting, else 4.
+
+    Returns
+    -------
+    BlockedSta
+        ``sta``: a lazy dask array of shape ``(n_units, n_lags, y, x)``, float64, chunks
+        ``((n_units,), (n_lags,), movie.chunks[1], movie.chunks[2])``; ``bins``: the unit
+        labels and the usable and excluded spike counts, computed now.
+
+    Raises
+    ------
+    ValueError
+        If ``movie`` is not 3-D or has unknown chunk sizes along frames, ``split_every`` is
+        not an integer >= 2, or for the reasons listed in
+        :func:`~neurobatch.kernels.sta.bin_spikes`. A block whose frames hold NaN or
+        infinity raises when it is computed.
+    TypeError
+        If ``movie`` does not hold real numbers.
+
+    Warns
+    -----
+    EmptyUnitWarning
+        When the graph is built, naming each unit that has no usable spike.
+
+    See Also
+    --------
+    neurobatch.kernels.sta.spike_triggered_average : The same on an in-memory movie.
+
+    Examples
+    --------
+    A 1-pixel movie whose frame ``i`` has the value ``i``, in chunks of 3 frames:
+
+    >>> movie = da.arange(20.0, chunks=3).reshape(20, 1, 1)
+    >>> result = blocked_sta(movie, [0.55, 0.75, 1.05, 0.05], [1, 1, 2, 2], fps=10.0,
+    ...                      n_lags=4, split_every=2)
+    >>> result.sta.chunks
+    ((2,), (4,), (1,), (1,))
+    >>> result.sta.compute()[:, :, 0, 0]
+    array([[ 6.,  5.,  4.,  3.],
+           [10.,  9.,  8.,  7.]])
+    >>> result.bins.n_used.tolist(), result.bins.n_too_early.tolist()
+    ([2, 1], [0, 1])
+    """
+    x: da.Array = (
+        movie if isinstance(movie, da.Array) else da.asarray(movie)  # type: ignore[no-untyped-call]
+    )
+    if x.ndim != 3:
+        raise ValueError(f"movie must be 3-D (frame, y, x), got shape {x.shape}.")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"movie must hold real numbers, got dtype {x.dtype}.")
+    if any(np.isnan(size) for size in x.chunks[0]):
+        raise ValueError(
+            "movie has unknown chunk sizes along frames; call movie.compute_chunk_sizes() "
+            "first."
+        )
+    fan_in = _sta_split_every(split_every)
+    bins = sta_kernels.bin_spikes(
+        spike_times,
+        units,
+        fps=fps,
+        n_frames=x.shape[0],
+        n_lags=n_lags,
+        onset=onset,
+        unit_ids=unit_ids,
+    )
+    sta_kernels._warn_empty_units(bins.unit_ids, bins.n_used, stacklevel=2)
+
+    halo = bins.n_lags - 1
+    offsets = np.cumsum((0, *x.chunks[0]))
+    tiles = list(itertools.product(range(len(x.chunks[1])), range(len(x.chunks[2]))))
+    name = f"sta-{tokenize(x, bins.counts, bins.n_lags, fan_in)}"
+    dsk: dict[Any, Any] = {}
+    leaves: list[int] = []
+    reach = 0
+    for b in range(len(x.chunks[0])):
+        # The block's own frames: spikes in frames < n_lags - 1 were excluded when binning,
+        # so the first blocks start there and the overlap never reaches before frame 0.
+        lo, hi = max(int(offsets[b]), halo), int(offsets[b + 1])
+        if lo >= hi:
+            continue
+        counts = bins.counts[:, lo:hi]
+        if counts.nnz == 0:
+            continue
+        first = int(np.searchsorted(offsets, lo - halo, side="right")) - 1
+        reach = max(reach, b - first)
+        dsk[(f"{name}-counts", b)] = counts
+        for ty, tx in tiles:
+            pieces: list[tuple[Any, ...]] = []
+            for c in range(first, b + 1):
+                start = max(lo - halo, int(offsets[c])) - int(offsets[c])
+                stop = min(hi, int(offsets[c + 1])) - int(offsets[c])
+                source = (x.name, c, ty, tx)
+                if start == 0 and stop == x.chunks[0][c]:
+                    pieces.append(source)
+                else:
+                    piece = (f"{name}-frames", b, c, ty, tx)
+                    dsk[piece] = (_sta_frames, source, start, stop)
+                    pieces.append(piece)
+            dsk[(f"{name}-partial", 0, b, ty, tx)] = (
+                _sta_block,
+                bins.n_lags,
+                (f"{name}-counts", b),
+                *pieces,
+            )
+        leaves.append(b)
+
+    level = 0
+    keys = [(f"{name}-partial", 0, b) for b in leaves]
+    while len(keys) > fan_in:
+        level += 1
+        groups = [keys[g : g + fan_in] for g in range(0, len(keys), fan_in)]
+        for ty, tx in tiles:
+            for g, group in enumerate(groups):
+                if len(group) > 1:
+                    dsk[(f"{name}-partial", level, g, ty, tx)] = (
+                        _sta_combine,
+                        *((*key, ty, tx) for key in group),
+                    )
+        # A group of one moves up a level as it is.
+        keys = [
+            group[0] if len(group) == 1 else (f"{name}-partial", level, g)
+            for g, group in enumerate(groups)
+        ]
+    for ty, tx in tiles:
+        shape = (bins.n_units, bins.n_lags, x.chunks[1][ty], x.chunks[2][tx])
+        dsk[(name, 0, 0, ty, tx)] = (_sta_aggregate, shape, *((*key, ty, tx) for key in keys))
+
+    logger.debug(
+        "blocked_sta: %d usable spikes of %d units in %d of %d frame blocks; overlap of %d "
+        "frame(s) reaching up to %d block(s) back; tree of depth %d (split_every=%d)",
+        int(bins.n_used.sum()),
+        bins.n_units,
+        len(leaves),
+        len(x.chunks[0]),
+        halo,
+        reach,
+        level + 1,
+        fan_in,
+    )
+    # dask's own stubs disagree with themselves on Array vs DaskCollection.
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])  # type: ignore[list-item]
+    sta = da.Array(  # type: ignore[no-untyped-call]
+        graph,
+        name,
+        chunks=((bins.n_units,), (bins.n_lags,), x.chunks[1], x.chunks[2]),
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+    )
+    return BlockedSta(sta=sta, bins=bins)

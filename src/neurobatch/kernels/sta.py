@@ -1,0 +1,650 @@
+"""Spike-count binning and spike-triggered-average (STA) partial sums.
+
+A stimulus movie ``frames(frame, y, x)`` is shown at ``fps`` frames per second from
+``onset`` seconds on. A spike at time ``t`` falls in frame ``N = floor((t - onset) * fps)``,
+and its window is the ``n_lags`` frames ``N, N - 1, ..., N - n_lags + 1``. The STA of unit
+``u`` at lag ``k`` is the mean of ``frames[N - k]`` over the unit's usable spikes:
+
+    sta[u, k] = mean over spikes s of u of frames[frame(s) - k],  k = 0 .. n_lags - 1
+
+so lag 0 is the frame the spike falls in and larger lags reach back in time. A spike is
+usable when its whole window lies in the movie; the others are excluded and counted per unit
+(before the movie, at or after its end, or too early for the whole window). Every usable
+spike contributes to every lag, so all lags of a unit share one spike count, and a mean over
+lags (the "collapsed" STRF, e.g. frames ``N - 4 .. N`` for a delay of 5 frames) is simply
+``sta[:, :5].mean(axis=1)``.
+
+The STA is a reduction over frames, written as a chunk/combine/aggregate trio:
+
+- :func:`bin_spikes` turns spike times into sparse per-(unit, frame) spike counts (a
+  ``scipy.sparse.csc_array``, so a range of frames slices cheaply) plus the exclusion counts;
+- :func:`sta_chunk` multiplies a block of counts with the block's frames (and the
+  ``n_lags - 1`` frames before it): one sparse-times-dense matrix product per lag, never a
+  Python loop over spikes; it returns ``{"total", "n"}``;
+- :func:`sta_combine` adds partials and :func:`sta_agg` divides, giving NaN and an
+  :class:`~neurobatch.errors.EmptyUnitWarning` for a unit without usable spikes.
+
+:func:`spike_triggered_average` runs the three on a whole in-memory movie. Pure NumPy and
+SciPy: no dask, no I/O, no logging.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import scipy.sparse
+from numpy.typing import ArrayLike, NDArray
+
+from neurobatch.errors import EmptyUnitWarning
+from neurobatch.kernels._validation import validate_finite, validate_same_length
+
+__all__ = [
+    "SpikeBins",
+    "StaPartial",
+    "StaResult",
+    "bin_spikes",
+    "spike_triggered_average",
+    "sta_agg",
+    "sta_chunk",
+    "sta_combine",
+]
+
+#: How many unit labels an :class:`EmptyUnitWarning` lists before it says "and N more".
+_MAX_NAMED_UNITS = 10
+
+
+class StaPartial(TypedDict):
+    """A partial STA sum over some frames: what :func:`sta_chunk` returns.
+
+    ``total`` has shape ``(n_units, n_lags, y, x)`` (float64): for each unit and lag, the sum
+    of ``frames[N - lag]`` over the unit's usable spikes in those frames. ``n`` has shape
+    ``(n_units,)`` (int64): how many spikes went into the sum.
+    """
+
+    total: NDArray[np.float64]
+    n: NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)
+class SpikeBins:
+    """Spike counts per (unit, frame) of the usable spikes, and what was excluded.
+
+    Attributes
+    ----------
+    counts : scipy.sparse.csc_array
+        Shape ``(n_units, n_frames)``, int32: ``counts[u, N]`` is how many usable spikes of
+        unit ``u`` fall in frame ``N``. Columns ``0 .. n_lags - 2`` are empty (those spikes
+        are too early for the whole window). Compressed by frame, so ``counts[:, a:b]`` is
+        cheap; memory grows with the number of spikes, not with ``n_units * n_frames``.
+    unit_ids : numpy.ndarray
+        Shape ``(n_units,)``: the label of each row of ``counts``.
+    n_used, n_before, n_after, n_too_early : numpy.ndarray
+        Shape ``(n_units,)``, int64: per unit, the spikes used; those before the movie
+        (``N < 0``); those at or after its end (``N >= n_frames``); and those inside the
+        movie but too early for the whole window (``N < n_lags - 1``). The four add up to
+        the unit's number of spikes.
+    fps : float
+        Frames per second of the movie.
+    onset : float
+        Time of the start of frame 0, in the spike times' unit (seconds).
+    n_frames : int
+        Number of frames of the movie.
+    n_lags : int
+        Number of lags of the STA window.
+
+    Examples
+    --------
+    >>> bins = bin_spikes([0.25, 0.35, 0.95, 2.0], [7, 7, 3, 3], fps=10.0, n_frames=10,
+    ...                   n_lags=3)
+    >>> bins.unit_ids.tolist(), bins.n_used.tolist(), bins.n_after.tolist()
+    ([3, 7], [1, 2], [1, 0])
+    >>> bins.counts.toarray()
+    array([[0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+           [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]], dtype=int32)
+    >>> bins.lag_times.tolist()
+    [0.0, 0.1, 0.2]
+    """
+
+    counts: Any
+    unit_ids: NDArray[Any]
+    n_used: NDArray[np.int64]
+    n_before: NDArray[np.int64]
+    n_after: NDArray[np.int64]
+    n_too_early: NDArray[np.int64]
+    fps: float
+    onset: float
+    n_frames: int
+    n_lags: int
+
+    @property
+    def n_units(self) -> int:
+        """Number of units (rows of ``counts``)."""
+        return int(self.unit_ids.shape[0])
+
+    @property
+    def lags(self) -> NDArray[np.int64]:
+        """Lags in frames, ``0 .. n_lags - 1`` (lag ``k`` is frame ``N - k``)."""
+        return np.arange(self.n_lags, dtype=np.int64)
+
+    @property
+    def lag_times(self) -> NDArray[np.float64]:
+        """Lags in seconds, ``lags / fps`` (how far before the spike's frame)."""
+        return self.lags / self.fps
+
+
+@dataclass(frozen=True, eq=False)
+class StaResult:
+    """The spike-triggered average of every unit, and the spike bookkeeping behind it.
+
+    Attributes
+    ----------
+    sta : numpy.ndarray
+        Shape ``(n_units, n_lags, y, x)``, float64; NaN for a unit without usable spikes.
+    bins : SpikeBins
+        The binned spikes: unit labels, usable and excluded spike counts, lags.
+    """
+
+    sta: NDArray[np.float64]
+    bins: SpikeBins
+
+
+def _validate_fps(fps: float) -> float:
+    """Return ``fps`` as a float, or raise unless it is finite and > 0."""
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise TypeError(f"fps must be a real number, got {fps!r} of type {type(fps).__name__}.")
+    value = float(fps)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"fps must be a finite number > 0 (frames per second), got {fps!r}.")
+    return value
+
+
+def _validate_onset(onset: float) -> float:
+    """Return ``onset`` as a float, or raise unless it is finite."""
+    if isinstance(onset, bool) or not isinstance(onset, numbers.Real):
+        raise TypeError(
+            f"onset must be a real number (seconds), got {onset!r} of type {type(onset).__name__}."
+        )
+    value = float(onset)
+    if not math.isfinite(value):
+        raise ValueError(f"onset must be finite (seconds), got {onset!r}.")
+    return value
+
+
+def _validate_int(
+    value: int,
+    name: str,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    maximum_name: str | None = None,
+) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer in the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}.")
+    result = int(value)
+    if result < minimum or (maximum is not None and result > maximum):
+        upper = f"{maximum_name}={maximum}" if maximum_name else str(maximum)
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {upper}]"
+        raise ValueError(f"{name} must be an integer {allowed}, got {result}.")
+    return result
+
+
+def _validate_n_lags(n_lags: int, n_frames: int | None = None) -> int:
+    """Return ``n_lags``, or raise unless ``1 <= n_lags <= n_frames``."""
+    if n_frames is None:
+        return _validate_int(n_lags, "n_lags", minimum=1)
+    return _validate_int(n_lags, "n_lags", minimum=1, maximum=n_frames, maximum_name="n_frames")
+
+
+def _validate_movie(frames: ArrayLike, name: str) -> NDArray[Any]:
+    """Return ``frames`` as a finite, real, 3-D array ``(frame, y, x)``, or raise."""
+    arr = np.asarray(frames)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be 3-D (frame, y, x), got shape {arr.shape}.")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    return validate_finite(arr, name)
+
+
+def _unit_rows(
+    labels: NDArray[Any], unit_ids: ArrayLike | None
+) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """Return the unit labels (one per row) and each spike's row."""
+    if unit_ids is None:
+        ids, rows = np.unique(labels, return_inverse=True)
+        return ids, rows.reshape(-1).astype(np.intp)
+    ids = np.asarray(unit_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"unit_ids must be 1-D, got shape {ids.shape}.")
+    uniq, first, n_seen = np.unique(ids, return_index=True, return_counts=True)
+    if uniq.size != ids.size:
+        dupes = uniq[n_seen > 1][:_MAX_NAMED_UNITS].tolist()
+        raise ValueError(f"unit_ids must be unique, got repeated label(s) {dupes}.")
+    order = first  # uniq == ids[first], sorted
+    if ids.size == 0:
+        if labels.size:
+            raise ValueError(
+                f"units holds label(s) missing from unit_ids (which is empty): "
+                f"{np.unique(labels)[:_MAX_NAMED_UNITS].tolist()}."
+            )
+        return ids, np.zeros(0, dtype=np.intp)
+    pos = np.minimum(np.searchsorted(uniq, labels), uniq.size - 1)
+    found = uniq[pos] == labels
+    if not found.all():
+        missing = np.unique(labels[~found])
+        raise ValueError(
+            f"units holds {missing.size} label(s) missing from unit_ids: "
+            f"{missing[:_MAX_NAMED_UNITS].tolist()}; add them to unit_ids or drop "
+            "those spikes."
+        )
+    return ids, order[pos].astype(np.intp)
+
+
+def bin_spikes(
+    spike_times: ArrayLike,
+    units: ArrayLike,
+    *,
+    fps: float,
+    n_frames: int,
+    n_lags: int,
+    onset: float = 0.0,
+    unit_ids: ArrayLike | None = None,
+) -> SpikeBins:
+    """Count each unit's usable spikes per movie frame, and count the excluded ones.
+
+    A spike at time ``t`` falls in frame ``N = floor((t - onset) * fps)``. It is usable when
+    ``n_lags - 1 <= N < n_frames``, so that its whole window ``N - n_lags + 1 .. N`` lies in
+    the movie; otherwise it is counted as before the movie (``N < 0``), after it
+    (``N >= n_frames``) or too early for the window (``0 <= N < n_lags - 1``).
+
+    Parameters
+    ----------
+    spike_times : array_like
+        Shape ``(n_spikes,)``: spike times in seconds, any order.
+    units : array_like
+        Shape ``(n_spikes,)``: the unit label of each spike (integers or strings).
+    fps : float
+        Frame rate of the movie, frames per second; > 0.
+    n_frames : int
+        Number of frames of the movie; >= 1.
+    n_lags : int
+        Number of lags of the STA window, in ``[1, n_frames]``.
+    onset : float, default 0.0
+        Time at which frame 0 starts, in seconds (same clock as ``spike_times``).
+    unit_ids : array_like, optional
+        Shape ``(n_units,)``: the units to report, in this order, unique; units without
+        spikes get all-zero counts (and a NaN STA). By default the sorted unique labels of
+        ``units``.
+
+    Returns
+    -------
+    SpikeBins
+        Sparse counts of shape ``(n_units, n_frames)`` and the per-unit exclusion counts.
+
+    Raises
+    ------
+    ValueError
+        If ``fps`` is not > 0, ``n_lags`` is not in ``[1, n_frames]``, a spike time is NaN
+        or infinite, ``spike_times`` and ``units`` differ in length or are not 1-D, or a
+        label of ``units`` is missing from ``unit_ids``.
+    TypeError
+        If ``fps``, ``onset``, ``n_frames`` or ``n_lags`` has the wrong type, or
+        ``spike_times`` is not numeric.
+
+    See Also
+    --------
+    sta_chunk : Multiply a block of these counts with the block's frames.
+
+    Examples
+    --------
+    Frame 0 starts at 1 s, 10 frames per second, a window of 2 frames:
+
+    >>> bins = bin_spikes([0.5, 1.05, 1.15, 1.17, 3.0], ["a", "a", "b", "b", "b"],
+    ...                   fps=10.0, n_frames=10, n_lags=2, onset=1.0)
+    >>> bins.unit_ids.tolist()
+    ['a', 'b']
+    >>> bins.n_used.tolist(), bins.n_before.tolist(), bins.n_too_early.tolist()
+    ([0, 2], [1, 0], [1, 0])
+    >>> bins.n_after.tolist()
+    [0, 1]
+    >>> bins.counts[:, :3].toarray()
+    array([[0, 0, 0],
+           [0, 2, 0]], dtype=int32)
+
+    >>> bin_spikes([0.1], [0], fps=0, n_frames=5, n_lags=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: fps must be a finite number > 0 (frames per second), got 0.
+    """
+    fps = _validate_fps(fps)
+    onset = _validate_onset(onset)
+    n_frames = _validate_int(n_frames, "n_frames", minimum=1)
+    n_lags = _validate_n_lags(n_lags, n_frames)
+    times = np.asarray(spike_times)
+    labels = np.asarray(units)
+    if times.ndim != 1:
+        raise ValueError(f"spike_times must be 1-D (n_spikes,), got shape {times.shape}.")
+    if labels.ndim != 1:
+        raise ValueError(f"units must be 1-D (n_spikes,), got shape {labels.shape}.")
+    if times.dtype.kind not in "iuf":
+        raise TypeError(f"spike_times must be numeric (seconds), got dtype {times.dtype}.")
+    validate_same_length(spike_times=times, units=labels)
+    validate_finite(times, "spike_times")
+    validate_finite(labels, "units")
+
+    ids, rows = _unit_rows(labels, unit_ids)
+    n_units = int(ids.shape[0])
+    frame = np.floor((times.astype(np.float64) - onset) * fps)
+    before = frame < 0
+    after = frame >= n_frames
+    too_early = ~before & (frame < n_lags - 1)
+    used = ~(before | after | too_early)
+
+    def per_unit(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        return np.bincount(rows[mask], minlength=n_units).astype(np.int64)
+
+    n_used = int(used.sum())
+    counts = scipy.sparse.csc_array(
+        (np.ones(n_used, dtype=np.int32), (rows[used], frame[used].astype(np.int64))),
+        shape=(n_units, n_frames),
+    )
+    counts.sum_duplicates()
+    return SpikeBins(
+        counts=counts,
+        unit_ids=ids,
+        n_used=per_unit(used),
+        n_before=per_unit(before),
+        n_after=per_unit(after),
+        n_too_early=per_unit(too_early),
+        fps=fps,
+        onset=onset,
+        n_frames=n_frames,
+        n_lags=n_lags,
+    )
+
+
+def sta_chunk(counts_block: Any, frames_block: ArrayLike, *, n_lags: int) -> StaPartial:
+    """Sum the movie windows of the spikes in one block of frames.
+
+    Layout contract: ``counts_block`` covers ``F`` consecutive frames ``a .. a + F - 1``
+    (the block's own frames); ``frames_block`` holds the ``n_lags - 1`` frames before them
+    followed by those ``F`` frames, i.e. movie frames ``a - n_lags + 1 .. a + F - 1``. Then
+    for each lag ``k``
+
+        total[:, k] = counts_block @ frames_block[n_lags - 1 - k : n_lags - 1 - k + F]
+
+    (one sparse-times-dense product per lag, over the pixels flattened), so each spike counted
+    in ``counts_block`` adds ``frames[N - k]`` at lag ``k``. Assigning every spike to exactly
+    one block and adding the partials gives the whole-movie sum.
+
+    Parameters
+    ----------
+    counts_block : scipy.sparse array or array_like
+        Shape ``(n_units, F)``: non-negative spike counts per unit and frame of the block
+        (e.g. ``SpikeBins.counts[:, a:a + F]``).
+    frames_block : array_like
+        Shape ``(F + n_lags - 1, y, x)``, real and finite: the block's frames preceded by the
+        ``n_lags - 1`` frames before it. Converted to float64.
+    n_lags : int
+        Number of lags; >= 1.
+
+    Returns
+    -------
+    StaPartial
+        ``{"total": (n_units, n_lags, y, x) float64, "n": (n_units,) int64}``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_lags < 1``, ``frames_block`` is not 3-D, has the wrong number of frames or
+        holds NaN or infinity, or ``counts_block`` is not 2-D or holds a negative count.
+
+    See Also
+    --------
+    sta_combine : Add partials.
+    sta_agg : Divide the sum by the spike counts.
+
+    Examples
+    --------
+    Two units, a block of 3 frames with one frame of history (``n_lags=2``):
+
+    >>> frames = np.arange(4.0).reshape(4, 1, 1)  # movie frames a-1, a, a+1, a+2
+    >>> counts = np.array([[0, 1, 0], [2, 0, 1]])  # unit 1: 2 spikes at a, 1 at a+2
+    >>> part = sta_chunk(counts, frames, n_lags=2)
+    >>> part["total"][:, :, 0, 0]
+    array([[2., 1.],
+           [5., 2.]])
+    >>> part["n"]
+    array([1, 3])
+    """
+    n_lags = _validate_n_lags(n_lags)
+    counts = scipy.sparse.csr_array(counts_block)
+    if counts.ndim != 2:
+        raise ValueError(f"counts_block must be 2-D (n_units, F), got shape {counts.shape}.")
+    counts.sum_duplicates()
+    if counts.nnz and counts.data.min() < 0:
+        raise ValueError(f"counts_block must hold spike counts >= 0, got {counts.data.min()}.")
+    frames = _validate_movie(frames_block, "frames_block")
+    n_units, n_cols = counts.shape
+    if frames.shape[0] != n_cols + n_lags - 1:
+        raise ValueError(
+            f"frames_block must hold the {n_lags - 1} frame(s) before the block and its "
+            f"{n_cols} frame(s) ({n_cols + n_lags - 1} in all), got {frames.shape[0]}."
+        )
+    ny, nx = frames.shape[1:]
+    total = np.zeros((n_units, n_lags, ny * nx), dtype=np.float64)
+    n = np.asarray(counts.sum(axis=1)).reshape(n_units).astype(np.int64)
+    active = np.flatnonzero(np.diff(counts.indptr))
+    if active.size:
+        movie = np.ascontiguousarray(frames, dtype=np.float64).reshape(frames.shape[0], -1)
+        # Only the units that spike in this block: the product skips the others' rows.
+        rows: slice | NDArray[np.intp] = slice(None) if active.size == n_units else active
+        weights = counts[rows].astype(np.float64)
+        for lag in range(n_lags):
+            start = n_lags - 1 - lag
+            total[rows, lag] = weights @ movie[start : start + n_cols]
+    return {"total": total.reshape(n_units, n_lags, ny, nx), "n": n}
+
+
+def sta_combine(parts: Sequence[StaPartial]) -> StaPartial:
+    """Add partial STA sums.
+
+    Parameters
+    ----------
+    parts : sequence of StaPartial
+        One or more partials of the same shape, e.g. from :func:`sta_chunk` on different
+        frame blocks.
+
+    Returns
+    -------
+    StaPartial
+        ``{"total": sum of totals, "n": sum of counts}``; the inputs are not modified.
+
+    Raises
+    ------
+    ValueError
+        If ``parts`` is empty or the partials differ in shape.
+
+    Examples
+    --------
+    >>> a = sta_chunk(np.array([[1, 0]]), np.ones((3, 1, 1)), n_lags=2)
+    >>> b = sta_chunk(np.array([[0, 2]]), np.full((3, 1, 1), 3.0), n_lags=2)
+    >>> both = sta_combine([a, b])
+    >>> both["total"].ravel().tolist(), both["n"].tolist()
+    ([7.0, 7.0], [3])
+    """
+    if not parts:
+        raise ValueError("parts must hold at least one partial, got an empty sequence.")
+    total = np.array(parts[0]["total"], dtype=np.float64, copy=True)
+    n = np.array(parts[0]["n"], dtype=np.int64, copy=True)
+    for i, part in enumerate(parts[1:], start=1):
+        if part["total"].shape != total.shape or part["n"].shape != n.shape:
+            raise ValueError(
+                f"parts must all have the same shapes; part 0 has total {total.shape} and "
+                f"n {n.shape}, part {i} has total {part['total'].shape} and n "
+                f"{part['n'].shape}."
+            )
+        total += part["total"]
+        n += part["n"]
+    return {"total": total, "n": n}
+
+
+def _warn_empty_units(unit_ids: ArrayLike | None, n: NDArray[np.int64], *, stacklevel: int) -> None:
+    """Warn with :class:`EmptyUnitWarning`, naming each unit whose count ``n`` is 0."""
+    empty = np.flatnonzero(np.asarray(n) == 0)
+    if not empty.size:
+        return
+    labels = np.asarray(unit_ids)[empty] if unit_ids is not None else empty
+    named = ", ".join(repr(label) for label in labels[:_MAX_NAMED_UNITS].tolist())
+    more = f" and {empty.size - _MAX_NAMED_UNITS} more" if empty.size > _MAX_NAMED_UNITS else ""
+    warnings.warn(
+        f"{empty.size} unit(s) have no usable spikes, so their STA is NaN: {named}{more}.",
+        EmptyUnitWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def sta_agg(
+    partial: StaPartial, *, unit_ids: ArrayLike | None = None, warn: bool = True
+) -> NDArray[np.float64]:
+    """Divide a (combined) partial STA sum by each unit's spike count.
+
+    Parameters
+    ----------
+    partial : StaPartial
+        ``{"total": (n_units, n_lags, y, x), "n": (n_units,)}``, e.g. from
+        :func:`sta_combine`.
+    unit_ids : array_like, optional
+        Shape ``(n_units,)``: labels used to name empty units in the warning; by default
+        their row indices.
+    warn : bool, default True
+        Warn with :class:`~neurobatch.errors.EmptyUnitWarning` if a unit has no spikes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n_units, n_lags, y, x)``, float64: ``total / n``, NaN where ``n == 0``.
+
+    Warns
+    -----
+    EmptyUnitWarning
+        If ``warn`` and some unit has ``n == 0``, naming those units.
+
+    Examples
+    --------
+    >>> part = {"total": np.array([[[[6.0]]], [[[0.0]]]]), "n": np.array([3, 0])}
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     sta = sta_agg(part, unit_ids=["a", "b"])
+    >>> sta.ravel()
+    array([ 2., nan])
+    >>> print(caught[0].message)
+    1 unit(s) have no usable spikes, so their STA is NaN: 'b'.
+    """
+    total = np.asarray(partial["total"], dtype=np.float64)
+    n = np.asarray(partial["n"], dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sta = total / n.reshape((-1,) + (1,) * (total.ndim - 1))
+    sta[n == 0] = np.nan
+    if warn:
+        _warn_empty_units(unit_ids, n, stacklevel=2)
+    return sta
+
+
+def spike_triggered_average(
+    spike_times: ArrayLike,
+    units: ArrayLike,
+    frames: ArrayLike,
+    *,
+    fps: float,
+    n_lags: int,
+    onset: float = 0.0,
+    unit_ids: ArrayLike | None = None,
+) -> StaResult:
+    """Compute every unit's spike-triggered average over a whole in-memory movie.
+
+    ``sta[u, k]`` is the mean of ``frames[N - k]`` over the usable spikes of unit ``u``,
+    where ``N = floor((t - onset) * fps)`` is the frame a spike at ``t`` falls in; spikes
+    whose window ``N - n_lags + 1 .. N`` leaves the movie are excluded and counted (see
+    :func:`bin_spikes`). For a movie that does not fit in memory use
+    :func:`neurobatch.engine.blocked.blocked_sta`.
+
+    Parameters
+    ----------
+    spike_times : array_like
+        Shape ``(n_spikes,)``: spike times in seconds.
+    units : array_like
+        Shape ``(n_spikes,)``: the unit label of each spike.
+    frames : array_like
+        Shape ``(n_frames, y, x)``, real and finite: the stimulus movie.
+    fps : float
+        Frame rate of the movie, frames per second; > 0.
+    n_lags : int
+        Number of lags, in ``[1, n_frames]``; lag ``k`` is the frame ``k`` frames before
+        the spike's own frame.
+    onset : float, default 0.0
+        Time at which frame 0 starts, in seconds.
+    unit_ids : array_like, optional
+        The units to report, in this order; see :func:`bin_spikes`.
+
+    Returns
+    -------
+    StaResult
+        ``sta`` of shape ``(n_units, n_lags, y, x)`` (float64, NaN for a unit without usable
+        spikes) and the ``bins`` with unit labels and usable/excluded spike counts.
+
+    Raises
+    ------
+    ValueError
+        If ``frames`` is not 3-D or holds NaN or infinity, or for the reasons listed in
+        :func:`bin_spikes`.
+
+    Warns
+    -----
+    EmptyUnitWarning
+        Naming each unit that has no usable spike.
+
+    See Also
+    --------
+    bin_spikes, sta_chunk, sta_combine, sta_agg
+
+    Examples
+    --------
+    A 1-pixel movie whose frame ``i`` has the value ``i``, at 10 frames per second:
+
+    >>> frames = np.arange(10.0).reshape(10, 1, 1)
+    >>> result = spike_triggered_average([0.55, 0.75, 0.05], [1, 1, 1], frames,
+    ...                                  fps=10.0, n_lags=3)
+    >>> result.sta[:, :, 0, 0]  # spikes in frames 5 and 7; frame 0 is too early
+    array([[6., 5., 4.]])
+    >>> result.bins.n_used.tolist(), result.bins.n_too_early.tolist()
+    ([2], [1])
+
+    The mean over the first ``d`` lags (frames ``N - d + 1 .. N``) is the collapsed STRF:
+
+    >>> result.sta[:, :2].mean(axis=1)[:, 0, 0]
+    array([5.5])
+    """
+    movie = _validate_movie(frames, "frames")
+    bins = bin_spikes(
+        spike_times,
+        units,
+        fps=fps,
+        n_frames=movie.shape[0],
+        n_lags=n_lags,
+        onset=onset,
+        unit_ids=unit_ids,
+    )
+    # Frames 0 .. n_lags - 2 hold no usable spike, so the block starting at frame n_lags - 1
+    # with the whole movie as frames_block covers every spike without padding.
+    partial = sta_chunk(bins.counts[:, bins.n_lags - 1 :], movie, n_lags=bins.n_lags)
+    sta = sta_agg(partial, warn=False)
+    _warn_empty_units(bins.unit_ids, partial["n"], stacklevel=2)
+    return StaResult(sta=sta, bins=bins)
