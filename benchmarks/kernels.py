@@ -161,8 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     photometry_s = 600.0 if args.quick else 3600.0
     frames = 5_000 if args.quick else 20_000
     n_lags = 10
-    print(f"neurobatch kernel benchmarks on {platform.processor() or platform.machine()}, "
-          f"{workers} core(s); quick={args.quick}", flush=True)
+    print(
+        f"neurobatch kernel benchmarks on {platform.processor() or platform.machine()}, "
+        f"{workers} core(s); quick={args.quick}",
+        flush=True,
+    )
 
     ephys_input = {"prepare": ephys, "prepare_kwargs": {"seconds": ephys_s, "channels": ephys_ch}}
     scipy_filter = measure(filter_scipy, **ephys_input)
@@ -181,20 +184,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"zero-phase band-pass, {ephys_s:g} s x {ephys_ch} ch at 30 kHz",
             f"scipy whole array, 1 core: {scipy_rate / 1e6:.1f} M samples/s",
             f"blocked, {workers} threads: {blocked_rate / 1e6:.1f} M samples/s",
-            f"{blocked_rate / scipy_rate:.2f}x scipy; "
-            f"{blocked_rate / (workers * scipy_rate):.0%} of ideal ({workers} x 1 core)",
+            (
+                f"{blocked_rate / scipy_rate:.2f}x scipy; "
+                f"{blocked_rate / (workers * scipy_rate):.0%} of ideal ({workers} x 1 core)"
+            ),
         ),
         (
             f"robust IRLS fit, {photometry_s / 3600:g} h at 1 kHz ({irls['samples']:,} samples)",
             f"statsmodels RLM: {rlm['seconds']:.1f} s, peak {rlm['peak_mb']:.0f} MB",
-            f"blocked IRLS: {irls['seconds']:.2f} s ({irls['iterations']} iterations), "
-            f"peak {irls['peak_mb']:.0f} MB (inputs+imports {irls['baseline_mb']:.0f} MB)",
-            f"{rlm['seconds'] / irls['seconds']:.0f}x faster; slopes {rlm['slope']:.6f} / "
-            f"{irls['slope']:.6f}",
+            (
+                f"blocked IRLS: {irls['seconds']:.2f} s ({irls['iterations']} iterations), "
+                f"peak {irls['peak_mb']:.0f} MB (inputs+imports {irls['baseline_mb']:.0f} MB)"
+            ),
+            (
+                f"{rlm['seconds'] / irls['seconds']:.0f}x faster; slopes {rlm['slope']:.6f} / "
+                f"{irls['slope']:.6f}"
+            ),
         ),
         (
-            f"spike-triggered average, {frames:,} frames 32x32, {sta['units']} units, "
-            f"{sta['spikes']:,} spikes, {n_lags} lags",
+            (
+                f"spike-triggered average, {frames:,} frames 32x32, {sta['units']} units, "
+                f"{sta['spikes']:,} spikes, {n_lags} lags"
+            ),
             f"per-spike loop: {loop['seconds']:.2f} s",
             f"blocked STA, {workers} threads: {sta['seconds']:.2f} s",
             f"{loop['seconds'] / sta['seconds']:.1f}x faster",

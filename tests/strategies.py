@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import strategies as st
 
 
@@ -24,7 +26,7 @@ def chunkings(draw: st.DrawFn, length: int, *, max_chunks: int = 12) -> tuple[in
         )
     )
     edges = [0, *sorted(cuts), length]
-    return tuple(b - a for a, b in zip(edges[:-1], edges[1:], strict=True))
+    return tuple(b - a for a, b in itertools.pairwise(edges))
 
 
 def split_everies() -> st.SearchStrategy[int | None]:

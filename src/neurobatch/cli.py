@@ -102,13 +102,17 @@ def _run_demo(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    with tempfile.TemporaryDirectory(prefix="neurobatch-demo-") as scratch, LocalCluster(
-        n_workers=args.workers,
-        threads_per_worker=args.threads_per_worker,
-        memory_limit=args.memory_limit,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as cluster, Client(cluster) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="neurobatch-demo-") as scratch,
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            memory_limit=args.memory_limit,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         print(
             f"neurobatch demo on a LocalCluster of {args.workers} worker(s) x "
             f"{args.threads_per_worker} thread(s), dashboard {client.dashboard_link}",

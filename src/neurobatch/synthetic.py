@@ -66,7 +66,7 @@ def photometry_recording(
     ['lever1', 'lever2', 'shock', 'trial_cue']
     """
     rng = np.random.default_rng(seed)
-    n = int(round(duration_s * fs))
+    n = round(duration_s * fs)
     t = np.arange(n) / fs
 
     # behaviour
@@ -106,7 +106,9 @@ def photometry_recording(
     for start in rng.uniform(0, duration_s, size=max(1, int(duration_s / 120))):
         i0 = int(start * fs)
         width = int(rng.uniform(0.2, 1.0) * fs)
-        motion[i0 : i0 + width] -= rng.uniform(0.02, 0.06) * np.hanning(len(motion[i0 : i0 + width]))
+        motion[i0 : i0 + width] -= rng.uniform(0.02, 0.06) * np.hanning(
+            len(motion[i0 : i0 + width])
+        )
     baseline = bleach + drift + motion
 
     isosbestic = 0.9 * baseline + 0.003 * rng.standard_normal(n)

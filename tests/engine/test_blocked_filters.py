@@ -8,13 +8,13 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import chunkings
 
+from conftest import raise_if_dask_computes
 from neurobatch.engine import blocked
 from neurobatch.kernels import correction, filters
+from strategies import chunkings
 
 # Tolerance of a zero-phase overlap filter (DESIGN.md): the overlap depth is where the
 # forward-backward impulse response has decayed below rtol=1e-12 of its peak, so block

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -15,20 +12,10 @@ from dask.array.utils import assert_eq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import raise_if_dask_computes
 from neurobatch.engine import blocked
 from neurobatch.kernels import trials as tk
 from strategies import chunkings
-
-
-@contextmanager
-def raise_if_dask_computes() -> Iterator[None]:
-    """Fail if anything computes inside (graph building must stay lazy)."""
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a dask graph was computed while it should only be built")
-
-    with dask.config.set(scheduler=refuse):
-        yield
 
 
 def _check(result: da.Array, expected: np.ndarray) -> None:

@@ -30,18 +30,16 @@ def test_zero_phase_filter_matches_sosfiltfilt_odd(kind, cutoff, fs, order) -> N
     sos = scipy.signal.butter(order, cutoff, btype=kind, fs=fs, output="sos")
     expected = scipy.signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
     np.testing.assert_array_equal(filters.zero_phase_filter(x, sos, axis=0), expected)
-    np.testing.assert_array_equal(
-        filters.zero_phase_filter(x.T, sos, axis=1), expected.T
-    )
+    np.testing.assert_array_equal(filters.zero_phase_filter(x.T, sos, axis=1), expected.T)
 
 
 def test_lowpass_keeps_the_slow_component_without_phase_shift() -> None:
     fs = 1000.0
     t = np.arange(20_000) / fs
     slow = np.sin(2 * np.pi * 0.5 * t)
-    y = filters.zero_phase_filter(slow + 0.5 * np.sin(2 * np.pi * 60 * t), filters.butter_sos(
-        "lowpass", 3.0, fs=fs
-    ))
+    y = filters.zero_phase_filter(
+        slow + 0.5 * np.sin(2 * np.pi * 60 * t), filters.butter_sos("lowpass", 3.0, fs=fs)
+    )
     # zero phase: the slow sine comes through unshifted and unattenuated
     np.testing.assert_allclose(y[2000:-2000], slow[2000:-2000], atol=2e-3)
 
@@ -96,7 +94,9 @@ def test_pad_length_is_scipys_default() -> None:
         (lambda: filters.butter_sos("bandpass", (9.0, 3.0), fs=1e3), r"\(low, high\) pair"),
         (lambda: filters.butter_sos("highpass", (1.0, 2.0), fs=1e3), "must be one frequency"),
         (
-            lambda: filters.zero_phase_filter(np.ones(10), filters.butter_sos("lowpass", 3.0, fs=1e3)),
+            lambda: filters.zero_phase_filter(
+                np.ones(10), filters.butter_sos("lowpass", 3.0, fs=1e3)
+            ),
             "has 10 samples along the time axis; .* needs at least 16",
         ),
         (
@@ -105,7 +105,10 @@ def test_pad_length_is_scipys_default() -> None:
             ),
             r"x must be finite, got 1 NaN .* \(first at index 50\)",
         ),
-        (lambda: filters.zero_phase_filter(np.ones(50), np.ones((2, 5))), r"shape \(n_sections, 6\)"),
+        (
+            lambda: filters.zero_phase_filter(np.ones(50), np.ones((2, 5))),
+            r"shape \(n_sections, 6\)",
+        ),
         (lambda: filters.overlap_depth(np.array([[1, 0, 0, 1, -2.5, 1.0]])), "unstable"),
         (
             lambda: filters.overlap_depth(filters.butter_sos("lowpass", 3.0, fs=1e3), rtol=0),

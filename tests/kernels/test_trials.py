@@ -795,7 +795,6 @@ def test_normalisations_match_phopro(
 
 @pytest.fixture(scope="module")
 def phopro_experiment() -> Any:
-    pytest.importorskip("PhoPro")
     return importlib.import_module("PhoPro.core.PhotometryExperiment").PhotometryExperiment
 
 

@@ -83,9 +83,7 @@ def validate_same_length(axis: int = 0, **arrays: NDArray[Any]) -> int:
     if len(set(lengths.values())) > 1:
         names = " and ".join(lengths)
         values = " and ".join(str(n) for n in lengths.values())
-        raise ValueError(
-            f"{names} must have the same length along axis {axis}, got {values}."
-        )
+        raise ValueError(f"{names} must have the same length along axis {axis}, got {values}.")
     return next(iter(lengths.values()))
 
 
