@@ -108,7 +108,7 @@ def test_irls_chunked_equals_whole_on_scheduler(scheduler: str) -> None:
 
 
 @pytest.mark.slow_hypothesis
-@settings(max_examples=100)
+@settings(max_examples=6)
 @given(
     x_chunks=chunkings(N, max_chunks=40),
     y_chunks=chunkings(N, max_chunks=40),
