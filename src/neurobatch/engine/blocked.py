@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-import dask
+import dask.base
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -71,6 +71,43 @@ def coarsen_chunks(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
         last = merged.pop()
         merged[-1] += last
     return tuple(merged)
+
+
+def validate_split_every(split_every: int | None) -> int | None:
+    """Return ``split_every`` if it is None (dask's default) or an integer >= 2, else raise.
+
+    Parameters
+    ----------
+    split_every : int or None
+        How many partials each combine step of a tree reduction merges.
+
+    Returns
+    -------
+    int or None
+        ``split_every``.
+
+    Raises
+    ------
+    ValueError
+        If ``split_every`` is not None and not an integer >= 2.
+
+    Examples
+    --------
+    >>> validate_split_every(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: split_every must be an integer >= 2 (how many partials each combine step merges) or None for dask's default, got 1.
+    """
+    if split_every is not None and (
+        isinstance(split_every, bool)
+        or not isinstance(split_every, int | np.integer)
+        or split_every < 2
+    ):
+        raise ValueError(
+            "split_every must be an integer >= 2 (how many partials each combine step "
+            f"merges) or None for dask's default, got {split_every!r}."
+        )
+    return split_every
 
 
 def _with_min_chunk(x: da.Array, axis: int, minimum: int, operation: str) -> da.Array:
@@ -218,7 +255,7 @@ def _fit_channels(
 
     arrays: dict[str, da.Array] = {}
     for name, value in (("isosbestic", isosbestic), ("signal", signal)):
-        a = value if isinstance(value, da.Array) else da.asarray(value)  # type: ignore[no-untyped-call]
+        a = value if isinstance(value, da.Array) else da.asarray(value)
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}.")
         if a.ndim != 1:
@@ -235,7 +272,7 @@ def _fit_channels(
         )
     if x.chunks != y.chunks:
         logger.debug("fit: unifying chunks %s and %s", x.chunks[0], y.chunks[0])
-        _, (x, y) = unify_chunks(x, "i", y, "i")  # type: ignore[no-untyped-call]
+        _, (x, y) = unify_chunks(x, "i", y, "i")
     return x, y
 
 
@@ -265,23 +302,15 @@ def _fit_aggregate(combine: Any, parts: Any, axis: Any, keepdims: bool) -> NDArr
 
 def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.Reducer:
     """A reducer running kernel chunk/combine functions as a dask tree reduction."""
-    if split_every is not None and (
-        isinstance(split_every, bool)
-        or not isinstance(split_every, int | np.integer)
-        or split_every < 2
-    ):
-        raise ValueError(
-            f"split_every must be an integer >= 2 (how many partials each combine step "
-            f"merges) or None for dask's default, got {split_every!r}."
-        )
+    validate_split_every(split_every)
     n_blocks = x.numblocks[0]
     # Optimise the inputs' graphs once; each pass then skips graph optimisation (whose
     # fusing, and the ordering of fused tasks at run time, costs ~5 ms a pass).
-    x, y = dask.optimize(x, y)  # type: ignore[attr-defined,no-untyped-call]
+    x, y = dask.base.optimize(x, y)
 
     def reduce(chunk: Any, combine: Any, /) -> Any:
         token = uuid.uuid4().hex
-        parts = da.map_blocks(  # type: ignore[no-untyped-call]
+        parts = da.map_blocks(
             _fit_block,
             x,
             y,
@@ -291,7 +320,7 @@ def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.R
             meta=np.empty((0,), dtype=object),
             name=f"fit-chunk-{token}",
         )
-        total = da.reduction(  # type: ignore[no-untyped-call]
+        total = da.reduction(
             parts,
             _fit_unbox,
             functools.partial(_fit_aggregate, combine),
@@ -303,7 +332,7 @@ def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.R
             meta=np.empty((), dtype=object),
             name=f"fit-combine-{token}",
         )
-        (boxed,) = dask.compute(total, optimize_graph=False)  # type: ignore[attr-defined,no-untyped-call]
+        (boxed,) = dask.base.compute(total, optimize_graph=False)
         return boxed[()]
 
     return reduce
@@ -767,16 +796,7 @@ def _sta_split_every(split_every: int | None) -> int:
         if isinstance(configured, dict):
             configured = configured.get(0)
         split_every = 4 if configured is None else configured
-    if (
-        isinstance(split_every, bool)
-        or not isinstance(split_every, int | np.integer)
-        or split_every < 2
-    ):
-        raise ValueError(
-            f"split_every must be an integer >= 2 (how many partials each combine step "
-            f"adds) or None for dask's default, got {split_every!r}."
-        )
-    return int(split_every)
+    return int(validate_split_every(split_every))  # type: ignore[arg-type]
 
 
 def _sta_frames(block: NDArray[Any], start: int, stop: int) -> NDArray[Any]:
@@ -903,7 +923,7 @@ def blocked_sta(
     ([2, 1], [0, 1])
     """
     x: da.Array = (
-        movie if isinstance(movie, da.Array) else da.asarray(movie)  # type: ignore[no-untyped-call]
+        movie if isinstance(movie, da.Array) else da.asarray(movie)
     )
     if x.ndim != 3:
         raise ValueError(f"movie must be 3-D (frame, y, x), got shape {x.shape}.")
@@ -1000,7 +1020,7 @@ def blocked_sta(
     )
     # dask's own stubs disagree with themselves on Array vs DaskCollection.
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])  # type: ignore[list-item]
-    sta = da.Array(  # type: ignore[no-untyped-call]
+    sta = da.Array(
         graph,
         name,
         chunks=((bins.n_units,), (bins.n_lags,), x.chunks[1], x.chunks[2]),

@@ -18,6 +18,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.base
 import numpy as np
 from distributed import Client
 
@@ -128,7 +129,7 @@ def _photometry_checks(rec: Any, store: Path, *, fs: float) -> list[Check]:
     checks = []
 
     start = time.perf_counter()
-    filtered_signal, filtered_iso = dask.persist(
+    filtered_signal, filtered_iso = dask.base.persist(
         blocked.zero_phase_filter(lazy_signal, sos), blocked.zero_phase_filter(lazy_iso, sos)
     )
     whole_signal = filters.zero_phase_filter(signal, sos)

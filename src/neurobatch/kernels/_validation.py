@@ -79,7 +79,7 @@ def validate_same_length(axis: int = 0, **arrays: NDArray[Any]) -> int:
     ...
     ValueError: signal and isosbestic must have the same length along axis 0, got 3 and 4.
     """
-    lengths = {name: a.shape[axis] for name, a in arrays.items()}
+    lengths = {name: int(a.shape[axis]) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         names = " and ".join(lengths)
         values = " and ".join(str(n) for n in lengths.values())
