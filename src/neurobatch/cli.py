@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
+from typing import Any
 
 __all__ = ["main"]
 
@@ -25,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 when everything succeeded, 1 for a usage error or a failed check.
+        The exit status: 0 when everything succeeded, 1 for unusable configuration or
+        arguments (or a failed check), 2 when some items failed, 3 when every item failed.
 
     Examples
     --------
@@ -49,50 +51,175 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+#: Exit status when some items failed (the others are done and combined).
+EXIT_SOME_FAILED = 2
+#: Exit status when every item failed.
+EXIT_ALL_FAILED = 3
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurobatch",
         description="Dask-parallel batch processing of neuroscience recordings.",
+        epilog=(
+            "Exit status: 0 everything done; 1 unusable configuration or arguments; "
+            f"{EXIT_SOME_FAILED} some items failed (the others are done); "
+            f"{EXIT_ALL_FAILED} every item failed."
+        ),
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline file on its cluster",
+        description="Discover the inputs, process every item on the cluster and combine.",
+    )
+    run.add_argument("file", help="the pipeline file (YAML or TOML)")
+    run.add_argument(
+        "--reprocess", action="store_true", help="redo every stage, even those already done"
+    )
+    run.add_argument(
+        "--only", action="append", metavar="ITEM", help="process only this item (repeatable)"
+    )
+    run.add_argument("--workers", type=_positive_int, help="worker processes of a local cluster")
+    run.set_defaults(run=_run)
+
+    discover = commands.add_parser(
+        "discover", help="print the manifest of a pipeline file", description="List the items."
+    )
+    discover.add_argument("file", help="the pipeline file (YAML or TOML)")
+    discover.set_defaults(run=_discover)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a pipeline file and its inputs without running anything",
+        description="Validate the pipeline file and every item's loader arguments.",
+    )
+    validate.add_argument("file", help="the pipeline file (YAML or TOML)")
+    validate.set_defaults(run=_validate)
+
     demo = commands.add_parser(
         "demo",
-        help="run every blocked operator on a local cluster and check it against the kernels",
+        help="generate a synthetic photometry batch and run the pipeline on it",
+        description=(
+            "Write a realistic synthetic batch in PhoPro's CSV layout with JSON sidecars "
+            "(photobleaching, shared motion artefacts, event-locked transients, a few awkward "
+            "trials), write a pipeline file for it and run it on a LocalCluster."
+        ),
+    )
+    demo.add_argument(
+        "--out", default="neurobatch-demo", help="folder for the batch and the results"
+    )
+    demo.add_argument("--items", type=_positive_int, default=8, help="recordings (8)")
+    demo.add_argument(
+        "--duration-s", type=_positive_float, default=600.0, help="length of each (600 s)"
+    )
+    demo.add_argument(
+        "--rate-hz", type=_positive_float, default=1000.0, help="sampling rate (1000 Hz)"
+    )
+    demo.add_argument("--workers", type=_positive_int, default=2, help="worker processes (2)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
+    demo.set_defaults(run=_run_demo)
+
+    check = commands.add_parser(
+        "check",
+        help="run every blocked operator on a local cluster against its whole-array kernel",
         description=(
             "Simulate photometry recordings and a stimulus movie with planted receptive "
             "fields, run the blocked operators on a LocalCluster and compare each with its "
             "whole-array kernel. Exits 1 if any deviation exceeds its tolerance."
         ),
     )
-    demo.add_argument("--workers", type=_positive_int, default=2, help="worker processes (2)")
-    demo.add_argument(
+    check.add_argument("--workers", type=_positive_int, default=2, help="worker processes (2)")
+    check.add_argument(
         "--threads-per-worker", type=_positive_int, default=1, help="threads per worker (1)"
     )
-    demo.add_argument("--memory-limit", default="2GiB", help="memory limit per worker (2GiB)")
-    demo.add_argument(
+    check.add_argument("--memory-limit", default="2GiB", help="memory limit per worker (2GiB)")
+    check.add_argument(
         "--recordings", type=_positive_int, default=2, help="simulated recordings (2)"
     )
-    demo.add_argument(
+    check.add_argument(
         "--minutes", type=_positive_float, default=10.0, help="length of each recording (10)"
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
-    demo.add_argument(
-        "--workdir",
-        default=None,
-        help="folder for the simulated Zarr stores (a temporary folder, removed afterwards)",
-    )
-    demo.set_defaults(run=_run_demo)
+    check.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
+    check.set_defaults(run=_run_check)
     return parser
 
 
+def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
+    from neurobatch.engine.pipeline import RunError
+
+    if getattr(args, "workers", None):
+        cluster = pipeline.config.cluster.model_copy(update={"n_workers": args.workers})
+        pipeline.config = pipeline.config.model_copy(update={"cluster": cluster})
+    try:
+        summary = pipeline.run(
+            reprocess=getattr(args, "reprocess", False), only=getattr(args, "only", None)
+        )
+    except RunError as error:
+        print(error.summary, file=sys.stderr)
+        print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    print(summary)
+    return EXIT_SOME_FAILED if summary.n_failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from neurobatch.engine.pipeline import Pipeline
+
+    return _run_pipeline(Pipeline.from_file(args.file), args)
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from neurobatch.engine.pipeline import Pipeline
+
+    manifest = Pipeline.from_file(args.file).discover()
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 80):
+        print(manifest[["item_id", "url", "fingerprint", "format"]].to_string(index=False))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from neurobatch.engine.pipeline import Pipeline
+
+    manifest = Pipeline.from_file(args.file).discover()
+    print(f"{args.file}: valid; {len(manifest)} item(s)")
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.synthetic import demo_pipeline_file, write_photometry_batch
+
+    out = Path(args.out).resolve()
+    print(
+        f"writing {args.items} synthetic recording(s) of {args.duration_s:g} s at "
+        f"{args.rate_hz:g} Hz to {out / 'data'}",
+        flush=True,
+    )
+    write_photometry_batch(
+        out / "data",
+        n_items=args.items,
+        duration_s=args.duration_s,
+        fs=args.rate_hz,
+        seed=args.seed,
+    )
+    path = demo_pipeline_file(out)
+    print(f"pipeline file {path}; running it (neurobatch run {path})", flush=True)
+    return _run_pipeline(Pipeline.from_file(path), args)
+
+
+def _run_check(args: argparse.Namespace) -> int:
     import tempfile
 
     from distributed import Client, LocalCluster
 
-    from neurobatch.engine.demo import Check, run_demo
+    from neurobatch.engine.check import Check, run_check
 
     def show(check: Check) -> None:
         mark = "ok  " if check.ok else "FAIL"
@@ -103,7 +230,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
 
     with (
-        tempfile.TemporaryDirectory(prefix="neurobatch-demo-") as scratch,
+        tempfile.TemporaryDirectory(prefix="neurobatch-check-") as scratch,
         LocalCluster(
             n_workers=args.workers,
             threads_per_worker=args.threads_per_worker,
@@ -114,13 +241,13 @@ def _run_demo(args: argparse.Namespace) -> int:
         Client(cluster) as client,
     ):
         print(
-            f"neurobatch demo on a LocalCluster of {args.workers} worker(s) x "
+            f"neurobatch check on a LocalCluster of {args.workers} worker(s) x "
             f"{args.threads_per_worker} thread(s), dashboard {client.dashboard_link}",
             flush=True,
         )
-        checks = run_demo(
+        checks = run_check(
             client,
-            args.workdir or scratch,
+            scratch,
             n_recordings=args.recordings,
             duration_s=args.minutes * 60.0,
             seed=args.seed,

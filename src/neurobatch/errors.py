@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "EmptyUnitWarning",
     "InputError",
+    "InputNotFoundError",
     "NeurobatchError",
     "NonUniformSamplingWarning",
 ]
@@ -26,6 +27,10 @@ class ConfigError(NeurobatchError, ValueError):
 
 class InputError(NeurobatchError, ValueError):
     """An input recording cannot be processed: which input, what was wrong, what was expected."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input URL does not exist, or its pattern matches nothing: which URL, which pattern."""
 
 
 class EmptyUnitWarning(UserWarning):

@@ -3,6 +3,8 @@
 - :func:`photometry_recording`: two-channel fibre photometry (signal and isosbestic) with
   photobleaching, shared motion artefacts, cue-locked calcium transients and behavioural
   events, shaped as DESIGN.md's Recording.
+- :func:`write_photometry_batch`: a folder of such recordings in PhoPro's CSV layout with
+  JSON sidecars, including the awkward trials a real batch has.
 - :func:`movie_with_spikes`: a white-noise stimulus movie and spike trains of units with
   planted spatio-temporal receptive fields, shaped as DESIGN.md's Movie.
 
@@ -11,11 +13,25 @@ Everything is deterministic given ``seed``.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv
 import scipy.signal
 import xarray as xr
 
-__all__ = ["movie_with_spikes", "photometry_recording"]
+__all__ = [
+    "EVENT_NAMES",
+    "demo_pipeline_file",
+    "movie_with_spikes",
+    "photometry_recording",
+    "write_photometry_batch",
+]
+
+#: The behavioural events of :func:`photometry_recording`, in column order.
+EVENT_NAMES = ("trial_cue", "lever1", "lever2", "shock")
 
 
 def photometry_recording(
@@ -134,6 +150,157 @@ def photometry_recording(
             "source": "neurobatch.synthetic.photometry_recording",
         },
     )
+
+
+def write_photometry_batch(
+    folder: str | Path,
+    *,
+    n_items: int = 8,
+    duration_s: float = 600.0,
+    fs: float = 1000.0,
+    seed: int = 0,
+    awkward: bool = True,
+) -> list[Path]:
+    """Write a batch of synthetic recordings in PhoPro's CSV layout, with JSON sidecars.
+
+    Each ``experiment_NNN.csv`` holds a leading unnamed index column, ``time``, ``signal``,
+    ``isosbestic`` and one 0/1 flag column per event of :data:`EVENT_NAMES` (the flag is 1 on
+    the sample nearest each event); ``experiment_NNN.json`` beside it holds the subject,
+    sex, age and session. Recording ``k`` is :func:`photometry_recording` with seed
+    ``seed + k``.
+
+    With ``awkward``, the batch holds what real batches hold: in the first recording a
+    trial with both levers pressed (``lever2`` 0.5 s after a ``lever1`` press) and a cue 3 s
+    before the end (its window runs past the recording); every third sidecar also has a
+    ``notes`` entry that the others lack.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        Where to write; created if missing.
+    n_items : int, default 8
+        Number of recordings.
+    duration_s : float, default 600
+        Length of each recording, seconds.
+    fs : float, default 1000
+        Sampling rate, Hz.
+    seed : int, default 0
+        Seed of the first recording.
+    awkward : bool, default True
+        Plant the awkward trials and the uneven sidecars described above.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The CSV files, sorted.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     paths = write_photometry_batch(tmp, n_items=2, duration_s=60.0, fs=50.0)
+    ...     header = paths[0].read_text().splitlines()[0]
+    ...     sidecar = json.loads(paths[0].with_suffix(".json").read_text())
+    >>> [p.name for p in paths]
+    ['experiment_001.csv', 'experiment_002.csv']
+    >>> header
+    '"","time","signal","isosbestic","trial_cue","lever1","lever2","shock"'
+    >>> sorted(sidecar)
+    ['age', 'notes', 'session', 'sex', 'subject']
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n_items):
+        rec = photometry_recording(duration_s=duration_s, fs=fs, seed=seed + k)
+        time = rec["time"].to_numpy()
+        events = {
+            name: rec["event_time"].to_numpy()[rec["event_name"].to_numpy() == name]
+            for name in EVENT_NAMES
+        }
+        if awkward and k == 0:
+            if events["lever1"].size:
+                events["lever2"] = np.sort(np.append(events["lever2"], events["lever1"][0] + 0.5))
+            events["trial_cue"] = np.append(events["trial_cue"], time[-1] - 3.0)
+        columns: dict[str, pa.Array] = {
+            "": pa.array(np.arange(time.size)),
+            "time": pa.array(time),
+            "signal": pa.array(rec["signal"].to_numpy()),
+            "isosbestic": pa.array(rec["isosbestic"].to_numpy()),
+        }
+        for name, times in events.items():
+            flags = np.zeros(time.size, dtype=np.int8)
+            flags[np.clip(np.rint((times - time[0]) * fs).astype(np.int64), 0, time.size - 1)] = 1
+            columns[name] = pa.array(flags)
+        path = folder / f"experiment_{k + 1:03d}.csv"
+        pyarrow.csv.write_csv(pa.table(columns), path)
+        sidecar = {key: rec.attrs[key] for key in ("subject", "sex", "age", "session")}
+        if awkward and k % 3 == 0:
+            sidecar["notes"] = f"fibre re-seated before session {k + 1}"
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+DEMO_PIPELINE = """\
+# The pipeline of `neurobatch demo`: PhoPro's defaults for a lever task.
+name: neurobatch-demo
+input:
+  url: data                      # relative to this file; any fsspec URL works (s3://...)
+  pattern: "experiment_*.csv"
+loader:
+  format: photometry-csv
+  time_col: time
+  signal_col: signal
+  isosbestic_col: isosbestic
+  event_cols: [trial_cue, lever1, lever2, shock]
+  annotation: "{stem}.json"      # sidecar metadata beside each CSV
+preprocess:
+  filter: {cutoff_hz: 3.0, order: 4}
+  fit: {method: irls}            # robust Tukey biweight, as PhoPro's default
+  correction: dff
+  normalization: none
+trials:
+  align_to: trial_cue
+  center_on: [lever1, lever2]
+  bounds_s: [-8, 8]
+  tolerances_s: {lever1: [2, 4], lever2: [2, 4], shock: null}
+  normalization: none
+  window_alignment: nearest
+passdown_metadata: [source, subject, sex, age, session]
+output:
+  url: output
+  formats: [zarr, parquet, h5ad]
+  dashboards: png
+cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}
+"""
+
+
+def demo_pipeline_file(folder: str | Path) -> Path:
+    """Write the demo's pipeline file (``pipeline.yaml``) for a batch in ``folder/data``.
+
+    Parameters
+    ----------
+    folder : str or pathlib.Path
+        The demo folder: the batch of :func:`write_photometry_batch` is in its ``data``
+        folder; the outputs go to its ``output`` folder.
+
+    Returns
+    -------
+    pathlib.Path
+        The pipeline file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     demo_pipeline_file(tmp).name
+    'pipeline.yaml'
+    """
+    path = Path(folder) / "pipeline.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEMO_PIPELINE)
+    return path
 
 
 def movie_with_spikes(

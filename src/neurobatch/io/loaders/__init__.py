@@ -1,1 +1,180 @@
-"""One loader module per input format, all returning the same Dataset shapes."""
+"""Photometry loaders: one module per input format, all returning the same Recording Dataset.
+
+The registry :data:`LOADERS` maps each format name to a :class:`LoaderSpec`: its pydantic
+arguments model (``extra="forbid"``, with ``event_names()``), whether it reads files or
+folders, and its load function. :func:`load_recording` loads any of them by name.
+
+- ``photometry-csv`` (files): PhoPro's CSV layout, parsed with pyarrow;
+- ``photometry-parquet`` (files): the same columns in Parquet;
+- ``tdt`` (folders): TDT block folders, through the ``tdt`` package.
+
+Every loader checks its input (one-line :class:`~neurobatch.errors.InputError` naming the
+input and what was wrong) and says when sampling is not uniform
+(:class:`~neurobatch.errors.NonUniformSamplingWarning`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import xarray as xr
+from pydantic import BaseModel
+
+from neurobatch.errors import ConfigError
+from neurobatch.io.loaders._common import (
+    ColumnArguments,
+    LoaderArguments,
+    closest,
+    coerce_arguments,
+)
+from neurobatch.io.loaders.csv import PhotometryCSVArguments, load_photometry_csv
+from neurobatch.io.loaders.parquet import PhotometryParquetArguments, load_photometry_parquet
+from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
+from neurobatch.io.loaders.tdt import TDTArguments, load_tdt
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LOADERS",
+    "ColumnArguments",
+    "LoadFunction",
+    "LoaderArguments",
+    "LoaderSpec",
+    "PhotometryCSVArguments",
+    "PhotometryParquetArguments",
+    "TDTArguments",
+    "load_photometry_csv",
+    "load_photometry_parquet",
+    "load_recording",
+    "load_tdt",
+    "read_sidecar",
+    "resolve_sidecar",
+]
+
+
+class LoadFunction(Protocol):
+    """``load(url, arguments, *, storage_options=None) -> xarray.Dataset``."""
+
+    def __call__(
+        self,
+        url: str,
+        arguments: Any,
+        /,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> xr.Dataset:
+        """Load one input into a Recording Dataset."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """One input format: its name, arguments model, target kind and load function.
+
+    Attributes
+    ----------
+    format : str
+        The format's name, as a pipeline file's ``loader.format`` gives it.
+    arguments : type of LoaderArguments
+        Its pydantic arguments model (``extra="forbid"``); ``event_names()`` on an instance
+        lists the events the loader provides.
+    target : {"file", "folder"}
+        Whether each input is a file or a folder.
+    load : LoadFunction
+        ``load(url, arguments, *, storage_options=None) -> xarray.Dataset``.
+
+    Examples
+    --------
+    >>> spec = LOADERS["photometry-csv"]
+    >>> spec.target, spec.arguments.model_validate({"event_cols": ["cue"]}).event_names()
+    ('file', ['cue'])
+    """
+
+    format: str
+    arguments: type[LoaderArguments]
+    target: Literal["file", "folder"]
+    load: LoadFunction
+
+
+#: Every loader format by name.
+LOADERS: dict[str, LoaderSpec] = {
+    spec.format: spec
+    for spec in (
+        LoaderSpec("photometry-csv", PhotometryCSVArguments, "file", load_photometry_csv),
+        LoaderSpec(
+            "photometry-parquet", PhotometryParquetArguments, "file", load_photometry_parquet
+        ),
+        LoaderSpec("tdt", TDTArguments, "folder", load_tdt),
+    )
+}
+
+
+def load_recording(
+    url: str,
+    loader_arguments: Mapping[str, Any] | BaseModel,
+    *,
+    format: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Load one input of any registered format into a Recording Dataset.
+
+    Parameters
+    ----------
+    url : str
+        The input file or folder (see the format's ``target``), any fsspec URL or path.
+    loader_arguments : mapping or pydantic.BaseModel
+        The format's arguments: a mapping (validated by ``LOADERS[format].arguments``; a
+        ``format`` key, if present, must agree) or an instance of that model.
+    format : str
+        The format's name, a key of :data:`LOADERS`.
+    storage_options : mapping, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    xarray.Dataset
+        The Recording Dataset: ``signal(time)``, ``isosbestic(time)`` (absent in
+        single-channel mode), float64 on the coordinate ``time`` (seconds);
+        ``event_time(event)`` sorted by time with coordinate ``event_name(event)``; attrs
+        ``sampling_rate``, ``event_names``, ``source``, ``n_samples`` and the sidecar's
+        metadata.
+
+    Raises
+    ------
+    neurobatch.errors.ConfigError
+        If the format is unknown (with the closest name) or the arguments are invalid
+        (with the closest argument name for an unknown one).
+    neurobatch.errors.InputError
+        If the input cannot be loaded (see each format's loader).
+
+    Examples
+    --------
+    >>> import fsspec
+    >>> fsspec.filesystem("memory").pipe(
+    ...     "/registry-doc/a.csv", b"time,signal\\n0.0,1.0\\n0.1,2.0\\n0.2,3.0\\n")
+    >>> ds = load_recording("memory://registry-doc/a.csv", {"isosbestic_col": None},
+    ...                     format="photometry-csv")
+    >>> ds.sizes["time"], round(ds.attrs["sampling_rate"], 6)
+    (3, 10.0)
+    >>> load_recording("memory://registry-doc/a.csv", {"signal_column": "signal"},
+    ...                format="photometry-csv")
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.ConfigError: invalid loader arguments for format 'photometry-csv': signal_column: unknown argument; did you mean 'signal_col'?
+    >>> load_recording("memory://registry-doc/a.csv", {}, format="photometry-cvs")
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt')
+    """
+    spec = LOADERS.get(format)
+    if spec is None:
+        guess = closest(format, list(LOADERS))
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        known = ", ".join(repr(name) for name in LOADERS)
+        raise ConfigError(f"unknown loader format {format!r}{hint} (known: {known})")
+    arguments = coerce_arguments(loader_arguments, spec.arguments, fmt=format)
+    logger.debug("loading %s as %s", url, format)
+    return spec.load(url, arguments, storage_options=storage_options)

@@ -1,4 +1,4 @@
-"""The demo: every blocked operator on a real cluster, checked against its whole-array kernel.
+"""The self-check: every blocked operator on a cluster against its whole-array kernel.
 
 It simulates photometry recordings and a stimulus movie with planted receptive fields,
 runs the chain a photometry lab runs (zero-phase low-pass, isosbestic fit, dF/F, trial
@@ -28,7 +28,7 @@ from neurobatch.kernels import correction, filters, fitting, sta, trials
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Check", "run_demo"]
+__all__ = ["Check", "run_check"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Check:
         return bool(self.deviation <= self.tolerance)
 
 
-def run_demo(
+def run_check(
     client: Client,
     workdir: str | Path,
     *,

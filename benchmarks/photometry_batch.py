@@ -1,0 +1,205 @@
+"""The photometry batch: neurobatch against PhoPro's ``PhotometryPipeline``, side by side.
+
+Run ``python -m benchmarks.photometry_batch`` (50 recordings of 1 h at 1 kHz, PhoPro's
+measured case) or ``--quick`` (8 of 10 min). It generates the batch once (PhoPro's CSV
+layout with JSON sidecars, :func:`neurobatch.synthetic.write_photometry_batch`), then runs
+on the same files with the same settings (3 Hz low-pass, OLS fit, dF/F, lever-press trials):
+
+1. PhoPro's pipeline, in its own process (a serial loop, as users run it);
+2. ``neurobatch run`` from the CSVs (first run: ingest to Zarr, preprocess, trials);
+3. ``neurobatch run`` again with changed trial settings (the preprocessed Zarr is reused);
+4. ``neurobatch run --reprocess`` with the robust IRLS fit (PhoPro's default fit), for its
+   cost per hour of recording.
+
+Each run is a separate process tree whose resident memory — the driver and every worker
+process together — is sampled every 50 ms; the peak of the sum is reported. Results go to
+``benchmarks/results/photometry_batch[-quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from neurobatch import synthetic
+
+RESULTS = Path(__file__).parent / "results"
+EVENTS = list(synthetic.EVENT_NAMES)
+TRIALS = {
+    "align_to": "trial_cue",
+    "center_on": ["lever1", "lever2"],
+    "bounds_s": [-8.0, 8.0],
+    "tolerances_s": {"lever1": [2.0, 4.0], "lever2": [2.0, 4.0], "shock": None},
+}
+CHANGED_TRIALS = {**TRIALS, "bounds_s": [-5.0, 10.0]}
+
+PHOPRO_SCRIPT = """
+import json, sys
+from pathlib import Path
+from PhoPro.core.PhotometryLoader import CSVLoader
+from PhoPro.core.PhotometryPipeline import PhotometryPipeline
+
+data, out, events, trials = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+print("ready", flush=True)
+sys.stdin.readline()
+pipeline = PhotometryPipeline(data, "file", CSVLoader, pattern="*.csv")
+result = pipeline.run(
+    loader_kwargs=lambda p: {"event_cols": events, "annotation_file": str(p.with_suffix(".json"))},
+    preprocess_kwargs={"cutoff_frequency": 3.0, "order": 4, "fit_using": "OLS"},
+    trial_extraction_kwargs={
+        "align_to": trials["align_to"],
+        "trial_bounds": tuple(trials["bounds_s"]),
+        "center_on": trials["center_on"],
+        "event_tolerences": {k: v and tuple(v) for k, v in trials["tolerances_s"].items()},
+    },
+    output_dir=out,
+    passdown_metadata=["source", "subject"],
+)
+print("trials", result.n_trials, flush=True)
+"""
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, Any]:
+    """Run a command; return its wall time and the peak RSS of its whole process tree.
+
+    With ``wait_ready`` the command prints ``ready`` after its imports and waits for a line
+    on stdin, so that import time is not counted (PhoPro's package import takes ~20 s).
+    """
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    root = psutil.Process(proc.pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(root))
+            time.sleep(0.05)
+
+    assert proc.stdout is not None and proc.stdin is not None
+    if wait_ready:
+        while (line := proc.stdout.readline()) and line.strip() != "ready":
+            pass
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    if wait_ready:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    output, _ = proc.communicate()
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode not in (0, 2):
+        raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{output[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20), "tail": output[-400:]}
+
+
+def _pipeline_file(folder: Path, data: Path, *, trials: dict[str, Any], fit: str,
+                   workers: int) -> Path:
+    config = {
+        "name": "benchmark",
+        "input": {"url": str(data), "pattern": "*.csv"},
+        "loader": {"format": "photometry-csv", "event_cols": EVENTS, "annotation": "{stem}.json"},
+        "preprocess": {"filter": {"cutoff_hz": 3.0, "order": 4}, "fit": fit},
+        "trials": trials,
+        "passdown_metadata": ["source", "subject"],
+        "output": {"url": str(folder / "out"), "formats": ["zarr", "parquet", "h5ad"]},
+        "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1},
+    }
+    path = folder / f"pipeline-{fit}-{trials['bounds_s'][0]:g}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 recordings of 10 min")
+    parser.add_argument("--items", type=int, help="recordings (50; 8 with --quick)")
+    parser.add_argument("--duration-s", type=float, help="length of each (3600; 600 with --quick)")
+    parser.add_argument("--rate-hz", type=float, default=1000.0, help="sampling rate (1000)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="workers")
+    parser.add_argument("--scratch", help="folder for the generated batch (a temporary one)")
+    args = parser.parse_args(argv)
+    items = args.items or (8 if args.quick else 50)
+    duration = args.duration_s or (600.0 if args.quick else 3600.0)
+
+    with tempfile.TemporaryDirectory(dir=args.scratch, prefix="nb-bench-") as tmp:
+        folder = Path(tmp)
+        data = folder / "data"
+        start = time.perf_counter()
+        synthetic.write_photometry_batch(data, n_items=items, duration_s=duration,
+                                         fs=args.rate_hz, seed=0)
+        print(f"generated {items} x {duration:g} s at {args.rate_hz:g} Hz in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        nb = [sys.executable, "-m", "neurobatch.cli", "run"]
+        results: dict[str, Any] = {}
+        results["phopro"] = run_measured(
+            [sys.executable, "-c", PHOPRO_SCRIPT, str(data), str(folder / "phopro"),
+             json.dumps(EVENTS), json.dumps(TRIALS)],
+            wait_ready=True,
+        )
+        print("phopro", results["phopro"]["seconds"], "s", flush=True)
+        (folder / "phopro").mkdir(exist_ok=True)
+        ols = _pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=args.workers)
+        results["first_run"] = run_measured([*nb, str(ols)])
+        changed = _pipeline_file(folder, data, trials=CHANGED_TRIALS, fit="ols",
+                                 workers=args.workers)
+        results["rerun_changed_trials"] = run_measured([*nb, str(changed)])
+        irls = _pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
+        results["irls_reprocess"] = run_measured([*nb, str(irls), "--reprocess"])
+
+    hours = items * duration / 3600
+    phopro_s = results["phopro"]["seconds"]
+    report = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "items": items, "duration_s": duration, "rate_hz": args.rate_hz,
+        "workers": args.workers, "results": results,
+        "ratios": {
+            "first_run_speedup": round(phopro_s / results["first_run"]["seconds"], 2),
+            "rerun_speedup": round(phopro_s / results["rerun_changed_trials"]["seconds"], 2),
+            "irls_pipeline_s_per_recording_hour": round(
+                results["irls_reprocess"]["seconds"] / hours, 2
+            ),
+        },
+    }
+    print(f"\n{'run':<24}{'seconds':>10}{'peak MB':>10}{'vs PhoPro':>11}")
+    for name, r in results.items():
+        print(f"{name:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10}"
+              f"{phopro_s / r['seconds']:>10.1f}x")
+    print(json.dumps(report["ratios"], indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    name = "photometry_batch-quick.json" if args.quick else "photometry_batch.json"
+    for r in results.values():
+        r.pop("tail")
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

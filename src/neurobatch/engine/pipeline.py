@@ -1,0 +1,782 @@
+"""The photometry batch pipeline: discover -> plan -> submit per item -> collect -> combine.
+
+One future per item on a Dask cluster, a bounded number in flight. Inside its task an item
+runs its stages — ingest (input -> ``recording.zarr``), preprocess (``preprocessed.zarr``),
+trials (``trials.zarr``) — as lazy dask graphs over its Zarr stores, computed on the
+worker's own thread (no round trip to the scheduler per pass of a fit), and commits each
+stage's output with a marker written last. A failing item records its one-line error and
+traceback and never stops the others. The driver appends the items' trials to the combined
+``OUT/trials.zarr`` in manifest order as they finish, so memory stays flat in the number of
+items and the combined order does not depend on which worker was faster.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import dask
+import fsspec
+import numpy as np
+import pandas as pd
+import xarray as xr
+from distributed import Client, Future, as_completed
+
+from neurobatch import plots
+from neurobatch.config import PipelineConfig, import_object, load_config, stage_parameters
+from neurobatch.engine import stages
+from neurobatch.engine.cluster import connect
+from neurobatch.engine.ledger import stage_key
+from neurobatch.errors import ConfigError, NeurobatchError
+from neurobatch.io import export, store
+from neurobatch.io.discover import discover
+from neurobatch.io.loaders import load_recording
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HOOK_NAMES", "ItemOutcome", "Pipeline", "RunError", "RunSummary"]
+
+#: The hooks a run accepts, in the order they are called on an item.
+HOOK_NAMES = ("post_load", "id_builder", "post_preprocess", "post_trials")
+
+#: Filtered channels up to this many chunk budgets are kept in the worker's memory for the
+#: fit's passes; longer recordings go through a scratch Zarr store instead.
+IN_MEMORY_CHUNKS = 8
+
+_PACKAGE_LOGGER = logging.getLogger("neurobatch")
+_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class RunError(NeurobatchError, RuntimeError):
+    """Every item of a run failed; :attr:`summary` says how."""
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class ItemOutcome:
+    """What happened to one item: returned by its task, one row of ``OUT/items.parquet``."""
+
+    item_id: str
+    url: str
+    status: str = "pending"  # done | skipped | failed
+    experiment_id: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    stages_run: list[str] = field(default_factory=list)
+    n_trials: int = 0
+    n_dropped: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)
+    sampling_rate: float | None = None
+    fit: dict[str, Any] | None = None
+    trials_url: str | None = None
+    seconds: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        """The outcome as one flat row of the items table."""
+        fit = self.fit or {}
+        return {
+            "item_id": self.item_id,
+            "experiment_id": self.experiment_id,
+            "url": self.url,
+            "status": self.status,
+            "error": self.error,
+            "stages_run": ",".join(self.stages_run),
+            "n_trials": self.n_trials,
+            "n_dropped": self.n_dropped,
+            "dropped": json.dumps(self.dropped),
+            "sampling_rate": self.sampling_rate,
+            "fit_method": fit.get("method"),
+            "fit_intercept": fit.get("intercept"),
+            "fit_slope": fit.get("slope"),
+            "fit_r_squared": fit.get("r_squared"),
+            "fit_converged": fit.get("converged"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class RunSummary:
+    """The result of :meth:`Pipeline.run`."""
+
+    output_url: str
+    items: pd.DataFrame
+    n_trials: int
+    seconds: float
+
+    @property
+    def n_done(self) -> int:
+        """Items processed in this run."""
+        return int((self.items["status"] == "done").sum())
+
+    @property
+    def n_skipped(self) -> int:
+        """Items already done with the same inputs and settings."""
+        return int((self.items["status"] == "skipped").sum())
+
+    @property
+    def n_failed(self) -> int:
+        """Items that failed."""
+        return int((self.items["status"] == "failed").sum())
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """The failed items with their one-line errors."""
+        return self.items.loc[self.items["status"] == "failed", ["item_id", "url", "error"]]
+
+    def __str__(self) -> str:
+        lines = [
+            f"{len(self.items)} item(s): {self.n_done} done, {self.n_skipped} skipped "
+            f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
+            f"{self.seconds:.1f} s",
+            f"outputs in {self.output_url}",
+        ]
+        lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
+        return "\n".join(lines)
+
+
+@dataclass
+class _ItemJob:
+    """Everything one item's task needs; shipped to a worker."""
+
+    item_id: str
+    url: str
+    fingerprint: str
+    format: str
+    loader_arguments: dict[str, Any]
+    config: PipelineConfig
+    hooks: dict[str, Callable[..., Any]]
+    output_url: str
+    reprocess: bool
+
+
+# --- small I/O helpers -----------------------------------------------------------------------
+
+
+def _join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *parts])
+
+
+def _write_text(url: str, text: str, storage_options: Mapping[str, Any]) -> None:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, text.encode())
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ValueError | OSError | KeyError) else (
+        f"{type(error).__name__}: {text}"
+    )
+
+
+class _ThreadLog(logging.Handler):
+    """Collects the package's log records emitted by one thread (one item, or the driver)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.buffer = io.StringIO()
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.buffer.write(self.format(record) + "\n")
+
+
+@contextmanager
+def _captured_log() -> Iterator[_ThreadLog]:
+    handler = _ThreadLog()
+    if _PACKAGE_LOGGER.level == logging.NOTSET or _PACKAGE_LOGGER.level > logging.INFO:
+        _PACKAGE_LOGGER.setLevel(logging.INFO)
+    _PACKAGE_LOGGER.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        _PACKAGE_LOGGER.removeHandler(handler)
+
+
+_sync_lock = threading.Lock()
+_sync_users = 0
+_sync_previous: Any = None
+
+
+@contextmanager
+def _synchronous_dask() -> Iterator[None]:
+    """Compute dask graphs on the calling thread while any item runs in this process.
+
+    Inside a worker dask would otherwise send every compute of an item (each pass of a fit)
+    back to the scheduler. The setting is process-wide, so it is counted: the last item to
+    finish restores the previous scheduler.
+    """
+    global _sync_users, _sync_previous
+    with _sync_lock:
+        if _sync_users == 0:
+            _sync_previous = dask.config.get("scheduler", None)
+            dask.config.set(scheduler="synchronous")
+        _sync_users += 1
+    try:
+        yield
+    finally:
+        with _sync_lock:
+            _sync_users -= 1
+            if _sync_users == 0:
+                dask.config.set(scheduler=_sync_previous)
+
+
+# --- one item, on a worker -------------------------------------------------------------------
+
+
+def _apply_hook(hooks: Mapping[str, Callable[..., Any]], name: str, ds: xr.Dataset) -> xr.Dataset:
+    hook = hooks.get(name)
+    if hook is None:
+        return ds
+    logger.info("running hook %s (%s)", name, getattr(hook, "__qualname__", hook))
+    result = hook(ds)
+    if result is None:
+        return ds
+    if not isinstance(result, xr.Dataset):
+        raise TypeError(
+            f"hook {name} returned {type(result).__name__}; expected an xarray.Dataset or None"
+        )
+    return result
+
+
+def _passdown(recording: xr.Dataset, keys: Sequence[str], item_id: str) -> dict[str, Any]:
+    values = {}
+    for key in keys:
+        if key not in recording.attrs:
+            logger.warning(
+                "%s: passdown_metadata %r is not in this recording's metadata (keys: %s); "
+                "its column is empty for this item",
+                item_id,
+                key,
+                ", ".join(sorted(recording.attrs)),
+            )
+        values[key] = recording.attrs.get(key)
+    return values
+
+
+def _persist_policy(
+    job: _ItemJob, scratch_url: str
+) -> Callable[[xr.Dataset], xr.Dataset]:
+    chunk_memory = job.config.engine.chunk_memory
+    storage_options = job.config.output.storage_options
+
+    def persist(filtered: xr.Dataset) -> xr.Dataset:
+        nbytes = sum(filtered[name].nbytes for name in stages.CHANNELS if name in filtered)
+        if nbytes <= IN_MEMORY_CHUNKS * chunk_memory:
+            logger.debug("filtered channels (%d bytes) kept in memory for the fit", nbytes)
+            return filtered.persist()
+        logger.info("filtered channels (%d bytes) go through %s for the fit", nbytes, scratch_url)
+        store.write_dataset(
+            filtered, scratch_url, chunk_memory=chunk_memory, storage_options=storage_options
+        )
+        return store.open_dataset(scratch_url, storage_options=storage_options)
+
+    return persist
+
+
+def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
+    config = job.config
+    so = config.output.storage_options
+    chunk_memory = config.engine.chunk_memory
+    item_url = _join(job.output_url, "items", job.item_id)
+    recording_url = _join(item_url, "recording.zarr")
+    processed_url = _join(item_url, "preprocessed.zarr")
+    trials_url = _join(item_url, "trials.zarr")
+    hook_names = {name: getattr(h, "__qualname__", repr(h)) for name, h in job.hooks.items()}
+
+    ingest_key = stage_key(
+        "ingest", {"format": job.format, **job.loader_arguments}, upstream=job.fingerprint
+    )
+    preprocess_key = stage_key(
+        "preprocess",
+        {**stage_parameters(config, "preprocess"), "hooks": hook_names},
+        upstream=ingest_key,
+    )
+    trials_key = stage_key(
+        "trials",
+        {**stage_parameters(config, "trials"), "hooks": hook_names},
+        upstream=preprocess_key,
+    )
+
+    def done(url: str, key: str) -> dict[str, Any] | None:
+        marker = None if job.reprocess else store.read_commit(url, storage_options=so)
+        return marker if marker is not None and marker.get("key") == key else None
+
+    # ingest: the input, whatever its format, becomes the item's Zarr recording
+    if done(recording_url, ingest_key) is None:
+        outcome.stages_run.append("ingest")
+        logger.info("ingesting %s", job.url)
+        recording = load_recording(
+            job.url,
+            job.loader_arguments,
+            format=job.format,
+            storage_options=config.input.storage_options,
+        )
+        store.remove(recording_url, storage_options=so)
+        store.write_dataset(recording, recording_url, chunk_memory=chunk_memory, storage_options=so)
+        store.commit(recording_url, {"key": ingest_key, "input": job.url}, storage_options=so)
+    recording = store.open_dataset(recording_url, storage_options=so)
+    outcome.sampling_rate = float(recording.attrs["sampling_rate"])
+    recording = _apply_hook(job.hooks, "post_load", recording)
+    id_builder = job.hooks.get("id_builder")
+    outcome.experiment_id = str(id_builder(recording)) if id_builder else job.item_id
+
+    # preprocess: filter, fit, correct, normalise
+    marker = done(processed_url, preprocess_key)
+    if marker is None:
+        outcome.stages_run.append("preprocess")
+        logger.info("preprocessing (%d samples at %g Hz)", recording.sizes["time"],
+                    outcome.sampling_rate)
+        scratch_url = _join(item_url, "filtered.zarr")
+        processed = stages.preprocess(
+            recording, config.preprocess, persist=_persist_policy(job, scratch_url)
+        )
+        processed = _apply_hook(job.hooks, "post_preprocess", processed)
+        store.remove(processed_url, storage_options=so)
+        store.write_dataset(processed, processed_url, chunk_memory=chunk_memory, storage_options=so)
+        store.remove(scratch_url, storage_options=so)
+        marker = {"key": preprocess_key, "fit": processed.attrs.get("fit")}
+        store.commit(processed_url, marker, storage_options=so)
+    outcome.fit = marker.get("fit")
+    if outcome.fit:
+        logger.info(
+            "fit %s: reference = %.6g + %.6g * isosbestic, R² = %.4f",
+            outcome.fit["method"],
+            outcome.fit["intercept"],
+            outcome.fit["slope"],
+            outcome.fit["r_squared"],
+        )
+
+    trials = None
+    if config.trials is not None:
+        marker = done(trials_url, trials_key)
+        if marker is None:
+            outcome.stages_run.append("trials")
+            processed = store.open_dataset(processed_url, storage_options=so)
+            trials, plan = stages.cut_trials(
+                processed,
+                config.trials,
+                item_id=job.item_id,
+                experiment_id=outcome.experiment_id,
+                passdown=_passdown(recording, config.passdown_metadata, job.item_id),
+            )
+            trials = _apply_hook(job.hooks, "post_trials", trials)
+            store.remove(trials_url, storage_options=so)
+            store.write_dataset(trials, trials_url, chunk_memory=chunk_memory, storage_options=so)
+            dropped = {str(k): v for k, v in plan.dropped.items()}
+            marker = {"key": trials_key, "n_trials": trials.sizes["trial"], "dropped": dropped}
+            store.commit(trials_url, marker, storage_options=so)
+        outcome.n_trials = int(marker["n_trials"])
+        outcome.dropped = dict(marker["dropped"])
+        outcome.n_dropped = len(outcome.dropped)
+        outcome.trials_url = trials_url
+        for number, reason in outcome.dropped.items():
+            logger.warning("trial candidate %s dropped: %s", number, reason)
+        logger.info("%d trials", outcome.n_trials)
+
+    if config.output.dashboards and outcome.stages_run:
+        processed = store.open_dataset(processed_url, storage_options=so)
+        if trials is None and outcome.trials_url is not None:
+            trials = store.open_dataset(outcome.trials_url, storage_options=so)
+        path = _join(job.output_url, "dashboards", f"{job.item_id}.{config.output.dashboards}")
+        plots.dashboard(processed, trials, path, title=outcome.experiment_id, storage_options=so)
+        logger.info("dashboard written to %s", path)
+
+
+def process_item(job: _ItemJob) -> ItemOutcome:
+    """Run one item's stages; never raises for a problem with the item itself.
+
+    Parameters
+    ----------
+    job : _ItemJob
+        The item and the run's settings.
+
+    Returns
+    -------
+    ItemOutcome
+        ``done`` (something ran), ``skipped`` (everything was already committed with the
+        same key) or ``failed`` with the one-line error and the traceback.
+    """
+    outcome = ItemOutcome(item_id=job.item_id, url=job.url)
+    start = time.perf_counter()
+    with _captured_log() as log, _synchronous_dask():
+        logger.info("item %s from %s", job.item_id, job.url)
+        try:
+            _run_item(job, outcome)
+        except Exception as error:
+            outcome.status = "failed"
+            outcome.error = _one_line(error)
+            outcome.traceback = traceback.format_exc()
+            logger.error("%s failed: %s\n%s", job.item_id, outcome.error, outcome.traceback)
+        else:
+            outcome.status = "done" if outcome.stages_run else "skipped"
+        outcome.seconds = time.perf_counter() - start
+        logger.info("item %s %s in %.2f s", job.item_id, outcome.status, outcome.seconds)
+    try:
+        _write_text(
+            _join(job.output_url, "logs", f"{job.item_id}.log"),
+            log.buffer.getvalue(),
+            job.config.output.storage_options,
+        )
+    except OSError as error:
+        logger.warning("could not write the log of %s: %s", job.item_id, error)
+    return outcome
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def _resolve_hooks(
+    config: PipelineConfig, overrides: Mapping[str, Callable[..., Any] | None] | None
+) -> dict[str, Callable[..., Any]]:
+    hooks: dict[str, Callable[..., Any]] = {}
+    for name in HOOK_NAMES:
+        target = getattr(config.hooks, name)
+        if target is not None:
+            hooks[name] = import_object(target)
+            module = sys.modules.get(getattr(hooks[name], "__module__", ""), None)
+            if module is not None and target.split(":")[0].endswith(".py"):
+                # a hook from a file: ship its code, the workers cannot import the file
+                cloudpickle.register_pickle_by_value(module)
+    for name, hook in (overrides or {}).items():
+        if name not in HOOK_NAMES:
+            raise NeurobatchError(
+                f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}"
+            )
+        if hook is None:
+            hooks.pop(name, None)
+        else:
+            hooks[name] = hook
+    return hooks
+
+
+class _Combiner:
+    """Appends finished items' trials to ``OUT/trials.zarr`` in manifest order."""
+
+    def __init__(self, order: Sequence[str], url: str, storage_options: Mapping[str, Any]):
+        self.order = list(order)
+        self.url = url
+        self.storage_options = dict(storage_options)
+        self.outcomes: dict[str, ItemOutcome] = {}
+        self.next = 0
+        self.rel_time: np.ndarray | None = None
+        self.grid_item: str | None = None
+        self.n_trials = 0
+        store.remove(url, storage_options=self.storage_options)
+
+    def add(self, outcome: ItemOutcome) -> None:
+        self.outcomes[outcome.item_id] = outcome
+        while self.next < len(self.order) and self.order[self.next] in self.outcomes:
+            self._append(self.outcomes[self.order[self.next]])
+            self.next += 1
+
+    def _append(self, outcome: ItemOutcome) -> None:
+        if outcome.status == "failed" or outcome.trials_url is None or not outcome.n_trials:
+            return
+        trials = store.open_dataset(outcome.trials_url, storage_options=self.storage_options)
+        rel_time = trials["rel_time"].to_numpy()
+        if self.rel_time is None:
+            self.rel_time, self.grid_item = rel_time, outcome.item_id
+        elif rel_time.shape != self.rel_time.shape or not np.allclose(
+            rel_time, self.rel_time, rtol=0, atol=1e-9
+        ):
+            logger.warning(
+                "%s: its trials (%d points at %g Hz) were resampled onto the common relative "
+                "time grid of %s (%d points) by linear interpolation",
+                outcome.item_id,
+                rel_time.size,
+                outcome.sampling_rate,
+                self.grid_item,
+                self.rel_time.size,
+            )
+            trials = store.resample_trials(trials, self.rel_time)
+        store.append_trials(trials, self.url, storage_options=self.storage_options)
+        self.n_trials += outcome.n_trials
+
+
+class Pipeline:
+    """A photometry batch pipeline: one pipeline file, run on a Dask cluster.
+
+    Parameters
+    ----------
+    config : neurobatch.config.PipelineConfig or mapping
+        The validated pipeline file, or a mapping validated into one.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from neurobatch import synthetic
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = synthetic.write_photometry_batch(f"{tmp}/data", n_items=2, duration_s=120.0, fs=50.0)
+    >>> pipeline = Pipeline({
+    ...     "name": "doc",
+    ...     "input": {"url": f"{tmp}/data", "pattern": "*.csv"},
+    ...     "loader": {"format": "photometry-csv", "event_cols": list(synthetic.EVENT_NAMES),
+    ...                "annotation": "{stem}.json"},
+    ...     "preprocess": {"fit": "ols"},
+    ...     "trials": {"align_to": "trial_cue", "bounds_s": [-2, 4]},
+    ...     "output": {"url": f"{tmp}/out"},
+    ... })
+    >>> pipeline.discover()["item_id"].tolist()
+    ['experiment_001', 'experiment_002']
+    """
+
+    def __init__(self, config: PipelineConfig | Mapping[str, Any]) -> None:
+        self.config = (
+            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Pipeline:
+        """Read and validate a pipeline file (YAML or TOML).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The pipeline file.
+
+        Returns
+        -------
+        Pipeline
+        """
+        return cls(load_config(path))
+
+    def discover(self) -> pd.DataFrame:
+        """The manifest: one row per item (input and loader arguments), sorted.
+
+        Returns
+        -------
+        pandas.DataFrame
+            See :func:`neurobatch.io.discover.discover`.
+        """
+        return discover(
+            self.config.input,
+            self.config.loader,
+            storage_options=self.config.input.storage_options,
+            trials=self.config.trials,
+        )
+
+    def run(
+        self,
+        *,
+        client: Client | None = None,
+        hooks: Mapping[str, Callable[..., Any] | None] | None = None,
+        reprocess: bool = False,
+        only: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> RunSummary:
+        """Process every item and combine their trials.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The cluster to run on; by default one is started from the ``cluster`` section.
+        hooks : mapping of str to callable, optional
+            ``post_load``, ``id_builder``, ``post_preprocess``, ``post_trials``; each takes
+            the item's dataset (``id_builder`` returns the experiment id, the others a
+            dataset or None). They override the pipeline file's hooks of the same name.
+        reprocess : bool, default False
+            Redo every stage of every item, even those already done.
+        only : sequence of str, optional
+            Process only these item ids.
+        progress : bool, optional
+            Show a progress bar; by default when stderr is a terminal.
+
+        Returns
+        -------
+        RunSummary
+
+        Raises
+        ------
+        neurobatch.errors.ConfigError
+            If the manifest is empty or ``only`` names an unknown item.
+        RunError
+            If every item failed (after writing the logs and the items table).
+        """
+        config = self.config
+        out = config.output.url
+        so = config.output.storage_options
+        start = time.perf_counter()
+        resolved_hooks = _resolve_hooks(config, hooks)
+        with _captured_log() as run_log:
+            try:
+                manifest = self._select(self.discover(), only)
+                if client is None:
+                    with connect(config.cluster) as own_client:
+                        outcomes, n_trials = self._submit(own_client, manifest, resolved_hooks,
+                                                          reprocess, progress)
+                else:
+                    outcomes, n_trials = self._submit(client, manifest, resolved_hooks,
+                                                      reprocess, progress)
+                summary = self._finish(outcomes, n_trials, time.perf_counter() - start)
+            finally:
+                _write_text(_join(out, "logs", "run.log"), run_log.buffer.getvalue(), so)
+        if summary.n_failed == len(summary.items):
+            raise RunError(
+                f"every item failed ({summary.n_failed}); first error: "
+                f"{summary.failures.iloc[0]['item_id']}: {summary.failures.iloc[0]['error']}; "
+                f"see {_join(out, 'logs')}",
+                summary,
+            )
+        return summary
+
+    @staticmethod
+    def _select(manifest: pd.DataFrame, only: Sequence[str] | None) -> pd.DataFrame:
+        if only is None:
+            return manifest
+        unknown = sorted(set(only) - set(manifest["item_id"]))
+        if unknown:
+            raise ConfigError(
+                f"--only: no item {', '.join(map(repr, unknown))} in the manifest; "
+                f"expected one of {', '.join(manifest['item_id'][:10])}"
+                + (" ..." if len(manifest) > 10 else "")
+            )
+        return manifest[manifest["item_id"].isin(only)].reset_index(drop=True)
+
+    def _submit(
+        self,
+        client: Client,
+        manifest: pd.DataFrame,
+        hooks: dict[str, Callable[..., Any]],
+        reprocess: bool,
+        progress: bool | None,
+    ) -> tuple[list[ItemOutcome], int]:
+        config = self.config
+        out = config.output.url
+        threads = sum(client.nthreads().values()) or 1
+        max_in_flight = config.engine.max_in_flight or 2 * threads
+        logger.info(
+            "%s: %d item(s) on %d worker thread(s), at most %d in flight; dashboard %s",
+            config.name,
+            len(manifest),
+            threads,
+            max_in_flight,
+            client.dashboard_link,
+        )
+        jobs = [
+            _ItemJob(
+                item_id=row.item_id,
+                url=row.url,
+                fingerprint=row.fingerprint,
+                format=row.format,
+                loader_arguments=dict(row.loader_arguments),
+                config=config,
+                hooks=hooks,
+                output_url=out,
+                reprocess=reprocess,
+            )
+            for row in manifest.itertuples()
+        ]
+        combiner = _Combiner(
+            [job.item_id for job in jobs], _join(out, "trials.zarr"), config.output.storage_options
+        )
+        pending = iter(jobs)
+        token = f"{time.time_ns():x}"
+        submitted: dict[str, _ItemJob] = {}
+
+        def submit_next() -> Future | None:
+            job = next(pending, None)
+            if job is None:
+                return None
+            future = client.submit(
+                process_item, job, key=f"item-{job.item_id}-{token}", pure=False
+            )
+            submitted[future.key] = job
+            return future
+
+        futures = as_completed([f for f in (submit_next() for _ in range(max_in_flight)) if f])
+        with _progress(len(jobs), progress) as advance:
+            for future in futures:
+                job = submitted.pop(future.key)
+                try:
+                    outcome: ItemOutcome = future.result()
+                except Exception as error:  # the task itself died (e.g. its worker, repeatedly)
+                    outcome = ItemOutcome(
+                        item_id=job.item_id,
+                        url=job.url,
+                        status="failed",
+                        error=f"the item's task failed: {_one_line(error)}",
+                        traceback=traceback.format_exc(),
+                    )
+                future.release()
+                if outcome.status == "failed":
+                    logger.error("%s failed: %s", outcome.item_id, outcome.error)
+                combiner.add(outcome)
+                advance(outcome)
+                following = submit_next()
+                if following is not None:
+                    futures.add(following)
+        return [combiner.outcomes[job.item_id] for job in jobs], combiner.n_trials
+
+    def _finish(self, outcomes: list[ItemOutcome], n_trials: int, seconds: float) -> RunSummary:
+        config = self.config
+        out = config.output.url
+        so = config.output.storage_options
+        items = pd.DataFrame([outcome.row() for outcome in outcomes])
+        fs, path = fsspec.core.url_to_fs(_join(out, "items.parquet"), **so)
+        with fs.open(path, "wb") as f:
+            items.to_parquet(f, index=False)
+        trials_url = _join(out, "trials.zarr")
+        if n_trials:
+            trials = store.open_trials(trials_url, storage_options=so)
+            for fmt in ("parquet", "csv"):
+                if fmt in config.output.formats:
+                    export.write_obs(
+                        trials, _join(out, f"trials_obs.{fmt}"), format=fmt, storage_options=so
+                    )
+            if "h5ad" in config.output.formats:
+                export.write_h5ad(trials, _join(out, "trials.h5ad"), storage_options=so)
+        run = {
+            "name": config.name,
+            "neurobatch": version("neurobatch"),
+            "n_items": len(items),
+            "n_trials": n_trials,
+            "seconds": round(seconds, 3),
+            "items": [asdict(o) | {"traceback": None} for o in outcomes],
+        }
+        _write_text(_join(out, "run.json"), json.dumps(run, indent=2, default=str), so)
+        summary = RunSummary(output_url=out, items=items, n_trials=n_trials, seconds=seconds)
+        logger.info("%s", summary)
+        return summary
+
+
+@contextmanager
+def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[ItemOutcome], None]]:
+    """A progress bar over items on a terminal (rich); nothing otherwise."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda outcome: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("items", total=total)
+
+        def advance(outcome: ItemOutcome) -> None:
+            bar.update(task, advance=1, description=f"{outcome.item_id} {outcome.status}")
+
+        yield advance

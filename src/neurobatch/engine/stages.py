@@ -1,0 +1,437 @@
+"""Pipeline stages: Dataset -> Dataset, lazily, on the blocked operators.
+
+A stage takes DESIGN.md's datasets (a Recording, a Processed recording) backed by dask
+arrays — usually opened from an item's Zarr store — and returns new ones whose variables
+are still lazy; only what a stage must know to go on is computed (the fit coefficients, the
+trial plan from the time axis and the events). The pipeline decides where results are
+stored and on which scheduler they are computed.
+
+- :func:`filter_channels`: zero-phase low-pass of every channel.
+- :func:`fit_reference`: the isosbestic fit (OLS or robust IRLS), one blocked reduction per pass.
+- :func:`correct`: the fitted reference, the correction (dF/F, dF) and the whole-signal
+  normalisation.
+- :func:`preprocess`: the three above, as PhoPro's ``preprocess_signal``.
+- :func:`cut_trials`: the event-aligned trials of the processed variable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from neurobatch.config import FitConfig, FilterConfig, PreprocessConfig, TrialsConfig
+from neurobatch.engine import blocked
+from neurobatch.errors import InputError
+from neurobatch.kernels import correction as correction_kernels
+from neurobatch.kernels import filters
+from neurobatch.kernels import trials as trial_kernels
+from neurobatch.kernels.fitting import FitResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PROCESSED_VARIABLE",
+    "correct",
+    "cut_trials",
+    "events_of",
+    "filter_channels",
+    "fit_reference",
+    "preprocess",
+]
+
+#: The processed variable's name for each correction method.
+PROCESSED_VARIABLE = {"dff": "dff", "df": "df", "none": "signal_corrected"}
+
+CHANNELS = ("signal", "isosbestic")
+
+
+def _source(ds: xr.Dataset) -> str:
+    return str(ds.attrs.get("source", "recording"))
+
+
+def _channels(ds: xr.Dataset) -> list[str]:
+    return [name for name in CHANNELS if name in ds.data_vars]
+
+
+def filter_channels(recording: xr.Dataset, params: FilterConfig | None) -> xr.Dataset:
+    """Filter ``signal`` and ``isosbestic`` with a zero-phase Butterworth filter, lazily.
+
+    By default a low-pass, as PhoPro: ``butter(order, cutoff / (fs / 2), "low",
+    output="sos")`` then ``sosfiltfilt`` with
+    SciPy's default odd padding, as PhoPro does; blocked with an overlap derived from the
+    filter's impulse response (:func:`neurobatch.engine.blocked.zero_phase_filter`).
+
+    Parameters
+    ----------
+    recording : xarray.Dataset
+        A Recording with ``signal`` (and ``isosbestic``) along ``time`` and the
+        ``sampling_rate`` attribute.
+    params : neurobatch.config.FilterConfig or None
+        Type (low-pass by default), cutoff and order; None returns the recording unchanged.
+
+    Returns
+    -------
+    xarray.Dataset
+        The recording with its channels filtered (dask-backed).
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If the cutoff is not below the Nyquist frequency or the recording is too short
+        for the filter's padding.
+
+    Examples
+    --------
+    >>> from neurobatch.config import FilterConfig
+    >>> t = np.arange(2000) / 100.0
+    >>> rec = xr.Dataset({"signal": ("time", np.sin(t) + np.sin(40 * t))}, coords={"time": t},
+    ...                  attrs={"sampling_rate": 100.0, "source": "demo"})
+    >>> out = filter_channels(rec.chunk(time=500), FilterConfig(cutoff_hz=3.0, order=4))
+    >>> bool(abs(out.signal - np.sin(t)).isel(time=slice(200, -200)).max() < 0.01)
+    True
+    """
+    if params is None:
+        return recording
+    fs = float(recording.attrs["sampling_rate"])
+    if not max(np.atleast_1d(params.cutoff_hz)) < fs / 2:
+        raise InputError(
+            f"{_source(recording)}: the filter cutoff {params.cutoff_hz} Hz is not below the "
+            f"Nyquist frequency {fs / 2:g} Hz of this recording (sampled at {fs:g} Hz); "
+            "expected a lower cutoff_hz"
+        )
+    sos = filters.butter_sos(params.type, params.cutoff_hz, fs=fs, order=params.order)
+    try:
+        filters.validate_signal_length(recording.sizes["time"], sos)
+    except ValueError as error:
+        raise InputError(f"{_source(recording)}: {error}") from error
+    out = recording.copy()
+    for name in _channels(recording):
+        out[name] = recording[name].copy(
+            data=blocked.zero_phase_filter(da.asarray(recording[name].data), sos, axis=0)
+        )
+    return out
+
+
+def fit_reference(filtered: xr.Dataset, params: FitConfig) -> FitResult:
+    """Fit the isosbestic channel to the signal: ``signal ≈ b0 + b1 * isosbestic``.
+
+    Computed now, on dask's current scheduler: OLS is one blocked pass of co-moments; IRLS
+    (Tukey's biweight, as statsmodels' ``RLM``) a few passes per iteration. Persist the
+    inputs first when they are expensive to recompute.
+
+    Parameters
+    ----------
+    filtered : xarray.Dataset
+        With ``signal`` and ``isosbestic`` along ``time``.
+    params : neurobatch.config.FitConfig
+        ``method`` (``ols`` or ``irls``), ``intercept``, and for IRLS ``c`` and ``maxiter``.
+
+    Returns
+    -------
+    neurobatch.kernels.fitting.FitResult
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If the recording has no isosbestic channel, or the fit is impossible (NaN, a
+        constant isosbestic, too few samples).
+
+    Examples
+    --------
+    >>> from neurobatch.config import FitConfig
+    >>> iso = np.linspace(1.0, 2.0, 100)
+    >>> ds = xr.Dataset({"signal": ("time", 0.5 + 2 * iso), "isosbestic": ("time", iso)})
+    >>> fit = fit_reference(ds.chunk(time=30), FitConfig(method="ols"))
+    >>> round(fit.intercept, 6), round(fit.slope, 6)
+    (0.5, 2.0)
+    """
+    if "isosbestic" not in filtered:
+        raise InputError(
+            f"{_source(filtered)}: the {params.method.upper()} fit needs an isosbestic "
+            "channel, and this recording has none (single-channel); expected "
+            "isosbestic_col in the loader, or fit: none with correction: none"
+        )
+    iso, sig = filtered["isosbestic"].data, filtered["signal"].data
+    try:
+        if params.method == "ols":
+            return blocked.fit_ols(iso, sig, intercept=params.intercept)
+        return blocked.fit_irls(
+            iso, sig, c=params.c, maxiter=params.maxiter, tol=params.tol,
+            intercept=params.intercept,
+        )
+    except ValueError as error:
+        raise InputError(f"{_source(filtered)}: isosbestic fit failed: {error}") from error
+
+
+def correct(
+    filtered: xr.Dataset,
+    fit: FitResult | None,
+    *,
+    correction: correction_kernels.Correction,
+    normalization: correction_kernels.Normalization,
+) -> xr.Dataset:
+    """Add the fitted ``reference`` and the corrected, normalised processed variable, lazily.
+
+    Parameters
+    ----------
+    filtered : xarray.Dataset
+        The filtered recording.
+    fit : neurobatch.kernels.fitting.FitResult or None
+        The isosbestic fit; None when there is none (then ``correction`` must be ``none``).
+    correction : {'dff', 'df', 'none'}
+        ``(signal - reference) / max(reference, float32 eps)``, ``signal - reference``, or
+        the signal itself.
+    normalization : {'none', 'zscore', 'nullz'}
+        Whole-signal normalisation of the corrected signal (``ddof=0``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``filtered`` plus ``reference`` (when fitted) and the processed variable
+        (:data:`PROCESSED_VARIABLE`), with attrs ``fit`` and ``processed_variable``.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If a correction needs a reference and there is no fit.
+
+    Examples
+    --------
+    >>> from neurobatch.kernels.fitting import fit_ols
+    >>> iso = np.linspace(1.0, 2.0, 5)
+    >>> ds = xr.Dataset({"signal": ("time", 2 * iso * 1.1), "isosbestic": ("time", iso)})
+    >>> out = correct(ds, fit_ols(iso, 2 * iso), correction="dff", normalization="none")
+    >>> out.attrs["processed_variable"], np.round(out.dff.values, 6).tolist()
+    ('dff', [0.1, 0.1, 0.1, 0.1, 0.1])
+    """
+    name = PROCESSED_VARIABLE[correction]
+    out = filtered.copy()
+    signal = da.asarray(filtered["signal"].data)
+    if fit is None:
+        if correction != "none":
+            raise InputError(
+                f"{_source(filtered)}: correction {correction!r} needs a fitted reference and "
+                "there is none (single-channel recording or fit: none); expected "
+                "correction: none, or an isosbestic channel with a fit"
+            )
+        processed = signal
+        out.attrs["fit"] = None
+    else:
+        iso = da.asarray(filtered["isosbestic"].data)
+        reference = fit.intercept + fit.slope * iso if fit.has_intercept else fit.slope * iso
+        out["reference"] = filtered["isosbestic"].copy(data=reference)
+        processed = da.map_blocks(
+            correction_kernels.correct, signal, reference, method=correction, dtype=np.float64
+        )
+        out.attrs["fit"] = fit.to_dict()
+    if normalization != "none":
+        processed = blocked.normalize(processed, method=normalization)
+    out[name] = filtered["signal"].copy(data=processed)
+    out[name].attrs = {"correction": correction, "normalization": normalization}
+    out.attrs["processed_variable"] = name
+    return out
+
+
+def preprocess(
+    recording: xr.Dataset,
+    params: PreprocessConfig,
+    *,
+    persist: Callable[[xr.Dataset], xr.Dataset] = lambda ds: ds,
+) -> xr.Dataset:
+    """Filter, fit, correct and normalise one recording, as PhoPro's ``preprocess_signal``.
+
+    Parameters
+    ----------
+    recording : xarray.Dataset
+        A Recording, usually dask-backed from its Zarr store.
+    params : neurobatch.config.PreprocessConfig
+        The ``preprocess`` section of the pipeline file.
+    persist : callable, optional
+        Applied to the filtered channels before the fit reads them (several times for
+        IRLS): e.g. ``xarray.Dataset.persist`` when they fit in memory, or a write to
+        Zarr and a re-open when they do not. By default they are recomputed.
+
+    Returns
+    -------
+    xarray.Dataset
+        The Processed recording (lazy): see :func:`correct`.
+
+    Examples
+    --------
+    >>> from neurobatch import synthetic
+    >>> from neurobatch.config import PreprocessConfig
+    >>> rec = synthetic.photometry_recording(duration_s=120.0, fs=100.0, seed=0)
+    >>> params = PreprocessConfig(fit="ols", correction="dff")
+    >>> out = preprocess(rec.chunk(time=4000), params)
+    >>> out.attrs["processed_variable"], out.attrs["fit"]["method"]
+    ('dff', 'ols')
+    >>> bool(abs(out.dff - rec.true_dff).isel(time=slice(1000, -1000)).mean() < 0.01)
+    True
+    """
+    filtered = persist(filter_channels(recording, params.filter))
+    fit = None if params.fit.method == "none" else fit_reference(filtered, params.fit)
+    return correct(
+        filtered, fit, correction=params.correction, normalization=params.normalization
+    )
+
+
+def events_of(recording: xr.Dataset) -> dict[str, np.ndarray]:
+    """The events of a Recording as a mapping of name to sorted occurrence times.
+
+    Every name in ``attrs["event_names"]`` is present, with an empty array when it never
+    occurs.
+
+    Parameters
+    ----------
+    recording : xarray.Dataset
+        With ``event_time(event)`` and coordinate ``event_name(event)``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+
+    Examples
+    --------
+    >>> rec = xr.Dataset({"event_time": ("event", [2.0, 1.0])},
+    ...                  coords={"event_name": ("event", ["b", "a"])},
+    ...                  attrs={"event_names": ["a", "b", "c"]})
+    >>> {k: v.tolist() for k, v in events_of(rec).items()}
+    {'a': [1.0], 'b': [2.0], 'c': []}
+    """
+    names = list(recording.attrs.get("event_names", []))
+    if "event_time" not in recording:
+        return {name: np.empty(0) for name in names}
+    times = np.asarray(recording["event_time"].values, dtype=np.float64)
+    labels = np.asarray(recording["event_name"].values).astype(str)
+    names += [name for name in dict.fromkeys(labels.tolist()) if name not in names]
+    return {name: np.sort(times[labels == name]) for name in names}
+
+
+def _describe_events(events: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{name} x{times.size}" for name, times in events.items()) or "none"
+
+
+def cut_trials(
+    processed: xr.Dataset,
+    params: TrialsConfig,
+    *,
+    item_id: str,
+    experiment_id: str,
+    passdown: Mapping[str, Any] | None = None,
+) -> tuple[xr.Dataset, trial_kernels.TrialPlan]:
+    """Cut the event-aligned trials of the processed variable, lazily.
+
+    The plan (which trials, where, which events in each) comes from the time axis and the
+    event table alone (:func:`neurobatch.kernels.trials.plan_trials`); the windows are a
+    blocked gather over the processed variable
+    (:func:`neurobatch.engine.blocked.extract_trials`).
+
+    Parameters
+    ----------
+    processed : xarray.Dataset
+        A Processed recording (see :func:`preprocess`).
+    params : neurobatch.config.TrialsConfig
+        The ``trials`` section of the pipeline file.
+    item_id, experiment_id : str
+        Written on every trial.
+    passdown : mapping, optional
+        Metadata copied into one per-trial column each.
+
+    Returns
+    -------
+    trials : xarray.Dataset
+        DESIGN.md's Trials: the processed variable ``(trial, rel_time)`` and the per-trial
+        coordinates.
+    plan : neurobatch.kernels.trials.TrialPlan
+        Which candidates were dropped and why.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If an alignment event never occurs, or the plan is impossible (e.g. an invalid
+        window with ``invalid_window_policy='error'``).
+
+    Examples
+    --------
+    >>> from neurobatch.config import TrialsConfig
+    >>> t = np.arange(1000) / 10.0
+    >>> ds = xr.Dataset({"dff": ("time", np.sin(t)), "event_time": ("event", [20.0, 50.0])},
+    ...                 coords={"time": t, "event_name": ("event", ["cue", "cue"])},
+    ...                 attrs={"sampling_rate": 10.0, "processed_variable": "dff",
+    ...                        "event_names": ["cue"]})
+    >>> trials, plan = cut_trials(ds.chunk(time=300), TrialsConfig(align_to="cue",
+    ...                           bounds_s=(-1.0, 2.0)), item_id="a", experiment_id="a")
+    >>> trials.dff.shape, trials.trial_num.values.tolist()
+    ((2, 30), [1, 2])
+    """
+    name = processed.attrs["processed_variable"]
+    events = events_of(processed)
+    align = [params.align_to] if isinstance(params.align_to, str) else list(params.align_to)
+    if not any(events.get(a, np.empty(0)).size for a in align):
+        raise InputError(
+            f"{_source(processed)}: the alignment event {' / '.join(map(repr, align))} never "
+            f"occurs (events found: {_describe_events(events)}); expected at least one"
+        )
+    try:
+        plan = trial_kernels.plan_trials(
+            processed["time"].values,
+            events,
+            align_to=params.align_to,
+            bounds_s=params.bounds_s,
+            center_on=params.center_on,
+            baseline_bounds_s=params.baseline_bounds_s,
+            tolerances_s=params.tolerances_s,
+            normalization=params.normalization,
+            check_overlap=params.check_overlap,
+            all_events=params.all_events,
+            window_alignment=params.window_alignment,
+            invalid_window_policy=params.invalid_window_policy,
+            event_conflict=params.event_conflict,
+            fs=float(processed.attrs["sampling_rate"]),
+        )
+    except ValueError as error:
+        raise InputError(f"{_source(processed)}: {error}") from error
+    for number, reason in plan.dropped.items():
+        logger.info("%s: trial candidate %d dropped: %s", item_id, number, reason)
+    data = blocked.extract_trials(da.asarray(processed[name].data), plan)
+    n = plan.n_trials
+    coords: dict[str, Any] = {
+        "rel_time": plan.rel_time,
+        "item_id": ("trial", np.full(n, item_id, dtype=object)),
+        "experiment_id": ("trial", np.full(n, experiment_id, dtype=object)),
+    }
+    for column, values in plan.table().items():
+        coords[column] = ("trial", values.astype(object) if values.dtype.kind == "U" else values)
+    for key, value in (passdown or {}).items():
+        if key in coords:
+            raise InputError(
+                f"{_source(processed)}: passdown_metadata {key!r} would overwrite the trial "
+                "column of the same name; expected a metadata key that is not an event or a "
+                "trial column"
+            )
+        coords[key] = ("trial", _column(value, n))
+    trials = xr.Dataset(
+        {name: (("trial", "rel_time"), data)},
+        coords=coords,
+        attrs={
+            "processed_variable": name,
+            "sampling_rate": float(processed.attrs["sampling_rate"]),
+        },
+    )
+    trials[name].attrs = dict(processed[name].attrs)
+    return trials, plan
+
+
+def _column(value: Any, n: int) -> np.ndarray:
+    """One passed-down metadata value repeated on every trial."""
+    if isinstance(value, bool | int | float | np.number | np.bool_):
+        return np.full(n, value)
+    if value is None:
+        return np.full(n, np.nan)
+    text = value if isinstance(value, str) else repr(value)
+    return np.full(n, text, dtype=object)

@@ -1,0 +1,325 @@
+"""Exports of the combined trials: obs tables (Parquet, CSV) and AnnData ``.h5ad`` for PhoPro.
+
+The ``.h5ad`` file is what PhoPro users read (``PhotometryData.read_h5ad``): ``X`` is trials
+x ``rel_time`` (the processed variable, float64), ``obs`` the per-trial columns, ``var`` the
+relative time ``t`` and ``uns`` the dataset's attributes. ``X`` is streamed from the trials
+store into the file in blocks of trials, so writing it needs a block's memory, not the whole
+matrix's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import xarray as xr
+from fsspec.implementations.local import LocalFileSystem
+from pandas.api.types import infer_dtype
+
+from neurobatch.io.store import REL_TIME, TRIAL_DIM, open_trials, to_json_safe
+
+__all__ = ["clean_axis_dtype", "trials_obs", "write_h5ad", "write_obs"]
+
+logger = logging.getLogger(__name__)
+
+_H5AD_CHUNK_MEMORY = 64 * 2**20
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return fs, str(path)
+
+
+def _open(
+    trials: xr.Dataset | str,
+    storage_options: Mapping[str, Any] | None,
+    chunk_memory: int = _H5AD_CHUNK_MEMORY,
+) -> xr.Dataset:
+    if isinstance(trials, xr.Dataset):
+        return trials
+    return open_trials(str(trials), storage_options=storage_options, chunk_memory=chunk_memory)
+
+
+def trials_obs(trials: xr.Dataset) -> pd.DataFrame:
+    """Return the per-trial coordinates of a Trials dataset as a table, one row per trial.
+
+    Parameters
+    ----------
+    trials : xarray.Dataset
+        A Trials dataset (one item's, or the combined store opened with
+        :func:`neurobatch.io.store.open_trials`); lazy coordinates are computed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per coordinate along ``trial`` alone, in the dataset's order; strings as
+        Python ``str`` (object columns). The index is ``"0"``, ``"1"``, ... as strings, as in
+        PhoPro's trial tables.
+
+    Examples
+    --------
+    >>> trials = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), np.zeros((2, 3)))},
+    ...     coords={"rel_time": [-0.1, 0.0, 0.1], "experiment_id": ("trial", ["e1", "e1"]),
+    ...             "trial_num": ("trial", [1, 2]), "lever1": ("trial", [2.5, np.nan])},
+    ... )
+    >>> trials_obs(trials)
+      experiment_id  trial_num  lever1
+    0            e1          1     2.5
+    1            e1          2     NaN
+    """
+    names = [str(name) for name, coord in trials.coords.items() if coord.dims == (TRIAL_DIM,)]
+    n = int(trials.sizes.get(TRIAL_DIM, 0))
+    loaded = trials.reset_coords(names)[names].compute() if names else xr.Dataset()
+    columns: dict[str, Any] = {}
+    for name in names:
+        values = np.asarray(loaded[name].values)
+        if values.dtype.kind in "USOT":
+            values = np.array([str(v) for v in values.tolist()], dtype=object)
+        columns[name] = values
+    return pd.DataFrame(columns, index=pd.Index([str(i) for i in range(n)], dtype=object))
+
+
+def write_obs(
+    trials: xr.Dataset | str,
+    url: str,
+    *,
+    format: Literal["parquet", "csv"] = "parquet",
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the per-trial table (:func:`trials_obs`) as Parquet or CSV to any fsspec URL.
+
+    Parameters
+    ----------
+    trials : xarray.Dataset or str
+        A Trials dataset, or the URL of the combined trials store.
+    url : str
+        Local path or fsspec URL of the file to write (overwritten).
+    format : {"parquet", "csv"}, default "parquet"
+        File format. The index (the trial's row number) is not written. Missing numbers are
+        NaN in Parquet and empty fields in CSV; missing strings are ``""``.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem (of both ``trials`` and ``url``).
+
+    Raises
+    ------
+    ValueError
+        If ``format`` is not "parquet" or "csv".
+
+    Examples
+    --------
+    >>> trials = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), np.zeros((2, 1)))},
+    ...     coords={"rel_time": [0.0], "item_id": ("trial", ["a", "b"])},
+    ... )
+    >>> write_obs(trials, "memory://doc/trials_obs.parquet")
+    >>> pd.read_parquet("memory://doc/trials_obs.parquet").item_id.tolist()
+    ['a', 'b']
+    """
+    if format not in ("parquet", "csv"):
+        raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
+    table = trials_obs(_open(trials, storage_options))
+    fs, path = _fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if format == "parquet":
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        with fs.open(path, "wb") as f:
+            pq.write_table(arrow, f)
+    else:
+        with fs.open(path, "w", newline="") as f:
+            table.to_csv(f, index=False)
+    logger.debug("wrote %d trials to %s", len(table), url)
+
+
+def clean_axis_dtype(df: pd.DataFrame) -> pd.DataFrame:
+    """Return ``df`` with dtypes that AnnData writes, as PhoPro's ``clean_axis_dtype`` does.
+
+    The index becomes strings; a string column with repeated values becomes a categorical;
+    a column of other Python objects becomes JSON strings.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        An ``obs`` or ``var`` table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A cleaned copy.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"item": ["a", "a", "b"], "id": ["x", "y", "z"], "n": [1, 2, 3]})
+    >>> clean_axis_dtype(df).dtypes.astype(str).tolist()
+    ['category', 'object', 'int64']
+    """
+    out = df.copy().infer_objects()
+    out.index = out.index.astype(str)
+    for name in out.columns:
+        if infer_dtype(out[name]) == "string":
+            categorical = pd.Categorical(out[name])
+            if len(categorical.categories) < len(categorical):
+                out[name] = categorical
+        elif out[name].dtype == object:
+            out[name] = out[name].map(_json_or_na).astype("string")
+    return out
+
+
+def _json_or_na(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return pd.NA
+    return json.dumps(to_json_safe(value, name="obs value"))
+
+
+def _uns(value: Any) -> Any:
+    """Make JSON attributes storable by AnnData: nested or mixed lists become JSON strings."""
+    if isinstance(value, dict):
+        return {k: _uns(v) for k, v in value.items()}
+    if isinstance(value, list):
+        kinds = {type(v) for v in value}
+        if kinds <= {int, float} or (len(kinds) == 1 and kinds <= {str, bool}):
+            return value
+        return json.dumps(value)
+    return value
+
+
+def _processed_variable(trials: xr.Dataset, variable: str | None) -> str:
+    candidates = [
+        str(name)
+        for name, data in trials.data_vars.items()
+        if set(data.dims) == {TRIAL_DIM, REL_TIME}
+    ]
+    name = variable or trials.attrs.get("processed_variable")
+    if name is None and len(candidates) == 1:
+        name = candidates[0]
+    if name is None or name not in candidates:
+        raise ValueError(
+            f"cannot pick the variable for X: got {name!r}, expected one of {candidates} "
+            "(pass variable=...)"
+        )
+    return str(name)
+
+
+def write_h5ad(
+    trials: xr.Dataset | str,
+    path: str | os.PathLike[str],
+    *,
+    variable: str | None = None,
+    chunk_memory: int = _H5AD_CHUNK_MEMORY,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write trials as an AnnData ``.h5ad`` file that PhoPro's ``PhotometryData`` reads.
+
+    ``obs``, ``var`` and ``uns`` are written by AnnData; ``X`` is then filled block by block
+    of trials straight from the (lazy) dataset, so the whole matrix is never in memory. The
+    file is written under a temporary name and moved into place at the end.
+
+    Parameters
+    ----------
+    trials : xarray.Dataset or str
+        A Trials dataset, or the URL of the combined trials store.
+    path : str or os.PathLike
+        Output file: a local path, or an fsspec URL (written locally first, then uploaded).
+    variable : str, optional
+        The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
+        attribute, or the only such variable.
+    chunk_memory : int, default 64 MiB
+        Bytes of ``X`` per block (rounded to whole chunks of the store).
+    storage_options : mapping, optional
+        Options for the fsspec filesystem (of both ``trials`` and ``path``).
+
+    Raises
+    ------
+    ValueError
+        If no variable for ``X`` can be chosen.
+
+    See Also
+    --------
+    clean_axis_dtype : how ``obs`` string columns become categoricals.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import anndata as ad
+    >>> trials = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), [[0.0, 1.0], [2.0, 3.0]])},
+    ...     coords={"rel_time": [-0.5, 0.0], "item_id": ("trial", ["a", "a"])},
+    ...     attrs={"processed_variable": "dff", "sampling_rate": 2.0},
+    ... )
+    >>> path = os.path.join(tempfile.mkdtemp(), "trials.h5ad")
+    >>> write_h5ad(trials, path)
+    >>> adata = ad.read_h5ad(path)
+    >>> adata.X, adata.var["t"].tolist(), adata.obs["item_id"].dtype.name
+    (array([[0., 1.],
+           [2., 3.]]), [-0.5, 0.0], 'category')
+    """
+    ds = _open(trials, storage_options, chunk_memory)
+    name = _processed_variable(ds, variable)
+    data = ds[name].transpose(TRIAL_DIM, REL_TIME)
+    n_trials, n_rel = (int(s) for s in data.shape)
+    obs = clean_axis_dtype(trials_obs(ds))
+    var = pd.DataFrame(
+        {"t": np.asarray(ds[REL_TIME].values, dtype=np.float64)},
+        index=pd.Index([str(i) for i in range(n_rel)], dtype=object),
+    )
+    uns = _uns(to_json_safe(dict(ds.attrs), name="attrs of the trials"))
+    uns.setdefault("processed_variable", name)
+    rows = max(1, int(chunk_memory) // (8 * max(1, n_rel)))
+    if data.chunks is not None and data.chunks[0]:
+        step = int(data.chunks[0][0])
+        rows = max(step, rows // step * step)
+
+    url = os.fspath(path)
+    fs, target = _fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(os.path.abspath(target))
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+        try:
+            _write_local(temporary, obs, var, uns, data, rows)
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, posixpath.basename(target) or "trials.h5ad")
+            _write_local(local, obs, var, uns, data, rows)
+            fs.put_file(local, target)
+    logger.debug("wrote %d x %d %r to %s in blocks of %d trials", n_trials, n_rel, name, url, rows)
+
+
+def _write_local(
+    path: str,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    uns: dict[str, Any],
+    data: xr.DataArray,
+    rows: int,
+) -> None:
+    # anndata (and its h5py) is the optional "anndata" extra: imported only when used
+    import anndata as ad  # type: ignore[import-untyped]
+    import h5py  # type: ignore[import-untyped]
+
+    n_trials, n_rel = (int(s) for s in data.shape)
+    ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path, convert_strings_to_categoricals=False)
+    with h5py.File(path, "r+") as f:
+        x = f.create_dataset("X", shape=(n_trials, n_rel), dtype=np.float64)
+        x.attrs["encoding-type"] = "array"
+        x.attrs["encoding-version"] = "0.2.0"
+        for start in range(0, n_trials, rows):
+            stop = min(start + rows, n_trials)
+            block = data.isel({TRIAL_DIM: slice(start, stop)}).values
+            x[start:stop] = np.asarray(block, dtype=np.float64)

@@ -1,0 +1,941 @@
+"""What every photometry loader shares: argument models, checks, downsampling, the Dataset.
+
+A loader reads its format into plain arrays (time, signal, isosbestic, event times) and hands
+them to :func:`build_recording`, which checks them, downsamples them as PhoPro does and
+assembles the Recording Dataset. Column formats (CSV, Parquet) go through
+:func:`recording_from_table` first, which turns a pyarrow table into those arrays.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import string
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+import scipy.signal
+import xarray as xr
+from numpy.typing import NDArray
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from neurobatch.errors import ConfigError, InputError, NonUniformSamplingWarning
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "INDEX_NAMES",
+    "ColumnArguments",
+    "LoaderArguments",
+    "build_recording",
+    "check_time",
+    "closest",
+    "coerce_arguments",
+    "downsample_signal",
+    "downsample_time",
+    "recording_from_table",
+    "resolve_columns",
+    "validation_message",
+]
+
+_TEMPLATE_FIELDS = ("stem", "name", "parent")
+_SIDECAR_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+Locate = Callable[[int], str]
+
+
+def _sample(i: int) -> str:
+    return f"sample {i}"
+
+
+def closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate most like ``name`` (case-insensitive match first), or None.
+
+    Parameters
+    ----------
+    name : str
+        The name that was not found.
+    candidates : sequence of str
+        The names that exist.
+
+    Returns
+    -------
+    str or None
+        The best suggestion, or None when nothing is close.
+
+    Examples
+    --------
+    >>> closest("tme", ["time", "signal"])
+    'time'
+    >>> closest("Signal", ["time", "signal"])
+    'signal'
+    >>> closest("xyz", ["time", "signal"]) is None
+    True
+    """
+    folded = {c.casefold(): c for c in candidates}
+    if name.casefold() in folded:
+        return folded[name.casefold()]
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument models
+# ---------------------------------------------------------------------------------------------
+
+
+class LoaderArguments(BaseModel):
+    """Arguments every loader format takes (sidecar metadata, downsampling, checks).
+
+    Subclasses add the format's own arguments and override :meth:`event_names`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str | None = Field(
+        None,
+        description="Suffix of the item id when one input has several jobs (set by discovery).",
+    )
+    annotation: str | None = Field(
+        None,
+        description=(
+            "Sidecar metadata file, a template with {stem}, {name} and {parent}, relative to "
+            "the input's folder (inside the folder for a folder input); null = none."
+        ),
+    )
+    annotation_format: Literal["auto", "json", "yaml"] = Field(
+        "auto", description="Sidecar format; auto = from the suffix (.json, .yaml, .yml)."
+    )
+    annotation_key: str | None = Field(
+        None, description="Select this top-level key of the sidecar (PhoPro's parent_key)."
+    )
+    downsample: int | None = Field(
+        None, ge=1, description="Downsampling factor (PhoPro's); null or 1 = none."
+    )
+    downsample_method: Literal["resample", "mean"] = Field(
+        "resample",
+        description=(
+            "resample: scipy.signal.resample_poly (Kaiser window, beta 5) on a regular grid; "
+            "mean: block means, trailing partial block dropped (PhoPro's downsample_signal)."
+        ),
+    )
+    sampling_tolerance: float = Field(
+        0.01,
+        gt=0,
+        description=(
+            "Largest relative deviation of a sampling interval from the median interval "
+            "before a NonUniformSamplingWarning."
+        ),
+    )
+
+    @field_validator("annotation")
+    @classmethod
+    def _check_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("the sidecar template is empty; use null for no sidecar")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"sidecar template {value!r} is malformed: {e}") from None
+        unknown = [f for f in fields if f not in _TEMPLATE_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"sidecar template {value!r} uses {{{unknown[0]}}}; only "
+                + ", ".join("{" + f + "}" for f in _TEMPLATE_FIELDS)
+                + " are known"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_annotation_format(self) -> LoaderArguments:
+        if self.annotation is not None and self.annotation_format == "auto":
+            example = self.annotation.format(stem="x", name="x.csv", parent="p")
+            if PurePosixPath(example).suffix.lower() not in _SIDECAR_SUFFIXES:
+                raise ValueError(
+                    f"cannot tell the format of sidecar {self.annotation!r} from its suffix; "
+                    "name a .json, .yaml or .yml file or set annotation_format to json or yaml"
+                )
+        return self
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides (every one it is asked for).
+
+        Returns
+        -------
+        list of str
+            Event names, in the order the arguments give them.
+
+        Examples
+        --------
+        >>> LoaderArguments().event_names()
+        []
+        """
+        return []
+
+
+class ColumnArguments(LoaderArguments):
+    """Arguments of column formats (CSV, Parquet): PhoPro's ``CSVLoader`` columns."""
+
+    time_col: str = Field("time", description="Column of sample times, in seconds.")
+    signal_col: str = Field("signal", description="Column of the signal channel.")
+    isosbestic_col: str | None = Field(
+        "isosbestic",
+        description=(
+            "Column of the isosbestic channel; null, or a column the file lacks, loads a "
+            "single-channel recording (as PhoPro does)."
+        ),
+    )
+    event_cols: list[str] = Field(
+        default_factory=list,
+        description="Columns of per-sample event flags (boolean or 0/1); one event per column.",
+    )
+
+    @field_validator("event_cols", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        # PhoPro takes one name, a list of names or None
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> ColumnArguments:
+        roles = [("time_col", self.time_col), ("signal_col", self.signal_col)]
+        if self.isosbestic_col is not None:
+            roles.append(("isosbestic_col", self.isosbestic_col))
+        roles += [("event_cols", name) for name in self.event_cols]
+        seen: dict[str, str] = {}
+        for role, name in roles:
+            if name in seen:
+                raise ValueError(
+                    f"column {name!r} is named twice (as {seen[name]} and as {role}); "
+                    "each column has one role"
+                )
+            seen[name] = role
+        return self
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides: ``event_cols``.
+
+        Returns
+        -------
+        list of str
+            The event columns, in order.
+
+        Examples
+        --------
+        >>> ColumnArguments(event_cols=["cue", "lever"]).event_names()
+        ['cue', 'lever']
+        """
+        return list(self.event_cols)
+
+    def columns(self) -> list[str]:
+        """Every column the loader reads, in role order (time, signal, isosbestic, events).
+
+        Returns
+        -------
+        list of str
+            Column names.
+
+        Examples
+        --------
+        >>> ColumnArguments(isosbestic_col=None, event_cols=["cue"]).columns()
+        ['time', 'signal', 'cue']
+        """
+        iso = [] if self.isosbestic_col is None else [self.isosbestic_col]
+        return [self.time_col, self.signal_col, *iso, *self.event_cols]
+
+
+# ---------------------------------------------------------------------------------------------
+# Downsampling: PhoPro 0.6.0's utils/operations.py, exactly
+# ---------------------------------------------------------------------------------------------
+
+
+def _no_downsampling(factor: int | None) -> bool:
+    return factor is None or factor in (0, 1)
+
+
+def downsample_signal(
+    x: NDArray[np.float64], factor: int | None, *, method: Literal["resample", "mean"]
+) -> NDArray[np.float64]:
+    """Downsample a 1-D signal as PhoPro's ``downsample_signal`` does.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Samples, shape ``(n,)``.
+    factor : int or None
+        Downsampling factor; None, 0 or 1 return ``x`` unchanged.
+    method : {"resample", "mean"}
+        ``resample``: ``scipy.signal.resample_poly(x, 1, factor, window=("kaiser", 5),
+        padtype="line")``, ``ceil(n / factor)`` samples; ``mean``: means of consecutive
+        blocks of ``factor`` samples, ``n // factor`` samples (the trailing partial block is
+        dropped).
+
+    Returns
+    -------
+    numpy.ndarray
+        The downsampled signal.
+
+    Examples
+    --------
+    >>> downsample_signal(np.arange(7.0), 2, method="mean")
+    array([0.5, 2.5, 4.5])
+    >>> downsample_signal(np.ones(7), 2, method="resample").shape
+    (4,)
+    """
+    if factor is None or _no_downsampling(factor):
+        return x
+    if method == "mean":
+        n_out = x.shape[0] // factor
+        return np.asarray(x[: n_out * factor].reshape(n_out, factor).mean(axis=1))
+    out = scipy.signal.resample_poly(
+        x, up=1, down=factor, axis=0, window=("kaiser", 5), padtype="line", cval=None
+    )
+    return np.asarray(out, dtype=np.float64)
+
+
+def downsample_time(
+    time: NDArray[np.float64],
+    factor: int | None,
+    *,
+    method: Literal["resample", "mean"],
+    interval: float | None = None,
+) -> NDArray[np.float64]:
+    """Downsample sample times as PhoPro's ``downsample_time`` does.
+
+    Parameters
+    ----------
+    time : numpy.ndarray
+        Sample times, shape ``(n,)``, regularly spaced for ``resample``.
+    factor : int or None
+        Downsampling factor; None, 0 or 1 return ``time`` unchanged.
+    method : {"resample", "mean"}
+        ``resample``: ``time[0] + arange(ceil(n / factor)) * factor * dt`` with ``dt`` the
+        median interval; ``mean``: block means, as :func:`downsample_signal`.
+    interval : float, optional
+        The median sampling interval, when already known.
+
+    Returns
+    -------
+    numpy.ndarray
+        The downsampled times.
+
+    Examples
+    --------
+    >>> downsample_time(np.arange(7) / 10.0, 2, method="resample")
+    array([0. , 0.2, 0.4, 0.6])
+    >>> downsample_time(np.arange(7) / 10.0, 2, method="mean")
+    array([0.05, 0.25, 0.45])
+    """
+    if factor is None or _no_downsampling(factor):
+        return time
+    if method == "mean":
+        return downsample_signal(time, factor, method="mean")
+    dt = float(np.median(np.diff(time))) if interval is None else interval
+    n_out = (time.size + factor - 1) // factor
+    return np.asarray(time[0] + np.arange(n_out) * factor * dt, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_finite(x: NDArray[np.float64], what: str, source: str, locate: Locate) -> None:
+    finite = np.isfinite(x)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise InputError(
+            f"{source!r}: {what} has a NaN, inf or empty value ({float(x[i])!r}) at {locate(i)}; "
+            "expected finite numbers"
+        )
+
+
+def check_time(
+    time: NDArray[np.float64], *, what: str, source: str, locate: Locate, tolerance: float
+) -> tuple[float, float, float]:
+    """Check sample times: two or more, finite, strictly increasing, uniform enough.
+
+    Parameters
+    ----------
+    time : numpy.ndarray
+        Sample times in seconds, shape ``(n,)``.
+    what : str
+        How messages name the times (``"column 'time'"``).
+    source : str
+        The input URL, for messages.
+    locate : callable
+        Maps a sample index to a place in the input for messages.
+    tolerance : float
+        Largest relative deviation of an interval from the median interval before a
+        :class:`~neurobatch.errors.NonUniformSamplingWarning`.
+
+    Returns
+    -------
+    tuple of float
+        The median, smallest and largest sampling interval.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        Fewer than two samples, a NaN or inf, a repeated timestamp or time going back.
+
+    Warns
+    -----
+    neurobatch.errors.NonUniformSamplingWarning
+        When an interval deviates from the median by more than ``tolerance``.
+
+    Examples
+    --------
+    >>> check_time(np.array([0.0, 0.1, 0.2]), what="time", source="x", locate=str,
+    ...            tolerance=0.01)
+    (0.1, 0.1, 0.1)
+    >>> check_time(np.array([0.0, 0.1, 0.1]), what="time", source="x", locate=str,
+    ...            tolerance=0.01)
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.InputError: 'x': time repeats the timestamp 0.1 s at 2 (also at 1); time must be strictly increasing
+    """
+    n = int(time.shape[0])
+    if n == 0:
+        raise InputError(f"{source!r} has no samples")
+    if n == 1:
+        raise InputError(
+            f"{source!r} has only one sample; a recording needs at least two to estimate its "
+            "sampling rate"
+        )
+    _check_finite(time, what, source, locate)
+    intervals = np.diff(time)
+    i_min = int(np.argmin(intervals))
+    i_max = int(np.argmax(intervals))
+    d_min = float(intervals[i_min])
+    d_max = float(intervals[i_max])
+    if d_min <= 0:
+        i = int(np.flatnonzero(intervals <= 0)[0])
+        if intervals[i] == 0:
+            raise InputError(
+                f"{source!r}: {what} repeats the timestamp {float(time[i])!r} s at {locate(i + 1)} "
+                f"(also at {locate(i)}); time must be strictly increasing"
+            )
+        raise InputError(
+            f"{source!r}: {what} goes back from {float(time[i])!r} s to {float(time[i + 1])!r} s at "
+            f"{locate(i + 1)}; time must be strictly increasing (are the rows sorted?)"
+        )
+    median = float(np.median(intervals, overwrite_input=True))
+    worst, i_worst = (d_max, i_max) if d_max - median >= median - d_min else (d_min, i_min)
+    deviation = abs(worst - median) / median
+    if deviation > tolerance:
+        warnings.warn(
+            f"{source!r}: sampling is not uniform: median interval {median:.6g} s, but the "
+            f"interval ending at {locate(i_worst + 1)} is {worst:.6g} s, {deviation:.2%} off "
+            f"(sampling_tolerance {tolerance:.2%}); the sampling rate is an estimate and "
+            "trial windows cut by sample counts may be misplaced",
+            NonUniformSamplingWarning,
+            stacklevel=2,
+        )
+    return median, d_min, d_max
+
+
+def _check_downsampling(
+    n: int,
+    arguments: LoaderArguments,
+    *,
+    source: str,
+    median: float,
+    d_min: float,
+    d_max: float,
+) -> None:
+    factor = arguments.downsample
+    if factor is None or _no_downsampling(factor):
+        return
+    method = arguments.downsample_method
+    n_out = n // factor if method == "mean" else (n + factor - 1) // factor
+    if n_out < 2:
+        raise InputError(
+            f"{source!r}: downsample={factor} ({method}) leaves {n_out} of {n} samples; "
+            "a recording needs at least two"
+        )
+    # PhoPro: np.allclose(intervals, dt, rtol=1e-5, atol=1e-8), from the extreme intervals
+    if method == "resample" and max(d_max - median, median - d_min) > 1e-8 + 1e-5 * median:
+        raise InputError(
+            f"{source!r}: downsample_method 'resample' needs regularly spaced timestamps "
+            f"(intervals within 1e-5 of the median {median:.6g} s), but they range from "
+            f"{d_min:.6g} s to {d_max:.6g} s; use downsample_method 'mean' or no downsampling"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Recording Dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def build_recording(
+    *,
+    source: str,
+    time: NDArray[np.float64],
+    signal: NDArray[np.float64],
+    isosbestic: NDArray[np.float64] | None,
+    events: Mapping[str, NDArray[np.float64]],
+    arguments: LoaderArguments,
+    names: Mapping[str, str] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    sidecar_source: str | None = None,
+    locate: Locate = _sample,
+    intervals: tuple[float, float, float] | None = None,
+) -> xr.Dataset:
+    """Check the arrays of one recording, downsample them and assemble the Dataset.
+
+    Parameters
+    ----------
+    source : str
+        The input URL as given; named in every error and stored as ``attrs["source"]``.
+    time, signal : numpy.ndarray
+        Sample times (seconds) and signal, float64, shape ``(n,)``.
+    isosbestic : numpy.ndarray or None
+        The isosbestic channel, shape ``(n,)``; None for a single-channel recording.
+    events : mapping of str to numpy.ndarray
+        Event times (seconds, at the full sampling rate) per event name; a name of
+        ``arguments.event_names()`` that is absent has no occurrence.
+    arguments : LoaderArguments
+        The loader's arguments (downsampling, sampling tolerance, event names).
+    names : mapping of str to str, optional
+        How messages name ``time``, ``signal`` and ``isosbestic`` (e.g. ``"column 'x'"``).
+    attrs : mapping, optional
+        Loader-specific attributes (e.g. ``box``); a sidecar may not overwrite them.
+    sidecar : mapping, optional
+        Sidecar metadata, merged into ``attrs``.
+    sidecar_source : str, optional
+        The sidecar's URL, for messages.
+    locate : callable, optional
+        Maps a sample index to a place in the input for messages (``"line 7"``).
+    intervals : tuple of float, optional
+        What :func:`check_time` returned for ``time``, when the caller checked it already.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``signal(time)``, ``isosbestic(time)`` (when present), coordinate ``time``;
+        ``event_time(event)`` sorted by time with coordinate ``event_name(event)``; attrs
+        ``sampling_rate``, ``event_names``, ``source``, ``n_samples``, the loader's own and
+        the sidecar's.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        Fewer than two samples, NaN or inf values, time not strictly increasing, a
+        downsampling the data cannot take, or a sidecar key that clashes with a loader's.
+
+    Warns
+    -----
+    neurobatch.errors.NonUniformSamplingWarning
+        When a sampling interval deviates from the median interval by more than
+        ``arguments.sampling_tolerance`` (relative).
+
+    Examples
+    --------
+    >>> t = np.arange(5) / 10.0
+    >>> ds = build_recording(source="x", time=t, signal=t + 1.0, isosbestic=None,
+    ...                      events={"cue": np.array([0.3, 0.1])},
+    ...                      arguments=ColumnArguments(event_cols=["cue"]))
+    >>> ds.attrs["sampling_rate"], ds.attrs["n_samples"], ds.event_time.values.tolist()
+    (10.0, 5, [0.1, 0.3])
+    """
+    names = {"time": "time", "signal": "signal", "isosbestic": "isosbestic", **(names or {})}
+    n = int(time.shape[0])
+    if intervals is None:
+        intervals = check_time(
+            time,
+            what=names["time"],
+            source=source,
+            locate=locate,
+            tolerance=arguments.sampling_tolerance,
+        )
+    median, d_min, d_max = intervals
+    channels = {"signal": signal}
+    if isosbestic is not None:
+        channels["isosbestic"] = isosbestic
+    for role, values in channels.items():
+        if values.shape != (n,):
+            raise InputError(f"{source!r}: {names[role]} has shape {values.shape}, expected ({n},)")
+        _check_finite(values, names[role], source, locate)
+    _check_downsampling(n, arguments, source=source, median=median, d_min=d_min, d_max=d_max)
+
+    factor, method = arguments.downsample, arguments.downsample_method
+    if not _no_downsampling(factor):
+        logger.debug("%s: downsampling by %s (%s)", source, factor, method)
+        signal = downsample_signal(signal, factor, method=method)
+        if isosbestic is not None:
+            isosbestic = downsample_signal(isosbestic, factor, method=method)
+        time = downsample_time(time, factor, method=method, interval=median)
+    n_out = int(time.shape[0])
+    # PhoPro's estimate: (N - 1) / (t_max - t_min), on the (downsampled) samples
+    sampling_rate = float((n_out - 1) / (time[-1] - time[0]))
+
+    event_names = arguments.event_names()
+    times = [np.asarray(events.get(name, ()), dtype=np.float64).ravel() for name in event_names]
+    event_time = np.concatenate(times) if times else np.empty(0, dtype=np.float64)
+    event_name = np.repeat(np.asarray(event_names, dtype=np.str_), [t.size for t in times])
+    order = np.argsort(event_time, kind="stable")
+
+    merged: dict[str, Any] = {
+        "sampling_rate": sampling_rate,
+        "event_names": list(event_names),
+        "source": source,
+        "n_samples": n_out,
+        **(attrs or {}),
+    }
+    if sidecar:
+        clash = [key for key in sidecar if key in merged]
+        if clash:
+            raise InputError(
+                f"sidecar {sidecar_source or ''!r} of {source!r} sets {clash[0]!r}, which the "
+                f"loader sets itself (reserved: {', '.join(sorted(merged))}); rename that key"
+            )
+        merged.update(sidecar)
+
+    data_vars: dict[str, Any] = {"signal": ("time", np.asarray(signal, dtype=np.float64))}
+    if isosbestic is not None:
+        data_vars["isosbestic"] = ("time", np.asarray(isosbestic, dtype=np.float64))
+    data_vars["event_time"] = ("event", event_time[order])
+    return xr.Dataset(
+        data_vars,
+        coords={
+            "time": ("time", np.asarray(time, dtype=np.float64)),
+            "event_name": ("event", event_name[order]),
+        },
+        attrs=merged,
+    )
+
+
+def _numbers(column: Any, *, source: str, what: str) -> NDArray[np.float64]:
+    """A numeric column as a float64 array, copied chunk by chunk (no concatenated copy)."""
+    kind = column.type
+    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        raise InputError(f"{source!r}: {what} holds {kind} values; expected numbers")
+    out = np.empty(len(column), dtype=np.float64)
+    start = 0
+    for chunk in column.chunks:
+        # nulls (empty cells, NaN spelled out) become NaN, which the finiteness check reports
+        out[start : start + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        start += len(chunk)
+    return out
+
+
+def _flag_rows(column: Any, name: str, *, source: str, locate: Locate) -> NDArray[np.intp]:
+    """Rows whose flag is true: booleans (null = false, as PhoPro's fillna(False)) or 0/1."""
+    kind = column.type
+    if pa.types.is_boolean(kind):
+        flags = np.empty(len(column), dtype=np.bool_)
+        start = 0
+        for chunk in column.chunks:
+            flags[start : start + len(chunk)] = chunk.fill_null(False).to_numpy(
+                zero_copy_only=False
+            )
+            start += len(chunk)
+        return np.flatnonzero(flags)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        values = _numbers(column, source=source, what=f"event column {name!r}")
+        values[np.isnan(values)] = 0.0
+        bad = (values != 0.0) & (values != 1.0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(
+                f"{source!r}: event column {name!r} holds {float(values[i])!r} at {locate(i)}; "
+                "expected a boolean or 0/1 flag"
+            )
+        return np.flatnonzero(values)
+    raise InputError(
+        f"{source!r}: event column {name!r} holds {kind} values; expected a boolean or 0/1 flag"
+    )
+
+
+def recording_from_table(
+    table: Any | Callable[[], Any],
+    arguments: ColumnArguments,
+    *,
+    source: str,
+    isosbestic: bool,
+    locate: Locate,
+    sidecar: Mapping[str, Any] | None = None,
+    sidecar_source: str | None = None,
+) -> xr.Dataset:
+    """Turn a pyarrow table of PhoPro's columns into the Recording Dataset.
+
+    Event times are the times of the rows whose flag is true (before any downsampling).
+    Columns are converted one at a time and dropped from the table as they go, so that
+    peak memory is the table plus one column, provided nothing else holds the table: pass
+    a function that reads it, and this one holds the only reference.
+
+    Parameters
+    ----------
+    table : pyarrow.Table or callable
+        The columns of ``arguments.columns()`` (the isosbestic one only when
+        ``isosbestic``): numbers for time and channels, booleans or 0/1 for events; or a
+        function of no arguments that returns them.
+    arguments : ColumnArguments
+        The loader's arguments.
+    source : str
+        The input URL as given.
+    isosbestic : bool
+        Whether the table holds the isosbestic column.
+    locate : callable
+        Maps a row index to a place in the input for messages.
+    sidecar : mapping, optional
+        Sidecar metadata, merged into ``attrs``.
+    sidecar_source : str, optional
+        The sidecar's URL, for messages.
+
+    Returns
+    -------
+    xarray.Dataset
+        The Recording Dataset (see :func:`build_recording`).
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        A column of the wrong type, an event flag other than 0/1, or anything
+        :func:`build_recording` rejects.
+
+    Examples
+    --------
+    >>> table = pa.table({"time": [0.0, 0.5, 1.0], "signal": [1.0, 2.0, 3.0],
+    ...                   "cue": [False, True, None]})
+    >>> ds = recording_from_table(table, ColumnArguments(event_cols=["cue"]), source="x",
+    ...                           isosbestic=False, locate=lambda i: f"row {i}")
+    >>> ds.event_time.values.tolist(), "isosbestic" in ds
+    ([0.5], False)
+    """
+    roles = [("time", arguments.time_col), ("signal", arguments.signal_col)]
+    if isosbestic and arguments.isosbestic_col is not None:
+        roles.append(("isosbestic", arguments.isosbestic_col))
+    if callable(table):
+        table = table()
+    if table.num_rows == 0:
+        raise InputError(f"{source!r} has a header but no data rows")
+    arrays: dict[str, NDArray[np.float64]] = {}
+    intervals = None
+    for role, name in roles:
+        arrays[role] = _numbers(table.column(name), source=source, what=f"column {name!r}")
+        table = table.drop_columns([name])
+        if role == "time":
+            # check time first: fail fast, and its intervals are freed before the channels
+            intervals = check_time(
+                arrays["time"],
+                what=f"column {name!r}",
+                source=source,
+                locate=locate,
+                tolerance=arguments.sampling_tolerance,
+            )
+    time = arrays["time"]
+    events = {}
+    for name in arguments.event_cols:
+        rows = _flag_rows(table.column(name), name, source=source, locate=locate)
+        events[name] = time[rows]
+        table = table.drop_columns([name])
+    del table
+    return build_recording(
+        source=source,
+        time=time,
+        signal=arrays["signal"],
+        isosbestic=arrays.get("isosbestic"),
+        events=events,
+        arguments=arguments,
+        names={role: f"column {name!r}" for role, name in roles},
+        sidecar=sidecar,
+        sidecar_source=sidecar_source,
+        locate=locate,
+        intervals=intervals,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments and columns
+# ---------------------------------------------------------------------------------------------
+
+ArgumentsT = TypeVar("ArgumentsT", bound=LoaderArguments)
+
+
+def validation_message(error: ValidationError, model: type[BaseModel], fmt: str) -> str:
+    """One line per problem of a pydantic error, with a suggestion for unknown arguments.
+
+    Parameters
+    ----------
+    error : pydantic.ValidationError
+        The error of ``model.model_validate``.
+    model : type of pydantic.BaseModel
+        The arguments model.
+    fmt : str
+        The loader format, for the message.
+
+    Returns
+    -------
+    str
+        ``invalid loader arguments for format ...: <field>: <problem>; ...``.
+
+    Examples
+    --------
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     ColumnArguments.model_validate({"time_colum": "t"})
+    ... except ValidationError as e:
+    ...     print(validation_message(e, ColumnArguments, "photometry-csv"))
+    invalid loader arguments for format 'photometry-csv': time_colum: unknown argument; did you mean 'time_col'?
+    """
+    problems = []
+    fields = list(model.model_fields)
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "(arguments)"
+        if item["type"] == "extra_forbidden":
+            guess = closest(str(item["loc"][-1]), fields)
+            hint = f"did you mean {guess!r}?" if guess else "known: " + ", ".join(fields)
+            problems.append(f"{loc}: unknown argument; {hint}")
+        else:
+            problems.append(f"{loc}: {item['msg']}")
+    return f"invalid loader arguments for format {fmt!r}: " + "; ".join(problems)
+
+
+def coerce_arguments(
+    arguments: BaseModel | Mapping[str, Any], model: type[ArgumentsT], *, fmt: str
+) -> ArgumentsT:
+    """Validate a mapping into ``model``, or check that a model instance is one.
+
+    Parameters
+    ----------
+    arguments : LoaderArguments or mapping
+        The arguments; a mapping may carry ``format``, which must then be ``fmt``.
+    model : type of LoaderArguments
+        The format's arguments model.
+    fmt : str
+        The loader format.
+
+    Returns
+    -------
+    LoaderArguments
+        A ``model`` instance.
+
+    Raises
+    ------
+    neurobatch.errors.ConfigError
+        If the mapping is invalid, names another format, or the instance is another model.
+    TypeError
+        If ``arguments`` is neither a mapping nor a pydantic model.
+
+    Examples
+    --------
+    >>> coerce_arguments({"event_cols": "cue"}, ColumnArguments, fmt="x").event_cols
+    ['cue']
+    """
+    if isinstance(arguments, model):
+        return arguments
+    if isinstance(arguments, BaseModel):
+        raise ConfigError(
+            f"loader arguments of format {fmt!r} must be a {model.__name__} or a mapping, "
+            f"not a {type(arguments).__name__}"
+        )
+    if not isinstance(arguments, Mapping):
+        raise TypeError(
+            f"loader arguments must be a mapping or a {model.__name__}, "
+            f"got {type(arguments).__name__}"
+        )
+    mapping = dict(arguments)
+    declared = mapping.pop("format", fmt)
+    if declared != fmt:
+        raise ConfigError(
+            f"loader arguments name format {declared!r}, but this loader reads {fmt!r}"
+        )
+    try:
+        return model.model_validate(mapping)
+    except ValidationError as e:
+        raise ConfigError(validation_message(e, model, fmt)) from None
+
+
+#: Header names that mark a leading index column (pandas' ``to_csv`` writes an empty one,
+#: reading and writing again names it "Unnamed: 0"; Parquet from pandas "__index_level_0__").
+INDEX_NAMES = ("", "Unnamed: 0", "__index_level_0__")
+
+
+def resolve_columns(header: Sequence[str], arguments: ColumnArguments, *, source: str) -> bool:
+    """Check that the columns the arguments name exist; say whether isosbestic is there.
+
+    A missing time, signal or event column is an error naming the columns that exist and
+    the closest one. A missing isosbestic column loads a single-channel recording, as PhoPro
+    does (logged at INFO).
+
+    Parameters
+    ----------
+    header : sequence of str
+        The input's column names.
+    arguments : ColumnArguments
+        The loader's arguments.
+    source : str
+        The input URL, for messages.
+
+    Returns
+    -------
+    bool
+        Whether the isosbestic column is read.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If a time, signal or event column is missing or a needed column appears twice.
+
+    Examples
+    --------
+    >>> resolve_columns(["", "time", "signal"], ColumnArguments(), source="x.csv")
+    False
+    >>> resolve_columns(["", "time", "sginal"], ColumnArguments(), source="x.csv")
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.InputError: 'x.csv' has no column 'signal' (signal_col; did you mean 'sginal'?); its columns: 'time', 'sginal'
+    """
+    header = list(header)
+    indexed = bool(header) and header[0] in INDEX_NAMES
+    if indexed:
+        logger.debug("%s: leading index column %r (not read)", source, header[0])
+    listed = header[1:] if indexed else header
+    roles = [("time_col", arguments.time_col), ("signal_col", arguments.signal_col)]
+    roles += [("event_cols", name) for name in arguments.event_cols]
+    problems = []
+    for role, name in roles:
+        if name not in header:
+            guess = closest(name, listed)
+            problems.append(
+                f"no column {name!r} ({role}" + (f"; did you mean {guess!r}?)" if guess else ")")
+            )
+    if problems:
+        columns = ", ".join(repr(c) for c in listed) or "none"
+        raise InputError(f"{source!r} has " + ", ".join(problems) + f"; its columns: {columns}")
+    for name in arguments.columns():
+        if header.count(name) > 1:
+            raise InputError(f"{source!r}: column {name!r} appears {header.count(name)} times")
+    iso = arguments.isosbestic_col
+    if iso is None:
+        return False
+    if iso not in header:
+        guess = closest(iso, listed)
+        logger.info(
+            "%s has no column %r (isosbestic_col): loading it single-channel%s",
+            source,
+            iso,
+            f" (did you mean {guess!r}?)" if guess else "",
+        )
+        return False
+    return True

@@ -1,0 +1,377 @@
+"""Dashboards and the min/max envelope decimation behind them."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import fsspec
+import numpy as np
+import pytest
+import scipy.signal
+import xarray as xr
+from dask.callbacks import Callback
+
+from neurobatch.errors import InputError
+from neurobatch.plots import dashboard, envelope
+from neurobatch.synthetic import photometry_recording
+
+FS = 100.0
+DURATION_S = 300.0
+BOUNDS_S = (-8.0, 8.0)
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+# --------------------------------------------------------------------------------------------
+# inputs: a Processed Dataset and a Trials Dataset built by hand with scipy and numpy
+# --------------------------------------------------------------------------------------------
+
+
+def _processed(single_channel: bool = False) -> xr.Dataset:
+    rec = photometry_recording(duration_s=DURATION_S, fs=FS, seed=3)
+    sos = scipy.signal.butter(4, 3.0, btype="low", fs=FS, output="sos")
+    signal = scipy.signal.sosfiltfilt(sos, rec["signal"].values)
+    attrs = {k: v for k, v in rec.attrs.items()}
+    attrs.update(event_names=["trial_cue", "lever1", "lever2", "shock"], n_samples=signal.size)
+    events = {"event_time": rec["event_time"]}
+    if single_channel:
+        dff = (signal - signal.mean()) / signal.mean()
+        variables = {"signal": ("time", signal), "dff": ("time", dff)}
+        fit: dict[str, Any] = {}
+    else:
+        iso = scipy.signal.sosfiltfilt(sos, rec["isosbestic"].values)
+        design = np.column_stack([np.ones_like(iso), iso])
+        (intercept, slope), *_ = np.linalg.lstsq(design, signal, rcond=None)
+        reference = intercept + slope * iso
+        residual = signal - reference
+        r_squared = 1.0 - residual.var() / signal.var()
+        dff = residual / reference
+        variables = {
+            "signal": ("time", signal),
+            "isosbestic": ("time", iso),
+            "reference": ("time", reference),
+            "dff": ("time", dff),
+        }
+        fit = {
+            "intercept": float(intercept),
+            "slope": float(slope),
+            "r_squared": float(r_squared),
+            "method": "ols",
+            "n_samples": int(signal.size),
+            "converged": True,
+            "n_iter": 1,
+        }
+    attrs.update(fit=fit, processed_variable="dff")
+    return xr.Dataset(
+        {**variables, **events},
+        coords={"time": rec["time"], "event_name": rec["event_name"]},
+        attrs=attrs,
+    )
+
+
+def _trials(processed: xr.Dataset, *, pooled: bool = False) -> xr.Dataset:
+    names = processed["event_name"].values
+    times = processed["event_time"].values
+    align = ["lever1", "lever2"] if pooled else ["trial_cue"]
+    keep = np.isin(names, align)
+    centres, align_event = times[keep], names[keep]
+    t = processed["time"].values
+    rel_time = np.arange(round(BOUNDS_S[0] * FS), round(BOUNDS_S[1] * FS) + 1) / FS
+    inside = (centres + BOUNDS_S[0] >= t[0]) & (centres + BOUNDS_S[1] <= t[-1])
+    centres, align_event = centres[inside], align_event[inside]
+    index = np.searchsorted(t, centres)[:, None] + np.round(rel_time * FS).astype(np.int64)
+    dff = processed["dff"].values[index]
+    n = centres.size
+    lever1 = np.full(n, np.nan)
+    for i, c in enumerate(centres):
+        press = times[(names == "lever1") & (times >= c) & (times <= c + BOUNDS_S[1])]
+        if press.size:
+            lever1[i] = press[0] - c
+    coords: dict[str, Any] = {
+        "rel_time": rel_time,
+        "item_id": ("trial", np.full(n, "item-003")),
+        "experiment_id": ("trial", np.full(n, "exp-003")),
+        "trial_num": ("trial", np.arange(n, dtype=np.int64)),
+        "start_time": ("trial", centres + BOUNDS_S[0]),
+        "stop_time": ("trial", centres + BOUNDS_S[1]),
+        "lever1": ("trial", lever1),
+    }
+    if pooled:
+        coords["align_event"] = ("trial", align_event.astype(str))
+    return xr.Dataset(
+        {"dff": (("trial", "rel_time"), dff)},
+        coords=coords,
+        attrs={"processed_variable": "dff", "sampling_rate": FS},
+    )
+
+
+@pytest.fixture(scope="module")
+def processed() -> xr.Dataset:
+    return _processed()
+
+
+@pytest.fixture(scope="module")
+def trials(processed: xr.Dataset) -> xr.Dataset:
+    return _trials(processed)
+
+
+def _svg(path: Path | bytes) -> ET.Element:
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    return ET.fromstring(data)
+
+
+def _axes_ids(root: ET.Element) -> list[str]:
+    return [
+        g.attrib["id"] for g in root.iter(f"{SVG}g") if g.attrib.get("id", "").startswith("axes_")
+    ]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+# --------------------------------------------------------------------------------------------
+# envelope
+# --------------------------------------------------------------------------------------------
+
+
+def _lazy(a: np.ndarray, chunks: Any) -> Any:
+    """``da.from_array`` with a type (dask's is untyped)."""
+    return da.from_array(a, chunks=chunks)  # type: ignore[no-untyped-call]
+
+
+def _reference_envelope(
+    t: np.ndarray, x: np.ndarray, n_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plain-NumPy reference: a loop over the bins, each reduced with nanmin/nanmax."""
+    n = x.size
+    if n <= n_bins:
+        return t, x, x
+    edges = [i * n // n_bins for i in range(n_bins + 1)]
+    lo = np.array([np.min(x[a:b]) for a, b in itertools.pairwise(edges)])
+    hi = np.array([np.max(x[a:b]) for a, b in itertools.pairwise(edges)])
+    return t[[i * (n - 1) // (n_bins - 1) for i in range(n_bins)]], lo, hi
+
+
+@pytest.mark.parametrize(
+    ("n", "n_bins"),
+    [(1000, 10), (1003, 10), (997, 7), (10, 3), (5, 2), (2, 2), (7, 10), (1, 4), (0, 4)],
+)
+def test_envelope_matches_numpy_reference(n: int, n_bins: int) -> None:
+    rng = np.random.default_rng(n * 31 + n_bins)
+    t = np.sort(rng.uniform(0.0, 100.0, n))
+    x = rng.standard_normal(n)
+    got = envelope(t, x, n_bins)
+    want = _reference_envelope(t, x, n_bins)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert all(a.shape == (min(n, n_bins),) for a in got)
+
+
+def test_envelope_keeps_first_last_and_spikes() -> None:
+    n = 100_003
+    t = np.arange(n) / 1000.0
+    x = np.zeros(n)
+    x[12_345] = 50.0  # a one-sample artefact
+    x[77_777] = -30.0
+    tb, lo, hi = envelope(t, x, 500)
+    assert tb[0] == t[0] and tb[-1] == t[-1]
+    assert np.all(np.diff(tb) > 0)
+    assert hi.max() == 50.0 and lo.min() == -30.0
+    # every bin's representative time lies inside its bin
+    edges = np.arange(501) * n // 500
+    index = np.round(tb * 1000.0).astype(np.int64)
+    assert np.all((edges[:-1] <= index) & (index < edges[1:]))
+    # the artefacts are in the bins holding their samples
+    assert hi[np.searchsorted(edges, 12_345, side="right") - 1] == 50.0
+    assert lo[np.searchsorted(edges, 77_777, side="right") - 1] == -30.0
+
+
+def test_envelope_ignores_nan() -> None:
+    x = np.array([np.nan, 1.0, 2.0, np.nan, np.nan, np.nan, 5.0, np.nan])
+    _, lo, hi = envelope(np.arange(8.0), x, 4)
+    np.testing.assert_array_equal(lo, [1.0, 2.0, np.nan, 5.0])
+    np.testing.assert_array_equal(hi, [1.0, 2.0, np.nan, 5.0])
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [(10_007,), (1000,) * 10 + (7,), (3, 4000, 1, 6002, 1), (2500, 0, 7507), (101,) * 99 + (8,)],
+)
+@pytest.mark.parametrize("n_bins", [2, 7, 1000, 2000])
+def test_envelope_chunked_equals_unchunked(chunks: tuple[int, ...], n_bins: int) -> None:
+    rng = np.random.default_rng(n_bins)
+    x = rng.standard_normal(10_007)
+    x[rng.integers(0, x.size, 50)] = np.nan
+    t = np.arange(x.size) / 1000.0
+    want = envelope(t, x, n_bins)
+    got = envelope(t, _lazy(x, (chunks,)), n_bins)
+    for g, w in zip(got, want, strict=True):
+        assert isinstance(g, np.ndarray)
+        np.testing.assert_array_equal(g, w)
+
+
+def test_envelope_lazy_short_trace_is_returned_unchanged() -> None:
+    x = np.arange(5.0)
+    _, lo, hi = envelope(np.arange(5.0), _lazy(x, 2), 10)
+    np.testing.assert_array_equal(lo, x)
+    np.testing.assert_array_equal(hi, x)
+
+
+def test_envelope_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"n_bins must be at least 2, got 1"):
+        envelope(np.arange(4.0), np.arange(4.0), 1)
+    with pytest.raises(TypeError, match=r"n_bins must be an int"):
+        envelope(np.arange(4.0), np.arange(4.0), 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"same length, got shapes \(4,\) and \(3,\)"):
+        envelope(np.arange(4.0), np.arange(3.0), 2)
+
+
+# --------------------------------------------------------------------------------------------
+# dashboard
+# --------------------------------------------------------------------------------------------
+
+
+def test_dashboard_svg_with_trials(
+    processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path
+) -> None:
+    path = tmp_path / "items" / "item-003" / "dashboard.svg"  # parent folders are created
+    dashboard(processed, trials, str(path))
+    root = _svg(path)
+    # raw, processed, heatmap, mean ± SEM and the colorbar
+    assert len(_axes_ids(root)) == 5
+    # the heatmap is an embedded image in the third axes
+    heatmap = next(g for g in root.iter(f"{SVG}g") if g.attrib.get("id") == "axes_3")
+    assert len(list(heatmap.iter(f"{SVG}image"))) == 1
+    text = path.read_text()
+    for word in ("isosbestic", "reference", "trial_cue", "lever1", "exp-003", "ols", "R²"):
+        assert word in text, word
+    assert f"{trials.sizes['trial']} trials" in text
+
+
+def test_dashboard_png(processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.png"
+    dashboard(processed, trials, str(path), title="custom title")
+    data = path.read_bytes()
+    assert _png_size(data) == (1200, 1200)
+    assert 20_000 < len(data) < 2_000_000
+
+
+def test_dashboard_single_channel(tmp_path: Path) -> None:
+    processed = _processed(single_channel=True)
+    trials = _trials(processed)
+    path = tmp_path / "single.svg"
+    dashboard(processed, trials, str(path))
+    root = _svg(path)
+    assert len(_axes_ids(root)) == 5
+    text = path.read_text()
+    assert "isosbestic" not in text and "reference" not in text
+    assert "signal" in text and "R²" not in text
+
+
+def test_dashboard_without_trials(processed: xr.Dataset, tmp_path: Path) -> None:
+    path = tmp_path / "no-trials.png"
+    dashboard(processed, None, str(path))
+    assert _png_size(path.read_bytes()) == (1200, 650)
+
+
+def test_dashboard_with_no_trial_left(
+    processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path
+) -> None:
+    path = tmp_path / "empty.svg"
+    dashboard(processed, trials.isel(trial=slice(0, 0)), str(path))
+    assert len(_axes_ids(_svg(path))) == 2  # raw channels and the processed variable
+    assert "0 trials" in path.read_text()
+
+
+def test_dashboard_groups_by_align_event(processed: xr.Dataset, tmp_path: Path) -> None:
+    trials = _trials(processed, pooled=True)
+    groups = sorted(set(trials["align_event"].values.tolist()))
+    assert groups == ["lever1", "lever2"]
+    path = tmp_path / "pooled.svg"
+    dashboard(processed, trials, str(path))
+    text = path.read_text()
+    for group in groups:
+        n = int((trials["align_event"].values == group).sum())
+        assert f"{group} (n={n})" in text
+
+
+def test_dashboard_without_events(
+    processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path
+) -> None:
+    bare = processed.drop_vars(["event_time", "event_name"])
+    path = tmp_path / "no-events.svg"
+    dashboard(bare, trials, str(path))
+    assert len(_axes_ids(_svg(path))) == 5
+
+
+class _ComputeCounter(Callback):
+    """Counts dask computations (one ``_start`` per ``compute`` call)."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.count = 0
+
+    def _start(self, dsk: Any) -> None:
+        self.count += 1
+
+
+def test_dashboard_lazy_inputs_compute_once(
+    processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path
+) -> None:
+    lazy = processed.chunk({"time": 7001, "event": 10})
+    lazy_trials = trials.chunk({"trial": 4})
+    assert lazy["dff"].chunks is not None and lazy_trials["dff"].chunks is not None
+    counter = _ComputeCounter()
+    with counter:
+        dashboard(lazy, lazy_trials, str(tmp_path / "lazy.svg"))
+    assert counter.count == 1
+    assert len(_axes_ids(_svg(tmp_path / "lazy.svg"))) == 5
+
+
+def test_dashboards_draw_concurrently_in_threads(
+    processed: xr.Dataset, trials: xr.Dataset, tmp_path: Path
+) -> None:
+    # as on the threads of a Dask worker: no pyplot state is shared between figures
+    single = _processed(single_channel=True)
+    jobs = [(processed, trials, tmp_path / "a.svg"), (single, None, tmp_path / "b.svg")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda job: dashboard(job[0], job[1], str(job[2])), jobs))
+    assert len(_axes_ids(_svg(tmp_path / "a.svg"))) == 5
+    assert len(_axes_ids(_svg(tmp_path / "b.svg"))) == 2
+    assert "isosbestic" not in (tmp_path / "b.svg").read_text()
+
+
+def test_dashboard_writes_through_fsspec(processed: xr.Dataset, trials: xr.Dataset) -> None:
+    url = "memory://plots-test/item-003/dashboard"
+    dashboard(processed, trials, url, format="png")
+    fs = fsspec.filesystem("memory")
+    try:
+        _png_size(fs.cat_file("/plots-test/item-003/dashboard"))
+    finally:
+        fs.rm("/plots-test", recursive=True)
+
+
+def test_dashboard_rejects_bad_input(processed: xr.Dataset, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cannot tell the dashboard format from .*\.pdf"):
+        dashboard(processed, None, str(tmp_path / "d.pdf"))
+    with pytest.raises(ValueError, match=r"format must be 'svg' or 'png', got 'pdf'"):
+        dashboard(processed, None, str(tmp_path / "d.svg"), format="pdf")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"max_points must be at least 4, got 2"):
+        dashboard(processed, None, str(tmp_path / "d.svg"), max_points=2)
+    with pytest.raises(InputError, match=r"processed_variable 'df' is not a variable"):
+        dashboard(processed.assign_attrs(processed_variable="df"), None, str(tmp_path / "d.svg"))
+    with pytest.raises(InputError, match=r"no 'signal' variable"):
+        dashboard(processed.drop_vars("signal"), None, str(tmp_path / "d.svg"))
+    bad_trials = xr.Dataset({"x": (("trial", "rel_time"), np.zeros((1, 2)))})
+    with pytest.raises(InputError, match=r"trials dataset has no variable 'dff'"):
+        dashboard(processed, bad_trials, str(tmp_path / "d.svg"))
+    assert not list(tmp_path.iterdir())
