@@ -1021,7 +1021,7 @@ def test_tdt_downsample_matches_phopro(
     np.testing.assert_array_equal(events_of(ds, "Cue"), theirs["events"]["Cue"])
 
 
-def test_tdt_other_box_single_channel_whole_sidecar(
+def test_tdt_single_channel_and_whole_sidecar(
     tdt_block: tuple[Path, dict[str, Any]],
 ) -> None:
     folder, _planted = tdt_block
@@ -1061,6 +1061,25 @@ def test_tdt_missing_stream(
         r"\+ box\); did you mean '_405A'\? \(its streams: '_405A', '_465A'\)$",
     ):
         load_tdt(str(folder), {**tdt_args, "signal_label": "_470"})
+
+
+def test_tdt_uneven_streams_and_tdt_warnings(
+    tmp_path: Path, tdt_args: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(8)
+    signal = rng.standard_normal(12 * 256).astype(np.float32)
+    folder = write_tdt_block(
+        tmp_path / "uneven",
+        streams={"465A": signal, "405A": signal[: 10 * 256]},
+        epocs={"ACue": _onsets([1.0])},
+    )
+    next(folder.glob("*.tnt")).unlink()  # tdt warns about the missing notes file
+    with caplog.at_level(logging.INFO, logger="neurobatch.io.loaders"):
+        ds = load_tdt(str(folder), tdt_args)
+    assert ds.sizes["time"] == 10 * 256
+    np.testing.assert_array_equal(ds.signal.values, signal[: 10 * 256])
+    assert "streams '_465A' (3072 samples) and '_405A' (2560) differ in length" in caplog.text
+    assert "tnt file could not be processed" in caplog.text
 
 
 def test_tdt_bad_folders(tmp_path: Path, tdt_args: dict[str, Any]) -> None:

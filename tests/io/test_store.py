@@ -110,7 +110,9 @@ def test_write_open_round_trip_chunks_from_budget(tmp_path: Path) -> None:
     assert isinstance(signal, zarr.Array)
     assert signal.chunks == (4096,)
     assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec"]
-    assert str(group["event_name"].dtype) == "StringDType()"  # no fixed-width <U in the store
+    names = group["event_name"]
+    assert isinstance(names, zarr.Array)
+    assert str(names.dtype) == "StringDType()"  # no fixed-width <U in the store
 
 
 def test_write_overwrites_and_short_recordings_are_one_chunk(tmp_path: Path) -> None:
@@ -341,6 +343,8 @@ def test_column_types_are_promoted_on_both_sides(tmp_path: Path) -> None:
             subject=("trial", np.array([7, 7, 7])),  # int, then a string in the next item
             dose=("trial", np.array([1, 2, 3])),  # int, absent from the next item
             site=("trial", np.array(["NAc", "NAc", "NAc"])),
+            weight=("trial", np.array([21.5, 22.0, 22.5], dtype=np.float32)),
+            session=("trial", np.array([1, 1, 1], dtype=np.int16)),
         )
     )
     second = (
@@ -357,6 +361,8 @@ def test_column_types_are_promoted_on_both_sides(tmp_path: Path) -> None:
     assert back.subject.values.tolist() == ["7", "7", "7", "m8", "m9"]
     np.testing.assert_array_equal(back.dose.values, [1.0, 2.0, 3.0, np.nan, np.nan])
     assert back.site.values.tolist() == ["NAc", "NAc", "NAc", "1.5", ""]
+    assert back.weight.dtype == np.float64  # float32 stored as float64
+    assert back.session.dtype == np.float64  # int16, missing in the second item
     assert "subject" in xr.open_zarr(url).coords  # rewritten columns stay coordinates
 
 
@@ -406,11 +412,21 @@ def test_interrupted_append_is_cut_back(tmp_path: Path) -> None:
         assert isinstance(array, zarr.Array)
         array.resize((9, *array.shape[1:]))
         array[5:9] = 99
+    group.create_array("begun", shape=(9,), dtype="f8", dimension_names=["trial"])
     assert xr.open_zarr(url).sizes["trial"] == 5  # readers still see the committed trials
     append_trials(trials_item(1, 3), url)
     back = open_trials(url)
     assert back.trial_num.values.tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
     assert not (back.dff.values == 99).any()
+    assert "begun" not in back.variables
+
+
+def test_interrupted_first_append_starts_over(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    partial = trials_item(0, 5).drop_vars(["item_id", "experiment_id"])
+    partial.to_zarr(url, zarr_format=3, consolidated=False)  # never consolidated
+    assert append_trials(trials_item(1, 3), url) == 3
+    assert open_trials(url).item_id.values.tolist() == ["item_01"] * 3
 
 
 def test_dask_backed_trials_and_bad_input(tmp_path: Path) -> None:
@@ -420,6 +436,8 @@ def test_dask_backed_trials_and_bad_input(tmp_path: Path) -> None:
     np.testing.assert_array_equal(open_trials(url).dff.values, item.dff.values)
     with pytest.raises(ValueError, match="needs dimensions 'trial' and 'rel_time'"):
         append_trials(xr.Dataset({"x": ("trial", [1.0])}), url)
+    with pytest.raises(ValueError, match=r"no \('trial', 'rel_time'\) data variable"):
+        append_trials(trials_item(1, 2).drop_vars("dff"), url)
     bad = trials_item(1, 2)
     bad["extra"] = ("channel", [1.0, 2.0])
     with pytest.raises(ValueError, match=r"'extra' has dimensions \('channel',\)"):

@@ -379,7 +379,9 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
             )
             trials = _apply_hook(job.hooks, "post_trials", trials)
             store.remove(trials_url, storage_options=so)
-            store.write_dataset(trials, trials_url, chunk_memory=chunk_memory, storage_options=so)
+            trials = trials.compute()
+            if trials.sizes["trial"]:
+                store.append_trials(trials, trials_url, storage_options=so)
             dropped = {str(k): v for k, v in plan.dropped.items()}
             marker = {"key": trials_key, "n_trials": trials.sizes["trial"], "dropped": dropped}
             store.commit(trials_url, marker, storage_options=so)
@@ -393,8 +395,8 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
 
     if config.output.dashboards and outcome.stages_run:
         processed = store.open_dataset(processed_url, storage_options=so)
-        if trials is None and outcome.trials_url is not None:
-            trials = store.open_dataset(outcome.trials_url, storage_options=so)
+        if trials is None and outcome.trials_url is not None and outcome.n_trials:
+            trials = store.open_trials(outcome.trials_url, storage_options=so)
         path = _join(job.output_url, "dashboards", f"{job.item_id}.{config.output.dashboards}")
         plots.dashboard(processed, trials, path, title=outcome.experiment_id, storage_options=so)
         logger.info("dashboard written to %s", path)
@@ -490,7 +492,7 @@ class _Combiner:
     def _append(self, outcome: ItemOutcome) -> None:
         if outcome.status == "failed" or outcome.trials_url is None or not outcome.n_trials:
             return
-        trials = store.open_dataset(outcome.trials_url, storage_options=self.storage_options)
+        trials = store.open_trials(outcome.trials_url, storage_options=self.storage_options)
         rel_time = trials["rel_time"].to_numpy()
         if self.rel_time is None:
             self.rel_time, self.grid_item = rel_time, outcome.item_id
@@ -701,7 +703,8 @@ class Pipeline:
             submitted[future.key] = job
             return future
 
-        futures = as_completed([f for f in (submit_next() for _ in range(max_in_flight)) if f])
+        first = [f for f in (submit_next() for _ in range(max_in_flight)) if f is not None]
+        futures = as_completed(first, loop=client.loop)
         with _progress(len(jobs), progress) as advance:
             for future in futures:
                 job = submitted.pop(future.key)

@@ -307,7 +307,7 @@ def events_of(recording: xr.Dataset) -> dict[str, np.ndarray]:
     if "event_time" not in recording:
         return {name: np.empty(0) for name in names}
     times = np.asarray(recording["event_time"].values, dtype=np.float64)
-    labels = np.asarray(recording["event_name"].values).astype(str)
+    labels = np.asarray(recording["event_name"].values, dtype=object)
     names += [name for name in dict.fromkeys(labels.tolist()) if name not in names]
     return {name: np.sort(times[labels == name]) for name in names}
 

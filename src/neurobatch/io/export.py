@@ -33,7 +33,7 @@ __all__ = ["clean_axis_dtype", "trials_obs", "write_h5ad", "write_obs"]
 
 logger = logging.getLogger(__name__)
 
-_H5AD_CHUNK_MEMORY = 64 * 2**20
+_H5AD_CHUNK_MEMORY = 16 * 2**20
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
@@ -235,8 +235,8 @@ def write_h5ad(
     variable : str, optional
         The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
         attribute, or the only such variable.
-    chunk_memory : int, default 64 MiB
-        Bytes of ``X`` per block (rounded to whole chunks of the store).
+    chunk_memory : int, default 16 MiB
+        Bytes of ``X`` per block (a whole number of dask chunks when the data are lazy).
     storage_options : mapping, optional
         Options for the fsspec filesystem (of both ``trials`` and ``path``).
 

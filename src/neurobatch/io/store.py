@@ -686,10 +686,10 @@ def _create_store(trials: xr.Dataset, store: Store, chunk_memory: int, url: str)
     rows = max(1, chunk_memory // (8 * n_rel))
     prepared = _with_zarr_strings(trials)
     prepared.attrs = to_json_safe(dict(trials.attrs), name=f"attrs of the trials for {url}")
-    for variable in prepared.variables.values():
+    for name, variable in prepared.variables.items():
         variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of the trials for {url}")
-        if variable.dtype.kind in "iu":
-            variable.values = variable.values.astype(np.int64)
+        if variable.dtype.kind in "iuf" and name != REL_TIME:  # int64 and float64 columns
+            variable.values = variable.values.astype(_DTYPES[_kind(variable.dtype, str(name))])
     encoding = {
         str(name): {
             "chunks": (rows, n_rel) if variable.ndim == 2 else (max(rows, _COLUMN_ROWS),),
@@ -799,11 +799,11 @@ def append_trials(
     n_new = int(item.sizes[TRIAL_DIM])
     store = zarr_store(url, storage_options=storage_options)
     try:
-        committed = zarr.open_group(store, mode="r", use_consolidated=True, zarr_format=3)
-    except (FileNotFoundError, ValueError, KeyError):
+        committed = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+    except FileNotFoundError:
         committed = None
     if committed is None or committed.metadata.consolidated_metadata is None:
-        _remove_marker(url, storage_options)
+        # no store, or the first append was interrupted before its consolidation
         return _create_store(item, store, chunk_memory, url)
     metadata = dict(committed.metadata.consolidated_metadata.flattened_metadata)
     group = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=3)
@@ -814,7 +814,7 @@ def append_trials(
     if n_new == 0:
         logger.debug("%s: item with no trials, nothing appended", url)
         return n_stored
-    _truncate(arrays, metadata, stored, url)
+    _truncate(group, arrays, metadata, stored, url)
 
     # plan first (every check before any change), then change the schema, then append
     names = list(stored) + [name for name in columns if name not in stored]
@@ -854,10 +854,14 @@ def append_trials(
         if old is None:
             dims = columns[name].dims
             arrays[name] = _new_array(
-                group, name, kind=kind, dims=dims,
-                shape=(n_stored, n_rel)[: len(dims)], chunks=(chunk_rows[len(dims)], n_rel)[: len(dims)],
+                group,
+                name,
+                kind=kind,
+                dims=dims,
+                shape=(n_stored, n_rel)[: len(dims)],
+                chunks=(chunk_rows[len(dims)], n_rel)[: len(dims)],
                 attributes=to_json_safe(dict(item[name].attrs), name=f"attrs of {name!r}"),
-            )  # fmt: skip
+            )
             logger.debug("%s: new column %r (%s), missing for %d trials", url, name, kind, n_stored)
         elif kind != old.kind:
             arrays[name] = _rewrite_column(arrays[name], group, name, kind=kind, n_stored=n_stored)
@@ -928,19 +932,27 @@ def _grid_text(grid: NDArray[np.float64]) -> str:
 
 
 def _truncate(
-    arrays: Mapping[str, zarr.Array[Any]],
+    group: zarr.Group,
+    arrays: dict[str, zarr.Array[Any]],
     metadata: Mapping[str, Any],
     stored: Mapping[str, _Column],
     url: str,
 ) -> None:
-    """Cut arrays that an interrupted append grew back to their committed length."""
+    """Undo what an interrupted append left: grown arrays and columns it had begun."""
+    for name in [n for n in arrays if n not in metadata]:
+        logger.warning("%s: removing %r (left by an interrupted append)", url, name)
+        del group[name]
+        del arrays[name]
     for name in stored:
         array, committed = arrays[name], tuple(metadata[name].shape)
         if tuple(array.shape) != committed:
             logger.warning(
                 "%s: cutting %r back from %d to %d trials (an earlier append was interrupted)",
-                url, name, array.shape[0], committed[0],
-            )  # fmt: skip
+                url,
+                name,
+                array.shape[0],
+                committed[0],
+            )
             array.resize(committed)
 
 
@@ -951,9 +963,14 @@ def _rewrite_column(
     converted = _convert(np.asarray(array[:n_stored]), kind)
     dims = tuple(str(d) for d in (array.metadata.dimension_names or ()))  # type: ignore[union-attr]
     new = _new_array(
-        group, name, kind=kind, dims=dims, shape=converted.shape, chunks=array.chunks,
+        group,
+        name,
+        kind=kind,
+        dims=dims,
+        shape=converted.shape,
+        chunks=array.chunks,
         attributes=dict(array.attrs),
-    )  # fmt: skip
+    )
     if n_stored:
         new[:] = converted
     return new
