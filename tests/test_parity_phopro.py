@@ -135,7 +135,7 @@ def test_one_bad_trial_drops_only_that_trial(both: tuple[Any, xr.Dataset, Path])
     assert first not in set(theirs.obs["source"])
     assert (ours["source"].values == first).sum() > 5
     items = pd.read_parquet(out / "items.parquet").set_index("item_id")
-    assert "more than one" in items.loc["experiment_001", "dropped"]
+    assert "center_on events found at lever1=" in items.loc["experiment_001", "dropped"]
 
 
 def test_phopro_reads_our_h5ad(phopro: Any, both: tuple[Any, xr.Dataset, Path]) -> None:

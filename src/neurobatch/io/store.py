@@ -409,7 +409,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     -------
     xarray.Dataset
         Dask-backed variables (index coordinates such as ``time`` are in memory, as xarray
-        always loads indexes); strings come back as ``numpy.dtypes.StringDType`` arrays.
+        always loads indexes); strings come back as Python ``str`` objects (object arrays).
 
     Raises
     ------
@@ -434,7 +434,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
             opened = xr.open_zarr(store, chunks={}, consolidated=False, zarr_format=3)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
-    return cast(xr.Dataset, opened)
+    return _object_strings(cast(xr.Dataset, opened))
 
 
 # --- commits ---------------------------------------------------------------------------------
@@ -1036,7 +1036,23 @@ def open_trials(
             columns[str(name)] = variable.chunk({TRIAL_DIM: rows})
     coords = {k: v for k, v in columns.items() if k in opened.coords}
     data = {k: v for k, v in columns.items() if k not in opened.coords}
-    return cast(xr.Dataset, opened.assign_coords(coords).assign(data))
+    return _object_strings(cast(xr.Dataset, opened.assign_coords(coords).assign(data)))
+
+
+def _object_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Strings as Python ``str`` objects, as xarray and pandas hold them everywhere else.
+
+    NumPy's variable-length ``StringDType`` (how strings are stored) cannot be cast with
+    ``astype(str)``, which callers reasonably do; object arrays can.
+    """
+    changed = {
+        name: variable.astype(object)
+        for name, variable in ds.variables.items()
+        if isinstance(variable.dtype, np.dtypes.StringDType)
+    }
+    return ds.assign_coords(
+        {k: v for k, v in changed.items() if k in ds.coords}
+    ).assign({k: v for k, v in changed.items() if k not in ds.coords})
 
 
 def _open_rows(group: zarr.Group, chunk_memory: int) -> int:
