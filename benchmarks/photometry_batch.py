@@ -88,7 +88,10 @@ def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, A
     on stdin, so that import time is not counted (PhoPro's package import takes ~20 s).
     """
     proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     root = psutil.Process(proc.pid)
@@ -120,8 +123,9 @@ def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, A
     return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20), "tail": output[-400:]}
 
 
-def _pipeline_file(folder: Path, data: Path, *, trials: dict[str, Any], fit: str,
-                   workers: int) -> Path:
+def _pipeline_file(
+    folder: Path, data: Path, *, trials: dict[str, Any], fit: str, workers: int
+) -> Path:
     config = {
         "name": "benchmark",
         "input": {"url": str(data), "pattern": "*.csv"},
@@ -153,23 +157,35 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp)
         data = folder / "data"
         start = time.perf_counter()
-        synthetic.write_photometry_batch(data, n_items=items, duration_s=duration,
-                                         fs=args.rate_hz, seed=0)
-        print(f"generated {items} x {duration:g} s at {args.rate_hz:g} Hz in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        synthetic.write_photometry_batch(
+            data, n_items=items, duration_s=duration, fs=args.rate_hz, seed=0
+        )
+        print(
+            f"generated {items} x {duration:g} s at {args.rate_hz:g} Hz in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         nb = [sys.executable, "-m", "neurobatch.cli", "run"]
         results: dict[str, Any] = {}
         results["phopro"] = run_measured(
-            [sys.executable, "-c", PHOPRO_SCRIPT, str(data), str(folder / "phopro"),
-             json.dumps(EVENTS), json.dumps(TRIALS)],
+            [
+                sys.executable,
+                "-c",
+                PHOPRO_SCRIPT,
+                str(data),
+                str(folder / "phopro"),
+                json.dumps(EVENTS),
+                json.dumps(TRIALS),
+            ],
             wait_ready=True,
         )
         print("phopro", results["phopro"]["seconds"], "s", flush=True)
         (folder / "phopro").mkdir(exist_ok=True)
         ols = _pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=args.workers)
         results["first_run"] = run_measured([*nb, str(ols)])
-        changed = _pipeline_file(folder, data, trials=CHANGED_TRIALS, fit="ols",
-                                 workers=args.workers)
+        changed = _pipeline_file(
+            folder, data, trials=CHANGED_TRIALS, fit="ols", workers=args.workers
+        )
         results["rerun_changed_trials"] = run_measured([*nb, str(changed)])
         irls = _pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
         results["irls_reprocess"] = run_measured([*nb, str(irls), "--reprocess"])
@@ -178,9 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     phopro_s = results["phopro"]["seconds"]
     report = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "items": items, "duration_s": duration, "rate_hz": args.rate_hz,
-        "workers": args.workers, "results": results,
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "items": items,
+        "duration_s": duration,
+        "rate_hz": args.rate_hz,
+        "workers": args.workers,
+        "results": results,
         "ratios": {
             "first_run_speedup": round(phopro_s / results["first_run"]["seconds"], 2),
             "rerun_speedup": round(phopro_s / results["rerun_changed_trials"]["seconds"], 2),
@@ -191,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"\n{'run':<24}{'seconds':>10}{'peak MB':>10}{'vs PhoPro':>11}")
     for name, r in results.items():
-        print(f"{name:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10}"
-              f"{phopro_s / r['seconds']:>10.1f}x")
+        print(f"{name:<24}{r['seconds']:>10.1f}{r['peak_mb']:>10}{phopro_s / r['seconds']:>10.1f}x")
     print(json.dumps(report["ratios"], indent=2))
     RESULTS.mkdir(exist_ok=True)
     name = "photometry_batch-quick.json" if args.quick else "photometry_batch.json"

@@ -131,7 +131,7 @@ def test_same_trials_and_columns(both: tuple[Any, xr.Dataset, Path]) -> None:
 def test_one_bad_trial_drops_only_that_trial(both: tuple[Any, xr.Dataset, Path]) -> None:
     """PhoPro drops experiment_001 whole for its one double lever press; we drop the trial."""
     theirs, ours, out = both
-    first = str(sorted(Path(theirs.obs["source"].iloc[0]).parent.glob("*.csv"))[0])
+    first = str(min(Path(theirs.obs["source"].iloc[0]).parent.glob("*.csv")))
     assert first not in set(theirs.obs["source"])
     assert (ours["source"].values == first).sum() > 5
     items = pd.read_parquet(out / "items.parquet").set_index("item_id")

@@ -1306,7 +1306,7 @@ def _file_module(path: Path, ref: str) -> types.ModuleType:
         del sys.modules[name]
         raise ConfigError(f"cannot import {ref!r}: {type(e).__name__}: {e}") from e
     try:
-        import cloudpickle  # type: ignore[import-untyped]
+        import cloudpickle
 
         # workers cannot import a module loaded from a file path: send its functions by value
         cloudpickle.register_pickle_by_value(module)

@@ -72,7 +72,9 @@ def _independent_trials(csv: Path) -> tuple[np.ndarray, np.ndarray, int]:
     windows, lever_offsets, dropped = [], [], 0
     for cue in events["trial_cue"]:
         found = [
-            events[name][(events[name] >= cue + TOLERANCE[0]) & (events[name] <= cue + TOLERANCE[1])]
+            events[name][
+                (events[name] >= cue + TOLERANCE[0]) & (events[name] <= cue + TOLERANCE[1])
+            ]
             for name in ("lever1", "lever2")
         ]
         presses = np.concatenate(found)
@@ -104,13 +106,14 @@ def test_pipeline_end_to_end(batch: Path, tmp_path: Path, local_client: Client) 
         trials["lever1"].values, np.concatenate([e[1] for e in expected]), atol=1e-9
     )
     # manifest order, per-trial columns, passdown metadata
-    assert trials["experiment_id"].values.tolist() == sum(
-        ([csv.stem] * len(e[0]) for csv, e in zip(csvs, expected, strict=True)), []
-    )
+    counts = [len(e[0]) for e in expected]
+    assert trials["experiment_id"].values.tolist() == [
+        csv.stem for csv, n in zip(csvs, counts, strict=True) for _ in range(n)
+    ]
     sidecars = [json.loads(csv.with_suffix(".json").read_text()) for csv in csvs]
-    assert trials["subject"].values.tolist() == sum(
-        ([s["subject"]] * len(e[0]) for s, e in zip(sidecars, expected, strict=True)), []
-    )
+    assert trials["subject"].values.tolist() == [
+        s["subject"] for s, n in zip(sidecars, counts, strict=True) for _ in range(n)
+    ]
     # the double lever press drops that trial only, and says which
     items = pd.read_parquet(out / "items.parquet")
     first = items.iloc[0]

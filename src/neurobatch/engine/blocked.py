@@ -15,8 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-import dask.base
 import dask.array as da
+import dask.base
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
@@ -922,17 +922,14 @@ def blocked_sta(
     >>> result.bins.n_used.tolist(), result.bins.n_too_early.tolist()
     ([2, 1], [0, 1])
     """
-    x: da.Array = (
-        movie if isinstance(movie, da.Array) else da.asarray(movie)
-    )
+    x: da.Array = movie if isinstance(movie, da.Array) else da.asarray(movie)
     if x.ndim != 3:
         raise ValueError(f"movie must be 3-D (frame, y, x), got shape {x.shape}.")
     if x.dtype.kind not in "biuf":
         raise TypeError(f"movie must hold real numbers, got dtype {x.dtype}.")
     if any(np.isnan(size) for size in x.chunks[0]):
         raise ValueError(
-            "movie has unknown chunk sizes along frames; call movie.compute_chunk_sizes() "
-            "first."
+            "movie has unknown chunk sizes along frames; call movie.compute_chunk_sizes() first."
         )
     fan_in = _sta_split_every(split_every)
     bins = sta_kernels.bin_spikes(

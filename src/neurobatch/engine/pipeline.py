@@ -140,9 +140,11 @@ class RunSummary:
 
     def __str__(self) -> str:
         lines = [
-            f"{len(self.items)} item(s): {self.n_done} done, {self.n_skipped} skipped "
-            f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
-            f"{self.seconds:.1f} s",
+            (
+                f"{len(self.items)} item(s): {self.n_done} done, {self.n_skipped} skipped "
+                f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
+                f"{self.seconds:.1f} s"
+            ),
             f"outputs in {self.output_url}",
         ]
         lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
@@ -179,8 +181,10 @@ def _write_text(url: str, text: str, storage_options: Mapping[str, Any]) -> None
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return text if isinstance(error, ValueError | OSError | KeyError) else (
-        f"{type(error).__name__}: {text}"
+    return (
+        text
+        if isinstance(error, ValueError | OSError | KeyError)
+        else (f"{type(error).__name__}: {text}")
     )
 
 
@@ -271,9 +275,7 @@ def _passdown(recording: xr.Dataset, keys: Sequence[str], item_id: str) -> dict[
     return values
 
 
-def _persist_policy(
-    job: _ItemJob, scratch_url: str
-) -> Callable[[xr.Dataset], xr.Dataset]:
+def _persist_policy(job: _ItemJob, scratch_url: str) -> Callable[[xr.Dataset], xr.Dataset]:
     chunk_memory = job.config.engine.chunk_memory
     storage_options = job.config.output.storage_options
 
@@ -342,8 +344,9 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
     marker = done(processed_url, preprocess_key)
     if marker is None:
         outcome.stages_run.append("preprocess")
-        logger.info("preprocessing (%d samples at %g Hz)", recording.sizes["time"],
-                    outcome.sampling_rate)
+        logger.info(
+            "preprocessing (%d samples at %g Hz)", recording.sizes["time"], outcome.sampling_rate
+        )
         scratch_url = _join(item_url, "filtered.zarr")
         processed = stages.preprocess(
             recording, config.preprocess, persist=_persist_policy(job, scratch_url)
@@ -422,7 +425,7 @@ def process_item(job: _ItemJob) -> ItemOutcome:
         logger.info("item %s from %s", job.item_id, job.url)
         try:
             _run_item(job, outcome)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
             outcome.status = "failed"
             outcome.error = _one_line(error)
             outcome.traceback = traceback.format_exc()
@@ -459,9 +462,7 @@ def _resolve_hooks(
                 cloudpickle.register_pickle_by_value(module)
     for name, hook in (overrides or {}).items():
         if name not in HOOK_NAMES:
-            raise NeurobatchError(
-                f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}"
-            )
+            raise NeurobatchError(f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}")
         if hook is None:
             hooks.pop(name, None)
         else:
@@ -622,11 +623,13 @@ class Pipeline:
                 manifest = self._select(self.discover(), only)
                 if client is None:
                     with connect(config.cluster) as own_client:
-                        outcomes, n_trials = self._submit(own_client, manifest, resolved_hooks,
-                                                          reprocess, progress)
+                        outcomes, n_trials = self._submit(
+                            own_client, manifest, resolved_hooks, reprocess, progress
+                        )
                 else:
-                    outcomes, n_trials = self._submit(client, manifest, resolved_hooks,
-                                                      reprocess, progress)
+                    outcomes, n_trials = self._submit(
+                        client, manifest, resolved_hooks, reprocess, progress
+                    )
                 summary = self._finish(outcomes, n_trials, time.perf_counter() - start)
             finally:
                 _write_text(_join(out, "logs", "run.log"), run_log.buffer.getvalue(), so)
@@ -674,32 +677,30 @@ class Pipeline:
         )
         jobs = [
             _ItemJob(
-                item_id=row.item_id,
-                url=row.url,
-                fingerprint=row.fingerprint,
-                format=row.format,
-                loader_arguments=dict(row.loader_arguments),
+                item_id=str(row["item_id"]),
+                url=str(row["url"]),
+                fingerprint=str(row["fingerprint"]),
+                format=str(row["format"]),
+                loader_arguments=dict(row["loader_arguments"]),
                 config=config,
                 hooks=hooks,
                 output_url=out,
                 reprocess=reprocess,
             )
-            for row in manifest.itertuples()
+            for row in manifest.to_dict("records")
         ]
         combiner = _Combiner(
             [job.item_id for job in jobs], _join(out, "trials.zarr"), config.output.storage_options
         )
         pending = iter(jobs)
         token = f"{time.time_ns():x}"
-        submitted: dict[str, _ItemJob] = {}
+        submitted: dict[Any, _ItemJob] = {}
 
-        def submit_next() -> Future | None:
+        def submit_next() -> Future[ItemOutcome] | None:
             job = next(pending, None)
             if job is None:
                 return None
-            future = client.submit(
-                process_item, job, key=f"item-{job.item_id}-{token}", pure=False
-            )
+            future = client.submit(process_item, job, key=f"item-{job.item_id}-{token}", pure=False)
             submitted[future.key] = job
             return future
 
@@ -710,7 +711,7 @@ class Pipeline:
                 job = submitted.pop(future.key)
                 try:
                     outcome: ItemOutcome = future.result()
-                except Exception as error:  # the task itself died (e.g. its worker, repeatedly)
+                except Exception as error:  # noqa: BLE001 - the task died (e.g. its worker)
                     outcome = ItemOutcome(
                         item_id=job.item_id,
                         url=job.url,

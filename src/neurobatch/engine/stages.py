@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from neurobatch.config import FitConfig, FilterConfig, PreprocessConfig, TrialsConfig
+from neurobatch.config import FilterConfig, FitConfig, PreprocessConfig, TrialsConfig
 from neurobatch.engine import blocked
 from neurobatch.errors import InputError
 from neurobatch.kernels import correction as correction_kernels
@@ -161,7 +161,11 @@ def fit_reference(filtered: xr.Dataset, params: FitConfig) -> FitResult:
         if params.method == "ols":
             return blocked.fit_ols(iso, sig, intercept=params.intercept)
         return blocked.fit_irls(
-            iso, sig, c=params.c, maxiter=params.maxiter, tol=params.tol,
+            iso,
+            sig,
+            c=params.c,
+            maxiter=params.maxiter,
+            tol=params.tol,
             intercept=params.intercept,
         )
     except ValueError as error:
@@ -275,9 +279,7 @@ def preprocess(
     """
     filtered = persist(filter_channels(recording, params.filter))
     fit = None if params.fit.method == "none" else fit_reference(filtered, params.fit)
-    return correct(
-        filtered, fit, correction=params.correction, normalization=params.normalization
-    )
+    return correct(filtered, fit, correction=params.correction, normalization=params.normalization)
 
 
 def events_of(recording: xr.Dataset) -> dict[str, np.ndarray]:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import pandas as pd
-import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 from pandas.api.types import infer_dtype
@@ -310,8 +310,8 @@ def _write_local(
     rows: int,
 ) -> None:
     # anndata (and its h5py) is the optional "anndata" extra: imported only when used
-    import anndata as ad  # type: ignore[import-untyped]
-    import h5py  # type: ignore[import-untyped]
+    import anndata as ad
+    import h5py
 
     n_trials, n_rel = (int(s) for s in data.shape)
     ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path, convert_strings_to_categoricals=False)

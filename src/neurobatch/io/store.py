@@ -1050,9 +1050,9 @@ def _object_strings(ds: xr.Dataset) -> xr.Dataset:
         for name, variable in ds.variables.items()
         if isinstance(variable.dtype, np.dtypes.StringDType)
     }
-    return ds.assign_coords(
-        {k: v for k, v in changed.items() if k in ds.coords}
-    ).assign({k: v for k, v in changed.items() if k not in ds.coords})
+    return ds.assign_coords({k: v for k, v in changed.items() if k in ds.coords}).assign(
+        {k: v for k, v in changed.items() if k not in ds.coords}
+    )
 
 
 def _open_rows(group: zarr.Group, chunk_memory: int) -> int:
