@@ -326,7 +326,7 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
         (
             "method: irls",
             "method: irsl",
-            r"preprocess\.fit\.method: got 'irsl'; expected 'ols' or 'irls'; did you mean 'irls'\?",
+            r"preprocess\.fit\.method: got 'irsl'; expected 'ols', 'irls' or 'none'; did you mean 'irls'\?",
         ),
         (
             "correction: dff",
@@ -474,7 +474,7 @@ def test_yaml_errors_name_file_field_and_fix(
         (
             'fit = "ols"',
             'fit = "OLS"',
-            r"pipeline\.toml: preprocess\.fit\.method: got 'OLS'; expected 'ols' or 'irls'",
+            r"pipeline\.toml: preprocess\.fit\.method: got 'OLS'; expected 'ols', 'irls' or 'none'",
         ),
         (
             "bounds_s = [-8, 8]",

@@ -34,7 +34,6 @@ import pandas as pd
 import xarray as xr
 from distributed import Client, Future, as_completed
 
-from neurobatch import plots
 from neurobatch.config import PipelineConfig, import_object, load_config, stage_parameters
 from neurobatch.engine import stages
 from neurobatch.engine.cluster import connect
@@ -397,6 +396,8 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
         logger.info("%d trials", outcome.n_trials)
 
     if config.output.dashboards and outcome.stages_run:
+        from neurobatch import plots  # matplotlib: imported only when dashboards are asked for
+
         processed = store.open_dataset(processed_url, storage_options=so)
         if trials is None and outcome.trials_url is not None and outcome.n_trials:
             trials = store.open_trials(outcome.trials_url, storage_options=so)

@@ -1,0 +1,58 @@
+"""The command line: the demo end to end, and user errors as one line with exit status 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from neurobatch.cli import main
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--items",
+            "2",
+            "--duration-s",
+            "120",
+            "--rate-hz",
+            "50",
+            "--workers",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "2 item(s): 2 done, 0 skipped (unchanged), 0 failed" in out
+    trials = xr.open_zarr(tmp_path / "output" / "trials.zarr")
+    assert f"{trials.sizes['trial']} trials" in out
+    assert sorted(p.name for p in (tmp_path / "output" / "dashboards").iterdir()) == [
+        "experiment_001.png",
+        "experiment_002.png",
+    ]
+    # discover and validate on the file the demo wrote
+    assert main(["discover", str(tmp_path / "pipeline.yaml")]) == 0
+    assert "experiment_002" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "pipeline.yaml")]) == 0
+    assert "valid; 2 item(s)" in capsys.readouterr().out
+
+
+def test_a_misspelled_key_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "name: x\ninput: {url: data}\nloader: {format: photometry-csv}\n"
+        "preprocess: {filter: {cutof_hz: 3}}\noutput: {url: out}\n"
+    )
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "preprocess.filter.cutof_hz: unknown key; did you mean 'cutoff_hz'?" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
