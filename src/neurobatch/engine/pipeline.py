@@ -619,7 +619,9 @@ class Pipeline:
         so = config.output.storage_options
         start = time.perf_counter()
         resolved_hooks = _resolve_hooks(config, hooks)
-        with _captured_log() as run_log:
+        # the driver's own reads and appends (the combined outputs) compute locally, not as
+        # round trips through the cluster
+        with _captured_log() as run_log, dask.config.set(scheduler="threads"):
             try:
                 manifest = self._select(self.discover(), only)
                 if client is None:
