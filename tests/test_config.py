@@ -73,7 +73,7 @@ output:
   storage_options: {}
 cluster: {kind: local, n_workers: null, threads_per_worker: 1, memory_limit: 2GiB,
           dashboard_address: "127.0.0.1:0"}
-engine: {max_in_flight: null, chunk_memory: 64MiB, item_timeout_s: null}
+engine: {max_in_flight: null, chunk_memory: 64MiB}
 """
 
 EXAMPLE_TOML = """\

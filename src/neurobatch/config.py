@@ -494,8 +494,6 @@ class EngineConfig(_Model):
     """The most items submitted at once; ``null`` for twice the worker threads."""
     chunk_memory: MemorySize = 64 * 2**20
     """The memory budget of one chunk (``64MiB``), from which chunk lengths follow."""
-    item_timeout_s: float | None = Field(default=None, gt=0)
-    """Give up on an item after this many seconds; ``null`` for never."""
 
 
 # ---------------------------------------------------------------------------------------------
