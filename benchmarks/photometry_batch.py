@@ -73,7 +73,11 @@ print("trials", result.n_trials, flush=True)
 
 def _tree_rss(process: psutil.Process) -> int:
     total = 0
-    for p in [process, *process.children(recursive=True)]:
+    try:
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the command has just exited
+        return 0
+    for p in tree:
         try:
             total += p.memory_info().rss
         except psutil.Error:
