@@ -26,7 +26,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import dask
 import fsspec
 import numpy as np
@@ -402,7 +401,9 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
         if trials is None and outcome.trials_url is not None and outcome.n_trials:
             trials = store.open_trials(outcome.trials_url, storage_options=so)
         path = _join(job.output_url, "dashboards", f"{job.item_id}.{config.output.dashboards}")
-        plots.dashboard(processed, trials, path, title=outcome.experiment_id, storage_options=so)
+        # the title names the experiment and the fit (method, R²): let the dashboard compose it
+        processed = processed.assign_attrs(experiment_id=outcome.experiment_id)
+        plots.dashboard(processed, trials, path, storage_options=so)
         logger.info("dashboard written to %s", path)
 
 
@@ -456,11 +457,8 @@ def _resolve_hooks(
     for name in HOOK_NAMES:
         target = getattr(config.hooks, name)
         if target is not None:
+            # a hook from a file is registered to be shipped by value (workers cannot import it)
             hooks[name] = import_object(target)
-            module = sys.modules.get(getattr(hooks[name], "__module__", ""), None)
-            if module is not None and target.split(":")[0].endswith(".py"):
-                # a hook from a file: ship its code, the workers cannot import the file
-                cloudpickle.register_pickle_by_value(module)
     for name, hook in (overrides or {}).items():
         if name not in HOOK_NAMES:
             raise NeurobatchError(f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}")

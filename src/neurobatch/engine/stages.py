@@ -16,6 +16,7 @@ stored and on which scheduler they are computed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -435,5 +436,5 @@ def _column(value: Any, n: int) -> np.ndarray:
         return np.full(n, value)
     if value is None:
         return np.full(n, np.nan)
-    text = value if isinstance(value, str) else repr(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return np.full(n, text, dtype=object)

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+import pyarrow as pa
 import scipy.signal
 import xarray as xr
 from numpy.typing import NDArray

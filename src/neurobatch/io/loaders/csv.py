@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
-import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
-import pyarrow.compute as pacompute  # type: ignore[import-untyped, unused-ignore]
-import pyarrow.csv as pacsv  # type: ignore[import-untyped, unused-ignore]
+import pyarrow as pa
+import pyarrow.compute as pacompute
+import pyarrow.csv as pacsv
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import fsspec
-import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
-import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
