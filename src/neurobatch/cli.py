@@ -148,8 +148,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
+    import logging
+
     from neurobatch.engine.pipeline import RunError
 
+    # the cluster's one line (workers, memory, dashboard link) goes to the terminal too
+    cluster_log = logging.getLogger("neurobatch.engine.cluster")
+    cluster_log.setLevel(logging.INFO)
+    cluster_log.addHandler(logging.StreamHandler(sys.stdout))
     if getattr(args, "workers", None):
         cluster = pipeline.config.cluster.model_copy(update={"n_workers": args.workers})
         pipeline.config = pipeline.config.model_copy(update={"cluster": cluster})

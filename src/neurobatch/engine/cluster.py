@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dask.utils import format_bytes
 from distributed import Client, LocalCluster
 
 from neurobatch.config import ClusterConfig
@@ -56,7 +57,7 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
             "LocalCluster of %d worker(s) x %d thread(s), %s each; dashboard %s",
             n_workers,
             threads,
-            config.memory_limit,
+            "no limit" if config.memory_limit is None else format_bytes(config.memory_limit),
             client.dashboard_link,
         )
         yield client
