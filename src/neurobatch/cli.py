@@ -144,6 +144,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     check.set_defaults(run=_run_check)
+
+    provenance = commands.add_parser(
+        "provenance",
+        help="summarise the processing record of an output folder",
+        description=(
+            "Read OUT/processing.json (every run's stages: when they ran, items done, failed "
+            "and skipped, workers, sampled CPU and RAM) and print one row per stage; with "
+            "--plot, also draw CPU and RAM usage over time."
+        ),
+    )
+    provenance.add_argument("out", metavar="OUT", help="the output folder (any fsspec URL)")
+    provenance.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="draw resource usage as PNG or SVG (default OUT/processing.png)",
+    )
+    provenance.set_defaults(run=_provenance)
     return parser
 
 
@@ -262,6 +281,64 @@ def _run_check(args: argparse.Namespace) -> int:
     failed = [c for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _provenance(args: argparse.Namespace) -> int:
+    import math
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from neurobatch.engine._provenance_summary import read_processing, summary
+    from neurobatch.errors import InputNotFoundError
+
+    out = str(args.out).rstrip("/")
+    url = f"{out}/processing.json"
+    processing = read_processing(url)
+    if processing is None:
+        raise InputNotFoundError(
+            f"no processing record at {url}: expected the output folder of a neurobatch run"
+        )
+    table = summary(processing)
+
+    def number(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)
+
+    def duration(seconds: float) -> str:
+        if math.isnan(seconds):
+            return "-"
+        minutes, rest = divmod(seconds, 60.0)
+        return f"{int(minutes)}:{rest:04.1f}" if minutes else f"{rest:.1f} s"
+
+    view = Table(title=f"{url}: {len(table)} data process(es)", title_justify="left")
+    view.add_column("process", no_wrap=True)
+    view.add_column("start", no_wrap=True)
+    numeric = ("duration", "done", "failed", "skipped", "trials", "workers")
+    for column in (*numeric, "CPU mean %", "CPU max %", "RAM max %", "samples"):
+        view.add_column(column, justify="right", no_wrap=True)
+    for row in table.to_dict("records"):
+        view.add_row(
+            str(row["name"]),
+            row["start"].to_pydatetime().astimezone().strftime("%H:%M:%S"),
+            duration(row["seconds"]),
+            *(str(row[key]) for key in ("items_done", "items_failed", "items_skipped")),
+            "-" if row["n_trials"] is pd.NA else str(row["n_trials"]),
+            str(row["workers"]),
+            *(number(row[key], ".1f") for key in ("cpu_mean", "cpu_max", "ram_max")),
+            str(row["samples"]),
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=max(console.width, 160))
+    console.print(view)
+    if args.plot is not None:
+        from neurobatch.plots import resource_usage
+
+        path = args.plot or f"{out}/processing.png"
+        resource_usage(processing, path)
+        print(f"resource usage plot: {path}")
+    return 0
 
 
 def _positive_int(text: str) -> int:

@@ -5,6 +5,8 @@
   written as SVG or PNG to any fsspec URL.
 - :func:`envelope`: the min/max envelope decimation behind it, so that a 1-hour 1 kHz
   recording is drawn from a few thousand points while spikes and artefacts stay visible.
+- :func:`resource_usage`: a run's CPU and RAM usage over time, stage by stage, from its
+  ``processing.json`` record.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no ``pyplot`` global
 state), so dashboards can be drawn concurrently on the threads of a Dask worker. Inputs may
@@ -17,10 +19,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
@@ -31,7 +33,12 @@ from matplotlib.figure import Figure
 
 from neurobatch.errors import InputError
 
-__all__ = ["dashboard", "envelope"]
+if TYPE_CHECKING:
+    from aind_data_schema.core.processing import (  # type: ignore[import-untyped, unused-ignore]
+        Processing,
+    )
+
+__all__ = ["dashboard", "envelope", "resource_usage"]
 
 logger = logging.getLogger(__name__)
 
@@ -611,3 +618,187 @@ def dashboard(
     with fs.open(fs_path, "wb") as f:
         f.write(buffer.getvalue())
     logger.debug("dashboard %s: wrote %d bytes", path, buffer.tell())
+
+
+# --------------------------------------------------------------------------------------------
+# resource usage of a run (its processing.json)
+# --------------------------------------------------------------------------------------------
+
+#: Runs longer than this are drawn in minutes rather than seconds.
+_MINUTES_AFTER_S = 600.0
+_SPAN_COLORS = ("#dbe9f6", "#fbe3cf")
+
+
+def _figure_format(path: str) -> DashboardFormat:
+    suffix = PurePosixPath(path.split("?", 1)[0]).suffix.lower().lstrip(".")
+    if suffix not in _FORMATS:
+        raise ValueError(
+            f"cannot tell the figure format from {path!r}: expected a path ending in .png or .svg."
+        )
+    return "svg" if suffix == "svg" else "png"
+
+
+def _write_figure(
+    fig: Figure, path: str, fmt: DashboardFormat, storage_options: Mapping[str, Any] | None
+) -> int:
+    """Render ``fig`` and write it to any fsspec URL; returns the number of bytes."""
+    buffer = io.BytesIO()
+    if fmt == "svg":
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    else:
+        fig.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
+    fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    parent = fs._parent(fs_path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(fs_path, "wb") as f:
+        f.write(buffer.getvalue())
+    return buffer.tell()
+
+
+def resource_usage(
+    processing: Processing,
+    path: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> None:
+    """Draw a run's CPU and RAM usage over time, stage by stage, and write it as PNG or SVG.
+
+    Two stacked panels share the time axis: CPU % (top) and RAM % (bottom), each data
+    process's sampled series (``resources.cpu_usage`` and ``resources.ram_usage``) drawn as
+    points joined by lines. Every data process's ``[start, end]`` interval is shaded, in
+    alternating light colours, and labelled with its name. Times are relative to the
+    earliest start, in seconds, or in minutes when the run spans more than 10 minutes. A
+    process with no end time is shaded up to its last sample.
+
+    Parameters
+    ----------
+    processing : Processing
+        The run's record, e.g. from
+        :func:`neurobatch.engine._provenance_summary.read_processing`.
+    path : str
+        Where to write the figure, any fsspec URL; the format comes from the extension
+        (``.png`` or ``.svg``).
+    storage_options : mapping, optional
+        Passed to fsspec to open ``path``.
+    title : str, optional
+        The figure title; by default the number of processes and the run's span.
+
+    Raises
+    ------
+    ValueError
+        If the format cannot be told from ``path``, or ``processing`` has no data process.
+
+    See Also
+    --------
+    dashboard : the per-item figures.
+
+    Examples
+    --------
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from aind_data_schema.components.identifiers import Code
+    >>> from aind_data_schema.core.processing import (
+    ...     DataProcess, Processing, ProcessStage, ResourceTimestamped, ResourceUsage)
+    >>> from aind_data_schema_models.process_names import ProcessName
+    >>> from aind_data_schema_models.units import MemoryUnit
+    >>> t0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+    >>> points = [ResourceTimestamped(timestamp=t0 + timedelta(seconds=s), usage=10.0 * s)
+    ...           for s in range(6)]
+    >>> ingest = DataProcess(
+    ...     name="ingest",
+    ...     process_type=ProcessName.FILE_FORMAT_CONVERSION,
+    ...     stage=ProcessStage.PROCESSING,
+    ...     code=Code(url="https://example.org/neurobatch", name="neurobatch.ingest",
+    ...               version="0.1.0"),
+    ...     experimenters=[],
+    ...     start_date_time=t0,
+    ...     end_date_time=t0 + timedelta(seconds=5),
+    ...     resources=ResourceUsage(os="Linux", architecture="x86_64", ram=16.0,
+    ...                             ram_unit=MemoryUnit.GB, cpu_usage=points, ram_usage=points),
+    ... )
+    >>> resource_usage(Processing(data_processes=[ingest]), "memory://docs/usage.svg")
+    >>> import fsspec
+    >>> memory = fsspec.filesystem("memory")
+    >>> memory.cat_file("/docs/usage.svg")[:5]
+    b'<?xml'
+    >>> memory.rm("/docs", recursive=True)
+    """
+    fmt = _figure_format(path)
+    processes = list(processing.data_processes)
+    if not processes:
+        raise ValueError("the processing record has no data process to draw.")
+    t0 = min(p.start_date_time for p in processes)
+
+    def seconds(points: Sequence[Any]) -> FloatArray:
+        return np.asarray([(p.timestamp - t0).total_seconds() for p in points], dtype=np.float64)
+
+    spans: list[tuple[str, float, float]] = []
+    series: list[tuple[str, FloatArray, FloatArray, FloatArray, FloatArray]] = []
+    for process in processes:
+        resources = process.resources
+        cpu = list(resources.cpu_usage or []) if resources is not None else []
+        ram = list(resources.ram_usage or []) if resources is not None else []
+        start = (process.start_date_time - t0).total_seconds()
+        last = max([start, *seconds(cpu).tolist(), *seconds(ram).tolist()])
+        end = (
+            (process.end_date_time - t0).total_seconds()
+            if process.end_date_time is not None
+            else last
+        )
+        spans.append((process.name, start, end))
+        series.append(
+            (
+                process.name,
+                seconds(cpu),
+                np.asarray([p.usage for p in cpu], dtype=np.float64),
+                seconds(ram),
+                np.asarray([p.usage for p in ram], dtype=np.float64),
+            )
+        )
+    total = max(
+        max(end for _, _, end in spans),
+        *(max(cpu_t.max(initial=0.0), ram_t.max(initial=0.0)) for _, cpu_t, _, ram_t, _ in series),
+    )
+    scale, unit = (60.0, "min") if total > _MINUTES_AFTER_S else (1.0, "s")
+
+    fig = Figure(figsize=(12.0, 6.0), dpi=_DPI)
+    grid = fig.add_gridspec(2, 1, left=0.07, right=0.98, bottom=0.1, top=0.86, hspace=0.12)
+    ax_cpu = fig.add_subplot(grid[0, 0])
+    ax_ram = fig.add_subplot(grid[1, 0], sharex=ax_cpu)
+    for i, (name, start, end) in enumerate(spans):
+        color = _SPAN_COLORS[i % len(_SPAN_COLORS)]
+        for ax in (ax_cpu, ax_ram):
+            ax.axvspan(start / scale, end / scale, color=color, alpha=0.9, linewidth=0, zorder=0)
+            ax.axvline(start / scale, color="0.6", linewidth=0.6, zorder=1)
+        ax_cpu.text(
+            (start + end) / 2.0 / scale,
+            1.02,
+            name,
+            transform=ax_cpu.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize="small",
+            rotation=30 if len(spans) > 6 else 0,
+        )
+    for i, (_, cpu_t, cpu_v, ram_t, ram_v) in enumerate(series):
+        color = f"C{i % 10}"
+        if cpu_t.size:
+            ax_cpu.plot(cpu_t / scale, cpu_v, "o-", color=color, markersize=3, linewidth=1.0)
+        if ram_t.size:
+            ax_ram.plot(ram_t / scale, ram_v, "o-", color=color, markersize=3, linewidth=1.0)
+    for ax, label in ((ax_cpu, "CPU (%)"), (ax_ram, "RAM (%)")):
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0.0)
+        ax.grid(True, axis="y", color="0.85", linewidth=0.6)
+    ax_cpu.tick_params(labelbottom=False)
+    ax_ram.set_xlabel(f"time since {t0.isoformat(timespec='seconds')} ({unit})")
+    ax_ram.set_xlim(0.0, max(total, 1e-9) / scale)
+    if title is None:
+        title = (
+            f"resource usage: {len(spans)} data process{'es' if len(spans) != 1 else ''} "
+            f"over {total / scale:.1f} {unit}"
+        )
+    fig.suptitle(title)
+    n_bytes = _write_figure(fig, path, fmt, storage_options)
+    logger.debug("resource usage %s: wrote %d bytes", path, n_bytes)

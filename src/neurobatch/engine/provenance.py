@@ -1,0 +1,450 @@
+"""``processing.json``: what ran, with which code and parameters, when, where, on what.
+
+Every run leaves an AIND ``Processing`` record (``aind-data-schema`` >= 2.9, < 3): the
+pipeline as a ``Code``, one ``DataProcess`` per stage that ran with its validated parameters,
+times, output path, counts and a ``ResourceUsage`` whose CPU and RAM series were measured
+by the :class:`~neurobatch.engine.monitor.ResourceMonitor` on the workers that ran the
+stage. ``OUT/processing.json`` covers the run; ``OUT/items/<item>/processing.json`` the
+item. A later run appends to both (``Processing.__add__``), never overwrites, and the
+record is written whole or not at all, on any fsspec URL. Credentials are redacted.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import platform
+import re
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import version
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import psutil
+from aind_data_schema.components.identifiers import Code, DataAsset
+from aind_data_schema.core.processing import (
+    DataProcess,
+    Processing,
+    ProcessName,
+    ProcessStage,
+    ResourceTimestamped,
+    ResourceUsage,
+)
+from aind_data_schema_models.units import MemoryUnit
+from pydantic import ValidationError
+
+from neurobatch.errors import InputError
+from neurobatch.redact import redact
+
+__all__ = [
+    "PROCESSES",
+    "SOURCE_URL",
+    "StageRecord",
+    "append_processing",
+    "build_processing",
+    "machine",
+    "read_processing",
+    "resource_usage",
+]
+
+#: Where neurobatch's code lives (the ``url`` of every ``Code`` in the record).
+SOURCE_URL = "https://github.com/neurobatch/neurobatch"
+
+#: Each stage's AIND process type, processing stage and upstream stage (whose output it
+#: reads).
+PROCESSES: dict[str, tuple[ProcessName, ProcessStage, str | None]] = {
+    "ingest": (ProcessName.FILE_FORMAT_CONVERSION, ProcessStage.PROCESSING, None),
+    "preprocess": (ProcessName.DF_F_ESTIMATION, ProcessStage.PROCESSING, "ingest"),
+    "filter": (ProcessName.EPHYS_PREPROCESSING, ProcessStage.PROCESSING, "ingest"),
+    "trials": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "preprocess"),
+    "sta": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "ingest"),
+    "combine": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "trials"),
+}
+
+_GB = 1024**3
+
+
+@dataclass
+class StageRecord:
+    """One stage as it ran in one run (over all its items) or for one item.
+
+    Parameters
+    ----------
+    stage : str
+        A key of :data:`PROCESSES`.
+    start, end : float
+        Epoch seconds.
+    workers : list of str
+        The addresses of the workers that ran it (``"driver"`` for the driver process).
+    parameters : dict
+        The stage's validated parameters.
+    output_path : str
+        Where its outputs are, relative to the folder that holds the record.
+    outputs : dict
+        Counts: ``items`` (``done``, ``failed``, ``skipped``), ``failures`` (item -> one-line
+        error), ``n_trials`` where trials are made.
+    inputs : list of str
+        The input URLs it read (ingest).
+    """
+
+    stage: str
+    start: float
+    end: float
+    workers: list[str]
+    parameters: dict[str, Any]
+    output_path: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """This machine: operating system, architecture, CPU model, cores and memory.
+
+    Returns
+    -------
+    dict
+        ``host`` (its name), ``os``, ``architecture``, ``cpu``, ``cpu_cores`` and
+        ``system_memory`` (bytes).
+
+    Examples
+    --------
+    >>> sorted(machine())
+    ['architecture', 'cpu', 'cpu_cores', 'host', 'os', 'system_memory']
+    """
+    return {
+        "host": platform.node(),
+        "os": platform.platform(),
+        "architecture": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "system_memory": psutil.virtual_memory().total,
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _timestamp(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch).astimezone()
+
+
+def resource_usage(
+    samples: pd.DataFrame,
+    workers: Sequence[str],
+    start: float,
+    end: float,
+    hosts: Mapping[str, Mapping[str, Any]],
+) -> ResourceUsage | None:
+    """The resources the given workers used between ``start`` and ``end``.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        The monitor's samples (:data:`neurobatch.engine.monitor.SAMPLE_COLUMNS`).
+    workers : sequence of str
+        The workers that ran the stage.
+    start, end : float
+        The stage's span, epoch seconds.
+    hosts : mapping
+        Worker address -> :func:`machine` of its host.
+
+    Returns
+    -------
+    aind_data_schema.core.processing.ResourceUsage or None
+        The hosts' description; ``cpu_cores`` the workers' threads, ``ram`` their memory
+        limits together; at each sample time within the span ``cpu_usage`` is the CPU the
+        workers used as a percent of their threads and ``ram_usage`` their memory as a
+        percent of their limits (of their host's memory where unlimited). None when no
+        sample of these workers exists. A span shorter than the sampling interval gets the
+        first sample after it starts.
+
+    Examples
+    --------
+    >>> samples = pd.DataFrame({"time": [0.0, 0.0, 0.5, 0.5], "worker": ["a", "b"] * 2,
+    ...     "cpu": [100.0, 0.0, 50.0, 50.0], "memory": [1e9, 1e9, 2e9, 2e9],
+    ...     "memory_limit": [4e9] * 4, "nthreads": [1, 1, 1, 1]})
+    >>> usage = resource_usage(samples, ["a", "b"], 0.0, 0.5, {"a": machine(), "b": machine()})
+    >>> [u.usage for u in usage.cpu_usage], [u.usage for u in usage.ram_usage]
+    ([50.0, 50.0], [25.0, 50.0])
+    """
+    rows = samples[samples["worker"].isin(list(workers))]
+    if rows.empty:
+        return None
+    inside = rows[(rows["time"] >= start) & (rows["time"] <= end)]
+    if inside.empty:
+        later = rows[rows["time"] >= start]
+        nearest = later["time"].min() if len(later) else rows["time"].max()
+        inside = rows[rows["time"] == nearest]
+    host_memory = {w: float(hosts.get(w, {}).get("system_memory") or np.nan) for w in workers}
+    limit = inside["memory_limit"].where(
+        inside["memory_limit"] > 0, inside["worker"].map(host_memory)
+    )
+    ticks = (
+        inside.assign(limit=limit)
+        .groupby("time")[["cpu", "nthreads", "memory", "limit"]]
+        .sum(min_count=1)
+    )
+    cpu = ticks["cpu"] / ticks["nthreads"]  # psutil's percent: 100 per busy core
+    ram = 100 * ticks["memory"] / ticks["limit"]
+    last = inside.sort_values("time").groupby("worker").last()
+    described = [hosts[w] for w in workers if w in hosts] or [machine()]
+    distinct = {h["host"]: h for h in described}  # one description per host
+    return ResourceUsage(
+        os="; ".join(sorted({h["os"] for h in described})),
+        architecture="; ".join(sorted({h["architecture"] for h in described})),
+        cpu="; ".join(sorted({h["cpu"] for h in described if h.get("cpu")})) or None,
+        cpu_cores=int(last["nthreads"].sum()),
+        system_memory=round(sum(h["system_memory"] for h in distinct.values()) / _GB, 3),
+        system_memory_unit=MemoryUnit.GB,
+        ram=round(float(limit.groupby(inside["worker"]).last().sum()) / _GB, 3),
+        ram_unit=MemoryUnit.GB,
+        cpu_usage=[
+            ResourceTimestamped(timestamp=_timestamp(float(t)), usage=round(float(v), 2))
+            for t, v in zip(cpu.index, cpu, strict=True)
+        ],
+        ram_usage=[
+            ResourceTimestamped(timestamp=_timestamp(float(t)), usage=round(float(v), 2))
+            for t, v in zip(ram.index, ram, strict=True)
+            if np.isfinite(v)
+        ],
+    )
+
+
+def _code(name: str, parameters: Mapping[str, Any], inputs: Sequence[str] = ()) -> Code:
+    return Code(
+        url=SOURCE_URL,
+        name=name,
+        version=version("neurobatch"),
+        language="Python",
+        language_version=platform.python_version(),
+        parameters=redact(dict(parameters)),
+        input_data=[DataAsset(url=redact(url)) for url in inputs] or None,
+    )
+
+
+def build_processing(
+    records: Sequence[StageRecord],
+    *,
+    pipeline_name: str,
+    pipeline_parameters: Mapping[str, Any],
+    samples: pd.DataFrame,
+    hosts: Mapping[str, Mapping[str, Any]],
+    experimenters: Sequence[str] = (),
+) -> Processing:
+    """The record of one run (or of one item in a run).
+
+    Parameters
+    ----------
+    records : sequence of StageRecord
+        The stages that ran, in order.
+    pipeline_name : str
+        The pipeline file's ``name``.
+    pipeline_parameters : mapping
+        The whole validated pipeline file (redacted here).
+    samples : pandas.DataFrame
+        The monitor's samples over the run.
+    hosts : mapping
+        Worker address -> :func:`machine` of its host.
+    experimenters : sequence of str, optional
+        The people responsible; by default the user running neurobatch.
+
+    Returns
+    -------
+    aind_data_schema.core.processing.Processing
+        Validated; ``dependency_graph`` links each stage to its upstream stage when that
+        ran too (:func:`append_processing` links it to an earlier run's otherwise).
+
+    Examples
+    --------
+    >>> import time
+    >>> now = time.time()
+    >>> record = StageRecord("combine", now, now + 1, ["driver"], {"formats": ["zarr"]},
+    ...                      "trials.zarr", {"items": {"done": 2, "failed": 0, "skipped": 0}})
+    >>> processing = build_processing([record], pipeline_name="demo", pipeline_parameters={},
+    ...                               samples=pd.DataFrame(), hosts={}, experimenters=["ann"])
+    >>> processing.data_processes[0].name, processing.dependency_graph
+    ('combine', {'combine': []})
+    """
+    people = list(experimenters) or [getpass.getuser()]
+    processes = []
+    for record in records:
+        process_type, stage, _ = PROCESSES[record.stage]
+        processes.append(
+            DataProcess(
+                process_type=process_type,
+                name=record.stage,
+                stage=stage,
+                code=_code(f"neurobatch.{record.stage}", record.parameters, record.inputs),
+                experimenters=people,
+                pipeline_name=pipeline_name,
+                start_date_time=_timestamp(record.start),
+                end_date_time=_timestamp(record.end),
+                output_path=record.output_path,
+                output_parameters=redact(record.outputs),
+                resources=(
+                    resource_usage(samples, record.workers, record.start, record.end, hosts)
+                    if len(samples)
+                    else None
+                ),
+            )
+        )
+    names = {r.stage for r in records}
+    graph = {r.stage: [u] if (u := PROCESSES[r.stage][2]) in names else [] for r in records}
+    return Processing(
+        data_processes=processes,
+        pipelines=[_code(pipeline_name, pipeline_parameters)],
+        dependency_graph=graph,
+    )
+
+
+def read_processing(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> Processing | None:
+    """Read and validate a ``processing.json``.
+
+    Parameters
+    ----------
+    url : str
+        The file, on any fsspec filesystem.
+    storage_options : mapping, optional
+        For fsspec.
+
+    Returns
+    -------
+    aind_data_schema.core.processing.Processing or None
+        None when there is no such file.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If the file is not a valid ``Processing`` record.
+    """
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        text = fs.cat_file(path).decode()
+    except FileNotFoundError:
+        return None
+    try:
+        return Processing.model_validate_json(text)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(map(str, problem["loc"])) or "(the record)"
+        raise InputError(
+            f"{url}: not a valid AIND processing record: {where}: {problem['msg']}"
+        ) from None
+
+
+def _stage_of(process: DataProcess) -> str:
+    name = process.code.name or process.name
+    return name.removeprefix("neurobatch.")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """AIND's renaming of a repeated process: ``trials`` -> ``trials_1`` -> ``trials_2``."""
+    base, candidate, number = re.sub(r"_\d+$", "", name), name, 1
+    while candidate in taken:
+        candidate, number = f"{base}_{number}", number + 1
+    return candidate
+
+
+def append_processing(
+    url: str,
+    processing: Processing,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Processing:
+    """Add a run's processes to the record at ``url`` and write it atomically.
+
+    The earlier record's entries are kept as they are. A repeated stage is renamed the way
+    ``Processing.__add__`` does (``trials`` -> ``trials_1``), and each new process depends on
+    its upstream stage from this run or, when that did not run (its output was reused), on
+    the latest earlier process of that stage.
+
+    Parameters
+    ----------
+    url : str
+        The ``processing.json`` to extend (created when missing), any fsspec URL.
+    processing : aind_data_schema.core.processing.Processing
+        The new run's record (:func:`build_processing`).
+    storage_options : mapping, optional
+        For fsspec.
+
+    Returns
+    -------
+    aind_data_schema.core.processing.Processing
+        What was written.
+
+    Examples
+    --------
+    >>> import tempfile, time
+    >>> url = f"{tempfile.mkdtemp()}/processing.json"
+    >>> def run(*stages):
+    ...     now = time.time()
+    ...     return build_processing(
+    ...         [StageRecord(s, now, now + 1, [], {}, "items") for s in stages],
+    ...         pipeline_name="demo", pipeline_parameters={}, samples=pd.DataFrame(), hosts={},
+    ...         experimenters=["ann"])
+    >>> _ = append_processing(url, run("ingest", "preprocess", "trials"))
+    >>> append_processing(url, run("trials")).dependency_graph
+    {'ingest': [], 'preprocess': ['ingest'], 'trials': ['preprocess'], 'trials_1': ['preprocess']}
+    """
+    so = dict(storage_options or {})
+    existing = read_processing(url, storage_options=so)
+    if existing is None:
+        merged = processing
+    else:
+        new = processing.model_copy(deep=True)
+        taken = set(existing.process_names)
+        renames: dict[str, str] = {}
+        for process in new.data_processes:
+            renames[process.name] = _unique(process.name, taken)
+            taken.add(renames[process.name])
+        for old, name in renames.items():
+            if old != name:
+                new.rename_process(old, name)
+        latest = {_stage_of(p): p.name for p in existing.data_processes}  # ordered by start
+        latest |= {_stage_of(p): p.name for p in new.data_processes}
+        graph = {}
+        for process in new.data_processes:
+            before = PROCESSES.get(_stage_of(process), (None, None, None))[2]
+            graph[process.name] = [latest[before]] if before in latest else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # repeated names: renamed above
+            merged = existing + new
+        merged.dependency_graph = {**(merged.dependency_graph or {}), **graph}
+        pipelines = {p.model_dump_json(): p for p in merged.pipelines or []}
+        merged.pipelines = list(pipelines.values()) or None
+        merged = Processing.model_validate(merged.model_dump())
+    _write_atomically(url, merged.model_dump_json(indent=2), so)
+    return merged
+
+
+def _write_atomically(url: str, text: str, storage_options: Mapping[str, Any]) -> None:
+    """Write a whole file or nothing: a temporary file beside it, then a move (a rename on
+    a local disk; on object stores the final object appears whole)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    temporary = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    fs.pipe_file(temporary, text.encode())
+    try:
+        fs.mv(temporary, path)
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)
