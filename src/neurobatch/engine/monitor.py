@@ -15,12 +15,15 @@ are idempotent: a scheduler never holds two monitors.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 import pandas as pd
+import psutil
 from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
@@ -29,7 +32,7 @@ from neurobatch.errors import NeurobatchError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HANDLER", "SAMPLE_COLUMNS", "TASK_COLUMNS", "Recorder", "ResourceMonitor", "dask_setup"]
+__all__ = ["DRIVER", "HANDLER", "SAMPLE_COLUMNS", "TASK_COLUMNS", "Recorder", "ResourceMonitor", "dask_setup"]
 
 #: The name of the scheduler handler that answers with the monitor's samples and tasks.
 HANDLER = "neurobatch_resources"
@@ -63,9 +66,9 @@ class ResourceMonitor(SchedulerPlugin):
     >>> from distributed import Client, LocalCluster
     >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
     ...     with Client(cluster) as client:
-    ...         recorder = Recorder(client)
-    ...         client.submit(sum, [1, 2], key="add-one").result()
-    ...         samples, tasks = recorder.poll()
+    ...         with Recorder(client) as recorder:
+    ...             client.submit(sum, [1, 2], key="add-one").result()
+    ...             samples, tasks = recorder.poll()
     3
     >>> list(samples.columns) == list(SAMPLE_COLUMNS), tasks["key"].tolist()
     (True, ['add-one'])
@@ -185,8 +188,15 @@ def dask_setup(scheduler: Any) -> None:
     scheduler.add_plugin(ResourceMonitor(), idempotent=True)
 
 
+#: The worker name the driver's own samples carry.
+DRIVER = "driver"
+
+
 class Recorder:
     """The client side: make sure the scheduler has a monitor, and drain its buffer.
+
+    Also samples the driver process itself (worker name :data:`DRIVER`), which combines the
+    items' outputs, at the monitor's interval until :meth:`close`.
 
     Parameters
     ----------
@@ -213,6 +223,37 @@ class Recorder:
         self._tasks: list[pd.DataFrame] = []
         self.interval = float(answer["interval"])
         self.lost = 0
+        self._driver: list[tuple[float, str, float, float, float, int]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._sample_driver, name="neurobatch-driver-sampler", daemon=True
+        )
+        self._thread.start()
+
+    def _sample_driver(self) -> None:
+        process = psutil.Process()
+        process.cpu_percent()  # the first call only starts the measurement
+        while not self._stop.wait(self.interval):
+            sample = (time.time(), DRIVER, process.cpu_percent(), process.memory_info().rss)
+            with self._lock:
+                self._driver.append((*sample, 0.0, 1))
+
+    def close(self) -> None:
+        """Stop sampling the driver (the scheduler's monitor keeps running)."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def _ask(self, **cursor: int | None) -> Mapping[str, Any]:
         answer: Mapping[str, Any] | None = self.client.sync(
@@ -243,7 +284,15 @@ class Recorder:
                 "were fetched; poll more often or enlarge it",
                 answer["lost"],
             )
-        samples = pd.DataFrame(answer["samples"], columns=list(SAMPLE_COLUMNS))
+        with self._lock:
+            driver, self._driver = self._driver, []
+        samples = pd.concat(
+            [
+                pd.DataFrame(answer["samples"], columns=list(SAMPLE_COLUMNS)),
+                pd.DataFrame(driver, columns=list(SAMPLE_COLUMNS)),
+            ],
+            ignore_index=True,
+        )
         tasks = pd.DataFrame(answer["tasks"], columns=list(TASK_COLUMNS))
         if len(samples):
             self._samples.append(samples)

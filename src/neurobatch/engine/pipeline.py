@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -31,16 +31,24 @@ import fsspec
 import numpy as np
 import pandas as pd
 import xarray as xr
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, as_completed, get_worker
 
 from neurobatch.config import PipelineConfig, import_object, load_config, stage_parameters
 from neurobatch.engine import stages
 from neurobatch.engine.cluster import connect
 from neurobatch.engine.ledger import stage_key
+from neurobatch.engine.monitor import DRIVER, Recorder
+from neurobatch.engine.provenance import (
+    StageRecord,
+    append_processing,
+    build_processing,
+    machine,
+)
 from neurobatch.errors import ConfigError, NeurobatchError
 from neurobatch.io import export, store
 from neurobatch.io.discover import discover
 from neurobatch.io.loaders import load_recording
+from neurobatch.redact import scrub, secrets_in
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,10 @@ class ItemOutcome:
     error: str | None = None
     traceback: str | None = None
     stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    worker: str = DRIVER
+    host: dict[str, Any] = field(default_factory=dict)
     n_trials: int = 0
     n_dropped: int = 0
     dropped: dict[str, str] = field(default_factory=dict)
@@ -258,6 +270,20 @@ def _apply_hook(hooks: Mapping[str, Callable[..., Any]], name: str, ds: xr.Datas
     return result
 
 
+@contextmanager
+def _stage(outcome: ItemOutcome, name: str) -> Iterator[None]:
+    """Run one stage of an item: noted in ``stages_run``, its span (start, end, worker,
+    done or failed) kept for provenance."""
+    outcome.stages_run.append(name)
+    span = {"stage": name, "start": time.time(), "worker": outcome.worker, "status": "failed"}
+    outcome.spans.append(span)
+    try:
+        yield
+        span["status"] = "done"
+    finally:
+        span["end"] = time.time()
+
+
 def _passdown(recording: xr.Dataset, keys: Sequence[str], item_id: str) -> dict[str, Any]:
     values = {}
     for key in keys:
@@ -321,17 +347,21 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
 
     # ingest: the input, whatever its format, becomes the item's Zarr recording
     if done(recording_url, ingest_key) is None:
-        outcome.stages_run.append("ingest")
-        logger.info("ingesting %s", job.url)
-        recording = load_recording(
-            job.url,
-            job.loader_arguments,
-            format=job.format,
-            storage_options=config.input.storage_options,
-        )
-        store.remove(recording_url, storage_options=so)
-        store.write_dataset(recording, recording_url, chunk_memory=chunk_memory, storage_options=so)
-        store.commit(recording_url, {"key": ingest_key, "input": job.url}, storage_options=so)
+        with _stage(outcome, "ingest"):
+            logger.info("ingesting %s", job.url)
+            recording = load_recording(
+                job.url,
+                job.loader_arguments,
+                format=job.format,
+                storage_options=config.input.storage_options,
+            )
+            store.remove(recording_url, storage_options=so)
+            store.write_dataset(
+                recording, recording_url, chunk_memory=chunk_memory, storage_options=so
+            )
+            store.commit(recording_url, {"key": ingest_key, "input": job.url}, storage_options=so)
+    else:
+        outcome.stages_skipped.append("ingest")
     recording = store.open_dataset(recording_url, storage_options=so)
     outcome.sampling_rate = float(recording.attrs["sampling_rate"])
     recording = _apply_hook(job.hooks, "post_load", recording)
@@ -341,20 +371,26 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
     # preprocess: filter, fit, correct, normalise
     marker = done(processed_url, preprocess_key)
     if marker is None:
-        outcome.stages_run.append("preprocess")
-        logger.info(
-            "preprocessing (%d samples at %g Hz)", recording.sizes["time"], outcome.sampling_rate
-        )
-        scratch_url = _join(item_url, "filtered.zarr")
-        processed = stages.preprocess(
-            recording, config.preprocess, persist=_persist_policy(job, scratch_url)
-        )
-        processed = _apply_hook(job.hooks, "post_preprocess", processed)
-        store.remove(processed_url, storage_options=so)
-        store.write_dataset(processed, processed_url, chunk_memory=chunk_memory, storage_options=so)
-        store.remove(scratch_url, storage_options=so)
-        marker = {"key": preprocess_key, "fit": processed.attrs.get("fit")}
-        store.commit(processed_url, marker, storage_options=so)
+        with _stage(outcome, "preprocess"):
+            logger.info(
+                "preprocessing (%d samples at %g Hz)",
+                recording.sizes["time"],
+                outcome.sampling_rate,
+            )
+            scratch_url = _join(item_url, "filtered.zarr")
+            processed = stages.preprocess(
+                recording, config.preprocess, persist=_persist_policy(job, scratch_url)
+            )
+            processed = _apply_hook(job.hooks, "post_preprocess", processed)
+            store.remove(processed_url, storage_options=so)
+            store.write_dataset(
+                processed, processed_url, chunk_memory=chunk_memory, storage_options=so
+            )
+            store.remove(scratch_url, storage_options=so)
+            marker = {"key": preprocess_key, "fit": processed.attrs.get("fit")}
+            store.commit(processed_url, marker, storage_options=so)
+    else:
+        outcome.stages_skipped.append("preprocess")
     outcome.fit = marker.get("fit")
     if outcome.fit:
         logger.info(
@@ -369,23 +405,26 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
     if config.trials is not None:
         marker = done(trials_url, trials_key)
         if marker is None:
-            outcome.stages_run.append("trials")
-            processed = store.open_dataset(processed_url, storage_options=so)
-            trials, plan = stages.cut_trials(
-                processed,
-                config.trials,
-                item_id=job.item_id,
-                experiment_id=outcome.experiment_id,
-                passdown=_passdown(recording, config.passdown_metadata, job.item_id),
-            )
-            trials = _apply_hook(job.hooks, "post_trials", trials)
-            store.remove(trials_url, storage_options=so)
-            trials = trials.compute()
-            if trials.sizes["trial"]:
-                store.append_trials(trials, trials_url, storage_options=so)
-            dropped = {str(k): v for k, v in plan.dropped.items()}
-            marker = {"key": trials_key, "n_trials": trials.sizes["trial"], "dropped": dropped}
-            store.commit(trials_url, marker, storage_options=so)
+            with _stage(outcome, "trials"):
+                processed = store.open_dataset(processed_url, storage_options=so)
+                trials, plan = stages.cut_trials(
+                    processed,
+                    config.trials,
+                    item_id=job.item_id,
+                    experiment_id=outcome.experiment_id,
+                    passdown=_passdown(recording, config.passdown_metadata, job.item_id),
+                )
+                trials = _apply_hook(job.hooks, "post_trials", trials)
+                store.remove(trials_url, storage_options=so)
+                trials = trials.compute()
+                if trials.sizes["trial"]:
+                    store.append_trials(trials, trials_url, storage_options=so)
+                dropped = {str(k): v for k, v in plan.dropped.items()}
+                n = trials.sizes["trial"]
+                marker = {"key": trials_key, "n_trials": n, "dropped": dropped}
+                store.commit(trials_url, marker, storage_options=so)
+        else:
+            outcome.stages_skipped.append("trials")
         outcome.n_trials = int(marker["n_trials"])
         outcome.dropped = dict(marker["dropped"])
         outcome.n_dropped = len(outcome.dropped)
@@ -407,6 +446,14 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
         logger.info("dashboard written to %s", path)
 
 
+def _worker() -> str:
+    """The address of the worker this runs on, or :data:`DRIVER` outside one."""
+    try:
+        return str(get_worker().address)
+    except ValueError:
+        return DRIVER
+
+
 def process_item(job: _ItemJob) -> ItemOutcome:
     """Run one item's stages; never raises for a problem with the item itself.
 
@@ -421,7 +468,8 @@ def process_item(job: _ItemJob) -> ItemOutcome:
         ``done`` (something ran), ``skipped`` (everything was already committed with the
         same key) or ``failed`` with the one-line error and the traceback.
     """
-    outcome = ItemOutcome(item_id=job.item_id, url=job.url)
+    outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=_worker(), host=machine())
+    secrets = secrets_in(job.config.model_dump())
     start = time.perf_counter()
     with _captured_log() as log, _synchronous_dask():
         logger.info("item %s from %s", job.item_id, job.url)
@@ -429,8 +477,8 @@ def process_item(job: _ItemJob) -> ItemOutcome:
             _run_item(job, outcome)
         except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
             outcome.status = "failed"
-            outcome.error = _one_line(error)
-            outcome.traceback = traceback.format_exc()
+            outcome.error = scrub(_one_line(error), secrets)
+            outcome.traceback = scrub(traceback.format_exc(), secrets)
             logger.error("%s failed: %s\n%s", job.item_id, outcome.error, outcome.traceback)
         else:
             outcome.status = "done" if outcome.stages_run else "skipped"
@@ -439,7 +487,7 @@ def process_item(job: _ItemJob) -> ItemOutcome:
     try:
         _write_text(
             _join(job.output_url, "logs", f"{job.item_id}.log"),
-            log.buffer.getvalue(),
+            scrub(log.buffer.getvalue(), secrets),
             job.config.output.storage_options,
         )
     except OSError as error:
@@ -481,6 +529,8 @@ class _Combiner:
         self.rel_time: np.ndarray | None = None
         self.grid_item: str | None = None
         self.n_trials = 0
+        self.n_items = 0
+        self.started: float | None = None
         store.remove(url, storage_options=self.storage_options)
 
     def add(self, outcome: ItemOutcome) -> None:
@@ -492,6 +542,8 @@ class _Combiner:
     def _append(self, outcome: ItemOutcome) -> None:
         if outcome.status == "failed" or outcome.trials_url is None or not outcome.n_trials:
             return
+        if self.started is None:
+            self.started = time.time()
         trials = store.open_trials(outcome.trials_url, storage_options=self.storage_options)
         rel_time = trials["rel_time"].to_numpy()
         if self.rel_time is None:
@@ -511,6 +563,154 @@ class _Combiner:
             trials = store.resample_trials(trials, self.rel_time)
         store.append_trials(trials, self.url, storage_options=self.storage_options)
         self.n_trials += outcome.n_trials
+        self.n_items += 1
+
+
+#: Where each item stage's output lies, relative to the item's folder.
+_ITEM_OUTPUTS = {
+    "ingest": "recording.zarr",
+    "preprocess": "preprocessed.zarr",
+    "trials": "trials.zarr",
+}
+
+
+class _Provenance:
+    """Appends each finished item's record, and the run's at the end, to processing.json."""
+
+    def __init__(self, config: PipelineConfig, recorder: Recorder) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.outcomes: list[ItemOutcome] = []
+        self.hosts: dict[str, dict[str, Any]] = {DRIVER: machine()}
+        self.started = time.time()
+
+    def _parameters(self, stage: str, job: _ItemJob | None = None) -> dict[str, Any]:
+        config = self.config
+        if stage == "combine":
+            return config.output.model_dump(mode="json")
+        if stage == "ingest" and job is not None:
+            return stage_parameters(
+                config, "ingest", format=job.format, arguments=job.loader_arguments
+            )
+        if stage == "ingest":
+            return {"input": config.input.model_dump(mode="json")} | stage_parameters(
+                config, "ingest"
+            )
+        return stage_parameters(config, stage)  # type: ignore[arg-type]
+
+    def _build(self, records: list[StageRecord], notes: str | None = None) -> Any:
+        samples, _ = self.recorder.poll()
+        return build_processing(
+            records,
+            pipeline_name=self.config.name,
+            pipeline_parameters=self.config.model_dump(mode="json"),
+            samples=samples,
+            hosts=self.hosts,
+            experimenters=self.config.experimenters,
+            notes=notes,
+        )
+
+    def item_finished(self, outcome: ItemOutcome, job: _ItemJob, key: str) -> None:
+        """Append the stages this item ran to ``items/<item>/processing.json``."""
+        self.outcomes.append(outcome)
+        if outcome.host:
+            self.hosts[outcome.worker] = outcome.host
+        if not outcome.spans:
+            return
+        records = []
+        for span in outcome.spans:
+            stage = span["stage"]
+            outputs: dict[str, Any] = {
+                "items": {
+                    "done": int(span["status"] == "done"),
+                    "failed": int(span["status"] == "failed"),
+                    "skipped": 0,
+                },
+                "workers": [span["worker"]],
+                "failures": {outcome.item_id: outcome.error} if span["status"] == "failed" else {},
+                "task": key,
+            }
+            if stage == "preprocess" and outcome.fit:
+                outputs["fit"] = outcome.fit
+            if stage == "trials" and span["status"] == "done":
+                outputs["n_trials"] = outcome.n_trials
+            records.append(
+                StageRecord(
+                    stage,
+                    span["start"],
+                    span["end"],
+                    [span["worker"]],
+                    self._parameters(stage, job),
+                    _ITEM_OUTPUTS[stage],
+                    outputs,
+                    inputs=[job.url] if stage == "ingest" else [],
+                )
+            )
+        url = _join(job.output_url, "items", job.item_id, "processing.json")
+        try:
+            append_processing(url, self._build(records), storage_options=self._options)
+        except Exception as error:  # noqa: BLE001 - one item's record never stops the run
+            logger.error("%s: could not write %s: %s", job.item_id, url, _one_line(error))
+
+    @property
+    def _options(self) -> dict[str, Any]:
+        return self.config.output.storage_options
+
+    def write(self, combiner: _Combiner | None, notes: str | None = None) -> None:
+        """Append the run's stages, aggregated over its items, to ``OUT/processing.json``."""
+        records = []
+        for stage in _ITEM_OUTPUTS:
+            spans = [(o, span) for o in self.outcomes for span in o.spans if span["stage"] == stage]
+            if not spans:
+                continue
+            failures = {o.item_id: o.error for o, span in spans if span["status"] == "failed"}
+            outputs: dict[str, Any] = {
+                "items": {
+                    "done": len(spans) - len(failures),
+                    "failed": len(failures),
+                    "skipped": sum(stage in o.stages_skipped for o in self.outcomes),
+                },
+                "workers": sorted({span["worker"] for _, span in spans}),
+                "failures": failures,
+            }
+            if stage == "trials":
+                outputs["n_trials"] = sum(o.n_trials for o, s in spans if s["status"] == "done")
+            records.append(
+                StageRecord(
+                    stage,
+                    min(span["start"] for _, span in spans),
+                    max(span["end"] for _, span in spans),
+                    outputs["workers"],
+                    self._parameters(stage),
+                    "items",
+                    outputs,
+                    inputs=[o.url for o, _ in spans] if stage == "ingest" else [],
+                )
+            )
+        if combiner is not None:
+            failed = sum(o.status == "failed" for o in self.outcomes)
+            outputs = {
+                "items": {"done": combiner.n_items, "failed": failed, "skipped": 0},
+                "workers": [DRIVER],
+                "failures": {},
+                "n_trials": combiner.n_trials,
+            }
+            start = combiner.started or (records[-1].end if records else self.started)
+            records.append(
+                StageRecord(
+                    "combine",
+                    start,
+                    time.time(),
+                    [DRIVER],
+                    self._parameters("combine"),
+                    "trials.zarr",
+                    outputs,
+                )
+            )
+        if records:
+            url = _join(self.config.output.url, "processing.json")
+            append_processing(url, self._build(records, notes), storage_options=self._options)
+            logger.info("provenance appended to %s", url)
 
 
 class Pipeline:
@@ -615,6 +815,7 @@ class Pipeline:
         config = self.config
         out = config.output.url
         so = config.output.storage_options
+        secrets = secrets_in(config.model_dump())
         start = time.perf_counter()
         resolved_hooks = _resolve_hooks(config, hooks)
         # the driver's own reads and appends (the combined outputs) compute locally, not as
@@ -622,18 +823,31 @@ class Pipeline:
         with _captured_log() as run_log, dask.config.set(scheduler="threads"):
             try:
                 manifest = self._select(self.discover(), only)
-                if client is None:
-                    with connect(config.cluster) as own_client:
-                        outcomes, n_trials = self._submit(
-                            own_client, manifest, resolved_hooks, reprocess, progress
-                        )
-                else:
-                    outcomes, n_trials = self._submit(
-                        client, manifest, resolved_hooks, reprocess, progress
+                jobs = self._jobs(manifest, resolved_hooks, reprocess)
+                with ExitStack() as stack:
+                    if client is None:
+                        client = stack.enter_context(connect(config.cluster))
+                    provenance = _Provenance(config, stack.enter_context(Recorder(client)))
+                    combiner = _Combiner(
+                        [job.item_id for job in jobs], _join(out, "trials.zarr"), so
                     )
-                summary = self._finish(outcomes, n_trials, time.perf_counter() - start)
+                    try:
+                        self._submit(client, jobs, combiner, provenance, progress)
+                        outcomes = [combiner.outcomes[job.item_id] for job in jobs]
+                        summary = self._finish(
+                            outcomes, combiner.n_trials, time.perf_counter() - start
+                        )
+                    except BaseException as error:
+                        try:
+                            provenance.write(combiner, notes=f"run interrupted: {error!r}")
+                        except Exception as failure:  # noqa: BLE001 - keep the first error
+                            logger.error("could not write the run's provenance: %s", failure)
+                        raise
+                    provenance.write(combiner)
             finally:
-                _write_text(_join(out, "logs", "run.log"), run_log.buffer.getvalue(), so)
+                _write_text(
+                    _join(out, "logs", "run.log"), scrub(run_log.buffer.getvalue(), secrets), so
+                )
         if summary.n_failed == len(summary.items):
             raise RunError(
                 f"every item failed ({summary.n_failed}); first error: "
@@ -656,42 +870,42 @@ class Pipeline:
             )
         return manifest[manifest["item_id"].isin(only)].reset_index(drop=True)
 
-    def _submit(
-        self,
-        client: Client,
-        manifest: pd.DataFrame,
-        hooks: dict[str, Callable[..., Any]],
-        reprocess: bool,
-        progress: bool | None,
-    ) -> tuple[list[ItemOutcome], int]:
-        config = self.config
-        out = config.output.url
-        threads = sum(client.nthreads().values()) or 1
-        max_in_flight = config.engine.max_in_flight or 2 * threads
-        logger.info(
-            "%s: %d item(s) on %d worker thread(s), at most %d in flight; dashboard %s",
-            config.name,
-            len(manifest),
-            threads,
-            max_in_flight,
-            client.dashboard_link,
-        )
-        jobs = [
+    def _jobs(
+        self, manifest: pd.DataFrame, hooks: dict[str, Callable[..., Any]], reprocess: bool
+    ) -> list[_ItemJob]:
+        return [
             _ItemJob(
                 item_id=str(row["item_id"]),
                 url=str(row["url"]),
                 fingerprint=str(row["fingerprint"]),
                 format=str(row["format"]),
                 loader_arguments=dict(row["loader_arguments"]),
-                config=config,
+                config=self.config,
                 hooks=hooks,
-                output_url=out,
+                output_url=self.config.output.url,
                 reprocess=reprocess,
             )
             for row in manifest.to_dict("records")
         ]
-        combiner = _Combiner(
-            [job.item_id for job in jobs], _join(out, "trials.zarr"), config.output.storage_options
+
+    def _submit(
+        self,
+        client: Client,
+        jobs: list[_ItemJob],
+        combiner: _Combiner,
+        provenance: _Provenance,
+        progress: bool | None,
+    ) -> None:
+        config = self.config
+        threads = sum(client.nthreads().values()) or 1
+        max_in_flight = config.engine.max_in_flight or 2 * threads
+        logger.info(
+            "%s: %d item(s) on %d worker thread(s), at most %d in flight; dashboard %s",
+            config.name,
+            len(jobs),
+            threads,
+            max_in_flight,
+            client.dashboard_link,
         )
         pending = iter(jobs)
         token = f"{time.time_ns():x}"
@@ -724,11 +938,11 @@ class Pipeline:
                 if outcome.status == "failed":
                     logger.error("%s failed: %s", outcome.item_id, outcome.error)
                 combiner.add(outcome)
+                provenance.item_finished(outcome, job, str(future.key))
                 advance(outcome)
                 following = submit_next()
                 if following is not None:
                     futures.add(following)
-        return [combiner.outcomes[job.item_id] for job in jobs], combiner.n_trials
 
     def _finish(self, outcomes: list[ItemOutcome], n_trials: int, seconds: float) -> RunSummary:
         config = self.config
@@ -756,7 +970,8 @@ class Pipeline:
             "seconds": round(seconds, 3),
             "items": [asdict(o) | {"traceback": None} for o in outcomes],
         }
-        _write_text(_join(out, "run.json"), json.dumps(run, indent=2, default=str), so)
+        text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
+        _write_text(_join(out, "run.json"), text, so)
         summary = RunSummary(output_url=out, items=items, n_trials=n_trials, seconds=seconds)
         logger.info("%s", summary)
         return summary

@@ -246,6 +246,7 @@ def build_processing(
     samples: pd.DataFrame,
     hosts: Mapping[str, Mapping[str, Any]],
     experimenters: Sequence[str] = (),
+    notes: str | None = None,
 ) -> Processing:
     """The record of one run (or of one item in a run).
 
@@ -263,6 +264,8 @@ def build_processing(
         Worker address -> :func:`machine` of its host.
     experimenters : sequence of str, optional
         The people responsible; by default the user running neurobatch.
+    notes : str, optional
+        Said of the whole run (e.g. that it was interrupted).
 
     Returns
     -------
@@ -310,6 +313,7 @@ def build_processing(
         data_processes=processes,
         pipelines=[_code(pipeline_name, pipeline_parameters)],
         dependency_graph=graph,
+        notes=notes,
     )
 
 
