@@ -66,3 +66,29 @@ def raise_if_dask_computes() -> Iterator[None]:
 
     with dask.config.set(scheduler=refuse):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, Any]]:
+    """A real local S3 server (moto) with a bucket, and the fsspec options to reach it."""
+    # heavy imports: only when an S3 test runs
+    import boto3  # type: ignore[import-untyped]
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        # moto accepts any credentials: distinctive ones, so that a test can look for leaks
+        key, secret = "AKIANEUROBATCH0TEST1", "nb/TestSecret+doNotWrite0123456789"
+        credentials = {"aws_access_key_id": key, "aws_secret_access_key": secret}
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials)
+        client.create_bucket(Bucket="lab")
+        yield {
+            "key": key,
+            "secret": secret,
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        }
+    finally:
+        server.stop()

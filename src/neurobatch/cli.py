@@ -290,7 +290,7 @@ def _provenance(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from neurobatch.engine._provenance_summary import read_processing, summary
+    from neurobatch.engine.provenance import read_processing, summary
     from neurobatch.errors import InputNotFoundError
 
     out = str(args.out).rstrip("/")
@@ -323,7 +323,7 @@ def _provenance(args: argparse.Namespace) -> int:
             row["start"].to_pydatetime().astimezone().strftime("%H:%M:%S"),
             duration(row["seconds"]),
             *(str(row[key]) for key in ("items_done", "items_failed", "items_skipped")),
-            "-" if row["n_trials"] is pd.NA else str(row["n_trials"]),
+            "-" if pd.isna(row["n_trials"]) else str(row["n_trials"]),
             str(row["workers"]),
             *(number(row[key], ".1f") for key in ("cpu_mean", "cpu_max", "ram_max")),
             str(row["samples"]),

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from neurobatch.errors import InputError
 
 if TYPE_CHECKING:
-    from aind_data_schema.core.processing import (  # type: ignore[import-untyped, unused-ignore]
+    from aind_data_schema.core.processing import (
         Processing,
     )
 
@@ -676,7 +676,7 @@ def resource_usage(
     ----------
     processing : Processing
         The run's record, e.g. from
-        :func:`neurobatch.engine._provenance_summary.read_processing`.
+        :func:`neurobatch.engine.provenance.read_processing`.
     path : str
         Where to write the figure, any fsspec URL; the format comes from the extension
         (``.png`` or ``.svg``).

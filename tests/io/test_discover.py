@@ -264,30 +264,6 @@ def test_memory_urls(memory_root: str) -> None:
     assert after.set_index("item_id")["fingerprint"]["a"] == before["a"]
 
 
-@pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, Any]]:
-    """A real local S3 server (moto) with a bucket, and the fsspec options to reach it."""
-    # heavy imports: only when an S3 test runs
-    import boto3  # type: ignore[import-untyped]
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials)
-        client.create_bucket(Bucket="lab")
-        yield {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }
-    finally:
-        server.stop()
-
-
 def test_s3_urls(s3_options: dict[str, Any]) -> None:
     fs = fsspec.filesystem("s3", **s3_options)
     for name in ["photometry/b.csv", "photometry/a.csv", "photometry/mouse 2/c.csv"]:

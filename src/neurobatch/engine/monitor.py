@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import psutil
@@ -32,7 +32,15 @@ from neurobatch.errors import NeurobatchError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DRIVER", "HANDLER", "SAMPLE_COLUMNS", "TASK_COLUMNS", "Recorder", "ResourceMonitor", "dask_setup"]
+__all__ = [
+    "DRIVER",
+    "HANDLER",
+    "SAMPLE_COLUMNS",
+    "TASK_COLUMNS",
+    "Recorder",
+    "ResourceMonitor",
+    "dask_setup",
+]
 
 #: The name of the scheduler handler that answers with the monitor's samples and tasks.
 HANDLER = "neurobatch_resources"
@@ -244,7 +252,7 @@ class Recorder:
         self._stop.set()
         self._thread.join()
 
-    def __enter__(self) -> Recorder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
