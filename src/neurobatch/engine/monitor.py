@@ -294,16 +294,16 @@ class Recorder:
             )
         with self._lock:
             driver, self._driver = self._driver, []
-        samples = pd.concat(
-            [
+        fetched = [
+            frame
+            for frame in (
                 pd.DataFrame(answer["samples"], columns=list(SAMPLE_COLUMNS)),
                 pd.DataFrame(driver, columns=list(SAMPLE_COLUMNS)),
-            ],
-            ignore_index=True,
-        )
+            )
+            if len(frame)
+        ]
         tasks = pd.DataFrame(answer["tasks"], columns=list(TASK_COLUMNS))
-        if len(samples):
-            self._samples.append(samples)
+        self._samples.extend(fetched)
         if len(tasks):
             self._tasks.append(tasks)
         return self.samples, self.tasks
