@@ -155,7 +155,8 @@ class RunSummary:
                 f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
                 f"{self.seconds:.1f} s"
             ),
-            f"outputs in {self.output_url}",
+            f"outputs in {self.output_url}; what ran and what it used: "
+            f"neurobatch provenance {self.output_url}",
         ]
         lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
         return "\n".join(lines)
