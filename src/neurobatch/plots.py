@@ -626,7 +626,6 @@ def dashboard(
 
 #: Runs longer than this are drawn in minutes rather than seconds.
 _MINUTES_AFTER_S = 600.0
-_SPAN_COLORS = ("#dbe9f6", "#fbe3cf")
 
 
 def _figure_format(path: str) -> DashboardFormat:
@@ -667,8 +666,9 @@ def resource_usage(
 
     Two stacked panels share the time axis: CPU % (top) and RAM % (bottom), each data
     process's sampled series (``resources.cpu_usage`` and ``resources.ram_usage``) drawn as
-    points joined by lines. Every data process's ``[start, end]`` interval is shaded, in
-    alternating light colours, and labelled with its name. Times are relative to the
+    points joined by lines in the process's colour. Above them a lane per process shows its
+    ``[start, end]`` as a bar labelled with its name (the stages of a batch overlap, as
+    items are pipelined), and the same span is lightly shaded in the panels. Times are relative to the
     earliest start, in seconds, or in minutes when the run spans more than 10 minutes. A
     process with no end time is shaded up to its last sample.
 
@@ -762,25 +762,32 @@ def resource_usage(
     )
     scale, unit = (60.0, "min") if total > _MINUTES_AFTER_S else (1.0, "s")
 
-    fig = Figure(figsize=(12.0, 6.0), dpi=_DPI)
-    grid = fig.add_gridspec(2, 1, left=0.07, right=0.98, bottom=0.1, top=0.86, hspace=0.12)
-    ax_cpu = fig.add_subplot(grid[0, 0])
-    ax_ram = fig.add_subplot(grid[1, 0], sharex=ax_cpu)
-    for i, (name, start, end) in enumerate(spans):
-        color = _SPAN_COLORS[i % len(_SPAN_COLORS)]
+    # a lane per process on top (stages of a batch overlap: items are pipelined), and each
+    # process's span lightly shaded in its colour under its own CPU and RAM series
+    fig = Figure(figsize=(12.0, 6.5 + 0.18 * len(spans)), dpi=_DPI)
+    grid = fig.add_gridspec(
+        3,
+        1,
+        height_ratios=(0.12 * len(spans) + 0.3, 1.0, 1.0),
+        left=0.09,
+        right=0.98,
+        bottom=0.09,
+        top=0.9,
+        hspace=0.12,
+    )
+    ax_lanes = fig.add_subplot(grid[0, 0])
+    ax_cpu = fig.add_subplot(grid[1, 0], sharex=ax_lanes)
+    ax_ram = fig.add_subplot(grid[2, 0], sharex=ax_lanes)
+    for i, (_, start, end) in enumerate(spans):
+        color = f"C{i % 10}"
+        ax_lanes.barh(i, (end - start) / scale, left=start / scale, height=0.7, color=color)
         for ax in (ax_cpu, ax_ram):
-            ax.axvspan(start / scale, end / scale, color=color, alpha=0.9, linewidth=0, zorder=0)
-            ax.axvline(start / scale, color="0.6", linewidth=0.6, zorder=1)
-        ax_cpu.text(
-            (start + end) / 2.0 / scale,
-            1.02,
-            name,
-            transform=ax_cpu.get_xaxis_transform(),
-            ha="center",
-            va="bottom",
-            fontsize="small",
-            rotation=30 if len(spans) > 6 else 0,
-        )
+            ax.axvspan(start / scale, end / scale, color=color, alpha=0.08, linewidth=0)
+    ax_lanes.set_yticks(range(len(spans)), [name for name, _, _ in spans], fontsize="small")
+    ax_lanes.set_ylim(len(spans) - 0.5, -0.5)
+    ax_lanes.tick_params(labelbottom=False, length=0)
+    for side in ("top", "right", "bottom"):
+        ax_lanes.spines[side].set_visible(False)
     for i, (_, cpu_t, cpu_v, ram_t, ram_v) in enumerate(series):
         color = f"C{i % 10}"
         if cpu_t.size:
