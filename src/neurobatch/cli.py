@@ -7,7 +7,9 @@ to stderr with exit status 1 and no traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
@@ -27,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     -------
     int
         The exit status: 0 when everything succeeded, 1 for unusable configuration or
-        arguments (or a failed check), 2 when some items failed, 3 when every item failed.
+        arguments (or a failed check), 2 when some items failed, 3 when every item failed,
+        143 when stopped by SIGTERM (a batch system's time limit, ``scancel``): the run's
+        logs and provenance are written, marked interrupted, before it exits.
 
     Examples
     --------
@@ -43,12 +47,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         status: int = args.run(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return status
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends the command like Ctrl-C: through its cleanups, not in the middle."""
+    raise SystemExit(128 + signum)
 
 
 #: Exit status when some items failed (the others are done and combined).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -325,3 +327,30 @@ def test_no_credential_is_written_anywhere(
     assert parameters["input"]["storage_options"]["key"] == REDACTED
     assert parameters["input"]["storage_options"]["secret"] == REDACTED
     assert "with key ***" in (tmp_path / "out" / "logs" / "run.log").read_text()
+
+
+def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path) -> None:
+    """SIGTERM (a batch system's time limit) ends the run through its cleanups."""
+    hook = tmp_path / "slow.py"
+    hook.write_text("import time\n\ndef post_trials(ds):\n    time.sleep(600)\n")
+    config = _config(str(small_batch), tmp_path / "out")
+    config["hooks"] = {"post_trials": f"{hook}:post_trials"}
+    config["cluster"] = {"n_workers": 1, "memory_limit": "1GiB"}
+    pipeline_file = tmp_path / "pipeline.yaml"  # JSON is YAML
+    pipeline_file.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "neurobatch.cli", "run", str(pipeline_file)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # wait until an item is inside its (endless) trials stage
+        _wait_for(tmp_path / "out" / "items" / "experiment_001" / "preprocessed.zarr", 120)
+        time.sleep(1.0)
+        run.send_signal(signal.SIGTERM)
+        status = run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert status == 128 + signal.SIGTERM
+    processing = _read(tmp_path / "out" / "processing.json")
+    assert processing.notes is not None
+    assert processing.notes.startswith("run interrupted (SystemExit: 143) after 0 of 3 item(s)")
+    assert processing.process_names == ["combine"]

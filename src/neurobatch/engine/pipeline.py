@@ -26,6 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import dask
 import fsspec
 import numpy as np
@@ -155,8 +156,10 @@ class RunSummary:
                 f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
                 f"{self.seconds:.1f} s"
             ),
-            f"outputs in {self.output_url}; what ran and what it used: "
-            f"neurobatch provenance {self.output_url}",
+            (
+                f"outputs in {self.output_url}; what ran and what it used: "
+                f"neurobatch provenance {self.output_url}"
+            ),
         ]
         lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
         return "\n".join(lines)
@@ -499,10 +502,26 @@ def process_item(job: _ItemJob) -> ItemOutcome:
 # --- the driver ------------------------------------------------------------------------------
 
 
+class _Hooks(dict[str, Callable[..., Any]]):
+    """The run's hooks; they travel to the workers through cloudpickle.
+
+    Dask pickles a task's arguments with the standard pickle first, which stores a function
+    by reference; a worker cannot import a hook loaded from a file (or a test module).
+    cloudpickle ships those functions by value (see :func:`neurobatch.config.import_object`).
+    """
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _load_hooks, (cloudpickle.dumps(dict(self)),)
+
+
+def _load_hooks(payload: bytes) -> _Hooks:
+    return _Hooks(cloudpickle.loads(payload))
+
+
 def _resolve_hooks(
     config: PipelineConfig, overrides: Mapping[str, Callable[..., Any] | None] | None
 ) -> dict[str, Callable[..., Any]]:
-    hooks: dict[str, Callable[..., Any]] = {}
+    hooks = _Hooks()
     for name in HOOK_NAMES:
         target = getattr(config.hooks, name)
         if target is not None:
@@ -840,7 +859,13 @@ class Pipeline:
                         )
                     except BaseException as error:
                         try:
-                            provenance.write(combiner, notes=f"run interrupted: {error!r}")
+                            provenance.write(
+                                combiner,
+                                notes=(
+                                    f"run interrupted ({type(error).__name__}: {error}) after "
+                                    f"{len(provenance.outcomes)} of {len(jobs)} item(s)"
+                                ),
+                            )
                         except Exception as failure:  # noqa: BLE001 - keep the first error
                             logger.error("could not write the run's provenance: %s", failure)
                         raise
