@@ -80,7 +80,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["ingest", "preprocess", "trials"]
+Stage = Literal["ingest", "preprocess", "trials", "filter", "sta"]
+
+#: What a pipeline does with its items.
+Kind = Literal["photometry", "filter", "sta"]
 
 # ---------------------------------------------------------------------------------------------
 # Small types
@@ -296,6 +299,54 @@ class FilterConfig(_Model):
         raise ValidationError.from_exception_data(
             "FilterConfig", [_problem(("cutoff_hz",), "cutoff", message, cutoff)]
         )
+
+
+class EphysFilterConfig(FilterConfig):
+    """The ``filter`` pipeline: zero-phase Butterworth filtering of every channel."""
+
+    type: Literal["lowpass", "highpass", "bandpass", "bandstop"] = "bandpass"
+    """The filter type."""
+    cutoff_hz: float | tuple[float, float] = (300.0, 6000.0)
+    """The -3 dB frequency in Hz; ``[low, high]`` for ``bandpass`` and ``bandstop``."""
+    order: int = Field(default=3, ge=1)
+    """The filter order (the forward-backward filter has twice this order)."""
+    common_reference: Literal["none", "median"] = "none"
+    """Subtract the median over channels from every sample before filtering."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """The stored filtered traces, in µV (float32 halves the bytes; its rounding, about
+    1e-7 relative, is far below any recording's noise)."""
+    snippet_s: tuple[float, float] | None = None
+    """A ``[start, stop]`` window in seconds for the raw-versus-filtered figure (with
+    ``output.dashboards``); by default the first 0.2 s."""
+
+
+class StaConfig(_Model):
+    """The ``sta`` pipeline: spike-triggered averages of units over a stimulus movie."""
+
+    n_lags: int = Field(default=10, ge=1)
+    """Frames in the average's window: lag ``k`` is ``k`` frames before the spike's frame."""
+    delay_frames: int | None = Field(default=None, ge=1)
+    """The collapsed STRF is the mean of lags ``0 .. delay_frames - 1`` (frames
+    ``N - delay + 1 .. N``, the retinal-ganglion pipeline's definition: a delay of 5 is the
+    mean of frames N-4 .. N); by default all ``n_lags``."""
+    units: list[int | str] | None = None
+    """Only these units (by id), in this order; by default every unit of the recording."""
+
+    @model_validator(mode="after")
+    def _check_delay(self) -> StaConfig:
+        if self.delay_frames is not None and self.delay_frames > self.n_lags:
+            raise ValidationError.from_exception_data(
+                "StaConfig",
+                [
+                    _problem(
+                        ("delay_frames",),
+                        "delay",
+                        f"expected at most n_lags ({self.n_lags}) frames, got {self.delay_frames}",
+                        self.delay_frames,
+                    )
+                ],
+            )
+        return self
 
 
 class FitConfig(_Model):
@@ -702,6 +753,10 @@ class PipelineConfig(_Model):
 
     name: str = Field(min_length=1)
     """The pipeline's name (in provenance and summaries)."""
+    kind: Kind = "photometry"
+    """What it does: ``photometry`` (preprocess and trials, per item), ``filter`` (ephys
+    filtering of recordings larger than memory) or ``sta`` (spike-triggered averages over
+    a stimulus movie)."""
     experimenters: list[str] = Field(default_factory=list)
     """Who ran it (in provenance)."""
     input: InputConfig
@@ -715,6 +770,10 @@ class PipelineConfig(_Model):
     """Trial extraction; absent for none."""
     passdown_metadata: NameList = Field(default_factory=list)
     """Metadata keys copied into per-trial columns."""
+    filter: EphysFilterConfig | None = None
+    """Settings of a ``filter`` pipeline."""
+    sta: StaConfig | None = None
+    """Settings of an ``sta`` pipeline."""
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     """User functions run at fixed points."""
     output: OutputConfig
@@ -749,8 +808,35 @@ class PipelineConfig(_Model):
                 problems.extend(
                     _event_problems(self.trials, mapping, where=where, prefix=("trials",))
                 )
+        problems.extend(self._kind_problems())
         _raise_problems("PipelineConfig", problems)
         return self
+
+    def _kind_problems(self) -> list[InitErrorDetails]:
+        """Each kind needs its own section and takes no other kind's."""
+        problems = []
+        own = {"photometry": "trials", "filter": "filter", "sta": "sta"}
+        for kind, section in own.items():
+            present = getattr(self, section) is not None
+            if kind == self.kind and section != "trials" and not present:
+                problems.append(
+                    _problem(
+                        (section,),
+                        "missing_section",
+                        f"a {kind} pipeline needs a {section} section",
+                        None,
+                    )
+                )
+            if kind != self.kind and present:
+                problems.append(
+                    _problem(
+                        (section,),
+                        "other_kind",
+                        f"only for kind {kind}; this pipeline's kind is {self.kind}",
+                        section,
+                    )
+                )
+        return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -991,10 +1077,10 @@ def validate_loader(value: Any, *, source: str) -> Any:
     >>> m = validate_loader({"format": "photometry-csv"}, source="x.csv")
     >>> m.format
     'photometry-csv'
-    >>> validate_loader({"format": "photometry-cvs"}, source="x.csv")
+    >>> validate_loader({"format": "photometry-cvs"}, source="x.csv")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    neurobatch.errors.ConfigError: x.csv: loader.format: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known formats: 'photometry-csv', 'photometry-parquet', 'tdt')
+    neurobatch.errors.ConfigError: x.csv: loader.format: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known formats: ...)
     """
     value = _plain_loader(value)
     try:
@@ -1229,7 +1315,7 @@ def stage_parameters(
     ----------
     config : PipelineConfig
         The configuration.
-    stage : {"ingest", "preprocess", "trials"}
+    stage : {"ingest", "preprocess", "trials", "filter", "sta"}
         The stage.
     format, arguments : optional
         One item's loader format and arguments (the manifest's ``format`` and
@@ -1241,8 +1327,9 @@ def stage_parameters(
     dict
         ``ingest``: ``{"loader": ..., "hook": post_load}``; ``preprocess``: the preprocess
         section and ``hook`` (post_preprocess); ``trials``: the trials section (``None`` when
-        absent), ``passdown_metadata`` and ``hook`` (post_trials). Only the stage's own
-        parameters: chaining the hashes of earlier stages is the caller's job.
+        absent), ``passdown_metadata`` and ``hook`` (post_trials); ``filter`` and ``sta``:
+        their sections. Only the stage's own parameters: chaining the hashes of earlier
+        stages is the caller's job.
 
     Raises
     ------
@@ -1277,7 +1364,12 @@ def stage_parameters(
             "passdown_metadata": list(config.passdown_metadata),
             "hook": config.hooks.post_trials,
         }
-    raise ValueError(f"stage must be 'ingest', 'preprocess' or 'trials', got {stage!r}")
+    if stage in ("filter", "sta"):
+        section = getattr(config, stage)
+        return {stage: None if section is None else section.model_dump(mode="json")}
+    raise ValueError(
+        f"stage must be 'ingest', 'preprocess', 'trials', 'filter' or 'sta', got {stage!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

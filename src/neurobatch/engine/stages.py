@@ -12,6 +12,9 @@ stored and on which scheduler they are computed.
   normalisation.
 - :func:`preprocess`: the three above, as PhoPro's ``preprocess_signal``.
 - :func:`cut_trials`: the event-aligned trials of the processed variable.
+- :func:`filter_traces`: zero-phase filtering of every channel of an ephys recording.
+- :func:`spike_triggered_average`: every unit's STA over a stimulus movie, and its
+  collapsed STRF.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from neurobatch.config import FilterConfig, FitConfig, PreprocessConfig, TrialsConfig
+from neurobatch.config import (
+    EphysFilterConfig,
+    FilterConfig,
+    FitConfig,
+    PreprocessConfig,
+    StaConfig,
+    TrialsConfig,
+)
 from neurobatch.engine import blocked
 from neurobatch.errors import InputError
 from neurobatch.kernels import correction as correction_kernels
@@ -41,8 +51,10 @@ __all__ = [
     "cut_trials",
     "events_of",
     "filter_channels",
+    "filter_traces",
     "fit_reference",
     "preprocess",
+    "spike_triggered_average",
 ]
 
 #: The processed variable's name for each correction method.
@@ -438,3 +450,187 @@ def _column(value: Any, n: int) -> np.ndarray:
         return np.full(n, np.nan)
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return np.full(n, text, dtype=object)
+
+
+# --- large recordings: ephys filtering and spike-triggered averages -------------------------
+
+
+def filter_traces(recording: xr.Dataset, params: EphysFilterConfig) -> xr.Dataset:
+    """Zero-phase filter every channel of an ephys recording, lazily, in µV.
+
+    The raw ``traces(time, channel)`` (integers, say) become float64 and, when the
+    recording has ``gain_uv``, microvolts; with ``common_reference: median`` the median
+    over channels is subtracted from every sample; then each channel is filtered with a
+    zero-phase Butterworth filter blocked along time
+    (:func:`neurobatch.engine.blocked.zero_phase_filter`: equal to ``sosfiltfilt`` on the
+    whole array to about 1e-12 relative). Channels stay whole in every chunk, so memory is
+    a few chunks of ``chunk_memory`` per task, whatever the recording's length.
+
+    Parameters
+    ----------
+    recording : xarray.Dataset
+        ``traces(time, channel)`` chunked along ``time`` only, and ``sampling_rate``.
+    params : neurobatch.config.EphysFilterConfig
+        Type, cutoff(s), order, common reference and the stored dtype.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``traces(time, channel)`` filtered, of ``params.dtype``, attrs ``units="uV"``.
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        If the recording has no ``traces``, a cutoff is not below the Nyquist frequency, or
+        the recording is too short for the filter.
+
+    Examples
+    --------
+    >>> from neurobatch.config import EphysFilterConfig
+    >>> fs = 30_000.0
+    >>> t = np.arange(30_000) / fs
+    >>> raw = np.stack([np.sin(2 * np.pi * 10 * t) + np.sin(2 * np.pi * 1000 * t)] * 2, axis=1)
+    >>> rec = xr.Dataset({"traces": (("time", "channel"), raw)}, coords={"time": t},
+    ...                  attrs={"sampling_rate": fs}).chunk(time=8192)
+    >>> out = filter_traces(rec, EphysFilterConfig(cutoff_hz=(300.0, 6000.0), dtype="float64"))
+    >>> kept = out.traces.isel(time=slice(3000, -3000)).values
+    >>> bool(np.abs(kept - raw[3000:-3000] + np.sin(2 * np.pi * 10 * t[3000:-3000])[:, None]).max() < 0.02)
+    True
+    """
+    if "traces" not in recording:
+        raise InputError(
+            f"{_source(recording)}: no traces(time, channel) variable (variables: "
+            f"{', '.join(map(str, recording.data_vars)) or 'none'}); expected an ephys recording"
+        )
+    fs = float(recording.attrs["sampling_rate"])
+    if not max(np.atleast_1d(params.cutoff_hz)) < fs / 2:
+        raise InputError(
+            f"{_source(recording)}: the filter cutoff {params.cutoff_hz} Hz is not below the "
+            f"Nyquist frequency {fs / 2:g} Hz of this recording (sampled at {fs:g} Hz); "
+            "expected a lower cutoff_hz"
+        )
+    traces = recording["traces"].transpose("time", "channel")
+    x = traces.data if isinstance(traces.data, da.Array) else da.from_array(traces.values)
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    x = x.astype(np.float64)
+    gain = recording.attrs.get("gain_uv")
+    if gain is not None:
+        x = x * float(gain)
+    if params.common_reference == "median":
+        x = x - da.median(x, axis=1, keepdims=True)
+    sos = filters.butter_sos(params.type, params.cutoff_hz, fs=fs, order=params.order)
+    try:
+        filtered = blocked.zero_phase_filter(x, sos, axis=0)
+    except ValueError as error:
+        raise InputError(f"{_source(recording)}: {error}") from None
+    out = xr.Dataset(
+        {"traces": (("time", "channel"), filtered.astype(params.dtype))},
+        coords={
+            name: recording.coords[name] for name in ("time", "channel") if name in recording.coords
+        },
+        attrs={
+            **recording.attrs,
+            "units": "uV" if gain is not None else "raw",
+            "filter": json.dumps(params.model_dump(mode="json")),
+        },
+    )
+    out.attrs.pop("gain_uv", None)
+    return out
+
+
+def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
+    """Every unit's spike-triggered average over the stimulus movie, lazily.
+
+    A tree reduction of per-block products of spike counts and frames
+    (:func:`neurobatch.engine.blocked.blocked_sta`), never a loop over spikes: memory per
+    task is one block of frames and one partial sum, whatever the movie's length. A spike
+    at time ``t`` falls in frame ``N = floor((t - onset) * fps)``; spikes before the movie,
+    after it, or too early for the whole window are excluded and counted per unit.
+
+    Parameters
+    ----------
+    movie : xarray.Dataset
+        A Movie: ``frames(frame, y, x)`` chunked along ``frame``, ``spike_time(spike)`` with
+        coordinate ``unit(spike)``, optionally ``unit_ids(unit)`` (to keep units without
+        spikes), and attrs ``fps`` and ``stimulus_onset``.
+    params : neurobatch.config.StaConfig
+        ``n_lags``, ``delay_frames`` for the collapsed STRF, optional ``units``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``sta(unit, lag, y, x)`` (float64, NaN for a unit without usable spikes; lazy),
+        ``strf(unit, y, x)`` the mean of lags ``0 .. delay_frames - 1``, and per unit
+        ``n_spikes`` (used), ``n_before``, ``n_after``, ``n_too_early``; coordinates ``lag``
+        (frames) and ``lag_time`` (seconds).
+
+    Warns
+    -----
+    neurobatch.errors.EmptyUnitWarning
+        Naming each unit without a usable spike.
+
+    Examples
+    --------
+    >>> from neurobatch.config import StaConfig
+    >>> frames = np.arange(10.0).reshape(10, 1, 1)
+    >>> movie = xr.Dataset({"frames": (("frame", "y", "x"), frames),
+    ...                     "spike_time": ("spike", [0.55, 0.75, 0.05])},
+    ...                    coords={"unit": ("spike", [1, 1, 1])},
+    ...                    attrs={"fps": 10.0, "stimulus_onset": 0.0}).chunk(frame=4)
+    >>> out = spike_triggered_average(movie, StaConfig(n_lags=3, delay_frames=2))
+    >>> out.sta.values[0, :, 0, 0].tolist(), out.strf.values[0, 0, 0].item()
+    ([6.0, 5.0, 4.0], 5.5)
+    >>> out.n_spikes.values.tolist(), out.n_too_early.values.tolist()
+    ([2], [1])
+    """
+    missing = [name for name in ("frames", "spike_time") if name not in movie]
+    missing += [name for name in ("fps",) if name not in movie.attrs]
+    if missing:
+        raise InputError(
+            f"{_source(movie)}: no {', '.join(missing)}; expected a movie with "
+            "frames(frame, y, x), spike_time(spike) with unit(spike), and the fps attribute"
+        )
+    frames = movie["frames"].transpose("frame", "y", "x")
+    data = frames.data if isinstance(frames.data, da.Array) else da.from_array(frames.values)
+    unit_ids: Any = params.units
+    if unit_ids is None and "unit_ids" in movie:
+        unit_ids = movie["unit_ids"].values
+    fps = float(movie.attrs["fps"])
+    onset = float(movie.attrs.get("stimulus_onset", 0.0))
+    try:
+        result = blocked.blocked_sta(
+            data,
+            movie["spike_time"].values,
+            movie["unit"].values,
+            fps=fps,
+            n_lags=params.n_lags,
+            onset=onset,
+            unit_ids=unit_ids,
+        )
+    except ValueError as error:
+        raise InputError(f"{_source(movie)}: {error}") from None
+    bins = result.bins
+    delay = params.delay_frames or params.n_lags
+    sta = xr.DataArray(
+        result.sta,
+        dims=("unit", "lag", "y", "x"),
+        coords={"unit": bins.unit_ids, "lag": bins.lags, "lag_time": ("lag", bins.lag_times)},
+    )
+    return xr.Dataset(
+        {
+            "sta": sta,
+            "strf": sta.isel(lag=slice(0, delay)).mean("lag"),
+            "n_spikes": ("unit", bins.n_used),
+            "n_before": ("unit", bins.n_before),
+            "n_after": ("unit", bins.n_after),
+            "n_too_early": ("unit", bins.n_too_early),
+        },
+        attrs={
+            "source": _source(movie),
+            "fps": fps,
+            "stimulus_onset": onset,
+            "n_lags": params.n_lags,
+            "delay_frames": delay,
+        },
+    )
