@@ -115,22 +115,42 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="generate a synthetic photometry batch and run the pipeline on it",
+        help="generate synthetic inputs and run a pipeline on them",
         description=(
-            "Write a realistic synthetic batch in PhoPro's CSV layout with JSON sidecars "
-            "(photobleaching, shared motion artefacts, event-locked transients, a few awkward "
-            "trials), write a pipeline file for it and run it on a LocalCluster."
+            "Write realistic synthetic inputs, a pipeline file for them, and run it on a "
+            "LocalCluster. photometry (default): a batch in PhoPro's CSV layout with JSON "
+            "sidecars (photobleaching, shared motion artefacts, event-locked transients, a "
+            "few awkward trials). filter: SpikeGLX recordings with spikes, LFP and line "
+            "noise, band-pass filtered. sta: a white-noise movie and units with planted "
+            "spatio-temporal receptive fields, recovered by spike-triggered averages."
         ),
+    )
+    demo.add_argument(
+        "--kind",
+        choices=("photometry", "filter", "sta"),
+        default="photometry",
+        help="which pipeline (photometry)",
     )
     demo.add_argument(
         "--out", default="neurobatch-demo", help="folder for the batch and the results"
     )
-    demo.add_argument("--items", type=_positive_int, default=8, help="recordings (8)")
     demo.add_argument(
-        "--duration-s", type=_positive_float, default=600.0, help="length of each (600 s)"
+        "--items", type=_positive_int, default=None, help="recordings (photometry 8, else 1)"
     )
     demo.add_argument(
-        "--rate-hz", type=_positive_float, default=1000.0, help="sampling rate (1000 Hz)"
+        "--duration-s",
+        type=_positive_float,
+        default=None,
+        help="length of each (photometry 600 s, filter 60 s, sta 300 s of movie)",
+    )
+    demo.add_argument(
+        "--rate-hz",
+        type=_positive_float,
+        default=None,
+        help="sampling rate (photometry 1000 Hz, filter 30000 Hz, sta 60 frames/s)",
+    )
+    demo.add_argument(
+        "--channels", type=_positive_int, default=64, help="channels of a filter demo (64)"
     )
     demo.add_argument("--workers", type=_positive_int, default=2, help="worker processes (2)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
@@ -229,26 +249,58 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The demos' defaults: items, duration (s) and rate (Hz, or frames per second).
+_DEMO_DEFAULTS = {
+    "photometry": (8, 600.0, 1000.0),
+    "filter": (1, 60.0, 30_000.0),
+    "sta": (1, 300.0, 60.0),
+}
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from neurobatch import synthetic
     from neurobatch.engine.pipeline import Pipeline
-    from neurobatch.synthetic import demo_pipeline_file, write_photometry_batch
 
     out = Path(args.out).resolve()
-    print(
-        f"writing {args.items} synthetic recording(s) of {args.duration_s:g} s at "
-        f"{args.rate_hz:g} Hz to {out / 'data'}",
-        flush=True,
-    )
-    write_photometry_batch(
-        out / "data",
-        n_items=args.items,
-        duration_s=args.duration_s,
-        fs=args.rate_hz,
-        seed=args.seed,
-    )
-    path = demo_pipeline_file(out)
+    data = out / "data"
+    items, duration_s, rate = _DEMO_DEFAULTS[args.kind]
+    items = args.items or items
+    duration_s = args.duration_s or duration_s
+    rate = args.rate_hz or rate
+    if args.kind == "photometry":
+        print(
+            f"writing {items} synthetic recording(s) of {duration_s:g} s at {rate:g} Hz to {data}",
+            flush=True,
+        )
+        synthetic.write_photometry_batch(
+            data, n_items=items, duration_s=duration_s, fs=rate, seed=args.seed
+        )
+    elif args.kind == "filter":
+        print(
+            f"writing {items} SpikeGLX recording(s) of {args.channels} channels x "
+            f"{duration_s:g} s at {rate:g} Hz (spikes, LFP, line noise) to {data}",
+            flush=True,
+        )
+        for i in range(items):
+            recording = synthetic.ephys_recording(
+                n_channels=args.channels, duration_s=duration_s, fs=rate, seed=args.seed + i
+            ).recording
+            synthetic.write_spikeglx(recording, str(data / f"recording_{i + 1:03d}.bin"))
+    else:
+        n_frames = round(duration_s * rate)
+        print(
+            f"writing {items} white-noise movie(s) of {n_frames} frames at {rate:g} frames/s "
+            f"with 16 units and planted receptive fields to {data}",
+            flush=True,
+        )
+        for i in range(items):
+            movie = synthetic.receptive_field_movie(
+                n_frames=n_frames, fps=rate, n_units=16, seed=args.seed + i, outside_s=2.0
+            ).movie
+            synthetic.write_movie(movie, str(data / f"movie_{i + 1:03d}.zarr"))
+    path = synthetic.demo_pipeline_file(out, args.kind)
     print(f"pipeline file {path}; running it (neurobatch run {path})", flush=True)
     return _run_pipeline(Pipeline.from_file(path), args)
 

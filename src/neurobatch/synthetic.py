@@ -44,6 +44,7 @@ from numpy.typing import NDArray
 from neurobatch.errors import InputError
 
 __all__ = [
+    "DEMO_PIPELINES",
     "EVENT_NAMES",
     "PlantedMovie",
     "PlantedRecording",
@@ -305,14 +306,63 @@ cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}
 """
 
 
-def demo_pipeline_file(folder: str | Path) -> Path:
-    """Write the demo's pipeline file (``pipeline.yaml``) for a batch in ``folder/data``.
+DEMO_FILTER_PIPELINE = """\
+# The pipeline of `neurobatch demo --kind filter`: spike-band filtering of raw recordings.
+name: neurobatch-demo-filter
+kind: filter
+input:
+  url: data                      # relative to this file; any fsspec URL works (s3://...)
+  pattern: "*.bin"
+loader:
+  format: spikeglx               # the .meta beside each .bin gives channels, rate and gain
+filter:
+  type: bandpass
+  cutoff_hz: [300, 6000]
+  order: 3
+  common_reference: median       # removes what all channels share (line noise, artefacts)
+  dtype: float32
+output:
+  url: output
+  dashboards: png                # raw versus filtered traces
+engine:
+  chunk_memory: 16777216         # 16 MiB of samples per task
+"""
+
+DEMO_STA_PIPELINE = """\
+# The pipeline of `neurobatch demo --kind sta`: receptive fields from a white-noise movie.
+name: neurobatch-demo-sta
+kind: sta
+input:
+  url: data                      # relative to this file; any fsspec URL works (s3://...)
+  pattern: "*.zarr"
+loader:
+  format: zarr                   # frames(frame, y, x), spike_time(spike), unit(spike)
+sta:
+  n_lags: 8                      # frames before each spike's frame
+  delay_frames: 5                # the collapsed STRF: the mean of frames N-4 .. N
+output:
+  url: output
+  dashboards: png                # per-unit STA images per lag and the STRFs
+"""
+
+#: Each demo's pipeline file.
+DEMO_PIPELINES = {
+    "photometry": DEMO_PIPELINE,
+    "filter": DEMO_FILTER_PIPELINE,
+    "sta": DEMO_STA_PIPELINE,
+}
+
+
+def demo_pipeline_file(folder: str | Path, kind: str = "photometry") -> Path:
+    """Write a demo's pipeline file (``pipeline.yaml``) for the inputs in ``folder/data``.
 
     Parameters
     ----------
     folder : str or pathlib.Path
-        The demo folder: the batch of :func:`write_photometry_batch` is in its ``data``
-        folder; the outputs go to its ``output`` folder.
+        The demo folder: its inputs are in its ``data`` folder (:func:`write_photometry_batch`,
+        :func:`write_spikeglx` or :func:`write_movie`); the outputs go to ``output``.
+    kind : {"photometry", "filter", "sta"}, default "photometry"
+        Which pipeline.
 
     Returns
     -------
@@ -323,12 +373,12 @@ def demo_pipeline_file(folder: str | Path) -> Path:
     --------
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     demo_pipeline_file(tmp).name
-    'pipeline.yaml'
+    ...     demo_pipeline_file(tmp, "sta").read_text().splitlines()[2]
+    'name: neurobatch-demo-sta'
     """
     path = Path(folder) / "pipeline.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEMO_PIPELINE)
+    path.write_text(DEMO_PIPELINES[kind])
     return path
 
 

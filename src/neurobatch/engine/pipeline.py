@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -45,7 +46,7 @@ from neurobatch.engine.provenance import (
     build_processing,
     machine,
 )
-from neurobatch.errors import ConfigError, NeurobatchError
+from neurobatch.errors import ConfigError, EmptyUnitWarning, NeurobatchError
 from neurobatch.io import export, store
 from neurobatch.io.discover import discover
 from neurobatch.io.loaders import load_recording
@@ -95,6 +96,7 @@ class ItemOutcome:
     sampling_rate: float | None = None
     fit: dict[str, Any] | None = None
     trials_url: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def row(self) -> dict[str, Any]:
@@ -116,6 +118,7 @@ class ItemOutcome:
             "fit_slope": fit.get("slope"),
             "fit_r_squared": fit.get("r_squared"),
             "fit_converged": fit.get("converged"),
+            "details": json.dumps(self.details),
             "seconds": round(self.seconds, 3),
         }
 
@@ -321,19 +324,74 @@ def _persist_policy(job: _ItemJob, scratch_url: str) -> Callable[[xr.Dataset], x
     return persist
 
 
-def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
+def _item_url(job: _ItemJob, *parts: str) -> str:
+    return _join(job.output_url, "items", job.item_id, *parts)
+
+
+def _hook_names(job: _ItemJob) -> dict[str, str]:
+    return {name: getattr(h, "__qualname__", repr(h)) for name, h in job.hooks.items()}
+
+
+def _done(job: _ItemJob, url: str, key: str) -> dict[str, Any] | None:
+    """The commit marker of a stage's output when it carries ``key`` (and no reprocess)."""
+    so = job.config.output.storage_options
+    marker = None if job.reprocess else store.read_commit(url, storage_options=so)
+    return marker if marker is not None and marker.get("key") == key else None
+
+
+def _ingest(job: _ItemJob, outcome: ItemOutcome) -> tuple[xr.Dataset, str]:
+    """The input, whatever its format, becomes the item's Zarr ``recording.zarr``.
+
+    Returns the stored dataset (after the ``post_load`` hook) and the stage key.
+    """
+    config = job.config
+    so = config.output.storage_options
+    url = _item_url(job, "recording.zarr")
+    key = stage_key(
+        "ingest", {"format": job.format, **job.loader_arguments}, upstream=job.fingerprint
+    )
+    if _done(job, url, key) is None:
+        with _stage(outcome, "ingest"):
+            logger.info("ingesting %s", job.url)
+            recording = load_recording(
+                job.url,
+                job.loader_arguments,
+                format=job.format,
+                storage_options=config.input.storage_options,
+            )
+            # a movie is chunked by frames, which may be large: no minimum chunk length
+            dim, minimum = ("time", 4096) if "time" in recording.dims else ("frame", 1)
+            store.remove(url, storage_options=so)
+            store.write_dataset(
+                recording,
+                url,
+                chunk_memory=config.engine.chunk_memory,
+                storage_options=so,
+                dim=dim,
+                minimum=minimum,
+            )
+            store.commit(url, {"key": key, "input": job.url}, storage_options=so)
+    else:
+        outcome.stages_skipped.append("ingest")
+    recording = store.open_dataset(url, storage_options=so)
+    rate = recording.attrs.get("sampling_rate")
+    outcome.sampling_rate = None if rate is None else float(rate)
+    recording = _apply_hook(job.hooks, "post_load", recording)
+    id_builder = job.hooks.get("id_builder")
+    outcome.experiment_id = str(id_builder(recording)) if id_builder else job.item_id
+    return recording, key
+
+
+def _run_photometry(job: _ItemJob, outcome: ItemOutcome) -> None:
     config = job.config
     so = config.output.storage_options
     chunk_memory = config.engine.chunk_memory
-    item_url = _join(job.output_url, "items", job.item_id)
-    recording_url = _join(item_url, "recording.zarr")
+    item_url = _item_url(job)
     processed_url = _join(item_url, "preprocessed.zarr")
     trials_url = _join(item_url, "trials.zarr")
-    hook_names = {name: getattr(h, "__qualname__", repr(h)) for name, h in job.hooks.items()}
+    hook_names = _hook_names(job)
 
-    ingest_key = stage_key(
-        "ingest", {"format": job.format, **job.loader_arguments}, upstream=job.fingerprint
-    )
+    recording, ingest_key = _ingest(job, outcome)
     preprocess_key = stage_key(
         "preprocess",
         {**stage_parameters(config, "preprocess"), "hooks": hook_names},
@@ -346,31 +404,7 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
     )
 
     def done(url: str, key: str) -> dict[str, Any] | None:
-        marker = None if job.reprocess else store.read_commit(url, storage_options=so)
-        return marker if marker is not None and marker.get("key") == key else None
-
-    # ingest: the input, whatever its format, becomes the item's Zarr recording
-    if done(recording_url, ingest_key) is None:
-        with _stage(outcome, "ingest"):
-            logger.info("ingesting %s", job.url)
-            recording = load_recording(
-                job.url,
-                job.loader_arguments,
-                format=job.format,
-                storage_options=config.input.storage_options,
-            )
-            store.remove(recording_url, storage_options=so)
-            store.write_dataset(
-                recording, recording_url, chunk_memory=chunk_memory, storage_options=so
-            )
-            store.commit(recording_url, {"key": ingest_key, "input": job.url}, storage_options=so)
-    else:
-        outcome.stages_skipped.append("ingest")
-    recording = store.open_dataset(recording_url, storage_options=so)
-    outcome.sampling_rate = float(recording.attrs["sampling_rate"])
-    recording = _apply_hook(job.hooks, "post_load", recording)
-    id_builder = job.hooks.get("id_builder")
-    outcome.experiment_id = str(id_builder(recording)) if id_builder else job.item_id
+        return _done(job, url, key)
 
     # preprocess: filter, fit, correct, normalise
     marker = done(processed_url, preprocess_key)
@@ -415,7 +449,7 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
                     processed,
                     config.trials,
                     item_id=job.item_id,
-                    experiment_id=outcome.experiment_id,
+                    experiment_id=outcome.experiment_id or job.item_id,
                     passdown=_passdown(recording, config.passdown_metadata, job.item_id),
                 )
                 trials = _apply_hook(job.hooks, "post_trials", trials)
@@ -450,6 +484,124 @@ def _run_item(job: _ItemJob, outcome: ItemOutcome) -> None:
         logger.info("dashboard written to %s", path)
 
 
+def _run_filter(job: _ItemJob, outcome: ItemOutcome) -> None:
+    """Ingest a raw recording, then filter every channel into ``filtered.zarr``."""
+    config = job.config
+    params = config.filter
+    assert params is not None  # the config's cross-checks say so for kind filter
+    so = config.output.storage_options
+    url = _item_url(job, "filtered.zarr")
+    recording, ingest_key = _ingest(job, outcome)
+    key = stage_key(
+        "filter",
+        {**stage_parameters(config, "filter"), "hooks": _hook_names(job)},
+        upstream=ingest_key,
+    )
+    marker = _done(job, url, key)
+    if marker is None:
+        with _stage(outcome, "filter"):
+            logger.info(
+                "filtering %d channels x %d samples at %g Hz",
+                recording.sizes.get("channel", 1),
+                recording.sizes["time"],
+                outcome.sampling_rate,
+            )
+            filtered = stages.filter_traces(recording, params)
+            store.remove(url, storage_options=so)
+            store.write_dataset(
+                filtered, url, chunk_memory=config.engine.chunk_memory, storage_options=so
+            )
+            marker = {"key": key, "shape": list(filtered["traces"].shape)}
+            store.commit(url, marker, storage_options=so)
+    else:
+        outcome.stages_skipped.append("filter")
+    outcome.details = {"filtered_url": url, "shape": marker["shape"]}
+    if config.output.dashboards and outcome.stages_run:
+        from neurobatch import plots  # matplotlib: imported only when figures are asked for
+
+        path = _join(job.output_url, "dashboards", f"{job.item_id}.{config.output.dashboards}")
+        filtered = store.open_dataset(url, storage_options=so)
+        plots.trace_snippet(recording, filtered, path, seconds=params.snippet_s, storage_options=so)
+        logger.info("filtered-trace figure written to %s", path)
+
+
+def _run_sta(job: _ItemJob, outcome: ItemOutcome) -> None:
+    """Ingest a movie with spikes, then every unit's STA and STRF into ``sta.zarr``."""
+    config = job.config
+    params = config.sta
+    assert params is not None  # the config's cross-checks say so for kind sta
+    so = config.output.storage_options
+    url = _item_url(job, "sta.zarr")
+    movie, ingest_key = _ingest(job, outcome)
+    key = stage_key(
+        "sta", {**stage_parameters(config, "sta"), "hooks": _hook_names(job)}, upstream=ingest_key
+    )
+    marker = _done(job, url, key)
+    if marker is None:
+        with _stage(outcome, "sta"):
+            logger.info(
+                "spike-triggered averages of %d spikes over %d frames, %d lags",
+                movie.sizes.get("spike", 0),
+                movie.sizes.get("frame", 0),
+                params.n_lags,
+            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", EmptyUnitWarning)
+                result = stages.spike_triggered_average(movie, params)
+            for warning in caught:
+                logger.warning("%s", warning.message)
+            store.remove(url, storage_options=so)
+            store.write_dataset(
+                result,
+                url,
+                chunk_memory=config.engine.chunk_memory,
+                storage_options=so,
+                dim="unit",
+                minimum=1,
+            )
+            counts = {
+                name: int(result[name].sum())
+                for name in ("n_spikes", "n_before", "n_after", "n_too_early")
+            }
+            marker = {"key": key, "n_units": result.sizes["unit"], **counts}
+            store.commit(url, marker, storage_options=so)
+    else:
+        outcome.stages_skipped.append("sta")
+    outcome.details = {k: v for k, v in marker.items() if k != "key"} | {"sta_url": url}
+    logger.info(
+        "%d units; spikes used %d, excluded %d before the movie, %d after it, %d too early "
+        "for the window",
+        marker["n_units"],
+        marker["n_spikes"],
+        marker["n_before"],
+        marker["n_after"],
+        marker["n_too_early"],
+    )
+    if config.output.dashboards and outcome.stages_run:
+        from neurobatch import plots  # matplotlib: imported only when figures are asked for
+
+        result = store.open_dataset(url, storage_options=so)
+        folder = _join(job.output_url, "dashboards")
+        fmt = config.output.dashboards
+        plots.sta_grid(result, _join(folder, f"{job.item_id}.sta.{fmt}"), storage_options=so)
+        plots.strf(result["strf"], _join(folder, f"{job.item_id}.strf.{fmt}"), storage_options=so)
+        logger.info("STA and STRF figures written to %s", folder)
+
+
+#: What each kind of pipeline does with an item.
+_RUNNERS: dict[str, Callable[[_ItemJob, ItemOutcome], None]] = {
+    "photometry": _run_photometry,
+    "filter": _run_filter,
+    "sta": _run_sta,
+}
+
+#: Kinds whose items are larger than a worker: each item's graphs run on the whole cluster.
+ON_CLUSTER = frozenset({"filter", "sta"})
+
+#: The "worker" of a stage that ran on the whole cluster.
+CLUSTER = "cluster"
+
+
 def _worker() -> str:
     """The address of the worker this runs on, or :data:`DRIVER` outside one."""
     try:
@@ -472,13 +624,17 @@ def process_item(job: _ItemJob) -> ItemOutcome:
         ``done`` (something ran), ``skipped`` (everything was already committed with the
         same key) or ``failed`` with the one-line error and the traceback.
     """
-    outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=_worker(), host=machine())
+    on_cluster = job.config.kind in ON_CLUSTER
+    worker = CLUSTER if on_cluster else _worker()
+    outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=worker, host=machine())
     secrets = secrets_in(job.config.model_dump())
     start = time.perf_counter()
-    with _captured_log() as log, _synchronous_dask():
+    # an item of a large kind computes its graphs on the whole cluster; any other item on
+    # the thread of the worker that runs it
+    with _captured_log() as log, nullcontext() if on_cluster else _synchronous_dask():
         logger.info("item %s from %s", job.item_id, job.url)
         try:
-            _run_item(job, outcome)
+            _RUNNERS[job.config.kind](job, outcome)
         except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
             outcome.status = "failed"
             outcome.error = scrub(_one_line(error), secrets)
@@ -591,6 +747,8 @@ _ITEM_OUTPUTS = {
     "ingest": "recording.zarr",
     "preprocess": "preprocessed.zarr",
     "trials": "trials.zarr",
+    "filter": "filtered.zarr",
+    "sta": "sta.zarr",
 }
 
 
@@ -620,6 +778,13 @@ class _Provenance:
 
     def _build(self, records: list[StageRecord], notes: str | None = None) -> Any:
         samples, _ = self.recorder.poll()
+        for record in records:
+            if CLUSTER in record.workers:  # every worker that was sampled while it ran
+                during = samples[
+                    (samples["time"] >= record.start) & (samples["time"] <= record.end)
+                ]
+                record.workers = sorted(set(during["worker"]) - {DRIVER}) or [DRIVER]
+                record.outputs["workers"] = record.workers
         return build_processing(
             records,
             pipeline_name=self.config.name,
@@ -630,7 +795,7 @@ class _Provenance:
             notes=notes,
         )
 
-    def item_finished(self, outcome: ItemOutcome, job: _ItemJob, key: str) -> None:
+    def item_finished(self, outcome: ItemOutcome, job: _ItemJob, key: str | None) -> None:
         """Append the stages this item ran to ``items/<item>/processing.json``."""
         self.outcomes.append(outcome)
         if outcome.host:
@@ -648,8 +813,9 @@ class _Provenance:
                 },
                 "workers": [span["worker"]],
                 "failures": {outcome.item_id: outcome.error} if span["status"] == "failed" else {},
-                "task": key,
             }
+            if key is not None:
+                outputs["task"] = key
             if stage == "preprocess" and outcome.fit:
                 outputs["fit"] = outcome.fit
             if stage == "trials" and span["status"] == "done":
@@ -851,6 +1017,8 @@ class Pipeline:
                     combiner = _Combiner(
                         [job.item_id for job in jobs], _join(out, "trials.zarr"), so
                     )
+                    # only photometry items have trials to combine
+                    combined = combiner if config.kind == "photometry" else None
                     try:
                         self._submit(client, jobs, combiner, provenance, progress)
                         outcomes = [combiner.outcomes[job.item_id] for job in jobs]
@@ -860,7 +1028,7 @@ class Pipeline:
                     except BaseException as error:
                         try:
                             provenance.write(
-                                combiner,
+                                combined,
                                 notes=(
                                     f"run interrupted ({type(error).__name__}: {error}) after "
                                     f"{len(provenance.outcomes)} of {len(jobs)} item(s)"
@@ -869,7 +1037,7 @@ class Pipeline:
                         except Exception as failure:  # noqa: BLE001 - keep the first error
                             logger.error("could not write the run's provenance: %s", failure)
                         raise
-                    provenance.write(combiner)
+                    provenance.write(combined)
             finally:
                 _write_text(
                     _join(out, "logs", "run.log"), scrub(run_log.buffer.getvalue(), secrets), so
@@ -924,6 +1092,23 @@ class Pipeline:
     ) -> None:
         config = self.config
         threads = sum(client.nthreads().values()) or 1
+        if config.kind in ON_CLUSTER:
+            logger.info(
+                "%s: %d item(s), one at a time, each on all %d worker thread(s); dashboard %s",
+                config.name,
+                len(jobs),
+                threads,
+                client.dashboard_link,
+            )
+            with dask.config.set(scheduler=client.get), _progress(len(jobs), progress) as advance:
+                for job in jobs:
+                    finished = process_item(job)
+                    if finished.status == "failed":
+                        logger.error("%s failed: %s", finished.item_id, finished.error)
+                    combiner.add(finished)
+                    provenance.item_finished(finished, job, None)
+                    advance(finished)
+            return
         max_in_flight = config.engine.max_in_flight or 2 * threads
         logger.info(
             "%s: %d item(s) on %d worker thread(s), at most %d in flight; dashboard %s",

@@ -309,6 +309,7 @@ def write_dataset(
     chunk_memory: int,
     storage_options: Mapping[str, Any] | None = None,
     dim: str = "time",
+    minimum: int = 4096,
 ) -> None:
     """Write a dataset as a Zarr v3 group, chunked along ``dim`` from a memory budget.
 
@@ -331,6 +332,9 @@ def write_dataset(
         Options for the fsspec filesystem.
     dim : str, default "time"
         The dimension to chunk; every other dimension is one chunk.
+    minimum : int, default 4096
+        The shortest chunk along ``dim`` (see :func:`chunk_length`); 1 for datasets whose
+        rows are large, such as a movie's frames.
 
     Raises
     ------
@@ -367,7 +371,10 @@ def write_dataset(
     bytes_per_sample = sum(
         v.dtype.itemsize * math.prod(s for d, s in v.sizes.items() if d != dim) for v in along
     )
-    n = min(chunk_length(chunk_memory, bytes_per_sample=max(1, bytes_per_sample)), ds.sizes[dim])
+    n = min(
+        chunk_length(chunk_memory, bytes_per_sample=max(1, bytes_per_sample), minimum=minimum),
+        ds.sizes[dim],
+    )
     n = max(n, 1)
     prepared = _with_zarr_strings(ds)
     prepared.attrs = to_json_safe(dict(ds.attrs), name=f"attrs of {url}")
