@@ -697,11 +697,16 @@ def test_annotation_arguments_are_checked() -> None:
 
 
 def test_registry() -> None:
-    assert sorted(LOADERS) == ["photometry-csv", "photometry-parquet", "tdt"]
     assert {fmt: spec.target for fmt, spec in LOADERS.items()} == {
         "photometry-csv": "file",
         "photometry-parquet": "file",
         "tdt": "folder",
+        "spikeglx": "file",
+        "raw-binary": "file",
+        "nwb": "file",
+        "npy": "file",
+        "zarr": "file",
+        "rgc-pickle": "file",
     }
     common = {
         "label",
@@ -744,9 +749,12 @@ def test_config_style_subclass_round_trip() -> None:
     for fmt, spec in LOADERS.items():
         tag: Any = Literal[fmt]
         model: type[BaseModel] = create_model("Tagged", __base__=spec.arguments, format=(tag, ...))
-        raw = (
-            {"box": "A", "signal_label": "_465", "isosbestic_label": "_405"} if fmt == "tdt" else {}
-        )
+        required: dict[str, dict[str, Any]] = {
+            "tdt": {"box": "A", "signal_label": "_465", "isosbestic_label": "_405"},
+            "raw-binary": {"n_channels": 4, "dtype": "int16", "sampling_rate": 30000.0},
+            "npy": {"kind": "traces", "sampling_rate": 1000.0},
+        }
+        raw = required.get(fmt, {})
         tagged = model.model_validate({"format": fmt, "label": "x", **raw})
         dumped = tagged.model_dump(mode="json", exclude={"format"})
         assert spec.arguments.model_validate(dumped).model_dump(mode="json") == dumped

@@ -1,12 +1,28 @@
-"""Photometry loaders: one module per input format, all returning the same Recording Dataset.
+"""Loaders: one module per input format, each returning the shared Dataset shapes.
 
 The registry :data:`LOADERS` maps each format name to a :class:`LoaderSpec`: its pydantic
 arguments model (``extra="forbid"``, with ``event_names()``), whether it reads files or
-folders, and its load function. :func:`load_recording` loads any of them by name.
+folders, its load function, and whether that function reads lazily in chunks from a memory
+budget. :func:`load_recording` loads any of them by name.
+
+Photometry recordings (``signal(time)``, ``isosbestic(time)``, events), read into memory:
 
 - ``photometry-csv`` (files): PhoPro's CSV layout, parsed with pyarrow;
 - ``photometry-parquet`` (files): the same columns in Parquet;
 - ``tdt`` (folders): TDT block folders, through the ``tdt`` package.
+
+Large recordings, read lazily (dask-backed, nothing read on load but headers and metadata),
+chunked along time or frames from ``chunk_memory``: ephys ``traces(time, channel)``, movies
+``frames(frame, y, x)`` with ``frame_time``, spikes ``spike_time(spike)`` with ``unit``:
+
+- ``spikeglx`` (files): SpikeGLX ``.bin`` with its ``.meta`` (:mod:`.binary`);
+- ``raw-binary`` (files): headerless interleaved binary, layout given (:mod:`.binary`);
+- ``nwb`` (files): NWB ElectricalSeries, ImageSeries, Units and events via ``pynwb``
+  (:mod:`.nwb`);
+- ``npy`` (files): one ``.npy`` array, traces or frames (:mod:`.arrays`);
+- ``zarr`` (files): existing Zarr / xarray stores (:mod:`.arrays`);
+- ``rgc-pickle`` (files): the legacy retinal-ganglion STA pickle, only with
+  ``allow_pickle: true`` (:mod:`.legacy_pickle`).
 
 Every loader checks its input (one-line :class:`~neurobatch.errors.InputError` naming the
 input and what was wrong) and says when sampling is not uniform
@@ -18,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import xarray as xr
 from pydantic import BaseModel
@@ -30,7 +46,16 @@ from neurobatch.io.loaders._common import (
     closest,
     coerce_arguments,
 )
+from neurobatch.io.loaders.arrays import NpyArguments, ZarrArguments, load_npy, load_zarr
+from neurobatch.io.loaders.binary import (
+    RawBinaryArguments,
+    SpikeGLXArguments,
+    load_raw_binary,
+    load_spikeglx,
+)
 from neurobatch.io.loaders.csv import PhotometryCSVArguments, load_photometry_csv
+from neurobatch.io.loaders.legacy_pickle import RGCPickleArguments, load_rgc_pickle
+from neurobatch.io.loaders.nwb import NWBArguments, load_nwb
 from neurobatch.io.loaders.parquet import PhotometryParquetArguments, load_photometry_parquet
 from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
 from neurobatch.io.loaders.tdt import TDTArguments, load_tdt
@@ -39,17 +64,30 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOADERS",
+    "ChunkedLoadFunction",
     "ColumnArguments",
     "LoadFunction",
     "LoaderArguments",
     "LoaderSpec",
+    "NWBArguments",
+    "NpyArguments",
     "PhotometryCSVArguments",
     "PhotometryParquetArguments",
+    "RGCPickleArguments",
+    "RawBinaryArguments",
+    "SpikeGLXArguments",
     "TDTArguments",
+    "ZarrArguments",
+    "load_npy",
+    "load_nwb",
     "load_photometry_csv",
     "load_photometry_parquet",
+    "load_raw_binary",
     "load_recording",
+    "load_rgc_pickle",
+    "load_spikeglx",
     "load_tdt",
+    "load_zarr",
     "read_sidecar",
     "resolve_sidecar",
 ]
@@ -70,6 +108,22 @@ class LoadFunction(Protocol):
         ...
 
 
+class ChunkedLoadFunction(Protocol):
+    """A lazy loader: ``load(url, arguments, *, storage_options=None, chunk_memory=...)``."""
+
+    def __call__(
+        self,
+        url: str,
+        arguments: Any,
+        /,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        chunk_memory: int = ...,
+    ) -> xr.Dataset:
+        """Load one input lazily, chunked along time or frames from ``chunk_memory`` bytes."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """One input format: its name, arguments model, target kind and load function.
@@ -85,18 +139,24 @@ class LoaderSpec:
         Whether each input is a file or a folder.
     load : LoadFunction
         ``load(url, arguments, *, storage_options=None) -> xarray.Dataset``.
+    chunked : bool, default False
+        Whether ``load`` reads lazily and also takes ``chunk_memory`` (a
+        :class:`ChunkedLoadFunction`).
 
     Examples
     --------
     >>> spec = LOADERS["photometry-csv"]
     >>> spec.target, spec.arguments.model_validate({"event_cols": ["cue"]}).event_names()
     ('file', ['cue'])
+    >>> LOADERS["spikeglx"].chunked, LOADERS["tdt"].chunked
+    (True, False)
     """
 
     format: str
     arguments: type[LoaderArguments]
     target: Literal["file", "folder"]
     load: LoadFunction
+    chunked: bool = False
 
 
 #: Every loader format by name.
@@ -108,6 +168,12 @@ LOADERS: dict[str, LoaderSpec] = {
             "photometry-parquet", PhotometryParquetArguments, "file", load_photometry_parquet
         ),
         LoaderSpec("tdt", TDTArguments, "folder", load_tdt),
+        LoaderSpec("spikeglx", SpikeGLXArguments, "file", load_spikeglx, chunked=True),
+        LoaderSpec("raw-binary", RawBinaryArguments, "file", load_raw_binary, chunked=True),
+        LoaderSpec("nwb", NWBArguments, "file", load_nwb, chunked=True),
+        LoaderSpec("npy", NpyArguments, "file", load_npy, chunked=True),
+        LoaderSpec("zarr", ZarrArguments, "folder", load_zarr, chunked=True),
+        LoaderSpec("rgc-pickle", RGCPickleArguments, "file", load_rgc_pickle, chunked=True),
     )
 }
 
@@ -118,8 +184,9 @@ def load_recording(
     *,
     format: str,
     storage_options: Mapping[str, Any] | None = None,
+    chunk_memory: int | None = None,
 ) -> xr.Dataset:
-    """Load one input of any registered format into a Recording Dataset.
+    """Load one input of any registered format into a Recording (or Movie) Dataset.
 
     Parameters
     ----------
@@ -132,11 +199,15 @@ def load_recording(
         The format's name, a key of :data:`LOADERS`.
     storage_options : mapping, optional
         Passed to fsspec.
+    chunk_memory : int, optional
+        Bytes per chunk for the lazy formats (``LOADERS[format].chunked``); their default
+        (64 MiB) when None. The in-memory formats ignore it.
 
     Returns
     -------
     xarray.Dataset
-        The Recording Dataset: ``signal(time)``, ``isosbestic(time)`` (absent in
+        For the lazy formats, see each loader (e.g. ``traces(time, channel)``,
+        ``frames(frame, y, x)``). For the photometry formats the Recording Dataset: ``signal(time)``, ``isosbestic(time)`` (absent in
         single-channel mode), float64 on the coordinate ``time`` (seconds);
         ``event_time(event)`` sorted by time with coordinate ``event_name(event)``; attrs
         ``sampling_rate``, ``event_names``, ``source``, ``n_samples`` and the sidecar's
@@ -167,7 +238,7 @@ def load_recording(
     >>> load_recording("memory://registry-doc/a.csv", {}, format="photometry-cvs")
     Traceback (most recent call last):
     ...
-    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt')
+    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt', 'spikeglx', 'raw-binary', 'nwb', 'npy', 'zarr', 'rgc-pickle')
     """
     spec = LOADERS.get(format)
     if spec is None:
@@ -177,4 +248,7 @@ def load_recording(
         raise ConfigError(f"unknown loader format {format!r}{hint} (known: {known})")
     arguments = coerce_arguments(loader_arguments, spec.arguments, fmt=format)
     logger.debug("loading %s as %s", url, format)
+    if spec.chunked and chunk_memory is not None:
+        load = cast(ChunkedLoadFunction, spec.load)
+        return load(url, arguments, storage_options=storage_options, chunk_memory=chunk_memory)
     return spec.load(url, arguments, storage_options=storage_options)
