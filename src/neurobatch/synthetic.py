@@ -335,6 +335,7 @@ kind: sta
 input:
   url: data                      # relative to this file; any fsspec URL works (s3://...)
   pattern: "*.zarr"
+  target: folder                 # a Zarr store is a folder
 loader:
   format: zarr                   # frames(frame, y, x), spike_time(spike), unit(spike)
 sta:
@@ -373,7 +374,7 @@ def demo_pipeline_file(folder: str | Path, kind: str = "photometry") -> Path:
     --------
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     demo_pipeline_file(tmp, "sta").read_text().splitlines()[2]
+    ...     demo_pipeline_file(tmp, "sta").read_text().splitlines()[1]
     'name: neurobatch-demo-sta'
     """
     path = Path(folder) / "pipeline.yaml"

@@ -358,6 +358,7 @@ def _ingest(job: _ItemJob, outcome: ItemOutcome) -> tuple[xr.Dataset, str]:
                 job.loader_arguments,
                 format=job.format,
                 storage_options=config.input.storage_options,
+                chunk_memory=config.engine.chunk_memory,
             )
             # a movie is chunked by frames, which may be large: no minimum chunk length
             dim, minimum = ("time", 4096) if "time" in recording.dims else ("frame", 1)
