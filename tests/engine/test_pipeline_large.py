@@ -1,0 +1,160 @@
+"""The filter and sta pipelines end to end on real clusters, against whole-array references."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.signal
+import xarray as xr
+from aind_data_schema.core.processing import Processing
+from distributed import Client
+
+from neurobatch import synthetic
+from neurobatch.engine.pipeline import Pipeline
+
+FS = 30_000.0
+
+
+@pytest.fixture(scope="module")
+def ephys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
+    folder = tmp_path_factory.mktemp("ephys")
+    recording = synthetic.ephys_recording(n_channels=12, duration_s=4.0, fs=FS, seed=7).recording
+    synthetic.write_spikeglx(recording, str(folder / "probe.bin"))
+    return folder, recording.load()
+
+
+def _filter_config(data: Path, out: Path, **filter_settings: Any) -> dict[str, Any]:
+    return {
+        "name": "filter-test",
+        "kind": "filter",
+        "input": {"url": str(data), "pattern": "*.bin"},
+        "loader": {"format": "spikeglx"},
+        "filter": {"cutoff_hz": [300.0, 6000.0], "order": 3, "dtype": "float64"} | filter_settings,
+        "output": {"url": str(out)},
+    }
+
+
+@pytest.mark.parametrize("chunk_memory", [96_000, 1_000_003, 64 * 2**20])
+@pytest.mark.parametrize("reference", ["none", "median"])
+def test_filter_equals_whole_array_sosfiltfilt(
+    ephys: tuple[Path, xr.Dataset],
+    tmp_path: Path,
+    local_client: Client,
+    chunk_memory: int,
+    reference: str,
+) -> None:
+    data, recording = ephys
+    config = _filter_config(data, tmp_path / "out", common_reference=reference)
+    config["engine"] = {"chunk_memory": chunk_memory}
+    summary = Pipeline(config).run(client=local_client)
+    assert summary.n_done == 1
+    filtered = xr.open_zarr(tmp_path / "out" / "items" / "probe" / "filtered.zarr")
+    assert filtered["traces"].dtype == np.float64
+    assert filtered.attrs["units"] == "uV"
+    # the whole-array reference, written out with SciPy
+    uv = recording["traces"].to_numpy().astype(np.float64) * recording.attrs["gain_uv"]
+    if reference == "median":
+        uv = uv - np.median(uv, axis=1, keepdims=True)
+    sos = scipy.signal.butter(3, [300.0, 6000.0], btype="bandpass", fs=FS, output="sos")
+    whole = scipy.signal.sosfiltfilt(sos, uv, axis=0)
+    got = filtered["traces"].to_numpy()
+    assert np.abs(got - whole).max() <= 1e-9 * np.abs(whole).max()
+    np.testing.assert_array_equal(filtered["time"].to_numpy(), recording["time"].to_numpy())
+
+
+def _loop_sta(
+    frames: np.ndarray,
+    times: np.ndarray,
+    units: np.ndarray,
+    *,
+    fps: float,
+    onset: float,
+    n_lags: int,
+) -> tuple[dict[Any, np.ndarray], dict[Any, int], int]:
+    """The per-spike Python loop of the retinal-ganglion pipeline, in float64."""
+    sums: dict[Any, np.ndarray] = {}
+    counts: dict[Any, int] = {}
+    excluded = 0
+    for t, unit in zip(times, units, strict=True):
+        frame = math.floor((t - onset) * fps)
+        if frame < n_lags - 1 or frame >= frames.shape[0]:
+            excluded += 1
+            continue
+        window = np.stack([frames[frame - k] for k in range(n_lags)]).astype(np.float64)
+        sums[unit] = sums.get(unit, 0) + window
+        counts[unit] = counts.get(unit, 0) + 1
+    return {u: sums[u] / counts[u] for u in sums}, counts, excluded
+
+
+def test_sta_pipeline_equals_the_spike_loop_and_recovers_planted_fields(
+    tmp_path: Path, local_client: Client
+) -> None:
+    n_lags = 6
+    planted = synthetic.receptive_field_movie(
+        n_frames=6_000,
+        height=8,
+        width=8,
+        n_units=5,
+        fps=60.0,
+        n_lags=n_lags,
+        seed=11,
+        n_silent=1,
+        outside_s=1.5,
+        chunk_frames=700,
+    )
+    data = tmp_path / "data"
+    synthetic.write_movie(planted.movie, str(data / "retina.zarr"), chunk_memory=100_000)
+    config = {
+        "name": "sta-test",
+        "kind": "sta",
+        "input": {"url": str(data), "pattern": "*.zarr", "target": "folder"},
+        "loader": {"format": "zarr"},
+        "sta": {"n_lags": n_lags, "delay_frames": 3},
+        "output": {"url": str(tmp_path / "out"), "dashboards": "png"},
+    }
+    summary = Pipeline(config).run(client=local_client)
+    assert summary.n_done == 1, summary
+    result = xr.open_zarr(tmp_path / "out" / "items" / "retina.zarr" / "sta.zarr").load()
+    movie = planted.movie.load()
+    expected, counts, excluded = _loop_sta(
+        movie["frames"].to_numpy(),
+        movie["spike_time"].to_numpy(),
+        movie["unit"].to_numpy(),
+        fps=60.0,
+        onset=movie.attrs["stimulus_onset"],
+        n_lags=n_lags,
+    )
+    units = result["unit"].to_numpy().tolist()
+    assert units == movie["unit_ids"].to_numpy().tolist()
+    for i, unit in enumerate(units):
+        if unit in expected:
+            np.testing.assert_allclose(result["sta"][i].to_numpy(), expected[unit], rtol=1e-12)
+            assert int(result["n_spikes"][i]) == counts[unit]
+        else:  # the silent unit: NaN, and a warning in its log
+            assert np.isnan(result["sta"][i]).all()
+    assert int(result[["n_before", "n_after", "n_too_early"]].to_array().sum()) == excluded
+    assert excluded > 0  # spikes before and after the movie were planted
+    # the collapsed STRF: the mean of frames N-2 .. N
+    np.testing.assert_allclose(result["strf"], result["sta"].isel(lag=slice(0, 3)).mean("lag"))
+    # the planted receptive fields come back
+    truth = planted.receptive_fields.to_numpy()
+    for i, unit in enumerate(units):
+        if unit in expected:
+            r = np.corrcoef(result["sta"][i].to_numpy().ravel(), truth[i].ravel())[0, 1]
+            assert r >= 0.9, (unit, r)
+    log = (tmp_path / "out" / "logs" / "retina.zarr.log").read_text()
+    assert "have no usable spikes, so their STA is NaN" in log
+    items = pd.read_parquet(tmp_path / "out" / "items.parquet")
+    details = json.loads(items["details"].iloc[0])
+    assert details["n_units"] == 5
+    for figure in ("retina.zarr.sta.png", "retina.zarr.strf.png"):
+        assert (tmp_path / "out" / "dashboards" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = Processing.model_validate_json((tmp_path / "out" / "processing.json").read_text())
+    assert record.process_names == ["ingest", "sta"]
+    assert record.dependency_graph == {"ingest": [], "sta": ["ingest"]}
