@@ -24,6 +24,12 @@ from distributed import Client
 from neurobatch import synthetic
 from neurobatch.engine.monitor import ResourceMonitor
 from neurobatch.engine.pipeline import Pipeline, RunError
+from neurobatch.engine.provenance import (
+    StageRecord,
+    append_processing,
+    build_processing,
+    read_processing,
+)
 from neurobatch.redact import REDACTED
 
 EVENTS = list(synthetic.EVENT_NAMES)
@@ -354,3 +360,30 @@ def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path)
     assert processing.notes is not None
     assert processing.notes.startswith("run interrupted (SystemExit: 143) after 0 of 3 item(s)")
     assert processing.process_names == ["combine"]
+
+
+def test_records_append_atomically_on_object_storage(s3_options: dict[str, Any]) -> None:
+    url = "s3://lab/provenance-test/processing.json"
+
+    def run(*stages: str) -> Processing:
+        now = time.time()
+        records = [StageRecord(s, now, now + 1, [], {"stage": s}, "items") for s in stages]
+        return build_processing(
+            records,
+            pipeline_name="s3",
+            pipeline_parameters={"input": {"storage_options": s3_options}},
+            samples=pd.DataFrame(),
+            hosts={},
+            experimenters=["Ada Lovelace"],
+        )
+
+    first = append_processing(url, run("ingest", "preprocess"), storage_options=s3_options)
+    second = append_processing(url, run("preprocess"), storage_options=s3_options)
+    stored = read_processing(url, storage_options=s3_options)
+    assert stored == second
+    assert stored is not None and stored.process_names == ["ingest", "preprocess", "preprocess_1"]
+    assert stored.data_processes[:2] == first.data_processes
+    assert (stored.dependency_graph or {})["preprocess_1"] == ["ingest"]
+    fs = fsspec.filesystem("s3", **s3_options)
+    assert fs.ls("lab/provenance-test") == ["lab/provenance-test/processing.json"]  # no leftovers
+    assert s3_options["secret"].encode() not in fs.cat_file("lab/provenance-test/processing.json")
