@@ -705,7 +705,7 @@ def test_registry() -> None:
         "raw-binary": "file",
         "nwb": "file",
         "npy": "file",
-        "zarr": "file",
+        "zarr": "folder",  # a Zarr store is a folder
         "rgc-pickle": "file",
     }
     common = {
