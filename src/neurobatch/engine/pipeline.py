@@ -507,7 +507,9 @@ def _run_filter(job: _ItemJob, outcome: ItemOutcome) -> None:
                 recording.sizes["time"],
                 outcome.sampling_rate,
             )
-            filtered = stages.filter_traces(recording, params)
+            filtered = stages.filter_traces(
+                recording, params, chunk_memory=config.engine.chunk_memory
+            )
             store.remove(url, storage_options=so)
             store.write_dataset(
                 filtered, url, chunk_memory=config.engine.chunk_memory, storage_options=so

@@ -455,7 +455,9 @@ def _column(value: Any, n: int) -> np.ndarray:
 # --- large recordings: ephys filtering and spike-triggered averages -------------------------
 
 
-def filter_traces(recording: xr.Dataset, params: EphysFilterConfig) -> xr.Dataset:
+def filter_traces(
+    recording: xr.Dataset, params: EphysFilterConfig, *, chunk_memory: int | None = None
+) -> xr.Dataset:
     """Zero-phase filter every channel of an ephys recording, lazily, in µV.
 
     The raw ``traces(time, channel)`` (integers, say) become float64 and, when the
@@ -472,6 +474,9 @@ def filter_traces(recording: xr.Dataset, params: EphysFilterConfig) -> xr.Datase
         ``traces(time, channel)`` chunked along ``time`` only, and ``sampling_rate``.
     params : neurobatch.config.EphysFilterConfig
         Type, cutoff(s), order, common reference and the stored dtype.
+    chunk_memory : int, optional
+        Bytes of one float64 block across all channels: the raw chunks (sized for their
+        narrower integers) are split to fit it, so a task's memory follows the budget.
 
     Returns
     -------
@@ -513,6 +518,10 @@ def filter_traces(recording: xr.Dataset, params: EphysFilterConfig) -> xr.Datase
     x = traces.data if isinstance(traces.data, da.Array) else da.from_array(traces.values)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
+    if chunk_memory is not None:
+        rows = max(1, chunk_memory // (8 * max(1, x.shape[1])))
+        if max(x.chunks[0]) > rows:
+            x = x.rechunk({0: rows})
     x = x.astype(np.float64)
     gain = recording.attrs.get("gain_uv")
     if gain is not None:
