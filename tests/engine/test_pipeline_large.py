@@ -13,7 +13,7 @@ import pytest
 import scipy.signal
 import xarray as xr
 from aind_data_schema.core.processing import Processing
-from distributed import Client
+from distributed import Client, LocalCluster
 
 from neurobatch import synthetic
 from neurobatch.engine.pipeline import Pipeline
@@ -66,6 +66,50 @@ def test_filter_equals_whole_array_sosfiltfilt(
     got = filtered["traces"].to_numpy()
     assert np.abs(got - whole).max() <= 1e-9 * np.abs(whole).max()
     np.testing.assert_array_equal(filtered["time"].to_numpy(), recording["time"].to_numpy())
+
+
+def test_filter_stays_within_worker_memory_on_a_recording_larger_than_it(
+    tmp_path: Path,
+) -> None:
+    """One worker of 600 MiB filters a 634 MB recording: out of core, under its limit."""
+    data = tmp_path / "data"
+    recording = synthetic.ephys_recording(n_channels=32, duration_s=330.0, fs=FS, seed=3)
+    synthetic.write_spikeglx(recording.recording, str(data / "long.bin"))
+    limit = 600 * 2**20
+    assert (data / "long.bin").stat().st_size > limit
+    config = _filter_config(data, tmp_path / "out")
+    config["filter"]["dtype"] = "float32"
+    config["engine"] = {"chunk_memory": 8 * 2**20}
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            memory_limit=limit,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        summary = Pipeline(config).run(client=client)
+    assert summary.n_done == 1, summary
+    record = Processing.model_validate_json(
+        (tmp_path / "out" / "items" / "long" / "processing.json").read_text()
+    )
+    assert record.process_names == ["ingest", "filter"]
+    for process in record.data_processes:
+        usage = process.resources
+        assert usage is not None and usage.ram_usage
+        # the worker's memory as a percent of its limit, sampled at each heartbeat
+        assert max(u.usage for u in usage.ram_usage) < 100, process.name
+    filtered = xr.open_zarr(tmp_path / "out" / "items" / "long" / "filtered.zarr")
+    assert filtered["traces"].shape == recording.recording["traces"].shape
+    # a stretch in the middle against SciPy on a wider stretch around it (float32 storage)
+    sos = scipy.signal.butter(3, [300.0, 6000.0], btype="bandpass", fs=FS, output="sos")
+    wide = recording.recording["traces"][4_000_000:4_900_000].to_numpy().astype(np.float64)
+    reference = scipy.signal.sosfiltfilt(sos, wide * recording.recording.attrs["gain_uv"], axis=0)
+    got = filtered["traces"][4_300_000:4_600_000].to_numpy()
+    middle = reference[300_000:600_000]
+    assert np.abs(got - middle).max() <= 1e-5 * np.abs(middle).max()
 
 
 def _loop_sta(
