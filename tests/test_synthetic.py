@@ -125,7 +125,8 @@ def test_write_movie_round_trips_through_zarr(planted: PlantedMovie, tmp_path: P
     labelled = movie.assign_coords(unit=("spike", [f"cell-{u}" for u in movie.unit.values]))
     labelled["unit_ids"] = ("unit", [f"cell-{u}" for u in movie.unit_ids.values])
     path = tmp_path / "movie.zarr"
-    write_movie(labelled, str(path), chunk_memory=500 * 6 * 6 * 4)
+    # a chunk of 500 frames of 6 x 6 float32 and their float64 times
+    write_movie(labelled, str(path), chunk_memory=500 * (6 * 6 * 4 + 8))
     back = xr.open_zarr(path)
     assert back.frames.chunks is not None
     assert back.frames.chunks[0][:2] == (500, 500)

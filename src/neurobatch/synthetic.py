@@ -1345,7 +1345,8 @@ def write_movie(
     path : str
         Local path or fsspec URL of the store; overwritten.
     chunk_memory : int, default 64 MiB
-        Bytes of one chunk of frames.
+        Bytes of one chunk of frames (with their times); see
+        :func:`neurobatch.io.store.write_dataset`.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
 
@@ -1366,18 +1367,17 @@ def write_movie(
     Examples
     --------
     >>> movie, _ = receptive_field_movie(n_frames=300, height=4, width=4, n_units=2, n_lags=3)
-    >>> write_movie(movie, "memory://docs/movie.zarr", chunk_memory=64 * 16 * 4)
+    >>> write_movie(movie, "memory://docs/movie.zarr", chunk_memory=64 * (16 * 4 + 8))
     >>> back = xr.open_zarr("memory://docs/movie.zarr")
     >>> back.frames.chunks[0][:3], back.attrs["fps"]
     ((64, 64, 64), 60.0)
     >>> bool((back.spike_time.values == movie.spike_time.values).all())
     True
     """
-    # the private helpers are io.store's own way of writing strings and consolidating
-    from neurobatch.io.store import _consolidate, _with_zarr_strings, to_json_safe, zarr_store
+    from neurobatch.io import store
 
     where = f"cannot write {path} as a movie"
-    frames = _require(ds, "frames", ("frame", "y", "x"), where)
+    _require(ds, "frames", ("frame", "y", "x"), where)
     _require(ds, "spike_time", ("spike",), where)
     missing = [key for key in ("fps", "stimulus_onset") if key not in ds.attrs]
     if missing:
@@ -1385,27 +1385,12 @@ def write_movie(
             f"{where}: attrs lack {missing}; expected fps (Hz) and stimulus_onset (s)."
         )
     chunk_memory = _validate_positive_int(chunk_memory, "chunk_memory")
-    n_frames, height, width = (int(v) for v in frames.shape)
-    bytes_per_frame = frames.dtype.itemsize * height * width
-    per_chunk = min(max(1, n_frames), max(1, chunk_memory // max(1, bytes_per_frame)))
-    prepared = _with_zarr_strings(ds)
-    prepared.attrs = to_json_safe(dict(ds.attrs), name=f"attrs of {path}")
-    encoding: dict[str, dict[str, Any]] = {}
-    for name, variable in list(prepared.variables.items()):
-        variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of {name!r} in {path}")
-        if "frame" in variable.dims:
-            chunks = tuple(
-                per_chunk if d == "frame" else size for d, size in variable.sizes.items()
-            )
-            encoding[str(name)] = {"chunks": chunks}
-            if variable.chunks is not None:
-                # dask chunks must tile the store's chunks for to_zarr to write them in parallel
-                rechunked = variable.chunk(dict(zip(variable.dims, chunks, strict=True)))
-                if name in prepared.coords:
-                    prepared = prepared.assign_coords({name: rechunked})
-                else:
-                    prepared[name] = rechunked
-    store = zarr_store(path, storage_options=storage_options)
-    logger.debug("writing movie %s: %d frames per chunk", path, per_chunk)
-    prepared.to_zarr(store, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
-    _consolidate(store)
+    # frames can be large: no minimum number of frames per chunk
+    store.write_dataset(
+        ds,
+        path,
+        chunk_memory=chunk_memory,
+        storage_options=storage_options,
+        dim="frame",
+        minimum=1,
+    )
