@@ -361,7 +361,8 @@ def test_zarr_reads_the_synthetic_movie_writer(tmp_path: Path) -> None:
 
     written, _ = receptive_field_movie(n_frames=120, height=4, width=5, n_units=3, n_lags=3)
     url = str(tmp_path / "movie.zarr")
-    write_movie(written, url, chunk_memory=32 * int(written.frames[0].nbytes))
+    # 32 frames with their float64 times per chunk
+    write_movie(written, url, chunk_memory=32 * (int(written.frames[0].nbytes) + 8))
     with raise_if_dask_computes():
         ds = load_zarr(url, {"kind": "frames"})
     assert ds.frames.data.chunks[0] == (32, 32, 32, 24)
