@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         status: int = args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return 1
     finally:
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--only", action="append", metavar="ITEM", help="process only this item (repeatable)"
     )
-    run.add_argument("--workers", type=_positive_int, help="worker processes of a local cluster")
+    _cluster_arguments(run, workers_default=None)
     run.set_defaults(run=_run)
 
     discover = commands.add_parser(
@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--channels", type=_positive_int, default=64, help="channels of a filter demo (64)"
     )
-    demo.add_argument("--workers", type=_positive_int, default=2, help="worker processes (2)")
+    _cluster_arguments(demo, workers_default=2)
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     demo.set_defaults(run=_run_demo)
 
@@ -179,6 +179,19 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     check.set_defaults(run=_run_check)
 
+    cluster = commands.add_parser(
+        "cluster",
+        help="print what a pipeline file would submit: a job script or a DaskCluster manifest",
+        description=(
+            "Render, without submitting anything, the batch script of each worker job "
+            "(slurm, pbs) or the DaskCluster manifest (kubernetes) of the pipeline file's "
+            "cluster section; for local and address clusters, print the section itself."
+        ),
+    )
+    cluster.add_argument("file", help="the pipeline file (YAML or TOML)")
+    _cluster_arguments(cluster, workers_default=None)
+    cluster.set_defaults(run=_cluster)
+
     provenance = commands.add_parser(
         "provenance",
         help="summarise the processing record of an output folder",
@@ -200,6 +213,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cluster_arguments(parser: argparse.ArgumentParser, workers_default: int | None) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="KIND",
+        help=(
+            "run on this cluster instead of the file's: local, slurm, pbs, kubernetes, or a "
+            "scheduler address such as tcp://HOST:8786 (the file's settings are kept when "
+            "it names the same kind)"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=workers_default,
+        help="worker processes (for an address: how many to wait for)"
+        + (f" ({workers_default})" if workers_default else ""),
+    )
+
+
+def _cluster_config(config: Any, args: argparse.Namespace) -> Any:
+    """The pipeline config with ``--cluster`` and ``--workers`` applied."""
+    from neurobatch.engine.cluster import override
+
+    cluster = config.cluster
+    if args.cluster:
+        cluster = override(cluster, args.cluster)
+    if args.workers:
+        cluster = cluster.model_copy(update={"n_workers": args.workers})
+    return config.model_copy(update={"cluster": cluster})
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    import yaml
+
+    from neurobatch.config import JobqueueClusterConfig, KubernetesClusterConfig, load_config
+    from neurobatch.engine.cluster import job_script, kubernetes_spec
+
+    cluster = _cluster_config(load_config(args.file), args).cluster
+    if isinstance(cluster, JobqueueClusterConfig):
+        print(job_script(cluster), end="")
+    elif isinstance(cluster, KubernetesClusterConfig):
+        print(yaml.safe_dump(kubernetes_spec(cluster), sort_keys=False), end="")
+    else:
+        print(yaml.safe_dump({"cluster": cluster.model_dump(mode="json")}, sort_keys=False), end="")
+    return 0
+
+
 def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
     import logging
 
@@ -209,9 +269,7 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
     cluster_log = logging.getLogger("neurobatch.engine.cluster")
     cluster_log.setLevel(logging.INFO)
     cluster_log.addHandler(logging.StreamHandler(sys.stdout))
-    if getattr(args, "workers", None):
-        cluster = pipeline.config.cluster.model_copy(update={"n_workers": args.workers})
-        pipeline.config = pipeline.config.model_copy(update={"cluster": cluster})
+    pipeline.config = _cluster_config(pipeline.config, args)
     try:
         summary = pipeline.run(
             reprocess=getattr(args, "reprocess", False), only=getattr(args, "only", None)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from neurobatch.engine.provenance import (
     read_processing,
 )
 from neurobatch.redact import REDACTED
+from processes import dask_processes, wait_for
 
 EVENTS = list(synthetic.EVENT_NAMES)
 
@@ -206,75 +205,13 @@ def test_a_failed_run_still_leaves_its_record(tmp_path: Path, local_client: Clie
     assert "broken" in outputs["failures"]
 
 
-def _wait_for(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def preloaded_cluster(tmp_path: Path) -> Iterator[str]:
     """``dask scheduler --preload neurobatch.engine.monitor`` and two ``dask worker``s."""
-    dask = shutil.which("dask", path=os.path.dirname(sys.executable))
-    assert dask is not None, "the dask command is installed with distributed"
-    scheduler_file = tmp_path / "scheduler.json"
-    environment = os.environ | {"PYTHONWARNINGS": "ignore"}
-    scheduler = subprocess.Popen(
-        [
-            dask,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            "127.0.0.1:0",
-            "--preload",
-            "neurobatch.engine.monitor",
-            "--scheduler-file",
-            str(scheduler_file),
-        ],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "scheduler.log").open("w"),
-    )
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        _wait_for(scheduler_file)
-        for i in range(2):
-            workers.append(
-                subprocess.Popen(
-                    [
-                        dask,
-                        "worker",
-                        "--scheduler-file",
-                        str(scheduler_file),
-                        "--nthreads",
-                        "1",
-                        "--memory-limit",
-                        "1GiB",
-                        "--host",
-                        "127.0.0.1",
-                        "--no-dashboard",
-                        "--name",
-                        f"worker-{i}",
-                    ],
-                    env=environment,
-                    stdout=subprocess.DEVNULL,
-                    stderr=(tmp_path / f"worker-{i}.log").open("w"),
-                )
-            )
-        yield str(scheduler_file)
-    finally:
-        for process in [*workers, scheduler]:  # workers before the scheduler
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with dask_processes(
+        tmp_path, scheduler_arguments=["--preload", "neurobatch.engine.monitor"]
+    ) as cluster:
+        yield str(cluster.scheduler_file)
 
 
 def test_a_scheduler_started_by_hand_with_the_preload(
@@ -348,7 +285,7 @@ def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path)
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # wait until an item is inside its (endless) trials stage
-        _wait_for(tmp_path / "out" / "items" / "experiment_001" / "preprocessed.zarr", 120)
+        wait_for(tmp_path / "out" / "items" / "experiment_001" / "preprocessed.zarr", 120)
         time.sleep(1.0)
         run.send_signal(signal.SIGTERM)
         status = run.wait(timeout=120)

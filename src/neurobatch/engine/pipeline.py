@@ -37,7 +37,7 @@ from distributed import Client, Future, as_completed, get_worker
 
 from neurobatch.config import PipelineConfig, import_object, load_config, stage_parameters
 from neurobatch.engine import stages
-from neurobatch.engine.cluster import connect
+from neurobatch.engine.cluster import connect, planned_threads
 from neurobatch.engine.ledger import stage_key
 from neurobatch.engine.monitor import DRIVER, Recorder
 from neurobatch.engine.provenance import (
@@ -181,6 +181,8 @@ class _ItemJob:
     hooks: dict[str, Callable[..., Any]]
     output_url: str
     reprocess: bool
+    run_id: str
+    """Stamped on every commit marker, so that a retried task knows its own run's outputs."""
 
 
 # --- small I/O helpers -----------------------------------------------------------------------
@@ -332,11 +334,32 @@ def _hook_names(job: _ItemJob) -> dict[str, str]:
     return {name: getattr(h, "__qualname__", repr(h)) for name, h in job.hooks.items()}
 
 
-def _done(job: _ItemJob, url: str, key: str) -> dict[str, Any] | None:
-    """The commit marker of a stage's output when it carries ``key`` (and no reprocess)."""
+def _done(
+    job: _ItemJob, outcome: ItemOutcome, url: str, key: str, stage: str
+) -> dict[str, Any] | None:
+    """The commit marker of a stage's output when it carries ``key`` (and no reprocess).
+
+    A stage found done is noted as skipped, unless this same run committed it: then a
+    worker finished it but died before handing the item back, Dask reran the item's task,
+    and the stage counts as run.
+    """
     so = job.config.output.storage_options
     marker = None if job.reprocess else store.read_commit(url, storage_options=so)
-    return marker if marker is not None and marker.get("key") == key else None
+    if marker is None or marker.get("key") != key:
+        return None
+    if marker.get("run") == job.run_id:
+        logger.info("%s: committed earlier in this run (by a worker since lost); kept", stage)
+        outcome.stages_run.append(stage)
+    else:
+        outcome.stages_skipped.append(stage)
+    return marker
+
+
+def _commit(job: _ItemJob, url: str, marker: Mapping[str, Any]) -> None:
+    """Mark a stage's output complete, stamped with the run that made it."""
+    store.commit(
+        url, {**marker, "run": job.run_id}, storage_options=job.config.output.storage_options
+    )
 
 
 def _ingest(job: _ItemJob, outcome: ItemOutcome) -> tuple[xr.Dataset, str]:
@@ -350,7 +373,7 @@ def _ingest(job: _ItemJob, outcome: ItemOutcome) -> tuple[xr.Dataset, str]:
     key = stage_key(
         "ingest", {"format": job.format, **job.loader_arguments}, upstream=job.fingerprint
     )
-    if _done(job, url, key) is None:
+    if _done(job, outcome, url, key, "ingest") is None:
         with _stage(outcome, "ingest"):
             logger.info("ingesting %s", job.url)
             recording = load_recording(
@@ -371,9 +394,7 @@ def _ingest(job: _ItemJob, outcome: ItemOutcome) -> tuple[xr.Dataset, str]:
                 dim=dim,
                 minimum=minimum,
             )
-            store.commit(url, {"key": key, "input": job.url}, storage_options=so)
-    else:
-        outcome.stages_skipped.append("ingest")
+            _commit(job, url, {"key": key, "input": job.url})
     recording = store.open_dataset(url, storage_options=so)
     rate = recording.attrs.get("sampling_rate")
     outcome.sampling_rate = None if rate is None else float(rate)
@@ -404,11 +425,8 @@ def _run_photometry(job: _ItemJob, outcome: ItemOutcome) -> None:
         upstream=preprocess_key,
     )
 
-    def done(url: str, key: str) -> dict[str, Any] | None:
-        return _done(job, url, key)
-
     # preprocess: filter, fit, correct, normalise
-    marker = done(processed_url, preprocess_key)
+    marker = _done(job, outcome, processed_url, preprocess_key, "preprocess")
     if marker is None:
         with _stage(outcome, "preprocess"):
             logger.info(
@@ -427,9 +445,7 @@ def _run_photometry(job: _ItemJob, outcome: ItemOutcome) -> None:
             )
             store.remove(scratch_url, storage_options=so)
             marker = {"key": preprocess_key, "fit": processed.attrs.get("fit")}
-            store.commit(processed_url, marker, storage_options=so)
-    else:
-        outcome.stages_skipped.append("preprocess")
+            _commit(job, processed_url, marker)
     outcome.fit = marker.get("fit")
     if outcome.fit:
         logger.info(
@@ -442,7 +458,7 @@ def _run_photometry(job: _ItemJob, outcome: ItemOutcome) -> None:
 
     trials = None
     if config.trials is not None:
-        marker = done(trials_url, trials_key)
+        marker = _done(job, outcome, trials_url, trials_key, "trials")
         if marker is None:
             with _stage(outcome, "trials"):
                 processed = store.open_dataset(processed_url, storage_options=so)
@@ -461,9 +477,7 @@ def _run_photometry(job: _ItemJob, outcome: ItemOutcome) -> None:
                 dropped = {str(k): v for k, v in plan.dropped.items()}
                 n = trials.sizes["trial"]
                 marker = {"key": trials_key, "n_trials": n, "dropped": dropped}
-                store.commit(trials_url, marker, storage_options=so)
-        else:
-            outcome.stages_skipped.append("trials")
+                _commit(job, trials_url, marker)
         outcome.n_trials = int(marker["n_trials"])
         outcome.dropped = dict(marker["dropped"])
         outcome.n_dropped = len(outcome.dropped)
@@ -498,7 +512,7 @@ def _run_filter(job: _ItemJob, outcome: ItemOutcome) -> None:
         {**stage_parameters(config, "filter"), "hooks": _hook_names(job)},
         upstream=ingest_key,
     )
-    marker = _done(job, url, key)
+    marker = _done(job, outcome, url, key, "filter")
     if marker is None:
         with _stage(outcome, "filter"):
             logger.info(
@@ -515,9 +529,7 @@ def _run_filter(job: _ItemJob, outcome: ItemOutcome) -> None:
                 filtered, url, chunk_memory=config.engine.chunk_memory, storage_options=so
             )
             marker = {"key": key, "shape": list(filtered["traces"].shape)}
-            store.commit(url, marker, storage_options=so)
-    else:
-        outcome.stages_skipped.append("filter")
+            _commit(job, url, marker)
     outcome.details = {"filtered_url": url, "shape": marker["shape"]}
     if config.output.dashboards and outcome.stages_run:
         from neurobatch import plots  # matplotlib: imported only when figures are asked for
@@ -539,7 +551,7 @@ def _run_sta(job: _ItemJob, outcome: ItemOutcome) -> None:
     key = stage_key(
         "sta", {**stage_parameters(config, "sta"), "hooks": _hook_names(job)}, upstream=ingest_key
     )
-    marker = _done(job, url, key)
+    marker = _done(job, outcome, url, key, "sta")
     if marker is None:
         with _stage(outcome, "sta"):
             logger.info(
@@ -567,9 +579,7 @@ def _run_sta(job: _ItemJob, outcome: ItemOutcome) -> None:
                 for name in ("n_spikes", "n_before", "n_after", "n_too_early")
             }
             marker = {"key": key, "n_units": result.sizes["unit"], **counts}
-            store.commit(url, marker, storage_options=so)
-    else:
-        outcome.stages_skipped.append("sta")
+            _commit(job, url, marker)
     outcome.details = {k: v for k, v in marker.items() if k != "key"} | {"sta_url": url}
     logger.info(
         "%d units; spikes used %d, excluded %d before the movie, %d after it, %d too early "
@@ -1012,7 +1022,7 @@ class Pipeline:
         with _captured_log() as run_log, dask.config.set(scheduler="threads"):
             try:
                 manifest = self._select(self.discover(), only)
-                jobs = self._jobs(manifest, resolved_hooks, reprocess)
+                jobs = self._jobs(manifest, resolved_hooks, reprocess, f"{time.time_ns():x}")
                 with ExitStack() as stack:
                     if client is None:
                         client = stack.enter_context(connect(config.cluster))
@@ -1068,7 +1078,11 @@ class Pipeline:
         return manifest[manifest["item_id"].isin(only)].reset_index(drop=True)
 
     def _jobs(
-        self, manifest: pd.DataFrame, hooks: dict[str, Callable[..., Any]], reprocess: bool
+        self,
+        manifest: pd.DataFrame,
+        hooks: dict[str, Callable[..., Any]],
+        reprocess: bool,
+        run_id: str,
     ) -> list[_ItemJob]:
         return [
             _ItemJob(
@@ -1081,6 +1095,7 @@ class Pipeline:
                 hooks=hooks,
                 output_url=self.config.output.url,
                 reprocess=reprocess,
+                run_id=run_id,
             )
             for row in manifest.to_dict("records")
         ]
@@ -1112,28 +1127,37 @@ class Pipeline:
                     provenance.item_finished(finished, job, None)
                     advance(finished)
             return
-        max_in_flight = config.engine.max_in_flight or 2 * threads
+        planned = planned_threads(config.cluster)
+
+        def in_flight_limit() -> int:
+            # jobs and pods join while the run goes on: keep twice the threads busy,
+            # counting the planned ones so that adaptive clusters see the work to scale to
+            now = sum(client.nthreads().values())
+            return config.engine.max_in_flight or 2 * max(now, planned or 0, 1)
+
         logger.info(
-            "%s: %d item(s) on %d worker thread(s), at most %d in flight; dashboard %s",
+            "%s: %d item(s) on %d worker thread(s)%s, at most %d in flight; dashboard %s",
             config.name,
             len(jobs),
             threads,
-            max_in_flight,
+            f" ({planned} planned)" if planned and planned != threads else "",
+            in_flight_limit(),
             client.dashboard_link,
         )
         pending = iter(jobs)
-        token = f"{time.time_ns():x}"
         submitted: dict[Any, _ItemJob] = {}
 
         def submit_next() -> Future[ItemOutcome] | None:
             job = next(pending, None)
             if job is None:
                 return None
-            future = client.submit(process_item, job, key=f"item-{job.item_id}-{token}", pure=False)
+            future = client.submit(
+                process_item, job, key=f"item-{job.item_id}-{job.run_id}", pure=False
+            )
             submitted[future.key] = job
             return future
 
-        first = [f for f in (submit_next() for _ in range(max_in_flight)) if f is not None]
+        first = [f for f in (submit_next() for _ in range(in_flight_limit())) if f is not None]
         futures = as_completed(first, loop=client.loop)
         with _progress(len(jobs), progress) as advance:
             for future in futures:
@@ -1154,8 +1178,10 @@ class Pipeline:
                 combiner.add(outcome)
                 provenance.item_finished(outcome, job, str(future.key))
                 advance(outcome)
-                following = submit_next()
-                if following is not None:
+                while futures.count() < in_flight_limit():
+                    following = submit_next()
+                    if following is None:
+                        break
                     futures.add(following)
 
     def _finish(self, outcomes: list[ItemOutcome], n_trials: int, seconds: float) -> RunSummary:
