@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
 from hypothesis import HealthCheck, settings
+
+from neurobatch import synthetic
+from neurobatch.config import load_config
+from neurobatch.engine.pipeline import Pipeline
 
 # the default profile (CI's) draws the same examples on every run, so that a pass or a
 # failure repeats; the "slow" profile (HYPOTHESIS_PROFILE=slow) explores new ones
@@ -59,6 +64,26 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
         get = request.getfixturevalue("local_client").get
     with dask.config.set(scheduler=get):
         yield request.param
+
+
+@pytest.fixture(scope="session")
+def photometry_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photometry demo's inputs (4 recordings of 5 min at 100 Hz) and pipeline file."""
+    folder = tmp_path_factory.mktemp("photometry-demo")
+    synthetic.write_photometry_batch(folder / "data", n_items=4, duration_s=300.0, fs=100.0, seed=3)
+    return synthetic.demo_pipeline_file(folder, "photometry")
+
+
+@pytest.fixture(scope="session")
+def photometry_reference(
+    photometry_demo: Path, local_client: Client, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The output folder of the photometry demo run on the session's LocalCluster."""
+    out = tmp_path_factory.mktemp("photometry-reference") / "out"
+    config = load_config(photometry_demo)
+    output = config.output.model_copy(update={"url": str(out), "dashboards": None})
+    Pipeline(config.model_copy(update={"output": output})).run(client=local_client)
+    return out
 
 
 @contextmanager

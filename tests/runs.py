@@ -1,0 +1,29 @@
+"""Comparing the outputs of two pipeline runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from neurobatch.io import store
+
+
+def assert_same_results(out: str | Path, reference: Path, **storage_options: Any) -> None:
+    """The run at ``out`` combined the same trials and items as the one at ``reference``."""
+    trials = store.open_trials(f"{out}/trials.zarr", storage_options=storage_options).load()
+    expected = store.open_trials(str(reference / "trials.zarr")).load()
+    # the same files, wherever they were read from
+    for dataset in (trials, expected):
+        names = [str(url).rsplit("/", 1)[-1] for url in dataset["source"].to_numpy()]
+        dataset["source"] = ("trial", np.array(names, dtype=object))
+    xr.testing.assert_identical(trials, expected)
+    with fsspec.open(f"{out}/items.parquet", "rb", **storage_options) as f:
+        items = pd.read_parquet(f).set_index("item_id").sort_index()
+    expected = pd.read_parquet(reference / "items.parquet").set_index("item_id").sort_index()
+    assert (items["status"] == "done").all(), items["status"].to_dict()
+    pd.testing.assert_series_equal(items["n_trials"], expected["n_trials"])
