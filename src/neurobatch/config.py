@@ -655,9 +655,13 @@ class KubernetesClusterConfig(_Model):
     threads_per_worker: int = Field(default=1, ge=1)
     """Threads in each worker pod, also its CPU request."""
     memory: MemorySize = 4 * 2**30
-    """Memory request and limit of each worker pod."""
+    """Memory request and limit of each worker pod; Dask's own limit is 90 % of it, leaving
+    room for the nanny process before the kernel would kill the pod."""
     env: dict[str, str] = Field(default_factory=dict)
-    """Environment of the scheduler and workers (object-store credentials, ...)."""
+    """Plain environment of the scheduler and workers (not for credentials)."""
+    env_from_secrets: list[str] = Field(default_factory=list)
+    """Kubernetes Secrets whose keys become the scheduler's and workers' environment
+    (object-store credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ...)."""
     timeout_s: float = Field(default=600.0, gt=0)
     """How long to wait for the cluster and its first worker."""
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import dask
 from dask.utils import format_bytes
 from distributed import Client, LocalCluster, SpecCluster
 from distributed.security import Security
@@ -201,20 +202,46 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
 
 
 @contextmanager
+def _one_blas_thread_at_spawn() -> Iterator[None]:
+    """Spawn worker processes with :data:`ONE_BLAS_THREAD` in their environment.
+
+    BLAS pools are sized when NumPy is imported, before a Nanny's ``env`` reaches the
+    worker; only ``pre-spawn-environ`` is set before the process starts, and there the
+    driver's own environment wins over the configuration, so both are set while the
+    nannies are made (they keep the values for restarts).
+    """
+    spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
+    saved = {name: os.environ.get(name) for name in ONE_BLAS_THREAD}
+    os.environ.update(ONE_BLAS_THREAD)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn | ONE_BLAS_THREAD}):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def _local(config: LocalClusterConfig) -> Iterator[Client]:
     threads = config.threads_per_worker
     n_workers = config.n_workers or max(1, (os.cpu_count() or 1) // threads)
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            memory_limit=config.memory_limit,
-            host="127.0.0.1",
-            dashboard_address=config.dashboard_address,
-            env=ONE_BLAS_THREAD,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with ExitStack() as stack:
+        with _one_blas_thread_at_spawn():
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=threads,
+                    memory_limit=config.memory_limit,
+                    host="127.0.0.1",
+                    # no dashboard: its HTTP server still listens, on a free loopback port
+                    dashboard_address=config.dashboard_address or "127.0.0.1:0",
+                    scheduler_kwargs={"dashboard": config.dashboard_address is not None},
+                )
+            )
+        client = stack.enter_context(Client(cluster))
         logger.info(
             "LocalCluster of %d worker(s) x %d thread(s), %s each; dashboard %s",
             n_workers,
@@ -321,7 +348,14 @@ def job_script(
     ['#PBS -l select=1:ncpus=4:mem=8192MB']
     """
     _, job_class = _jobqueue_classes(config.kind)
-    job = job_class(scheduler=scheduler_address, name="WORKER", **_jobqueue_arguments(config))
+    # dask-jobqueue makes the log folder when a job is made: not when only rendering
+    log_folder = config.log_directory
+    made_here = log_folder is not None and not os.path.exists(log_folder)
+    try:
+        job = job_class(scheduler=scheduler_address, name="WORKER", **_jobqueue_arguments(config))
+    finally:
+        if made_here and log_folder is not None and not os.listdir(log_folder):
+            os.rmdir(log_folder)
     script: str = job.job_script()
     return script
 
@@ -346,8 +380,9 @@ def kubernetes_spec(config: KubernetesClusterConfig) -> dict[str, Any]:
 
     Rendered by the Dask operator's own ``make_cluster_spec``; its scheduler and worker
     commands are changed to the ``dask scheduler`` / ``dask worker`` that distributed ships
-    now, the workers get ``threads_per_worker`` threads, a memory limit and one BLAS thread
-    per worker thread, and the pods request what they use.
+    now, the workers get ``threads_per_worker`` threads, a memory limit of 90 % of their
+    pod's and one BLAS thread per worker thread, the pods request what they use, and the
+    ``env_from_secrets`` Secrets become the containers' environment.
 
     Parameters
     ----------
@@ -379,6 +414,7 @@ def kubernetes_spec(config: KubernetesClusterConfig) -> dict[str, Any]:
         "requests": {"cpu": str(config.threads_per_worker), "memory": memory},
         "limits": {"cpu": str(config.threads_per_worker), "memory": memory},
     }
+    secrets = [{"secretRef": {"name": name}} for name in config.env_from_secrets]
     spec: dict[str, Any] = make_cluster_spec(
         name=config.name,
         image=config.image,
@@ -395,9 +431,12 @@ def kubernetes_spec(config: KubernetesClusterConfig) -> dict[str, Any]:
         "--nthreads",
         str(config.threads_per_worker),
         "--memory-limit",
-        memory,
+        str(int(0.9 * config.memory)),
     ]
-    worker["resources"] = copy.deepcopy(worker_resources)
+    worker["resources"] = worker_resources
+    for container in (scheduler, worker):
+        if secrets:
+            container["envFrom"] = copy.deepcopy(secrets)
     if config.namespace is not None:
         spec["metadata"]["namespace"] = config.namespace
     return spec
