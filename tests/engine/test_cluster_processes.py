@@ -8,6 +8,7 @@ cost nothing: Dask reruns its task elsewhere, and no item is lost or combined tw
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -15,11 +16,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from neurobatch.cli import main
-from neurobatch.config import PipelineConfig, load_config
+from neurobatch.config import AddressClusterConfig, PipelineConfig, TlsConfig, load_config
+from neurobatch.engine.cluster import connect
 from neurobatch.engine.pipeline import Pipeline, RunSummary
+from neurobatch.errors import ConfigError
 from neurobatch.io import store
 from processes import dask_processes
 from runs import assert_same_results
@@ -97,3 +101,52 @@ def test_a_worker_killed_mid_run_loses_nothing(
         "n_trials"
     ]
     assert per_item.to_dict() == expected[expected > 0].to_dict()
+
+
+def test_a_tls_scheduler_by_address(tmp_path: Path) -> None:
+    # one self-signed certificate serves as the authority, the scheduler's, the worker's
+    # and the client's, as in distributed's own TLS tests
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    security = Security(
+        tls_ca_file=str(cert),
+        tls_scheduler_cert=str(cert),
+        tls_scheduler_key=str(key),
+        tls_worker_cert=str(cert),
+        tls_worker_key=str(key),
+        tls_client_cert=str(cert),
+        tls_client_key=str(key),
+        require_encryption=True,
+    )
+    with LocalCluster(
+        n_workers=1,
+        processes=False,
+        protocol="tls://",
+        host="127.0.0.1",
+        security=security,
+        dashboard_address=None,
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        tls = TlsConfig(ca_file=str(cert), cert=str(cert), key=str(key))
+        with connect(AddressClusterConfig(address=address, tls=tls)) as client:
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+        # without the certificates: one line that says what is missing
+        with (
+            pytest.raises(ConfigError, match="speaks TLS; expected a 'tls' section"),
+            connect(AddressClusterConfig(address=address)),
+        ):
+            pass
+    # a scheduler that is not there
+    with (
+        pytest.raises(OSError, match=r"cannot reach the scheduler at tcp://127\.0\.0\.1:9"),
+        connect(AddressClusterConfig(address="tcp://127.0.0.1:9", timeout_s=2)),
+    ):
+        pass

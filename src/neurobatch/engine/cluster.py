@@ -255,6 +255,16 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
 @contextmanager
 def _address(config: AddressClusterConfig) -> Iterator[Client]:
     security = None
+    if (
+        config.tls is None
+        and config.address.startswith("tls://")
+        and dask.config.get("distributed.comm.tls.ca-file", None) is None
+    ):
+        raise ConfigError(
+            f"cluster: the scheduler at {config.address} speaks TLS; expected a "
+            "'tls' section with ca_file and cert (and key), or Dask's "
+            "distributed.comm.tls configuration"
+        )
     if config.tls is not None:
         security = Security(
             tls_ca_file=config.tls.ca_file,
@@ -371,7 +381,7 @@ def _jobqueue(config: JobqueueClusterConfig) -> Iterator[SpecCluster]:
     with cluster_class(
         scheduler_options=scheduler_options, **_jobqueue_arguments(config)
     ) as cluster:
-        logger.info("%s job script:\n%s", config.kind, cluster.job_script())
+        logger.debug("%s job script:\n%s", config.kind, cluster.job_script())
         yield cluster
 
 
