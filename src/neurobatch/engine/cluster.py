@@ -358,14 +358,19 @@ def job_script(
     ['#PBS -l select=1:ncpus=4:mem=8192MB']
     """
     _, job_class = _jobqueue_classes(config.kind)
-    # dask-jobqueue makes the log folder when a job is made: not when only rendering
-    log_folder = config.log_directory
-    made_here = log_folder is not None and not os.path.exists(log_folder)
+    # dask-jobqueue makes the log folder (and its parents) when a job is made: not when
+    # only rendering
+    missing = []
+    folder = os.path.abspath(config.log_directory) if config.log_directory else None
+    while folder is not None and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
     try:
         job = job_class(scheduler=scheduler_address, name="WORKER", **_jobqueue_arguments(config))
     finally:
-        if made_here and log_folder is not None and not os.listdir(log_folder):
-            os.rmdir(log_folder)
+        for made in missing:  # innermost first
+            if os.path.isdir(made) and not os.listdir(made):
+                os.rmdir(made)
     script: str = job.job_script()
     return script
 
