@@ -68,9 +68,9 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def photometry_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The photometry demo's inputs (4 recordings of 5 min at 100 Hz) and pipeline file."""
+    """The photometry demo's inputs (3 recordings of 3 min at 100 Hz) and pipeline file."""
     folder = tmp_path_factory.mktemp("photometry-demo")
-    synthetic.write_photometry_batch(folder / "data", n_items=4, duration_s=300.0, fs=100.0, seed=3)
+    synthetic.write_photometry_batch(folder / "data", n_items=3, duration_s=180.0, fs=100.0, seed=3)
     return synthetic.demo_pipeline_file(folder, "photometry")
 
 

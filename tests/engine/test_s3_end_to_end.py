@@ -68,7 +68,7 @@ def test_inputs_and_outputs_in_s3_with_storage_options(
     names = {name.removeprefix("lab/e2e-options/out/") for name in written}
     assert {"items.parquet", "run.json", "processing.json", "logs/run.log"} <= names
     assert any(name.startswith("trials.zarr/") for name in names)
-    for item in ("experiment_001", "experiment_004"):
+    for item in ("experiment_001", "experiment_003"):
         assert f"logs/{item}.log" in names
         for store_name in ("recording.zarr", "preprocessed.zarr", "trials.zarr"):
             assert f"items/{item}/{store_name}/.neurobatch-commit.json" in names
