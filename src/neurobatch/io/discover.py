@@ -208,11 +208,62 @@ def _describe_search(input: InputConfig) -> str:
     return f"input.url {input.url!r} with {pattern} ({depth}, target: {input.target})"
 
 
+def _missing(fs: Any, root: str, input: InputConfig) -> InputNotFoundError:
+    """input.url does not exist; on an object store, say when its bucket does not."""
+    if hasattr(fs, "split_path"):  # s3fs, gcsfs, adlfs: bucket (container) and key
+        try:
+            bucket = str(fs.split_path(root)[0])
+            exists = bool(fs.exists(bucket))
+        except Exception:  # noqa: BLE001 - only a better message is at stake
+            exists = True
+        if not exists:
+            return InputNotFoundError(
+                f"input.url {input.url!r} does not exist: there is no bucket {bucket!r} (or "
+                "these credentials cannot see it); expected an existing bucket"
+            )
+    return InputNotFoundError(f"input.url {input.url!r} does not exist")
+
+
+def _unreadable(input: InputConfig, error: Exception, *, local: bool) -> InputError:
+    """A listing that failed for another reason than a missing path, as one line."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, PermissionError):
+        expected = (
+            "read and list permissions for this user"
+            if local
+            else "credentials allowed to list and read it (input.storage_options or the "
+            "environment: are the key and secret right?)"
+        )
+        return InputError(
+            f"input.url {input.url!r} cannot be listed: access denied ({reason}); "
+            f"expected {expected}"
+        )
+    expected = "a readable folder" if local else "a reachable store (check the endpoint)"
+    return InputError(
+        f"input.url {input.url!r} cannot be listed: {type(error).__name__}: {reason}; "
+        f"expected {expected}"
+    )
+
+
 def _list_inputs(fs: Any, root: str, input: InputConfig) -> list[_Input]:
     local = "://" not in input.url and "::" not in input.url
     fs.invalidate_cache()  # object stores cache listings: a re-run must see new and changed inputs
-    if not fs.exists(root):
-        raise InputNotFoundError(f"input.url {input.url!r} does not exist")
+    try:
+        if not fs.exists(root):
+            raise _missing(fs, root, input)
+        return _list(fs, root, input, local)
+    except InputError:
+        raise
+    except FileNotFoundError as e:  # removed while it was listed
+        raise InputNotFoundError(f"input.url {input.url!r} does not exist") from e
+    except Exception as e:
+        # a store's own errors (botocore's, an OSError) become one line; a bug stays a bug
+        if type(e).__module__ == "builtins" and not isinstance(e, OSError):
+            raise
+        raise _unreadable(input, e, local=local) from e
+
+
+def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
     if not fs.isdir(root):
         info = fs.info(root)
         name = posixpath.basename(root)
@@ -383,8 +434,11 @@ def discover(
     Raises
     ------
     InputNotFoundError
-        If ``input.url`` does not exist or nothing matches (the message names the URL, the
-        pattern and the target).
+        If ``input.url`` does not exist (on an object store, saying when its bucket does
+        not) or nothing matches (the message names the URL, the pattern and the target).
+    InputError
+        If ``input.url`` cannot be listed: access denied (wrong credentials) or a store
+        that cannot be reached, in one line naming the URL.
     ConfigError
         If a loader mapping is invalid (an unknown format, key or event name, a target
         the format cannot read), naming the input for a resolver's mappings, or if a

@@ -202,6 +202,15 @@ class ColumnArguments(LoaderArguments):
         default_factory=list,
         description="Columns of per-sample event flags (boolean or 0/1); one event per column.",
     )
+    max_sampling_deviation: float | None = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Largest relative deviation of a sampling interval from the median interval "
+            "before the input is rejected (a gap or a burst of samples: trial windows would "
+            "be misplaced); null = never rejected, only the sampling_tolerance warning."
+        ),
+    )
 
     @field_validator("event_cols", mode="before")
     @classmethod
@@ -368,7 +377,13 @@ def _check_finite(x: NDArray[np.float64], what: str, source: str, locate: Locate
 
 
 def check_time(
-    time: NDArray[np.float64], *, what: str, source: str, locate: Locate, tolerance: float
+    time: NDArray[np.float64],
+    *,
+    what: str,
+    source: str,
+    locate: Locate,
+    tolerance: float,
+    limit: float | None = None,
 ) -> tuple[float, float, float]:
     """Check sample times: two or more, finite, strictly increasing, uniform enough.
 
@@ -385,6 +400,9 @@ def check_time(
     tolerance : float
         Largest relative deviation of an interval from the median interval before a
         :class:`~neurobatch.errors.NonUniformSamplingWarning`.
+    limit : float, optional
+        Largest relative deviation of an interval from the median interval before an
+        :class:`~neurobatch.errors.InputError`; None never rejects.
 
     Returns
     -------
@@ -394,7 +412,8 @@ def check_time(
     Raises
     ------
     neurobatch.errors.InputError
-        Fewer than two samples, a NaN or inf, a repeated timestamp or time going back.
+        Fewer than two samples, a NaN or inf, a repeated timestamp, time going back, or an
+        interval off the median by more than ``limit``.
 
     Warns
     -----
@@ -411,10 +430,15 @@ def check_time(
     Traceback (most recent call last):
     ...
     neurobatch.errors.InputError: 'x': time repeats the timestamp 0.1 s at 2 (also at 1); time must be strictly increasing
+    >>> check_time(np.array([0.0, 0.1, 0.2, 0.5, 0.6]), what="time", source="x", locate=str,
+    ...            tolerance=0.01, limit=0.5)
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.InputError: 'x': sampling is not uniform: the interval ending at 3 is 0.3 s, 200.00% off the median interval 0.1 s (max_sampling_deviation 50.00%); expected uniformly spaced sample times (resample the recording, or raise max_sampling_deviation)
     """
     n = int(time.shape[0])
     if n == 0:
-        raise InputError(f"{source!r} has no samples")
+        raise InputError(f"{source!r} has no samples; expected at least two")
     if n == 1:
         raise InputError(
             f"{source!r} has only one sample; a recording needs at least two to estimate its "
@@ -440,6 +464,13 @@ def check_time(
     median = float(np.median(intervals, overwrite_input=True))
     worst, i_worst = (d_max, i_max) if d_max - median >= median - d_min else (d_min, i_min)
     deviation = abs(worst - median) / median
+    if limit is not None and deviation > limit:
+        raise InputError(
+            f"{source!r}: sampling is not uniform: the interval ending at {locate(i_worst + 1)} "
+            f"is {worst:.6g} s, {deviation:.2%} off the median interval {median:.6g} s "
+            f"(max_sampling_deviation {limit:.2%}); expected uniformly spaced sample times "
+            "(resample the recording, or raise max_sampling_deviation)"
+        )
     if deviation > tolerance:
         warnings.warn(
             f"{source!r}: sampling is not uniform: median interval {median:.6g} s, but the "
@@ -539,7 +570,8 @@ def build_recording(
     Raises
     ------
     neurobatch.errors.InputError
-        Fewer than two samples, NaN or inf values, time not strictly increasing, a
+        Fewer than two samples, NaN or inf values, time not strictly increasing, an
+        interval off the median by more than ``max_sampling_deviation`` (column formats), a
         downsampling the data cannot take, or a sidecar key that clashes with a loader's.
 
     Warns
@@ -566,6 +598,7 @@ def build_recording(
             source=source,
             locate=locate,
             tolerance=arguments.sampling_tolerance,
+            limit=getattr(arguments, "max_sampling_deviation", None),
         )
     median, d_min, d_max = intervals
     channels = {"signal": signal}
@@ -728,7 +761,7 @@ def recording_from_table(
     if callable(table):
         table = table()
     if table.num_rows == 0:
-        raise InputError(f"{source!r} has a header but no data rows")
+        raise InputError(f"{source!r} has a header but no data rows; expected at least two samples")
     arrays: dict[str, NDArray[np.float64]] = {}
     intervals = None
     for role, name in roles:
@@ -742,6 +775,7 @@ def recording_from_table(
                 source=source,
                 locate=locate,
                 tolerance=arguments.sampling_tolerance,
+                limit=arguments.max_sampling_deviation,
             )
     time = arrays["time"]
     events = {}

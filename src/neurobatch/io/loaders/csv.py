@@ -66,6 +66,10 @@ class PhotometryCSVArguments(ColumnArguments):
         single-channel recording.
     event_cols : list of str
         Columns of per-sample event flags.
+    max_sampling_deviation : float or None, default 0.5
+        Largest relative deviation of a sampling interval from the median interval before
+        the file is rejected (a gap or a burst would misplace trial windows); None only
+        warns (beyond ``sampling_tolerance``).
     label, annotation, annotation_format, annotation_key, downsample, downsample_method,
     sampling_tolerance
         As every loader (see :class:`~neurobatch.io.loaders.LoaderArguments`).
@@ -88,12 +92,29 @@ def _open(fs: Any, path: str, url: str) -> Any:
         raise InputError(f"input {url!r} is a folder; format {FORMAT!r} reads files") from None
 
 
+def _cut_short(url: str, path: str, error: Exception) -> InputError | None:
+    """A compressed input whose stream ends early (or is corrupt), as one line; else None."""
+    compression = fsspec.utils.infer_compression(path)
+    if compression is None or isinstance(error, InputError):
+        return None
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return InputError(
+        f"{url!r} is truncated or corrupt: {reason}; expected a complete {compression} file"
+    )
+
+
 def _read_header(fs: Any, path: str, url: str) -> list[str]:
     with _open(fs, path, url) as f:
         head = b""
         # the first non-empty line (pyarrow skips empty lines too)
         while b"\n" not in head.lstrip(b"\r\n") and len(head) < _HEADER_LIMIT:
-            chunk = f.read(1 << 16)
+            try:
+                chunk = f.read(1 << 16)
+            except (EOFError, OSError) as e:
+                cut = _cut_short(url, path, e)
+                if cut is None:
+                    raise
+                raise cut from e
             if not chunk:
                 break
             head += chunk
@@ -215,8 +236,9 @@ def load_photometry_csv(
     neurobatch.errors.InputError
         An empty file, a header without rows, a missing column (with the columns that exist
         and the closest name), a value that is not a number or flag (with its line), a
-        truncated last line, NaN/inf in time or a channel, a single sample, time not
-        strictly increasing, or a bad sidecar.
+        truncated last line or compressed stream, NaN/inf in time or a channel, a single
+        sample, time not strictly increasing, a sampling interval off the median by more
+        than ``max_sampling_deviation`` (a gap), or a bad sidecar.
     neurobatch.errors.ConfigError
         If ``arguments`` is an invalid mapping.
 
@@ -279,6 +301,11 @@ def load_photometry_csv(
             )
         except pa.ArrowInvalid as e:
             raise _explain(e, url=url, header=header, fs=fs, path=path, source=source) from e
+        except (EOFError, OSError) as e:
+            cut = _cut_short(url, path, e)
+            if cut is None:
+                raise
+            raise cut from e
         finally:
             if not local:
                 opened.close()

@@ -74,7 +74,8 @@ def load_photometry_parquet(
     neurobatch.errors.InputError
         A file that is not Parquet, a missing column, a column of the wrong type (time and
         channels must be numbers, flags booleans or 0/1), NaN/inf in time or a channel,
-        fewer than two rows, time not strictly increasing, or a bad sidecar.
+        fewer than two rows, time not strictly increasing, a sampling interval off the
+        median by more than ``max_sampling_deviation``, or a bad sidecar.
     neurobatch.errors.ConfigError
         If ``arguments`` is an invalid mapping.
 
