@@ -7,6 +7,7 @@ to stderr with exit status 1 and no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -51,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         status: int = args.run(args)
+    except BrokenPipeError:
+        # the reader went away (`neurobatch status OUT | head`): stop quietly, as Unix tools
+        # do; stdout goes to devnull so that the interpreter's final flush does not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (ValueError, TypeError, OSError) as error:
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return 1
@@ -210,6 +216,19 @@ def _parser() -> argparse.ArgumentParser:
         help="draw resource usage as PNG or SVG (default OUT/processing.png)",
     )
     provenance.set_defaults(run=_provenance)
+
+    status = commands.add_parser(
+        "status",
+        help="list the items of an output folder with the state of each stage",
+        description=(
+            "Read OUT/manifest.parquet (the items of the last run) and each item's commit and "
+            "failure markers, and print one row per item: each stage done, failed (with the "
+            "one-line reason) or pending, then how many items are in each state. Needs only "
+            "OUT; whether a done stage matches the pipeline file now is decided by the next run."
+        ),
+    )
+    status.add_argument("out", metavar="OUT", help="the output folder (any fsspec URL)")
+    status.set_defaults(run=_status)
     return parser
 
 
@@ -300,10 +319,20 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.config import import_object
+    from neurobatch.engine.pipeline import HOOK_NAMES, Pipeline
 
-    manifest = Pipeline.from_file(args.file).discover()
-    print(f"{args.file}: valid; {len(manifest)} item(s)")
+    pipeline = Pipeline.from_file(args.file)
+    manifest = pipeline.discover()
+    # the hooks the file names are imported, so that a typo shows before a run
+    hooks = {name: getattr(pipeline.config.hooks, name) for name in HOOK_NAMES}
+    named = {name: target for name, target in hooks.items() if target is not None}
+    for target in named.values():
+        import_object(target)
+    print(
+        f"{args.file}: valid; {len(manifest)} item(s)"
+        + (f"; hooks {', '.join(named)} found" if named else "")
+    )
     return 0
 
 
@@ -462,6 +491,38 @@ def _provenance(args: argparse.Namespace) -> int:
         path = args.plot or f"{out}/processing.png"
         resource_usage(processing, path)
         print(f"resource usage plot: {path}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from neurobatch.engine.ledger import counts, item_states
+
+    out = str(args.out).rstrip("/")
+    states = item_states(out)
+    stages = list(states.attrs["stages"])
+    styles = {"done": "green", "failed": "bold red", "pending": "yellow"}
+    print(f"{out}: {states.attrs['kind']} pipeline, stages {', '.join(stages)}")
+    view = Table()
+    view.add_column("item", no_wrap=True)
+    for stage in stages:
+        view.add_column(stage, no_wrap=True)
+    view.add_column("reason")
+    for row in states.to_dict("records"):
+        view.add_row(
+            Text(str(row["item_id"])),
+            *(Text(row[stage], style=styles[row[stage]]) for stage in stages),
+            Text(row["error"] or ""),  # Text: a message's brackets are not rich markup
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=max(console.width, 160))
+    console.print(view)
+    n = counts(states)
+    print(f"{len(states)} items: {n['done']} done, {n['failed']} failed, {n['pending']} pending")
     return 0
 
 

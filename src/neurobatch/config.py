@@ -722,6 +722,13 @@ class EngineConfig(_Model):
     """The most items submitted at once; ``null`` for twice the worker threads."""
     chunk_memory: MemorySize = 64 * 2**20
     """The memory budget of one chunk (``64MiB``), from which chunk lengths follow."""
+    retries: int = Field(default=2, ge=0)
+    """How many times Dask reruns an item whose worker died (or whose task failed outside
+    the item's own error handling) before the item fails."""
+    item_timeout_s: float | None = Field(default=None, gt=0)
+    """An item still running after this many seconds on its worker fails with a message
+    (``null``: no limit). Its thread cannot be stopped: it is left to end, and may not
+    commit anything."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ from distributed import Client, Future, as_completed, get_worker
 from neurobatch.config import PipelineConfig, import_object, load_config, stage_parameters
 from neurobatch.engine import stages
 from neurobatch.engine.cluster import connect, planned_threads
-from neurobatch.engine.ledger import stage_key
+from neurobatch.engine.ledger import (
+    FAILURE_MARKER,
+    ITEM_OUTPUTS,
+    KIND_STAGES,
+    stage_key,
+    write_manifest,
+)
 from neurobatch.engine.monitor import DRIVER, Recorder
 from neurobatch.engine.provenance import (
     StageRecord,
@@ -356,7 +363,12 @@ def _done(
 
 
 def _commit(job: _ItemJob, url: str, marker: Mapping[str, Any]) -> None:
-    """Mark a stage's output complete, stamped with the run that made it."""
+    """Mark a stage's output complete, stamped with the run that made it.
+
+    Refused for an item abandoned after its timeout: it was recorded as failed.
+    """
+    if (job.run_id, job.item_id) in _abandoned:
+        raise TimeoutError(f"{job.item_id} was abandoned after engine.item_timeout_s")
     store.commit(
         url, {**marker, "run": job.run_id}, storage_options=job.config.output.storage_options
     )
@@ -623,8 +635,16 @@ def _worker() -> str:
         return DRIVER
 
 
+#: Items abandoned after their timeout, as (run id, item id): they may not commit.
+_abandoned: set[tuple[str, str]] = set()
+
+
 def process_item(job: _ItemJob) -> ItemOutcome:
     """Run one item's stages; never raises for a problem with the item itself.
+
+    With ``engine.item_timeout_s`` the stages run on a thread of their own, and an item
+    that has not finished in time fails with a message. Python cannot stop that thread: it
+    is left to end by itself, and anything it would still commit is refused.
 
     Parameters
     ----------
@@ -640,11 +660,52 @@ def process_item(job: _ItemJob) -> ItemOutcome:
     on_cluster = job.config.kind in ON_CLUSTER
     worker = CLUSTER if on_cluster else _worker()
     outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=worker, host=machine())
+    timeout = job.config.engine.item_timeout_s
+    if timeout is None:
+        return _process(job, outcome, [])
+    finished: list[ItemOutcome] = []
+    logs: list[_ThreadLog] = []
+    thread = threading.Thread(
+        target=lambda: finished.append(_process(job, outcome, logs)),
+        name=f"neurobatch-item-{job.item_id}",
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout)
+    if finished:
+        return finished[0]
+    _abandoned.add((job.run_id, job.item_id))
+    stage = outcome.stages_run[-1] if outcome.stages_run else "ingest"
+    failed = ItemOutcome(
+        item_id=job.item_id,
+        url=job.url,
+        worker=worker,
+        host=outcome.host,
+        status="failed",
+        error=(
+            f"{job.url}: still running after {timeout:g} s, in stage {stage} "
+            f"(engine.item_timeout_s: {timeout:g}); expected to finish within it"
+        ),
+        stages_run=list(outcome.stages_run),
+        spans=[dict(span) for span in outcome.spans],
+        seconds=timeout,
+    )
+    logger.error("%s failed: %s", job.item_id, failed.error)
+    so_far = logs[0].buffer.getvalue() if logs else ""
+    secrets = secrets_in(job.config.model_dump())
+    _finish_item(job, failed, scrub(so_far + f"{failed.error}\n", secrets), stage)
+    return failed
+
+
+def _process(job: _ItemJob, outcome: ItemOutcome, logs: list[_ThreadLog]) -> ItemOutcome:
+    """The body of :func:`process_item`, on the thread that runs the item's stages."""
+    on_cluster = job.config.kind in ON_CLUSTER
     secrets = secrets_in(job.config.model_dump())
     start = time.perf_counter()
     # an item of a large kind computes its graphs on the whole cluster; any other item on
     # the thread of the worker that runs it
     with _captured_log() as log, nullcontext() if on_cluster else _synchronous_dask():
+        logs.append(log)
         logger.info("item %s from %s", job.item_id, job.url)
         try:
             _RUNNERS[job.config.kind](job, outcome)
@@ -657,15 +718,32 @@ def process_item(job: _ItemJob) -> ItemOutcome:
             outcome.status = "done" if outcome.stages_run else "skipped"
         outcome.seconds = time.perf_counter() - start
         logger.info("item %s %s in %.2f s", job.item_id, outcome.status, outcome.seconds)
-    try:
-        _write_text(
-            _join(job.output_url, "logs", f"{job.item_id}.log"),
-            scrub(log.buffer.getvalue(), secrets),
-            job.config.output.storage_options,
-        )
-    except OSError as error:
-        logger.warning("could not write the log of %s: %s", job.item_id, error)
+    if (job.run_id, job.item_id) not in _abandoned:  # else it was failed and recorded
+        stage = outcome.stages_run[-1] if outcome.stages_run else "ingest"
+        _finish_item(job, outcome, scrub(log.buffer.getvalue(), secrets), stage)
     return outcome
+
+
+def _finish_item(job: _ItemJob, outcome: ItemOutcome, log: str, stage: str) -> None:
+    """Write the item's log, and its failure marker (or remove an old one)."""
+    so = job.config.output.storage_options
+    marker = _join(_item_url(job), FAILURE_MARKER)
+    try:
+        _write_text(_join(job.output_url, "logs", f"{job.item_id}.log"), log, so)
+        if outcome.status == "failed":
+            failure = {
+                "stage": stage,
+                "error": outcome.error,
+                "run": job.run_id,
+                "time": datetime.now(UTC).isoformat(),
+            }
+            _write_text(marker, json.dumps(failure, indent=2) + "\n", so)
+        else:
+            fs, path = fsspec.core.url_to_fs(marker, **so)
+            with suppress(FileNotFoundError):
+                fs.rm_file(path)
+    except OSError as error:
+        logger.warning("could not write the log or failure marker of %s: %s", job.item_id, error)
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -755,16 +833,6 @@ class _Combiner:
         self.n_items += 1
 
 
-#: Where each item stage's output lies, relative to the item's folder.
-_ITEM_OUTPUTS = {
-    "ingest": "recording.zarr",
-    "preprocess": "preprocessed.zarr",
-    "trials": "trials.zarr",
-    "filter": "filtered.zarr",
-    "sta": "sta.zarr",
-}
-
-
 class _Provenance:
     """Appends each finished item's record, and the run's at the end, to processing.json."""
 
@@ -840,7 +908,7 @@ class _Provenance:
                     span["end"],
                     [span["worker"]],
                     self._parameters(stage, job),
-                    _ITEM_OUTPUTS[stage],
+                    ITEM_OUTPUTS[stage],
                     outputs,
                     inputs=[job.url] if stage == "ingest" else [],
                 )
@@ -858,7 +926,7 @@ class _Provenance:
     def write(self, combiner: _Combiner | None, notes: str | None = None) -> None:
         """Append the run's stages, aggregated over its items, to ``OUT/processing.json``."""
         records = []
-        for stage in _ITEM_OUTPUTS:
+        for stage in ITEM_OUTPUTS:
             spans = [(o, span) for o in self.outcomes for span in o.spans if span["stage"] == stage]
             if not spans:
                 continue
@@ -1021,7 +1089,20 @@ class Pipeline:
         # round trips through the cluster
         with _captured_log() as run_log, dask.config.set(scheduler="threads"):
             try:
-                manifest = self._select(self.discover(), only)
+                discovered = self.discover()
+                manifest = self._select(discovered, only)
+                # every discovered item (not only those selected), for neurobatch status
+                write_manifest(
+                    discovered.assign(url=[scrub(url, secrets) for url in discovered["url"]]),
+                    out,
+                    kind=config.kind,
+                    stages=[
+                        s
+                        for s in KIND_STAGES[config.kind]
+                        if s != "trials" or config.trials is not None
+                    ],
+                    storage_options=so,
+                )
                 jobs = self._jobs(manifest, resolved_hooks, reprocess, f"{time.time_ns():x}")
                 with ExitStack() as stack:
                     if client is None:
@@ -1110,6 +1191,11 @@ class Pipeline:
     ) -> None:
         config = self.config
         threads = sum(client.nthreads().values()) or 1
+        # a task whose workers keep dying is rerun this many times, then fails (KilledWorker)
+        retries = config.engine.retries
+        client.run_on_scheduler(
+            lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", retries)
+        )
         if config.kind in ON_CLUSTER:
             logger.info(
                 "%s: %d item(s), one at a time, each on all %d worker thread(s); dashboard %s",
@@ -1152,7 +1238,11 @@ class Pipeline:
             if job is None:
                 return None
             future = client.submit(
-                process_item, job, key=f"item-{job.item_id}-{job.run_id}", pure=False
+                process_item,
+                job,
+                key=f"item-{job.item_id}-{job.run_id}",
+                pure=False,
+                retries=config.engine.retries,
             )
             submitted[future.key] = job
             return future

@@ -1030,10 +1030,13 @@ def open_trials(
     """
     store = zarr_store(url, storage_options=storage_options, read_only=True)
     try:
-        group = zarr.open_group(store, mode="r", use_consolidated=True, zarr_format=3)
-        opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
+        group = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{url}: no trials store there ({e})") from e
+    if group.metadata.consolidated_metadata is None:
+        # created, but its first append was interrupted before it was committed
+        raise FileNotFoundError(f"{url}: no committed trials yet (the first append never ended)")
+    opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
     rows = _open_rows(group, chunk_memory)
     columns: dict[str, Any] = {}
     for name, variable in opened.variables.items():
