@@ -311,6 +311,11 @@ def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.R
     """A reducer running kernel chunk/combine functions as a dask tree reduction."""
     validate_split_every(split_every)
     n_blocks = x.numblocks[0]
+    if n_blocks == 1:
+        # one block (within the chunk memory budget): compute it once and run every pass on
+        # it in memory, instead of one dask compute per pass (an IRLS makes ~50 passes)
+        block_x, block_y = dask.compute(x, y)
+        return fitting.local_reducer([block_x], [block_y])
     # Optimise the inputs' graphs once; each pass then skips graph optimisation (whose
     # fusing, and the ordering of fused tasks at run time, costs ~5 ms a pass).
     x, y = dask.base.optimize(x, y)
