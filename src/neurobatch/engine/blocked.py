@@ -314,7 +314,7 @@ def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.R
     if n_blocks == 1:
         # one block (within the chunk memory budget): compute it once and run every pass on
         # it in memory, instead of one dask compute per pass (an IRLS makes ~50 passes)
-        block_x, block_y = dask.compute(x, y)
+        block_x, block_y = dask.base.compute(x, y)
         return fitting.local_reducer([block_x], [block_y])
     # Optimise the inputs' graphs once; each pass then skips graph optimisation (whose
     # fusing, and the ordering of fused tasks at run time, costs ~5 ms a pass).
