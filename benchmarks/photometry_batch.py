@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import psutil
 import yaml
 
+from benchmarks._measure import TreeSampler
 from neurobatch import synthetic
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,20 +71,6 @@ print("trials", result.n_trials, flush=True)
 """
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
-    try:
-        tree = [process, *process.children(recursive=True)]
-    except psutil.Error:  # the command has just exited
-        return 0
-    for p in tree:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, Any]:
     """Run a command; return its wall time and the peak RSS of its whole process tree.
 
@@ -98,30 +84,18 @@ def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, A
         stderr=subprocess.STDOUT,
         text=True,
     )
-    root = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(root))
-            time.sleep(0.05)
-
     assert proc.stdout is not None and proc.stdin is not None
     if wait_ready:
         while (line := proc.stdout.readline()) and line.strip() != "ready":
             pass
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    if wait_ready:
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    output, _ = proc.communicate()
-    seconds = time.perf_counter() - start
-    stop.set()
-    sampler.join()
+    with TreeSampler(proc.pid) as memory:
+        start = time.perf_counter()
+        if wait_ready:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        output, _ = proc.communicate()
+        seconds = time.perf_counter() - start
+    peak = memory.peak_bytes
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{output[-3000:]}")
     return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20), "tail": output[-400:]}
@@ -145,7 +119,7 @@ def _pipeline_file(
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 recordings of 10 min")
     parser.add_argument("--items", type=int, help="recordings (50; 8 with --quick)")
@@ -221,6 +195,88 @@ def main(argv: list[str] | None = None) -> None:
     for r in results.values():
         r.pop("tail")
     (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
+    """The ``photometry`` suite of ``python -m benchmarks``: :func:`main`, as its tables."""
+    report = main([*(["--quick"] if quick else []), "--scratch", str(scratch)])
+    results, ratios = report["results"], report["ratios"]
+    phopro_s = results["phopro"]["seconds"]
+    names = {
+        "phopro": "PhoPro PhotometryPipeline (serial)",
+        "first_run": "neurobatch run, first (CSV -> Zarr -> trials)",
+        "rerun_changed_trials": "neurobatch re-run, trial settings changed",
+        "irls_reprocess": "neurobatch --reprocess with the IRLS fit",
+    }
+    cases = [
+        {
+            "name": names[key],
+            "seconds": r["seconds"],
+            "peak_mb": r["peak_mb"],
+            "vs_phopro": phopro_s / r["seconds"],
+        }
+        for key, r in results.items()
+    ]
+    ours_peak = max(r["peak_mb"] for key, r in results.items() if key != "phopro")
+    targets = [
+        {
+            "name": "first run, speed-up over PhoPro",
+            "value": ratios["first_run_speedup"],
+            "unit": "x",
+            "target": ">= 5 x",
+            "met": ratios["first_run_speedup"] >= 5,
+            "why": "",
+        },
+        {
+            "name": "re-run with changed trials, speed-up over PhoPro",
+            "value": ratios["rerun_speedup"],
+            "unit": "x",
+            "target": ">= 30 x",
+            "met": ratios["rerun_speedup"] >= 30,
+            "why": "",
+        },
+        {
+            "name": "IRLS re-process, seconds per hour of recording",
+            "value": ratios["irls_pipeline_s_per_recording_hour"],
+            "unit": "s",
+            "target": "<= 2 s",
+            "met": ratios["irls_pipeline_s_per_recording_hour"] <= 2,
+            "why": "the whole --reprocess run divided by the hours of recording",
+        },
+        {
+            "name": "peak memory of a neurobatch run (driver + workers)",
+            "value": float(ours_peak),
+            "unit": "MB",
+            "target": "<= 1000 MB",
+            "met": ours_peak <= 1000,
+            "why": "the largest of the three runs; the same at 200 items: see scaling",
+        },
+    ]
+    labels = ["PhoPro", "first run", "re-run", "IRLS"]
+    keys = list(names)
+    return {
+        "suite": "photometry",
+        "settings": {k: report[k] for k in ("items", "duration_s", "rate_hz", "workers")},
+        "cases": cases,
+        "targets": targets,
+        "series": [
+            {
+                "name": "wall time per run",
+                "x_label": "",
+                "y_label": "seconds",
+                "x": labels,
+                "lines": {"seconds": [results[k]["seconds"] for k in keys]},
+            },
+            {
+                "name": "peak memory per run (process tree)",
+                "x_label": "",
+                "y_label": "MB",
+                "x": labels,
+                "lines": {"peak MB": [results[k]["peak_mb"] for k in keys]},
+            },
+        ],
+    }
 
 
 if __name__ == "__main__":
