@@ -23,18 +23,10 @@ from typing import Any, Self
 
 import psutil
 
-#: The environment that limits BLAS and OpenMP pools to one thread.
-ONE_THREAD = {
-    name: "1"
-    for name in (
-        "OMP_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS",
-        "NUMEXPR_NUM_THREADS",
-        "NUMBA_NUM_THREADS",
-    )
-}
+from neurobatch.engine.cluster import ONE_BLAS_THREAD
+
+#: The environment that limits BLAS and OpenMP pools to one thread (the workers' own).
+ONE_THREAD = ONE_BLAS_THREAD
 
 
 def _child(case: Callable[..., dict[str, Any]], kwargs: dict[str, Any], queue: Any) -> None:
