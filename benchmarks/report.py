@@ -116,6 +116,10 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _value(target: dict[str, Any]) -> str:
+    return f"{_fmt(target['value'])} {target['unit']}".strip()
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
@@ -166,7 +170,7 @@ def markdown(result: dict[str, Any], *, level: int = 2) -> str:
         rows = [
             [
                 t["name"],
-                f"{_fmt(t['value'])} {t['unit']}",
+                _value(t),
                 t["target"],
                 "met" if t["met"] else "**missed**",
                 t.get("why", ""),
@@ -211,8 +215,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
                 ax.plot(x, [math.nan if v is None else v for v in y], marker="o", label=label)
             if s.get("log_x"):
                 ax.set_xscale("log")
+            elif len(x) <= 8:
+                ax.set_xticks(x)
             if s.get("log_y"):
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
         else:
             width = 0.8 / max(1, len(lines))
             for i, (label, y) in enumerate(lines.items()):
@@ -286,7 +294,7 @@ def write_all(
                 [
                     outcome["suite"],
                     t["name"],
-                    f"{_fmt(t['value'])} {t['unit']}",
+                    _value(t),
                     t["target"],
                     "met" if t["met"] else "**missed**",
                 ]
