@@ -17,13 +17,12 @@ import resource
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import psutil
 
-from neurobatch.engine.cluster import ONE_BLAS_THREAD
+from neurobatch.engine.cluster import ONE_BLAS_THREAD, environment
 
 #: The environment that limits BLAS and OpenMP pools to one thread (the workers' own).
 ONE_THREAD = ONE_BLAS_THREAD
@@ -171,21 +170,6 @@ def _call(function: Callable[..., Any], kwargs: dict[str, Any], queue: Any) -> N
         queue.put(("ok", function(**kwargs)))
     except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
         queue.put(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
-
-
-@contextmanager
-def environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block (a spawned child inherits them)."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _kill_tree(pid: int) -> None:

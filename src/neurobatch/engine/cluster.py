@@ -17,7 +17,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -211,11 +211,29 @@ def _one_blas_thread_at_spawn() -> Iterator[None]:
     nannies are made (they keep the values for restarts).
     """
     spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
-    saved = {name: os.environ.get(name) for name in ONE_BLAS_THREAD}
-    os.environ.update(ONE_BLAS_THREAD)
+    with (
+        environment(ONE_BLAS_THREAD),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": spawn | ONE_BLAS_THREAD}),
+    ):
+        yield
+
+
+@contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (processes spawned in it inherit them).
+
+    Examples
+    --------
+    >>> with environment({"NEUROBATCH_EXAMPLE": "1"}):
+    ...     os.environ["NEUROBATCH_EXAMPLE"]
+    '1'
+    >>> "NEUROBATCH_EXAMPLE" in os.environ
+    False
+    """
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn | ONE_BLAS_THREAD}):
-            yield
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
