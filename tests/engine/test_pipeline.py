@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.threaded
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,9 @@ import xarray as xr
 from distributed import Client
 
 from neurobatch import synthetic
+from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.pipeline import Pipeline, RunError
+from neurobatch.io import store
 
 FS = 100.0
 DURATION_S = 300.0
@@ -93,8 +97,12 @@ def _independent_trials(csv: Path) -> tuple[np.ndarray, np.ndarray, int]:
 
 def test_pipeline_end_to_end(batch: Path, tmp_path: Path, local_client: Client) -> None:
     out = tmp_path / "out"
-    summary = Pipeline(_config(batch, out)).run(client=local_client, progress=False)
+    with Recorder(local_client) as recorder:
+        summary = Pipeline(_config(batch, out)).run(client=local_client, progress=False)
+        tasks = recorder.poll()[1]
     assert summary.n_done == 3 and summary.n_failed == 0
+    # only the items run on the cluster; the driver combines and exports on its own threads
+    assert len(tasks) == 3 and tasks["key"].str.startswith("item-").all(), tasks["key"]
     trials = xr.open_zarr(out / "trials.zarr")
     csvs = sorted(batch.glob("*.csv"))
     expected = [_independent_trials(csv) for csv in csvs]
@@ -126,6 +134,24 @@ def test_pipeline_end_to_end(batch: Path, tmp_path: Path, local_client: Client) 
     assert {"trial_num", "start_time", "stop_time", "trial_cue", "subject"} <= set(obs.columns)
     assert "dropped" in (out / "logs" / "experiment_001.log").read_text()
     assert "3 item(s): 3 done" in (out / "logs" / "run.log").read_text()
+
+
+def test_the_driver_combines_on_its_own_threads(
+    batch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the cluster the run starts itself, appends compute on the driver, not as tasks."""
+    schedulers = []
+    append_trials = store.append_trials
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        schedulers.append(dask.base.get_scheduler())
+        return append_trials(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_trials", recording)
+    cluster = {"kind": "local", "n_workers": 1, "threads_per_worker": 1}
+    summary = Pipeline(_config(batch, tmp_path / "out", cluster=cluster)).run(progress=False)
+    assert summary.n_done == 3
+    assert schedulers == [dask.threaded.get] * 3
 
 
 def test_rerun_does_only_what_changed(batch: Path, tmp_path: Path, local_client: Client) -> None:

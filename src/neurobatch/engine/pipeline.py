@@ -1085,9 +1085,7 @@ class Pipeline:
         secrets = secrets_in(config.model_dump())
         start = time.perf_counter()
         resolved_hooks = _resolve_hooks(config, hooks)
-        # the driver's own reads and appends (the combined outputs) compute locally, not as
-        # round trips through the cluster
-        with _captured_log() as run_log, dask.config.set(scheduler="threads"):
+        with _captured_log() as run_log:
             try:
                 discovered = self.discover()
                 manifest = self._select(discovered, only)
@@ -1107,6 +1105,10 @@ class Pipeline:
                 with ExitStack() as stack:
                     if client is None:
                         client = stack.enter_context(connect(config.cluster))
+                    # the driver's own reads and appends (the combined outputs) compute
+                    # locally, not as tasks queued behind the items; set after the client,
+                    # which makes itself the default scheduler when it is created
+                    stack.enter_context(dask.config.set(scheduler="threads"))
                     provenance = _Provenance(config, stack.enter_context(Recorder(client)))
                     combiner = _Combiner(
                         [job.item_id for job in jobs], _join(out, "trials.zarr"), so
