@@ -11,8 +11,11 @@ on the same files with the same settings (3 Hz low-pass, OLS fit, dF/F, lever-pr
 4. ``neurobatch run --reprocess`` with the robust IRLS fit (PhoPro's default fit), for its
    cost per hour of recording.
 
-Each run is a separate process tree whose resident memory — the driver and every worker
-process together — is sampled every 50 ms; the peak of the sum is reported. Results go to
+Each run is a separate process tree, timed from its start to its exit (imports, cluster
+start-up and all: what a user waits for, the same for both tools), whose resident memory —
+the driver and every worker process together — is sampled every 50 ms; the peak of the
+sum is reported. The IRLS fit's own cost is each item's preprocess stage under IRLS minus
+under OLS (from the runs' ``run.json``), per hour of recording. Results go to
 ``benchmarks/results/photometry_batch[-quick].json``.
 """
 
@@ -53,7 +56,6 @@ from PhoPro.core.PhotometryPipeline import PhotometryPipeline
 
 data, out, events, trials = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 print("ready", flush=True)
-sys.stdin.readline()
 pipeline = PhotometryPipeline(data, "file", CSVLoader, pattern="*.csv")
 result = pipeline.run(
     loader_kwargs=lambda p: {"event_cols": events, "annotation_file": str(p.with_suffix(".json"))},
@@ -71,34 +73,40 @@ print("trials", result.n_trials, flush=True)
 """
 
 
-def run_measured(command: list[str], *, wait_ready: bool = False) -> dict[str, Any]:
+def run_measured(command: list[str]) -> dict[str, Any]:
     """Run a command; return its wall time and the peak RSS of its whole process tree.
 
-    With ``wait_ready`` the command prints ``ready`` after its imports and waits for a line
-    on stdin, so that import time is not counted (PhoPro's package import takes ~20 s).
+    The clock runs from the start of the process to its exit, imports included, for every
+    tool alike: that is what a user waits for. A command that prints ``ready`` after its
+    imports (the PhoPro script) also gets its import time, ``import_s``.
     """
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    if wait_ready:
-        while (line := proc.stdout.readline()) and line.strip() != "ready":
-            pass
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines, import_s = [], None
     with TreeSampler(proc.pid) as memory:
-        start = time.perf_counter()
-        if wait_ready:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        output, _ = proc.communicate()
+        for line in proc.stdout:
+            if import_s is None and line.strip() == "ready":
+                import_s = round(time.perf_counter() - start, 2)
+            lines.append(line)
+        proc.wait()
         seconds = time.perf_counter() - start
-    peak = memory.peak_bytes
+    output = "".join(lines)
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{output[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20), "tail": output[-400:]}
+    result = {"seconds": round(seconds, 2), "peak_mb": round(memory.peak_bytes / 2**20)}
+    return result | ({"import_s": import_s} if import_s is not None else {})
+
+
+def stage_seconds(out: Path, stage: str) -> dict[str, float]:
+    """Each item's time in ``stage`` (on its worker), from the run's ``run.json``."""
+    run = json.loads((out / "run.json").read_text())
+    return {
+        item["item_id"]: span["end"] - span["start"]
+        for item in run["items"]
+        for span in item["spans"]
+        if span["stage"] == stage and span["status"] == "done"
+    }
 
 
 def _pipeline_file(
@@ -155,18 +163,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 json.dumps(EVENTS),
                 json.dumps(TRIALS),
             ],
-            wait_ready=True,
         )
         print("phopro", results["phopro"]["seconds"], "s", flush=True)
         (folder / "phopro").mkdir(exist_ok=True)
         ols = _pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=args.workers)
         results["first_run"] = run_measured([*nb, str(ols)])
+        ols_preprocess = stage_seconds(folder / "out", "preprocess")
         changed = _pipeline_file(
             folder, data, trials=CHANGED_TRIALS, fit="ols", workers=args.workers
         )
         results["rerun_changed_trials"] = run_measured([*nb, str(changed)])
         irls = _pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
         results["irls_reprocess"] = run_measured([*nb, str(irls), "--reprocess"])
+        irls_preprocess = stage_seconds(folder / "out", "preprocess")
+
+    # the robust fit's own cost: each item's preprocess stage with IRLS minus with OLS (the
+    # same filtering, reads and writes), per hour of recording, on one worker thread
+    hours_each = duration / 3600
+    extra = [irls_preprocess[i] - ols_preprocess[i] for i in irls_preprocess]
+    irls_fit_s = sum(extra) / len(extra) / hours_each
+    irls_stage_s = sum(irls_preprocess.values()) / len(irls_preprocess) / hours_each
 
     hours = items * duration / 3600
     phopro_s = results["phopro"]["seconds"]
@@ -181,9 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratios": {
             "first_run_speedup": round(phopro_s / results["first_run"]["seconds"], 2),
             "rerun_speedup": round(phopro_s / results["rerun_changed_trials"]["seconds"], 2),
-            "irls_pipeline_s_per_recording_hour": round(
-                results["irls_reprocess"]["seconds"] / hours, 2
-            ),
+            "irls_fit_s_per_recording_hour": round(irls_fit_s, 2),
+            "irls_preprocess_stage_s_per_recording_hour": round(irls_stage_s, 2),
+            "irls_run_s_per_recording_hour": round(results["irls_reprocess"]["seconds"] / hours, 2),
         },
     }
     print(f"\n{'run':<24}{'seconds':>10}{'peak MB':>10}{'vs PhoPro':>11}")
@@ -192,8 +208,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(report["ratios"], indent=2))
     RESULTS.mkdir(exist_ok=True)
     name = "photometry_batch-quick.json" if args.quick else "photometry_batch.json"
-    for r in results.values():
-        r.pop("tail")
     (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -219,6 +233,18 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
         for key, r in results.items()
     ]
     ours_peak = max(r["peak_mb"] for key, r in results.items() if key != "phopro")
+    first = results["first_run"]["seconds"]
+    notes = [
+        (
+            "Times run from each command's start to its exit, imports included, for both tools "
+            f"(PhoPro spends {results['phopro'].get('import_s')} s importing; neurobatch's driver "
+            "imports, LocalCluster start and worker imports are in its times)."
+        ),
+        (
+            f"First run: {first / report['items']:.2f} s per recording on "
+            f"{report['workers']} workers, all included."
+        ),
+    ]
     targets = [
         {
             "name": "first run, speed-up over PhoPro",
@@ -237,12 +263,15 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "why": "",
         },
         {
-            "name": "IRLS re-process, seconds per hour of recording",
-            "value": ratios["irls_pipeline_s_per_recording_hour"],
+            "name": "IRLS fit, seconds per hour of recording (one worker thread)",
+            "value": ratios["irls_fit_s_per_recording_hour"],
             "unit": "s",
             "target": "<= 2 s",
-            "met": ratios["irls_pipeline_s_per_recording_hour"] <= 2,
-            "why": "the whole --reprocess run divided by the hours of recording",
+            "met": ratios["irls_fit_s_per_recording_hour"] <= 2,
+            "why": "each item's preprocess stage with IRLS minus with OLS, per hour; the "
+            f"whole stage with IRLS {ratios['irls_preprocess_stage_s_per_recording_hour']} s/h, "
+            f"the whole --reprocess run {ratios['irls_run_s_per_recording_hour']} s/h "
+            "(2 workers)",
         },
         {
             "name": "peak memory of a neurobatch run (driver + workers)",
@@ -260,6 +289,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
         "settings": {k: report[k] for k in ("items", "duration_s", "rate_hz", "workers")},
         "cases": cases,
         "targets": targets,
+        "notes": notes,
         "series": [
             {
                 "name": "wall time per run",
