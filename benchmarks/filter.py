@@ -22,12 +22,14 @@ Cases, each in a fresh process:
 - **neurobatch, filter stage**: on a ``LocalCluster`` of 2 workers x 1 thread with 1 GiB
   each (started, and its workers' imports done, before the clock starts): the SpikeGLX
   loader (lazy), :func:`neurobatch.engine.stages.filter_traces` and
-  :func:`neurobatch.io.store.write_dataset` into a Zarr store of float32 µV, with chunks of
-  16 MiB (``engine.chunk_memory``). This is the target case. Then one worker is retired for
-  the series' other point (on the recording's first quarter in the full suite).
+  :func:`neurobatch.io.store.write_dataset` into a Zarr store of float32 µV, with the chunk
+  memory a pipeline run derives from its workers when the file sets none
+  (:meth:`neurobatch.config.EngineConfig.chunk_budget`: a sixty-fourth of a worker thread's
+  memory, 16 MiB here). This is the target case. Then one worker is retired for the series'
+  other point (on the recording's first quarter in the full suite).
 - **neurobatch, filter pipeline** (full suite only): the same cluster running
-  ``Pipeline.run`` of a ``filter`` pipeline on the file (ingest to Zarr, then filter):
-  what a user runs.
+  ``Pipeline.run`` of a ``filter`` pipeline on the file (ingest to Zarr, then filter), with
+  the engine's defaults: what a user runs.
 
 Peak memory is the driver, nannies and workers summed, sampled every 50 ms; the Dask task
 stream gives the share of the workers' time spent in tasks and the task kinds that take it.
@@ -60,11 +62,6 @@ FS = 30_000.0
 BAND = (300.0, 6000.0)
 ORDER = 3
 WORKER_MEMORY = 2**30
-#: A worker holds about 260 MB once it has imported the engine, and a filter task several
-#: float64 blocks: with the engine's default chunk memory (64 MiB) a 1 GiB worker peaks at
-#: its pause threshold (80 %) and a 512 MiB one is killed. A sixty-fourth of the worker's
-#: memory keeps it near 60 %.
-CHUNK_MEMORY = WORKER_MEMORY // 64
 DURATION_S = {True: 60.0, False: 1200.0}
 BASE_S = 60.0
 SCIPY_REPEATS = 3
@@ -219,7 +216,7 @@ def _stage_run(
     }
 
 
-def _pipeline_run(client: Any, path: str, folder: Path, chunk_memory: int) -> dict[str, Any]:
+def _pipeline_run(client: Any, path: str, folder: Path) -> dict[str, Any]:
     """``Pipeline.run`` of a ``filter`` pipeline on the file: ingest to Zarr, then filter."""
     from distributed import get_task_stream
 
@@ -231,7 +228,6 @@ def _pipeline_run(client: Any, path: str, folder: Path, chunk_memory: int) -> di
         "input": {"url": str(Path(path).parent), "pattern": "*.ap.bin"},
         "loader": {"format": "spikeglx"},
         "filter": {"cutoff_hz": list(BAND), "order": ORDER},
-        "engine": {"chunk_memory": chunk_memory},
         "output": {"url": str(folder)},
     }
     workers = client.run(os.getpid)
@@ -260,16 +256,16 @@ def neurobatch_case(
     scratch: str,
     *,
     pipeline: bool,
-    chunk_memory: int,
     worker_memory: int,
     one_worker_share: float,
 ) -> dict[str, Any]:
     """On one LocalCluster of 2 workers x 1 thread: the stage, the pipeline; then on 1 worker.
 
     The cluster is started, and its workers import what the tasks need, before any clock
-    starts; for the 1-worker point one of the two workers is retired.
+    starts; for the 1-worker point one of the two workers is retired. The stage runs with
+    the chunk memory that ``Pipeline.run`` derives from these workers.
     """
-    from neurobatch.config import LocalClusterConfig
+    from neurobatch.config import EngineConfig, LocalClusterConfig
     from neurobatch.engine import cluster
 
     start = time.perf_counter()
@@ -282,13 +278,13 @@ def neurobatch_case(
             client.run(importlib.import_module, module)
         startup = time.perf_counter() - start
         base = max(client.run(lambda: psutil.Process().memory_info().rss).values()) / 2**20
+        workers = client.scheduler_info()["workers"].values()
+        chunk_memory = EngineConfig().chunk_budget(
+            min(w["memory_limit"] // w["nthreads"] for w in workers)
+        )
         # the pipeline first: its outputs (ingested and filtered, ~3x the recording) are
         # removed before the stage's are written
-        piped = (
-            None
-            if not pipeline
-            else _pipeline_run(client, path, Path(scratch) / "pipeline", chunk_memory)
-        )
+        piped = None if not pipeline else _pipeline_run(client, path, Path(scratch) / "pipeline")
         runs.append(_stage_run(client, path, str(Path(scratch) / "filtered-2.zarr"), chunk_memory))
         if piped is not None:
             runs.append(piped)
@@ -300,7 +296,12 @@ def neurobatch_case(
         )
         shutil.rmtree(one.pop("out"), ignore_errors=True)
         runs.append(one)
-    return {"runs": runs, "cluster_start_s": startup, "worker_base_mb": base}
+    return {
+        "runs": runs,
+        "cluster_start_s": startup,
+        "worker_base_mb": base,
+        "chunk_memory": chunk_memory,
+    }
 
 
 def check(path: str, out: str, gain_uv: float, rows: int) -> dict[str, Any]:
@@ -365,7 +366,6 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
         path=made["path"],
         scratch=str(scratch),
         pipeline=not quick,
-        chunk_memory=CHUNK_MEMORY,
         worker_memory=WORKER_MEMORY,
         one_worker_share=1.0 if quick else 0.25,
         timeout_s=1800,
@@ -473,7 +473,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "zero phase, float32 µV stored",
             "worker_memory_mb": WORKER_MEMORY // 2**20,
             "recording_over_worker_memory": memory_ratio,
-            "chunk_memory_mb": CHUNK_MEMORY // 2**20,
+            "chunk_memory_mb": measured["chunk_memory"] / 2**20,
             "scipy_slice_s": scipy_seconds,
             "generate_s": made["seconds"],
             "cluster_start_s": measured["cluster_start_s"],

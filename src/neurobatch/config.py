@@ -721,7 +721,10 @@ class EngineConfig(_Model):
     max_in_flight: int | None = Field(default=None, ge=1)
     """The most items submitted at once; ``null`` for twice the worker threads."""
     chunk_memory: MemorySize = 64 * 2**20
-    """The memory budget of one chunk (``64MiB``), from which chunk lengths follow."""
+    """The memory budget of one chunk, from which chunk lengths follow. Unset, a run
+    derives it from its workers (:meth:`chunk_budget`): a sixty-fourth of a worker
+    thread's share of its worker's memory limit, at most ``64MiB`` (and ``64MiB`` when the
+    workers have no limit), so that a task's float64 temporaries stay well within it."""
     retries: int = Field(default=2, ge=0)
     """How many times Dask reruns an item whose worker died (or whose task failed outside
     the item's own error handling) before the item fails."""
@@ -729,6 +732,38 @@ class EngineConfig(_Model):
     """An item still running after this many seconds on its worker fails with a message
     (``null``: no limit). Its thread cannot be stopped: it is left to end, and may not
     commit anything."""
+
+    def chunk_budget(self, thread_memory: int | None) -> int:
+        """Return the chunk memory to use where each worker thread has ``thread_memory`` bytes.
+
+        ``chunk_memory`` when it was set; otherwise a sixty-fourth of ``thread_memory``
+        (a worker's memory limit over its threads), at most the 64 MiB default. A
+        filter task holds about ten chunks (raw chunks, two float64 copies of its block,
+        its result) beside a worker's ~260 MB of imports: at a sixty-fourth, a 512 MiB
+        worker peaks near two thirds of its limit.
+
+        Parameters
+        ----------
+        thread_memory : int or None
+            Bytes of worker memory per thread; None (or 0) when the workers have no limit.
+
+        Returns
+        -------
+        int
+            Bytes per chunk.
+
+        Examples
+        --------
+        >>> EngineConfig().chunk_budget(2**29)
+        8388608
+        >>> EngineConfig().chunk_budget(None), EngineConfig().chunk_budget(2**34)
+        (67108864, 67108864)
+        >>> EngineConfig(chunk_memory="32MiB").chunk_budget(2**29)
+        33554432
+        """
+        if "chunk_memory" in self.model_fields_set or not thread_memory:
+            return self.chunk_memory
+        return max(1, min(self.chunk_memory, thread_memory // 64))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
+import scipy.signal
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,15 +67,59 @@ def test_filter_with_a_depth_longer_than_the_array_is_one_block() -> None:
     )
 
 
-def test_small_chunks_are_merged_explicitly_and_logged(caplog) -> None:
+def test_small_chunks_are_filtered_in_place_one_task_each(caplog) -> None:
     sos = DESIGNS["bandpass"]
     x = da.from_array(SIGNAL[:, 0], chunks=50)
     with caplog.at_level(logging.DEBUG, logger="neurobatch.engine.blocked"):
         y = blocked.zero_phase_filter(x, sos)
-    assert "merging 60 chunks along axis 0" in caplog.text
+    assert "60 output blocks from 60 input chunks" in caplog.text
     assert y.chunks == x.chunks
-    with dask.config.set({"array.rechunk.method": "tasks"}):
-        assert_filter_close(y.compute(scheduler="sync"), filters.zero_phase_filter(x, sos))
+    # one layer over the input's: no merge, no rechunk back
+    assert len(y.dask.layers) == len(x.dask.layers) + 1
+    assert_filter_close(y.compute(scheduler="sync"), filters.zero_phase_filter(SIGNAL[:, 0], sos))
+
+
+@given(
+    in_chunks=chunkings(N),
+    out_chunks=chunkings(N),
+    scale=st.sampled_from([None, 0.195, -2.5]),
+    reference=st.sampled_from(["none", "median"]),
+)
+def test_raw_integers_to_scaled_float32_in_other_chunks_equals_whole(
+    scheduler, in_chunks, out_chunks, scale, reference
+) -> None:
+    """int16 counts, scaled and referenced, filtered into other chunks: one task per block."""
+    sos = DESIGNS["bandpass"]
+    raw = (SIGNAL * 50).astype(np.int16)
+    x = da.from_array(raw, chunks=(in_chunks, 2))
+    with raise_if_dask_computes():
+        y = blocked.zero_phase_filter(
+            x, sos, scale=scale, common_reference=reference, dtype=np.float32, chunks=out_chunks
+        )
+    assert y.chunks == (out_chunks, (3,) if reference == "median" else (2, 1))
+    assert y.dtype == np.float32
+    uv = raw.astype(np.float64) * (1.0 if scale is None else scale)
+    if reference == "median":
+        uv -= np.median(uv, axis=1, keepdims=True)
+    whole = scipy.signal.sosfiltfilt(sos, uv, axis=0, padtype="odd")
+    got = y.compute()
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    # float32 rounding of the result: about 6e-8 of its scale
+    assert np.abs(got - whole).max() <= 1e-6 * np.abs(whole).max()
+    exact = blocked.zero_phase_filter(
+        x, sos, scale=scale, common_reference=reference, chunks=out_chunks
+    ).compute()
+    assert_filter_close(exact, whole)
+
+
+def test_output_chunks_by_length_and_bad_chunks_say_what_was_wrong() -> None:
+    x = da.from_array(SIGNAL[:, 0], chunks=700)
+    y = blocked.zero_phase_filter(x, DESIGNS["lowpass"], chunks=1000)
+    assert y.chunks == ((1000, 1000, 1000),)
+    with pytest.raises(ValueError, match="add up to the 3000 samples along axis 0"):
+        blocked.zero_phase_filter(x, DESIGNS["lowpass"], chunks=(1000, 1000))
+    with pytest.raises(ValueError, match="positive length or a tuple of lengths, got 0"):
+        blocked.zero_phase_filter(x, DESIGNS["lowpass"], chunks=0)
 
 
 def test_filter_of_a_too_short_signal_says_so() -> None:

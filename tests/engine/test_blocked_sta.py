@@ -123,6 +123,32 @@ def test_chunked_sta_equals_whole_many_examples(
         check_equals_whole(movie, n_units, n_lags, seed, split_every)
 
 
+@pytest.mark.parametrize(
+    "chunks",
+    [(1,) * N_FRAMES, (2,) * 20, (13, 1, 2, 24), (N_FRAMES,)],
+    ids=["size-1", "size-2", "uneven", "single"],
+)
+def test_float32_movie_chunked_equals_whole_to_float32_precision(
+    scheduler: str, chunks: tuple[int, ...]
+) -> None:
+    """A float32 movie is multiplied in float32: any chunking, within 1e-6 of its magnitude."""
+    movie32 = (10.0 + MOVIE).astype(np.float32)
+    times, units = make_spikes(20, seed=3)
+    args: dict[str, Any] = {"fps": FPS, "n_lags": 6, "onset": ONSET, "unit_ids": np.arange(20)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyUnitWarning)
+        result = blocked.blocked_sta(
+            da.from_array(movie32, chunks=(chunks, -1, -1)), times, units, **args
+        )
+        whole = sta.spike_triggered_average(times, units, movie32, **args)
+        exact = sta.spike_triggered_average(times, units, movie32.astype(np.float64), **args)
+    out = result.sta.compute()
+    assert out.dtype == np.float64
+    tolerance = 1e-6 * np.abs(movie32).max()
+    np.testing.assert_allclose(out, whole.sta, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(out, exact.sta, rtol=0, atol=tolerance)
+
+
 def test_small_chunks_reach_back_without_rechunking(caplog: pytest.LogCaptureFixture) -> None:
     movie = da.from_array(MOVIE, chunks=(2, 3, 4))
     times, units = make_spikes(4, seed=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -73,6 +75,57 @@ def test_filtering_a_block_extended_by_the_depth_matches_the_whole_array() -> No
     assert np.abs(block - whole[lo:hi]).max() <= 1e-9 * np.abs(x).max()
 
 
+@pytest.mark.parametrize("splits", [(5000,), (1, 4999), (900, 0, 2100, 2000), (2500, 2500)])
+@pytest.mark.parametrize("trim", [(0, 0), (3, 0), (812, 1000)])
+def test_pieces_filter_exactly_as_one_call_over_the_joined_stretch(splits, trim) -> None:
+    x = np.random.default_rng(3).standard_normal((5000, 3)).cumsum(axis=0)
+    sos = filters.butter_sos("bandpass", (300.0, 6000.0), fs=30000.0, order=3)
+    edges = np.cumsum((0, *splits))
+    # each piece with a margin that its cut leaves out
+    pieces = [x[max(a - 7, 0) : b + 7] for a, b in itertools.pairwise(edges)]
+    cuts = [[a - max(a - 7, 0), b - max(a - 7, 0)] for a, b in itertools.pairwise(edges)]
+    got = filters.zero_phase_from_pieces(sos, cuts, trim, *pieces)
+    expected = scipy.signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
+    np.testing.assert_array_equal(got, expected[trim[0] : 5000 - trim[1]])
+
+
+@pytest.mark.parametrize("reference", ["none", "median"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_raw_counts_scaled_referenced_and_cast_match_sosfiltfilt_of_microvolts(
+    reference, dtype
+) -> None:
+    counts = (np.random.default_rng(4).standard_normal((4000, 5)).cumsum(axis=0) * 20).astype(
+        np.int16
+    )
+    sos = filters.butter_sos("highpass", 300.0, fs=30000.0, order=3)
+    uv = counts.astype(np.float64) * 0.195
+    if reference == "median":
+        uv -= np.median(uv, axis=1, keepdims=True)
+    expected = scipy.signal.sosfiltfilt(sos, uv, axis=0, padtype="odd")
+    for pieces, cuts in (
+        ((counts,), [[0, 4000]]),
+        ((counts[:1500], counts[1500:]), [[0, 1500], [0, 2500]]),
+    ):
+        got = filters.zero_phase_from_pieces(
+            sos, cuts, (0, 0), *pieces, scale=0.195, common_reference=reference, dtype=dtype
+        )
+        assert got.dtype == dtype
+        # a new C-ordered array; in float64 it may be SciPy's output as sosfiltfilt lays it out
+        assert got.flags.c_contiguous or dtype == np.float64
+        # scaled after filtering: rounding apart, the same; float32 rounds at about 6e-8
+        rtol = 1e-7 if dtype == np.float32 else 1e-13
+        assert np.abs(got - expected).max() <= rtol * np.abs(expected).max()
+
+
+def test_median_reference_leaves_the_input_alone() -> None:
+    x = np.random.default_rng(5).standard_normal((600, 4))
+    before = x.copy()
+    filters.zero_phase_filter(
+        x, filters.butter_sos("lowpass", 40.0, fs=1000.0), common_reference="median"
+    )
+    np.testing.assert_array_equal(x, before)
+
+
 def test_pad_length_is_scipys_default() -> None:
     sos = filters.butter_sos("lowpass", 3.0, fs=1000.0, order=4)
     n = filters.pad_length(sos)
@@ -108,6 +161,18 @@ def test_pad_length_is_scipys_default() -> None:
         (
             lambda: filters.zero_phase_filter(np.ones(50), np.ones((2, 5))),
             r"shape \(n_sections, 6\)",
+        ),
+        (
+            lambda: filters.zero_phase_from_pieces(
+                filters.butter_sos("lowpass", 3.0, fs=1e3), [[0, 50]], (30, 30), np.ones(50)
+            ),
+            r"trim \(30, 30\) does not fit a stretch of 50 samples",
+        ),
+        (
+            lambda: filters.zero_phase_filter(
+                np.ones(50), filters.butter_sos("lowpass", 3.0, fs=1e3), common_reference="mean"
+            ),
+            "common_reference must be one of 'none', 'median'",
         ),
         (lambda: filters.overlap_depth(np.array([[1, 0, 0, 1, -2.5, 1.0]])), "unstable"),
         (

@@ -18,6 +18,8 @@ from neurobatch.errors import EmptyUnitWarning
 from neurobatch.kernels import sta
 
 TOL = 1e-12
+#: A float32 movie's STA, as a share of the movie's largest magnitude (module docstring).
+TOL32 = 1e-6
 
 
 def reference_sta(
@@ -151,6 +153,33 @@ def test_counts_are_sparse_and_sum_repeated_frames() -> None:
     assert int(bins.counts.sum()) == int(bins.n_used.sum())
 
 
+@pytest.mark.parametrize("with_unit_ids", [False, True])
+def test_integer_labels_of_any_span_give_the_same_bins(with_unit_ids: bool) -> None:
+    """Labels within a small span are looked up in a table, others sorted: the same bins."""
+    rng = np.random.default_rng(2)
+    times = rng.uniform(0, 50, 300)
+    small = rng.integers(-3, 4, 300)
+    labels = {
+        "small span": small,
+        "int8": small.astype(np.int8),
+        "huge span": np.where(small > 0, small * 10**12, small),
+        "strings": np.array([f"u{v + 3}" for v in small]),  # sorted as the integers
+    }
+    results = []
+    for units in labels.values():
+        ids = np.unique(units)[::-1] if with_unit_ids else None
+        results.append(sta.bin_spikes(times, units, fps=1.0, n_frames=50, n_lags=3, unit_ids=ids))
+    first = results[0]
+    assert first.unit_ids.tolist() == (
+        list(range(3, -4, -1)) if with_unit_ids else list(range(-3, 4))
+    )
+    for bins in results[1:]:
+        assert (bins.counts != first.counts).nnz == 0
+        for field in ("n_used", "n_before", "n_after", "n_too_early"):
+            np.testing.assert_array_equal(getattr(bins, field), getattr(first, field))
+    assert results[1].unit_ids.dtype == np.int8
+
+
 def test_unit_ids_fix_the_rows_and_name_empty_units() -> None:
     frames = np.arange(8.0).reshape(8, 1, 1)
     times, units = [0.45, 0.65, 0.05], [3, 3, 1]
@@ -194,6 +223,44 @@ def test_integer_movie_gives_float64() -> None:
     result = sta.spike_triggered_average([0.5, 5.5], [0, 0], frames, fps=1.0, n_lags=1)
     assert result.sta.dtype == np.float64
     np.testing.assert_allclose(result.sta[0, 0], (frames[0] + frames[5]) / 2.0)
+
+
+def test_float32_movie_is_multiplied_in_float32_within_its_tolerance() -> None:
+    """Float32 products over steps of <= 4096 frames, added in float64: within 1e-6 of the
+    movie's largest magnitude of the float64 sums, also for a movie far from zero."""
+    rng = np.random.default_rng(4)
+    frames = (100.0 + rng.standard_normal((9_000, 2, 3))).astype(np.float32)
+    times = rng.uniform(0, 9_000, 4_000)
+    units = rng.integers(0, 3, 4_000)
+    result = sta.spike_triggered_average(times, units, frames, fps=1.0, n_lags=4)
+    ids, expected, _ = reference_sta(
+        times.tolist(), units.tolist(), frames.astype(np.float64), fps=1.0, n_lags=4
+    )
+    assert result.sta.dtype == np.float64
+    assert result.bins.unit_ids.tolist() == ids
+    np.testing.assert_allclose(result.sta, expected, rtol=0, atol=TOL32 * np.abs(frames).max())
+    assert not np.array_equal(result.sta, expected)  # float32 products: not the float64 sums
+
+
+@pytest.mark.parametrize(
+    ("n_units", "n_spikes", "dense"),
+    [(3, 6, False), (3, 600, True), (200, 8000, True)],
+    ids=["sparse-block", "dense-block", "dense-block-in-many-steps"],
+)
+def test_sparse_and_dense_blocks_equal_the_loop(n_units: int, n_spikes: int, dense: bool) -> None:
+    """Blocks with few spikes per cell take the sparse product, the others the dense one,
+    whose lag-stacked weights take several steps of frames when there are many units."""
+    rng = np.random.default_rng(5)
+    frames = rng.standard_normal((400, 2, 2))
+    times = rng.uniform(0, 400, n_spikes)
+    units = rng.integers(0, n_units, n_spikes)
+    bins = sta.bin_spikes(times, units, fps=1.0, n_frames=400, n_lags=5)
+    assert (bins.counts.nnz >= sta._DENSE_MIN_DENSITY * bins.n_units * 396) == dense
+    if n_units == 200:
+        assert sta._STACK_BYTES // (bins.n_units * 5 * 8) < 396  # more than one step
+    result = sta.spike_triggered_average(times, units, frames, fps=1.0, n_lags=5)
+    _, expected, _ = reference_sta(times.tolist(), units.tolist(), frames, fps=1.0, n_lags=5)
+    np.testing.assert_allclose(result.sta, expected, rtol=TOL, atol=TOL)
 
 
 def test_collapsed_strf_is_the_mean_over_the_first_lags() -> None:

@@ -22,7 +22,7 @@ import dask.base
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from neurobatch.errors import EmptyUnitWarning
 from neurobatch.kernels import correction, filters, fitting
@@ -38,46 +38,6 @@ from neurobatch.kernels.correction import Normalization
 logger = logging.getLogger(__name__)
 
 # --- shared: chunk bookkeeping --------------------------------------------------------------
-
-
-def coarsen_chunks(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks until every chunk holds at least ``minimum`` elements.
-
-    Overlaps reach only into the adjacent block, so an operator whose depth exceeds a chunk
-    merges chunks itself, explicitly, instead of letting dask rechunk behind its back. When
-    the whole axis is shorter than ``minimum`` the result is a single chunk.
-
-    Parameters
-    ----------
-    chunks : tuple of int
-        The chunk sizes along one axis.
-    minimum : int
-        The smallest acceptable chunk size.
-
-    Returns
-    -------
-    tuple of int
-        Chunk sizes with the same total, each ``>= minimum`` (or the single total).
-
-    Examples
-    --------
-    >>> coarsen_chunks((5, 1, 1, 5, 4), 3)
-    (5, 7, 4)
-    >>> coarsen_chunks((5, 1, 1, 5, 2), 3)
-    (5, 9)
-    >>> coarsen_chunks((4, 4), 3)
-    (4, 4)
-    """
-    merged: list[int] = []
-    for size in chunks:
-        if merged and merged[-1] < minimum:
-            merged[-1] += size
-        else:
-            merged.append(size)
-    if len(merged) > 1 and merged[-1] < minimum:
-        last = merged.pop()
-        merged[-1] += last
-    return tuple(merged)
 
 
 def validate_split_every(split_every: int | None) -> int | None:
@@ -117,60 +77,65 @@ def validate_split_every(split_every: int | None) -> int | None:
     return split_every
 
 
-def _with_min_chunk(x: da.Array, axis: int, minimum: int, operation: str) -> da.Array:
-    """Rechunk ``x`` along ``axis`` so that every chunk holds ``minimum`` elements, loudly."""
-    chunks = x.chunks[axis]
-    coarse = coarsen_chunks(chunks, minimum)
-    if coarse == chunks:
-        return x
-    logger.debug(
-        "%s: merging %d chunks along axis %d into %d so each holds >= %d samples",
-        operation,
-        len(chunks),
-        axis,
-        len(coarse),
-        minimum,
-    )
-    return x.rechunk({axis: coarse})
-
-
 # --- zero-phase filtering -------------------------------------------------------------------
 
 
 def zero_phase_filter(
-    x: da.Array, sos: ArrayLike, *, axis: int = 0, rtol: float = 1e-12
+    x: da.Array,
+    sos: ArrayLike,
+    *,
+    axis: int = 0,
+    rtol: float = 1e-12,
+    scale: float | None = None,
+    common_reference: filters.Reference = "none",
+    dtype: DTypeLike | None = None,
+    chunks: int | tuple[int, ...] | None = None,
 ) -> da.Array:
-    """Zero-phase filter a chunked array along time, block by block.
+    """Zero-phase filter a chunked array along time, one task per output block.
 
-    Each block is extended by :func:`~neurobatch.kernels.filters.overlap_depth` samples
-    from its neighbours (``boundary="none"``: nothing is invented at the array's true
-    ends, where the kernel's odd padding applies exactly as on the whole array), filtered
-    with :func:`~neurobatch.kernels.filters.zero_phase_filter`, and trimmed. The result
-    equals ``scipy.signal.sosfiltfilt(sos, x, padtype="odd")`` on the whole array to about
-    ``rtol`` of the signal's scale. Chunks shorter than the depth are merged first (logged
-    at DEBUG) and the output is given the input's chunks back.
+    Each output block is computed by one task from the input chunks that hold it and
+    :func:`~neurobatch.kernels.filters.overlap_depth` samples on each side (fewer at the
+    array's true ends, where the kernel's odd padding applies exactly as on the whole
+    array): :func:`~neurobatch.kernels.filters.zero_phase_from_pieces` filters them in
+    turn, never joined, and writes the block once, scaled and cast to ``dtype``. The
+    result equals ``scipy.signal.sosfiltfilt(sos, x * scale, padtype="odd")`` on the whole
+    array to about ``rtol`` of the signal's scale. The output blocks need not follow the
+    input's chunks (``chunks``), so a raw recording is converted, filtered and cut into the
+    store's chunks in one pass, without rechunking either side.
 
     Parameters
     ----------
     x : dask.array.Array
-        The signal, any number of dimensions, chunked along ``axis`` (other axes may be
-        chunked too).
+        The signal, any number of dimensions and type, chunked along ``axis`` (other axes
+        may be chunked too, unless ``common_reference`` is ``median``).
     sos : array_like
         ``(n_sections, 6)`` second-order sections.
     axis : int, default 0
         The time axis.
     rtol : float, default 1e-12
         Relative decay level that sets the overlap depth.
+    scale : float, optional
+        Multiply the signal by this before filtering (a gain to µV, say).
+    common_reference : {"none", "median"}, default "none"
+        ``median``: subtract from every sample the median over the other axes (channels)
+        before filtering; those axes then become one chunk.
+    dtype : data-type, optional
+        The result's type (float32 to store, say); by default float64.
+    chunks : int or tuple of int, optional
+        The output's chunks along ``axis``: a length (the last block may be shorter) or
+        lengths that add up to the axis; by default the chunks of ``x``. Blocks shorter
+        than the overlap depth are correct but re-filter their neighbourhood each.
 
     Returns
     -------
     dask.array.Array
-        The filtered signal, lazily, with the chunks of ``x`` and dtype float64.
+        The filtered signal, lazily.
 
     Raises
     ------
     ValueError
-        If ``x`` is not longer than the filter's pad length along ``axis``.
+        If ``x`` is not longer than the filter's pad length along ``axis``, or ``chunks``
+        does not add up to its length.
 
     See Also
     --------
@@ -188,24 +153,76 @@ def zero_phase_filter(
     >>> whole = filters.zero_phase_filter(x, sos)
     >>> bool(np.abs(y.compute() - whole).max() <= 1e-9 * np.abs(whole).max())
     True
+    >>> counts = da.from_array((100 * x).astype(np.int16), chunks=6_000)
+    >>> uv = zero_phase_filter(counts, sos, scale=0.01, dtype=np.float32, chunks=5_000)
+    >>> uv.chunks, uv.dtype
+    (((5000, 5000, 5000, 5000),), dtype('float32'))
     """
     sos_arr = np.asarray(sos, dtype=np.float64)
+    validate_choice(common_reference, "common_reference", ("none", "median"))
     axis = axis % x.ndim
-    filters.validate_signal_length(x.shape[axis], sos_arr)
-    # an axis shorter than the depth ends up one block, whose overlap must then stay in range
-    depth = min(filters.overlap_depth(sos_arr, rtol=rtol), x.shape[axis])
-    extended = _with_min_chunk(x, axis, depth, "zero_phase_filter")
-    y = extended.map_overlap(
-        filters.zero_phase_filter,
-        depth={ax: depth if ax == axis else 0 for ax in range(x.ndim)},
-        boundary="none",
-        trim=True,
-        dtype=np.result_type(x.dtype, np.float64),
-        meta=np.empty((0,) * x.ndim, dtype=np.float64),
-        sos=sos_arr,
+    n = x.shape[axis]
+    filters.validate_signal_length(n, sos_arr)
+    # an axis shorter than the depth is read whole by every block
+    depth = min(filters.overlap_depth(sos_arr, rtol=rtol), n)
+    out_chunks = _filter_chunks(x.chunks[axis] if chunks is None else chunks, n, axis)
+    if common_reference == "median":
+        x = x.rechunk({ax: -1 for ax in range(x.ndim) if ax != axis})
+    out_dtype = np.result_type(x.dtype, np.float64) if dtype is None else np.dtype(dtype)
+    kernel = functools.partial(
+        filters.zero_phase_from_pieces,
         axis=axis,
+        scale=scale,
+        common_reference=common_reference,
+        dtype=out_dtype,
     )
-    return y if y.chunks == x.chunks else y.rechunk(x.chunks)
+    name = "zero-phase-filter-" + tokenize(
+        x, sos_arr, depth, scale, common_reference, out_dtype, out_chunks, axis
+    )
+    offsets = np.cumsum((0, *x.chunks[axis]))
+    edges = np.cumsum((0, *out_chunks))
+    others = [range(len(c)) if ax != axis else range(1) for ax, c in enumerate(x.chunks)]
+    dsk: dict[Any, Any] = {}
+    for i, (start, stop) in enumerate(itertools.pairwise(edges.tolist())):
+        lo, hi = max(start - depth, 0), min(stop + depth, n)
+        first = int(np.searchsorted(offsets, lo, side="right")) - 1
+        last = int(np.searchsorted(offsets, hi - 1, side="right")) - 1
+        sources = [c for c in range(first, last + 1) if offsets[c + 1] > offsets[c]]
+        cuts = np.array(
+            [[max(lo - offsets[c], 0), min(hi, offsets[c + 1]) - offsets[c]] for c in sources],
+            dtype=np.int64,
+        )
+        trim = (start - lo, hi - stop)
+        for j in itertools.product(*others):
+            key = (name, *j[:axis], i, *j[axis + 1 :])
+            pieces = [(x.name, *j[:axis], c, *j[axis + 1 :]) for c in sources]
+            dsk[key] = (kernel, sos_arr, cuts, trim, *pieces)
+    logger.debug(
+        "zero_phase_filter: %d output blocks from %d input chunks, each read with up to %d "
+        "samples on each side",
+        len(out_chunks),
+        len(x.chunks[axis]),
+        depth,
+    )
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[cast(Any, x)])
+    out_shape = tuple(out_chunks if ax == axis else c for ax, c in enumerate(x.chunks))
+    return da.Array(graph, name, chunks=out_shape, meta=np.empty((0,) * x.ndim, dtype=out_dtype))
+
+
+def _filter_chunks(chunks: int | tuple[int, ...], n: int, axis: int) -> tuple[int, ...]:
+    """Normalise the output chunks along the filtered axis, or say why they do not fit."""
+    if isinstance(chunks, tuple | list):
+        sizes = tuple(int(c) for c in chunks)
+        if sum(sizes) != n or any(c < 0 for c in sizes):
+            raise ValueError(
+                f"chunks must be lengths that add up to the {n} samples along axis {axis}, "
+                f"got {chunks!r}."
+            )
+        return sizes
+    if isinstance(chunks, bool) or not isinstance(chunks, int | np.integer) or chunks < 1:
+        raise ValueError(f"chunks must be a positive length or a tuple of lengths, got {chunks!r}.")
+    whole, rest = divmod(n, int(chunks))
+    return (int(chunks),) * whole + ((rest,) if rest else ())
 
 
 def normalize(x: da.Array, *, method: Normalization = "zscore") -> da.Array:
@@ -817,9 +834,26 @@ def _sta_frames(block: NDArray[Any], start: int, stop: int) -> NDArray[Any]:
 
 
 def _sta_block(n_lags: int, counts: Any, *pieces: NDArray[Any]) -> sta_kernels.StaPartial:
-    """One block's partial STA: its frames preceded by the ``n_lags - 1`` before them."""
-    frames = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
-    return sta_kernels.sta_chunk(counts, frames, n_lags=n_lags)
+    """One block's partial STA: its frames preceded by the ``n_lags - 1`` before them.
+
+    ``pieces`` are those frames in order, the last from the block's own chunk. That chunk is
+    never copied: the spikes whose window reaches into the earlier pieces are multiplied with
+    those pieces joined to the chunk's first ``n_lags - 1`` frames, the others with the
+    chunk alone.
+    """
+    if len(pieces) == 1:
+        return sta_kernels.sta_chunk(counts, pieces[0], n_lags=n_lags)
+    own = pieces[-1]
+    before = counts.shape[1] + n_lags - 1 - own.shape[0]  # frames in the earlier pieces
+    if counts.shape[1] <= before:
+        return sta_kernels.sta_chunk(counts, np.concatenate(pieces, axis=0), n_lags=n_lags)
+    head = np.concatenate([*pieces[:-1], own[: n_lags - 1]], axis=0)
+    return sta_kernels.sta_combine(
+        [
+            sta_kernels.sta_chunk(counts[:, :before], head, n_lags=n_lags),
+            sta_kernels.sta_chunk(counts[:, before:], own, n_lags=n_lags),
+        ]
+    )
 
 
 def _sta_combine(*parts: sta_kernels.StaPartial) -> sta_kernels.StaPartial:
@@ -973,7 +1007,6 @@ def blocked_sta(
             continue
         first = int(np.searchsorted(offsets, lo - halo, side="right")) - 1
         reach = max(reach, b - first)
-        dsk[(f"{name}-counts", b)] = counts
         for ty, tx in tiles:
             pieces: list[tuple[Any, ...]] = []
             for c in range(first, b + 1):
@@ -986,12 +1019,9 @@ def blocked_sta(
                     piece = (f"{name}-frames", b, c, ty, tx)
                     dsk[piece] = (_sta_frames, source, start, stop)
                     pieces.append(piece)
-            dsk[(f"{name}-partial", 0, b, ty, tx)] = (
-                _sta_block,
-                bins.n_lags,
-                (f"{name}-counts", b),
-                *pieces,
-            )
+            # The block's counts travel inside its task: no task of their own to run on some
+            # worker and fetch from there.
+            dsk[(f"{name}-partial", 0, b, ty, tx)] = (_sta_block, bins.n_lags, counts, *pieces)
         leaves.append(b)
 
     level = 0

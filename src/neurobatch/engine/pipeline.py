@@ -22,7 +22,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -635,6 +635,27 @@ def _worker() -> str:
         return DRIVER
 
 
+def _with_chunk_budget(jobs: list[_ItemJob], client: Client) -> list[_ItemJob]:
+    """The jobs with ``engine.chunk_memory`` derived from the workers' memory, unless set.
+
+    The budget follows the smallest memory limit per thread among the workers connected
+    now (:meth:`neurobatch.config.EngineConfig.chunk_budget`).
+    """
+    if not jobs:
+        return jobs
+    engine = jobs[0].config.engine
+    workers = client.scheduler_info()["workers"].values()
+    shares = [w["memory_limit"] // max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
+    budget = engine.chunk_budget(min(shares) if shares else None)
+    if budget == engine.chunk_memory:
+        return jobs
+    logger.info("chunk memory %d bytes, from the workers' memory limits", budget)
+    config = jobs[0].config.model_copy(
+        update={"engine": engine.model_copy(update={"chunk_memory": budget})}
+    )
+    return [replace(job, config=config) for job in jobs]
+
+
 #: Items abandoned after their timeout, as (run id, item id): they may not commit.
 _abandoned: set[tuple[str, str]] = set()
 
@@ -1105,6 +1126,7 @@ class Pipeline:
                 with ExitStack() as stack:
                     if client is None:
                         client = stack.enter_context(connect(config.cluster))
+                    jobs = _with_chunk_budget(jobs, client)
                     # the driver's own reads and appends (the combined outputs) compute
                     # locally, not as tasks queued behind the items; set after the client,
                     # which makes itself the default scheduler when it is created

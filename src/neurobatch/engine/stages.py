@@ -27,6 +27,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
+from distributed import futures_of
 
 from neurobatch.config import (
     EphysFilterConfig,
@@ -38,6 +39,7 @@ from neurobatch.config import (
 )
 from neurobatch.engine import blocked
 from neurobatch.errors import InputError
+from neurobatch.io.store import chunk_length
 from neurobatch.kernels import correction as correction_kernels
 from neurobatch.kernels import filters
 from neurobatch.kernels import trials as trial_kernels
@@ -460,13 +462,14 @@ def filter_traces(
 ) -> xr.Dataset:
     """Zero-phase filter every channel of an ephys recording, lazily, in µV.
 
-    The raw ``traces(time, channel)`` (integers, say) become float64 and, when the
-    recording has ``gain_uv``, microvolts; with ``common_reference: median`` the median
-    over channels is subtracted from every sample; then each channel is filtered with a
-    zero-phase Butterworth filter blocked along time
-    (:func:`neurobatch.engine.blocked.zero_phase_filter`: equal to ``sosfiltfilt`` on the
-    whole array to about 1e-12 relative). Channels stay whole in every chunk, so memory is
-    a few chunks of ``chunk_memory`` per task, whatever the recording's length.
+    One task per output block (:func:`neurobatch.engine.blocked.zero_phase_filter`) reads
+    the raw ``traces(time, channel)`` (integers, say) around the block, converts them to
+    float64 and, when the recording has ``gain_uv``, microvolts; with ``common_reference:
+    median`` subtracts the median over channels from every sample; filters each channel
+    with a zero-phase Butterworth filter (equal to ``sosfiltfilt`` on the whole array to
+    about 1e-12 relative); and casts to ``params.dtype``. No conversion, scaling or
+    rechunking runs as a task of its own. Channels stay whole in every block, so memory is
+    a few blocks per task, whatever the recording's length.
 
     Parameters
     ----------
@@ -475,8 +478,12 @@ def filter_traces(
     params : neurobatch.config.EphysFilterConfig
         Type, cutoff(s), order, common reference and the stored dtype.
     chunk_memory : int, optional
-        Bytes of one float64 block across all channels: the raw chunks (sized for their
-        narrower integers) are split to fit it, so a task's memory follows the budget.
+        The memory budget of one stored chunk, as
+        :func:`neurobatch.io.store.write_dataset` takes it: the output's blocks are the
+        store's chunks (``chunk_memory`` bytes of filtered traces and time stamps), so the
+        write stores each block as it is. A task holds about two float64 copies of its
+        block (four times ``chunk_memory`` in float32), its raw chunks and its result. By
+        default the blocks are the raw chunks.
 
     Returns
     -------
@@ -518,26 +525,34 @@ def filter_traces(
     x = traces.data if isinstance(traces.data, da.Array) else da.from_array(traces.values)
     if x.numblocks[1] != 1:
         x = x.rechunk({1: -1})
+    coords = {
+        name: recording.coords[name] for name in ("time", "channel") if name in recording.coords
+    }
+    chunks = None
     if chunk_memory is not None:
-        rows = max(1, chunk_memory // (8 * max(1, x.shape[1])))
-        if max(x.chunks[0]) > rows:
-            x = x.rechunk({0: rows})
-    x = x.astype(np.float64)
+        chunks = min(
+            x.shape[0],
+            chunk_length(
+                chunk_memory, bytes_per_sample=_stored_row_bytes(x.shape[1], params.dtype, coords)
+            ),
+        )
     gain = recording.attrs.get("gain_uv")
-    if gain is not None:
-        x = x * float(gain)
-    if params.common_reference == "median":
-        x = x - da.median(x, axis=1, keepdims=True)
     sos = filters.butter_sos(params.type, params.cutoff_hz, fs=fs, order=params.order)
     try:
-        filtered = blocked.zero_phase_filter(x, sos, axis=0)
+        filtered = blocked.zero_phase_filter(
+            x,
+            sos,
+            axis=0,
+            scale=None if gain is None else float(gain),
+            common_reference=params.common_reference,
+            dtype=params.dtype,
+            chunks=chunks,
+        )
     except ValueError as error:
         raise InputError(f"{_source(recording)}: {error}") from None
     out = xr.Dataset(
-        {"traces": (("time", "channel"), filtered.astype(params.dtype))},
-        coords={
-            name: recording.coords[name] for name in ("time", "channel") if name in recording.coords
-        },
+        {"traces": (("time", "channel"), filtered)},
+        coords=coords,
         attrs={
             **recording.attrs,
             "units": "uV" if gain is not None else "raw",
@@ -546,6 +561,13 @@ def filter_traces(
     )
     out.attrs.pop("gain_uv", None)
     return out
+
+
+def _stored_row_bytes(n_channels: int, dtype: str, coords: Mapping[str, xr.DataArray]) -> int:
+    """Bytes of one time row of the filtered dataset as the store counts them (every variable
+    along time: the traces in ``dtype`` and the time stamps)."""
+    along = [c for c in coords.values() if c.dims == ("time",)]
+    return np.dtype(dtype).itemsize * n_channels + sum(c.dtype.itemsize for c in along)
 
 
 def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
@@ -602,16 +624,22 @@ def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
         )
     frames = movie["frames"].transpose("frame", "y", "x")
     data = frames.data if isinstance(frames.data, da.Array) else da.from_array(frames.values)
-    unit_ids: Any = params.units
-    if unit_ids is None and "unit_ids" in movie:
-        unit_ids = movie["unit_ids"].values
+    names = ["spike_time", "unit"]
+    if params.units is None and "unit_ids" in movie:
+        names.append("unit_ids")
+    arrays = [movie[name].data for name in names]
+    # The spikes are binned here, so they are read here, straight from storage: no round trip
+    # through a worker, unless they were persisted on a cluster.
+    local = {} if futures_of(arrays) else {"scheduler": "sync"}
+    spikes = da.compute(*arrays, **local)
+    unit_ids: Any = params.units if len(spikes) == 2 else spikes[2]
     fps = float(movie.attrs["fps"])
     onset = float(movie.attrs.get("stimulus_onset", 0.0))
     try:
         result = blocked.blocked_sta(
             data,
-            movie["spike_time"].values,
-            movie["unit"].values,
+            np.asarray(spikes[0]),
+            np.asarray(spikes[1]),
             fps=fps,
             n_lags=params.n_lags,
             onset=onset,

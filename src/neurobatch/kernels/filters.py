@@ -9,25 +9,29 @@ the block edges no longer influence the kept samples.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import scipy.signal
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from neurobatch.kernels._validation import validate_choice, validate_finite
 
 __all__ = [
     "FilterKind",
+    "Reference",
     "butter_sos",
     "overlap_depth",
     "pad_length",
     "validate_signal_length",
     "zero_phase_filter",
+    "zero_phase_from_pieces",
 ]
 
 FilterKind = Literal["lowpass", "highpass", "bandpass", "bandstop"]
 _FILTER_KINDS: tuple[str, ...] = ("lowpass", "highpass", "bandpass", "bandstop")
+Reference = Literal["none", "median"]
+_REFERENCES: tuple[str, ...] = ("none", "median")
 
 
 def butter_sos(
@@ -129,23 +133,45 @@ def pad_length(sos: ArrayLike) -> int:
     return 3 * n_taps
 
 
-def zero_phase_filter(x: ArrayLike, sos: ArrayLike, *, axis: int = 0) -> NDArray[np.float64]:
+def zero_phase_filter(
+    x: ArrayLike,
+    sos: ArrayLike,
+    *,
+    axis: int = 0,
+    scale: float | None = None,
+    common_reference: Reference = "none",
+    dtype: DTypeLike | None = None,
+) -> NDArray[Any]:
     """Filter forward and backward, as ``scipy.signal.sosfiltfilt(padtype="odd")``.
+
+    Memory stays at two float64 copies of the signal besides the input and the result:
+    ``sosfilt`` converts the input to float64 as it filters it forward, the backward pass
+    makes the second copy, and the result is written once in ``dtype`` (scaled on the
+    way, as filtering is linear).
 
     Parameters
     ----------
     x : array_like
-        The signal; any shape, filtered along ``axis``. Must be finite.
+        The signal; any shape, filtered along ``axis``. Integers are converted to float64;
+        floats must be finite.
     sos : array_like
         ``(n_sections, 6)`` second-order sections, e.g. from :func:`butter_sos`.
     axis : int, default 0
         The time axis.
+    scale : float, optional
+        Multiply the signal by this (a gain to physical units, say): the result is
+        ``sosfiltfilt(sos, x.astype(float64) * scale)`` to rounding (about 1e-15 relative;
+        the product is taken after filtering).
+    common_reference : {"none", "median"}, default "none"
+        ``median``: subtract from every sample the median over all other axes (the
+        channels), after scaling and before filtering.
+    dtype : data-type, optional
+        The result's type; by default float64 (or the wider of the input and float64).
 
     Returns
     -------
     numpy.ndarray
-        The zero-phase filtered signal, same shape as ``x``, in float64 (or the wider of
-        the input and sections dtypes).
+        The zero-phase filtered signal, same shape as ``x``.
 
     Raises
     ------
@@ -156,6 +182,7 @@ def zero_phase_filter(x: ArrayLike, sos: ArrayLike, *, axis: int = 0) -> NDArray
     See Also
     --------
     overlap_depth : how far a blocked run must extend each block.
+    zero_phase_from_pieces : the same filter on one block of a longer signal.
     neurobatch.engine.blocked.zero_phase_filter : the same filter over a chunked dask array.
 
     Examples
@@ -166,12 +193,165 @@ def zero_phase_filter(x: ArrayLike, sos: ArrayLike, *, axis: int = 0) -> NDArray
     >>> y = zero_phase_filter(x, butter_sos("lowpass", 3.0, fs=fs))
     >>> bool(np.abs(y[500:1500] - np.sin(2 * np.pi * 1.0 * t[500:1500])).max() < 0.01)
     True
+    >>> counts = np.array([[0, 10], [1, 12], [3, 11], [2, 10]] * 10, dtype=np.int16)
+    >>> uv = zero_phase_filter(counts, butter_sos("lowpass", 40.0, fs=fs), scale=0.5,
+    ...                        dtype=np.float32)
+    >>> uv.dtype, uv.shape
+    (dtype('float32'), (40, 2))
     """
-    x_arr = validate_finite(x, "x")
+    x_arr = np.asarray(x)
+    n = x_arr.shape[axis % x_arr.ndim] if x_arr.ndim else 0
+    return zero_phase_from_pieces(
+        sos,
+        np.array([[0, n]], dtype=np.int64),
+        (0, 0),
+        x_arr,
+        axis=axis,
+        scale=scale,
+        common_reference=common_reference,
+        dtype=dtype,
+    )
+
+
+def zero_phase_from_pieces(
+    sos: ArrayLike,
+    cuts: ArrayLike,
+    trim: tuple[int, int],
+    *pieces: ArrayLike,
+    axis: int = 0,
+    scale: float | None = None,
+    common_reference: Reference = "none",
+    dtype: DTypeLike | None = None,
+) -> NDArray[Any]:
+    """Zero-phase filter consecutive pieces of a signal and keep the middle: one block's task.
+
+    A blocked filter hands each task the chunks that hold its block and the overlap
+    around it. ``pieces[i]`` cut to ``cuts[i]`` along ``axis``, joined in order, are one
+    stretch of signal; it is filtered as :func:`zero_phase_filter` filters a whole array
+    (its ends odd-padded), and ``trim[0]`` samples at the start and ``trim[1]`` at the end
+    are dropped from the result. The pieces are never joined: each is filtered in turn,
+    forward then backward, with the filter's state carried across (exactly as one call
+    over the joined stretch), and only the two ends are copied to build the padding.
+
+    Parameters
+    ----------
+    sos : array_like
+        ``(n_sections, 6)`` second-order sections.
+    cuts : array_like
+        ``(len(pieces), 2)`` integers, the ``[a, b)`` kept of each piece along ``axis``.
+    trim : (int, int)
+        Samples dropped from the start and from the end of the filtered stretch.
+    *pieces : array_like
+        Consecutive pieces of the signal, equal in every axis but ``axis``.
+    axis : int, default 0
+        The time axis.
+    scale, common_reference, dtype
+        As in :func:`zero_phase_filter`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The filtered stretch without its trimmed ends: a new C-ordered array; a float64
+        result filtered in one part (one piece, or any with ``common_reference``) is
+        instead a view of SciPy's output, laid out as ``sosfiltfilt`` returns it.
+
+    Raises
+    ------
+    ValueError
+        If a piece holds NaN or infinity, the stretch is not longer than
+        :func:`pad_length`, or ``trim`` leaves less than nothing.
+
+    Examples
+    --------
+    >>> sos = butter_sos("lowpass", 40.0, fs=1000.0)
+    >>> x = np.random.default_rng(0).standard_normal(300)
+    >>> cuts = np.array([[50, 100], [0, 150]])
+    >>> y = zero_phase_from_pieces(sos, cuts, (20, 30), x[:100], x[100:250])
+    >>> bool(np.array_equal(y, zero_phase_filter(x[50:250], sos)[20:-30]))
+    True
+    """
+    validate_choice(common_reference, "common_reference", _REFERENCES)
     sos_arr = _validate_sos(sos)
-    validate_signal_length(x_arr.shape[axis], sos_arr)
-    y: NDArray[np.float64] = scipy.signal.sosfiltfilt(sos_arr, x_arr, axis=axis, padtype="odd")
-    return y
+    arrays = [np.asarray(piece) for piece in pieces]
+    if not arrays:
+        raise ValueError("zero_phase_from_pieces needs at least one piece of signal.")
+    ndim = arrays[0].ndim
+    if ndim == 0:
+        raise ValueError("x must have at least one dimension (the time axis), got a scalar.")
+    axis %= ndim
+    bounds = np.asarray(cuts, dtype=np.int64).reshape(len(arrays), 2).tolist()
+    before = (slice(None),) * axis
+    parts = [
+        np.moveaxis(validate_finite(a[(*before, slice(lo, hi))], "x"), axis, -1)
+        for a, (lo, hi) in zip(arrays, bounds, strict=True)
+    ]
+    other = parts[0].shape[:-1]
+    parts = [part for part in parts if part.shape[-1]]
+    n = sum(part.shape[-1] for part in parts)
+    validate_signal_length(n, sos_arr)
+    start, stop = int(trim[0]), n - int(trim[1])
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"trim {tuple(trim)} does not fit a stretch of {n} samples.")
+    work_type = np.result_type(*(a.dtype for a in arrays), np.float64)
+    out_type = work_type if dtype is None else np.dtype(dtype)
+    if common_reference == "median":
+        signal = _stretch(parts, 0, n, work_type)
+        signal -= np.median(signal.reshape(-1, n), axis=0)
+        parts = [signal]
+    # sosfiltfilt's odd padding, built from the ends only: the signal itself is never
+    # copied but by sosfilt, which converts each piece to float64 as it filters it
+    pad = pad_length(sos_arr)
+    head, tail = _stretch(parts, 0, pad + 1, work_type), _stretch(parts, n - pad - 1, n, work_type)
+    left = 2 * head[..., :1] - head[..., pad:0:-1]
+    right = 2 * tail[..., -1:] - tail[..., pad - 1 :: -1]
+    zi = scipy.signal.sosfilt_zi(sos_arr).reshape(len(sos_arr), *(1,) * len(other), 2)
+    # forward through the padded stretch, the state carried from piece to piece
+    _, state = scipy.signal.sosfilt(sos_arr, left, axis=-1, zi=zi * left[..., :1])
+    forward = []
+    for part in parts:
+        y, state = scipy.signal.sosfilt(sos_arr, part, axis=-1, zi=state)
+        forward.append(y)
+    end, _ = scipy.signal.sosfilt(sos_arr, right, axis=-1, zi=state)
+    # backward from the padded end, piece by piece (the left pad's output is never kept)
+    _, state = scipy.signal.sosfilt(sos_arr, end[..., ::-1], axis=-1, zi=zi * end[..., -1:])
+    if len(forward) == 1 and out_type == work_type:
+        backward, _ = scipy.signal.sosfilt(sos_arr, forward.pop()[..., ::-1], axis=-1, zi=state)
+        kept = backward[..., ::-1][..., start:stop]
+        if scale is not None:
+            kept *= scale
+        return cast("NDArray[Any]", np.moveaxis(kept, -1, axis))
+    shape = list(arrays[0].shape)
+    shape[axis] = stop - start
+    result = np.empty(shape, dtype=out_type)
+    target = np.moveaxis(result, axis, -1)
+    at = n
+    while forward:
+        y = forward.pop()
+        at -= y.shape[-1]
+        backward, state = scipy.signal.sosfilt(sos_arr, y[..., ::-1], axis=-1, zi=state)
+        lo, hi = max(start, at), min(stop, at + y.shape[-1])
+        del y
+        if lo < hi:
+            kept = backward[..., ::-1][..., lo - at : hi - at]
+            into = target[..., lo - start : hi - start]
+            if scale is None:
+                np.copyto(into, kept, casting="unsafe")
+            else:
+                np.multiply(kept, scale, out=into, casting="unsafe")
+    return result
+
+
+def _stretch(parts: list[NDArray[Any]], lo: int, hi: int, dtype: np.dtype[Any]) -> NDArray[Any]:
+    """Samples ``[lo, hi)`` of the stretch that ``parts`` make (time last): a new ``dtype`` array."""
+    taken = []
+    at = 0
+    for part in parts:
+        k = part.shape[-1]
+        a, b = max(lo - at, 0), min(hi - at, k)
+        if a < b:
+            taken.append(part[..., a:b])
+        at += k
+    return np.concatenate(taken, axis=-1, dtype=dtype)
 
 
 def overlap_depth(sos: ArrayLike, *, rtol: float = 1e-12) -> int:
