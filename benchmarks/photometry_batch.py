@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,12 @@ def stage_seconds(out: Path, stage: str) -> dict[str, float]:
     }
 
 
+def unconverged_fits(out: Path) -> list[str]:
+    """The items whose fit stopped at ``maxiter`` without converging (``run.json``)."""
+    run = json.loads((out / "run.json").read_text())
+    return [i["item_id"] for i in run["items"] if i.get("fit") and not i["fit"].get("converged")]
+
+
 def _pipeline_file(
     folder: Path, data: Path, *, trials: dict[str, Any], fit: str, workers: int
 ) -> Path:
@@ -176,13 +183,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         irls = _pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
         results["irls_reprocess"] = run_measured([*nb, str(irls), "--reprocess"])
         irls_preprocess = stage_seconds(folder / "out", "preprocess")
+        unconverged = unconverged_fits(folder / "out")
 
     # the robust fit's own cost: each item's preprocess stage with IRLS minus with OLS (the
-    # same filtering, reads and writes), per hour of recording, on one worker thread
+    # same filtering, reads and writes), per hour of recording, on one worker thread; the
+    # median, since a fit that does not converge runs to maxiter (1000, as PhoPro's)
     hours_each = duration / 3600
-    extra = [irls_preprocess[i] - ols_preprocess[i] for i in irls_preprocess]
-    irls_fit_s = sum(extra) / len(extra) / hours_each
-    irls_stage_s = sum(irls_preprocess.values()) / len(irls_preprocess) / hours_each
+    extra = sorted(irls_preprocess[i] - ols_preprocess[i] for i in irls_preprocess)
+    irls_fit_s = statistics.median(extra) / hours_each
+    irls_fit_mean_s = statistics.mean(extra) / hours_each
+    irls_stage_s = statistics.median(irls_preprocess.values()) / hours_each
 
     hours = items * duration / 3600
     phopro_s = results["phopro"]["seconds"]
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "first_run_speedup": round(phopro_s / results["first_run"]["seconds"], 2),
             "rerun_speedup": round(phopro_s / results["rerun_changed_trials"]["seconds"], 2),
             "irls_fit_s_per_recording_hour": round(irls_fit_s, 2),
+            "irls_fit_mean_s_per_recording_hour": round(irls_fit_mean_s, 2),
+            "irls_unconverged_items": unconverged,
             "irls_preprocess_stage_s_per_recording_hour": round(irls_stage_s, 2),
             "irls_run_s_per_recording_hour": round(results["irls_reprocess"]["seconds"] / hours, 2),
         },
@@ -268,7 +280,10 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "unit": "s",
             "target": "<= 2 s",
             "met": ratios["irls_fit_s_per_recording_hour"] <= 2,
-            "why": "each item's preprocess stage with IRLS minus with OLS, per hour; the "
+            "why": "the median item's preprocess stage with IRLS minus with OLS, per hour "
+            f"(mean {ratios['irls_fit_mean_s_per_recording_hour']} s/h; "
+            f"{len(ratios['irls_unconverged_items'])} of {report['items']} fits ran to maxiter "
+            "1000 without converging, as PhoPro's would); the "
             f"whole stage with IRLS {ratios['irls_preprocess_stage_s_per_recording_hour']} s/h, "
             f"the whole --reprocess run {ratios['irls_run_s_per_recording_hour']} s/h "
             "(2 workers)",

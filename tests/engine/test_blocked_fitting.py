@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from conftest import raise_if_dask_computes
 from neurobatch.engine import blocked
 from neurobatch.kernels import fitting
 from strategies import chunkings, split_everies
@@ -105,6 +107,19 @@ def test_irls_chunked_equals_whole_on_scheduler(scheduler: str) -> None:
         chunked(X, chunks=chunks), chunked(Y, chunks=chunks), split_every=2, tol=1e-5
     )
     assert_irls_equal(fit, fitting.fit_irls(X, Y, tol=1e-5))
+
+
+@settings(max_examples=5)
+@given(chunks=chunkings(N), intercept=st.booleans())
+def test_persisted_inputs_are_fitted_in_memory(chunks: tuple[int, ...], intercept: bool) -> None:
+    """Persisted blocks: every pass runs on them in this process (no dask compute at all)."""
+    x, y = dask.persist(chunked(X, chunks=(chunks,)), chunked(Y, chunks=(chunks,)))
+    with raise_if_dask_computes():
+        fit = blocked.fit_irls(x, y, intercept=intercept)
+        ols = blocked.fit_ols(x, y, intercept=intercept)
+    assert_irls_equal(fit, fitting.fit_irls(X, Y, intercept=intercept))
+    assert rel(ols.slope, WHOLE_OLS[intercept].slope) < 1e-12
+    assert rel(ols.intercept, WHOLE_OLS[intercept].intercept) < 1e-12
 
 
 @pytest.mark.slow_hypothesis

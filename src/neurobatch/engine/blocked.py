@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 
 import dask.array as da
 import dask.base
+import dask.core
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
@@ -324,13 +325,27 @@ def _fit_aggregate(combine: Any, parts: Any, axis: Any, keepdims: bool) -> NDArr
     return box
 
 
+def _persisted_blocks(x: da.Array) -> list[NDArray[Any]] | None:
+    """The blocks of an array persisted in this process (its graph holds only their
+    values, in order), or None when any block is still a task (or a distributed future)."""
+    graph = x.__dask_graph__()
+    blocks = [graph.get(key) for key in dask.core.flatten(x.__dask_keys__())]
+    if all(isinstance(block, np.ndarray) for block in blocks):
+        return blocks
+    return None
+
+
 def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.Reducer:
     """A reducer running kernel chunk/combine functions as a dask tree reduction."""
     validate_split_every(split_every)
     n_blocks = x.numblocks[0]
+    blocks_x, blocks_y = _persisted_blocks(x), _persisted_blocks(y)
+    if blocks_x is not None and blocks_y is not None and x.chunks == y.chunks:
+        # persisted in this process (the engine persists signals that fit in memory): the
+        # same per-block passes, without one dask compute per pass (an IRLS makes ~50)
+        return fitting.local_reducer(blocks_x, blocks_y)
     if n_blocks == 1:
-        # one block (within the chunk memory budget): compute it once and run every pass on
-        # it in memory, instead of one dask compute per pass (an IRLS makes ~50 passes)
+        # one block (within the chunk memory budget): compute it once, then the same
         block_x, block_y = dask.base.compute(x, y)
         return fitting.local_reducer([block_x], [block_y])
     # Optimise the inputs' graphs once; each pass then skips graph optimisation (whose
