@@ -201,18 +201,31 @@ def _stage_run(
     user = sum(after[w][0] - before[w][0] for w in after)
     system = sum(after[w][1] - before[w][1] for w in after)
     samples = int(np.prod(recording["traces"].shape))
+    return _case("neurobatch filter stage", workers, seconds, memory, samples, stream.data) | {
+        "worker_cpu_s": user + system,
+        "worker_sys_pct": 100 * system / max(user + system, 1e-9),
+        "out": out,
+    }
+
+
+def _case(
+    name: str,
+    workers: dict[str, int],
+    seconds: float,
+    memory: TreeSampler,
+    samples: int,
+    tasks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One neurobatch case: its rate, the process tree's and the workers' peaks, its tasks."""
     return {
-        "name": f"neurobatch filter stage, {len(workers)} worker(s)",
+        "name": f"{name}, {len(workers)} worker(s)",
         "workers": len(workers),
         "seconds": seconds,
         "peak_mb": memory.peak_mb,
         "samples": samples,
         "rate": samples / seconds,
         "worker_peak_mb": max(memory.process_peak_mb(pid) for pid in workers.values()),
-        "worker_cpu_s": user + system,
-        "worker_sys_pct": 100 * system / max(user + system, 1e-9),
-        "out": out,
-        **_task_summary(stream.data, seconds, len(workers)),
+        **_task_summary(tasks, seconds, len(workers)),
     }
 
 
@@ -239,16 +252,8 @@ def _pipeline_run(client: Any, path: str, folder: Path) -> dict[str, Any]:
         raise RuntimeError(f"the filter pipeline did not finish its item:\n{summary}")
     shutil.rmtree(folder, ignore_errors=True)
     samples = Path(path).stat().st_size // 2
-    return {
-        "name": f"neurobatch filter pipeline (ingest + filter), {len(workers)} worker(s)",
-        "workers": len(workers),
-        "seconds": seconds,
-        "peak_mb": memory.peak_mb,
-        "samples": samples,
-        "rate": samples / seconds,
-        "worker_peak_mb": max(memory.process_peak_mb(pid) for pid in workers.values()),
-        **_task_summary(stream.data, seconds, len(workers)),
-    }
+    name = "neurobatch filter pipeline (ingest + filter)"
+    return _case(name, workers, seconds, memory, samples, stream.data)
 
 
 def neurobatch_case(
