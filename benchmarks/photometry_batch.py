@@ -151,7 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = folder / "data"
         start = time.perf_counter()
         synthetic.write_photometry_batch(
-            data, n_items=items, duration_s=duration, fs=args.rate_hz, seed=0
+            data,
+            n_items=items,
+            duration_s=duration,
+            fs=args.rate_hz,
+            seed=0,
+            processes=args.workers,
         )
         print(
             f"generated {items} x {duration:g} s at {args.rate_hz:g} Hz in "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -25,6 +26,7 @@ from neurobatch.synthetic import (
     ephys_recording,
     receptive_field_movie,
     write_movie,
+    write_photometry_batch,
     write_spikeglx,
 )
 
@@ -277,3 +279,13 @@ def test_spikeglx_refuses_what_it_cannot_write(ephys: PlantedRecording) -> None:
     no_rate.attrs = {}
     with pytest.raises(InputError, match=r"attrs\['sampling_rate'\] is None"):
         write_spikeglx(no_rate, "memory://tests/run.bin")
+
+
+def test_photometry_batch_written_in_processes_is_the_same(tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {"n_items": 4, "duration_s": 30.0, "fs": 50.0, "seed": 2}
+    serial = write_photometry_batch(tmp_path / "serial", **kwargs)
+    parallel = write_photometry_batch(tmp_path / "parallel", processes=2, **kwargs)
+    assert [p.name for p in parallel] == [p.name for p in serial]
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        assert a.with_suffix(".json").read_text() == b.with_suffix(".json").read_text()

@@ -25,7 +25,9 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -190,6 +192,7 @@ def write_photometry_batch(
     fs: float = 1000.0,
     seed: int = 0,
     awkward: bool = True,
+    processes: int = 1,
 ) -> list[Path]:
     """Write a batch of synthetic recordings in PhoPro's CSV layout, with JSON sidecars.
 
@@ -218,6 +221,8 @@ def write_photometry_batch(
         Seed of the first recording.
     awkward : bool, default True
         Plant the awkward trials and the uneven sidecars described above.
+    processes : int, default 1
+        Write the recordings in this many processes at once (the files are the same).
 
     Returns
     -------
@@ -240,36 +245,47 @@ def write_photometry_batch(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(n_items):
-        rec = photometry_recording(duration_s=duration_s, fs=fs, seed=seed + k)
-        time = rec["time"].to_numpy()
-        events = {
-            name: rec["event_time"].to_numpy()[rec["event_name"].to_numpy() == name]
-            for name in EVENT_NAMES
-        }
-        if awkward and k == 0:
-            if events["lever1"].size:
-                events["lever2"] = np.sort(np.append(events["lever2"], events["lever1"][0] + 0.5))
-            events["trial_cue"] = np.append(events["trial_cue"], time[-1] - 3.0)
-        columns: dict[str, pa.Array] = {
-            "": pa.array(np.arange(time.size)),
-            "time": pa.array(time),
-            "signal": pa.array(rec["signal"].to_numpy()),
-            "isosbestic": pa.array(rec["isosbestic"].to_numpy()),
-        }
-        for name, times in events.items():
-            flags = np.zeros(time.size, dtype=np.int8)
-            flags[np.clip(np.rint((times - time[0]) * fs).astype(np.int64), 0, time.size - 1)] = 1
-            columns[name] = pa.array(flags)
-        path = folder / f"experiment_{k + 1:03d}.csv"
-        pyarrow.csv.write_csv(pa.table(columns), path)
-        sidecar = {key: rec.attrs[key] for key in ("subject", "sex", "age", "session")}
-        if awkward and k % 3 == 0:
-            sidecar["notes"] = f"fibre re-seated before session {k + 1}"
-        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        paths.append(path)
-    return paths
+    write = functools.partial(
+        _write_photometry_item, folder, duration_s=duration_s, fs=fs, seed=seed, awkward=awkward
+    )
+    if processes <= 1:
+        return [write(k) for k in range(n_items)]
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(min(processes, n_items), mp_context=spawn) as pool:
+        return list(pool.map(write, range(n_items)))
+
+
+def _write_photometry_item(
+    folder: Path, k: int, *, duration_s: float, fs: float, seed: int, awkward: bool
+) -> Path:
+    """Write recording ``k`` of :func:`write_photometry_batch` and its sidecar."""
+    rec = photometry_recording(duration_s=duration_s, fs=fs, seed=seed + k)
+    time = rec["time"].to_numpy()
+    events = {
+        name: rec["event_time"].to_numpy()[rec["event_name"].to_numpy() == name]
+        for name in EVENT_NAMES
+    }
+    if awkward and k == 0:
+        if events["lever1"].size:
+            events["lever2"] = np.sort(np.append(events["lever2"], events["lever1"][0] + 0.5))
+        events["trial_cue"] = np.append(events["trial_cue"], time[-1] - 3.0)
+    columns: dict[str, pa.Array] = {
+        "": pa.array(np.arange(time.size)),
+        "time": pa.array(time),
+        "signal": pa.array(rec["signal"].to_numpy()),
+        "isosbestic": pa.array(rec["isosbestic"].to_numpy()),
+    }
+    for name, times in events.items():
+        flags = np.zeros(time.size, dtype=np.int8)
+        flags[np.clip(np.rint((times - time[0]) * fs).astype(np.int64), 0, time.size - 1)] = 1
+        columns[name] = pa.array(flags)
+    path = folder / f"experiment_{k + 1:03d}.csv"
+    pyarrow.csv.write_csv(pa.table(columns), path)
+    sidecar = {key: rec.attrs[key] for key in ("subject", "sex", "age", "session")}
+    if awkward and k % 3 == 0:
+        sidecar["notes"] = f"fibre re-seated before session {k + 1}"
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return path
 
 
 DEMO_PIPELINE = """\
