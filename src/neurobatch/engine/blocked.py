@@ -329,10 +329,9 @@ def _persisted_blocks(x: da.Array) -> list[NDArray[Any]] | None:
     """The blocks of an array persisted in this process (its graph holds only their
     values, in order), or None when any block is still a task (or a distributed future)."""
     graph = x.__dask_graph__()
-    blocks = [graph.get(key) for key in dask.core.flatten(x.__dask_keys__())]
-    if all(isinstance(block, np.ndarray) for block in blocks):
-        return blocks
-    return None
+    keys = list(dask.core.flatten(x.__dask_keys__()))
+    blocks = [block for key in keys if isinstance(block := graph.get(key), np.ndarray)]
+    return blocks if len(blocks) == len(keys) else None
 
 
 def _fit_reducer(x: da.Array, y: da.Array, split_every: int | None) -> fitting.Reducer:
