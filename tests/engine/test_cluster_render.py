@@ -14,6 +14,7 @@ import copy
 import os
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ from neurobatch.config import (
     load_config,
 )
 from neurobatch.engine.cluster import (
+    WORKER_PROFILER,
     connect,
     job_script,
     kubernetes_spec,
@@ -173,7 +175,7 @@ def _check_daskcluster(manifest: dict[str, Any], crd: CRD, config: KubernetesClu
         assert argv[:2] == ["dask", role], f"{role} runs {argv}"
         assert container["image"] == config.image
         variables = {item["name"]: item.get("value") for item in container.get("env", [])}
-        expected = dict.fromkeys(BLAS_VARIABLES, "1") | config.env
+        expected = dict.fromkeys(BLAS_VARIABLES, "1") | {WORKER_PROFILER: "False"} | config.env
         assert {name: variables.get(name) for name in expected} == expected, role
         assert container.get("envFrom", []) == secrets, role
         if role == "worker":
@@ -451,6 +453,7 @@ def _check_job_script(
     assert parse_bytes(_option(argv, "--memory-limit")) == worker_memory
     for variable in BLAS_VARIABLES:
         assert f"export {variable}=1" in lines[:index], f"{variable} is not exported first"
+    assert f"export {WORKER_PROFILER}=False" in lines[:index], "the profiler is left on"
     directives = [line for line in lines if line.startswith(directive + " ")]
     first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     assert all(lines.index(line) < first_command for line in directives), (
@@ -720,6 +723,25 @@ def test_local_workers_get_one_blas_thread_in_their_environment(local_blas_clien
 def test_local_workers_blas_runs_one_thread(local_blas_client: Client) -> None:
     pools = _worker_pools(local_blas_client)
     assert {pool["num_threads"] for pool in pools} == {1}, pools
+
+
+def _profiled_task_prefixes(client: Client) -> list[str]:
+    """The task prefixes the worker's statistical profiler has call trees of, after a task
+    that spans many of its 10 ms samples."""
+    client.submit(time.sleep, 0.5, pure=False).result()
+    keys = 'sorted(__import__("distributed").get_worker().profile_keys)'
+    prefixes: list[str] = client.submit(eval, keys, pure=False).result()
+    return prefixes
+
+
+def test_local_workers_run_without_the_profiler(local_blas_client: Client) -> None:
+    # its call trees would grow with the batch: about 80 MB per worker over 200 items
+    assert _profiled_task_prefixes(local_blas_client) == []
+
+
+def test_local_workers_run_the_profiler_when_the_shell_asks_for_it() -> None:
+    with _local_client({WORKER_PROFILER: "True"}) as client:
+        assert _profiled_task_prefixes(client) == ["sleep"]
 
 
 def test_local_workers_blas_runs_one_thread_whatever_the_shell_sets() -> None:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pandas as pd
 import pytest
 import xarray as xr
@@ -136,6 +137,9 @@ def test_photometry_demo_on_slurm_matches_a_local_run(
         assert set(job_of_worker.values()) == submitted
         assert submitted == ours
         assert set(client.run(os.getenv, "OMP_NUM_THREADS").values()) == {"1"}
+        # the workers' Dask read their profiler's setting from the job's environment
+        profiler = client.run(dask.config.get, "distributed.worker.profile.enabled")
+        assert set(profiler.values()) == {False}
         slurm_workers = set(job_of_worker)
 
         summary = _demo(tmp_path, "slurm", slurm_config).run(client=client, progress=False)
