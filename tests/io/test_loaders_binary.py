@@ -19,6 +19,7 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
@@ -33,11 +34,15 @@ from neurobatch.io.loaders import (
     load_spikeglx,
 )
 from neurobatch.io.loaders.binary import FileArray, read_spikeglx_meta, time_chunks
+from neurobatch.io.store import write_dataset
 
 N_AP = 6
 RATE = 30000.0
 N_SAMPLES = 12_000
 FIRST_SAMPLE = 123_450
+#: Bytes of one stored row of a loaded AP file: the AP channels (int16; the sync channel is
+#: not kept) and the float64 time stamp.
+STORED_ROW = N_AP * 2 + 8
 
 
 def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
@@ -125,13 +130,12 @@ def memory_root() -> Iterator[str]:
 def test_spikeglx_values_lazy_and_chunked(tmp_path: Path) -> None:
     data = recording()
     url = write_spikeglx(tmp_path, data)
-    row = (N_AP + 1) * 2
     with raise_if_dask_computes():
-        ds = load_spikeglx(url, {}, chunk_memory=5000 * row)
+        ds = load_spikeglx(url, {}, chunk_memory=5000 * STORED_ROW)
     assert isinstance(ds.traces.data, da.Array)
     assert ds.traces.dims == ("time", "channel")
     assert ds.traces.dtype == np.int16
-    # the budget gives 5000 samples of all saved channels per chunk
+    # the budget gives 5000 samples of the kept channels and their time stamps per chunk
     assert ds.traces.data.chunks == ((5000, 5000, 2000), (N_AP,))
     values = ds.traces.values
     assert values.dtype == np.int16
@@ -153,6 +157,22 @@ def test_spikeglx_values_lazy_and_chunked(tmp_path: Path) -> None:
     assert ds.attrs["event_names"] == []
     # a chunk in the middle reads exactly its rows
     np.testing.assert_array_equal(ds.traces[4990:5010, 2:4].values, data[4990:5010, 2:4])
+
+
+@pytest.mark.parametrize("include_digital", [False, True])
+@pytest.mark.parametrize("budget_rows", [4096, 5000, 7777])
+def test_spikeglx_chunks_are_the_stores(
+    tmp_path: Path, include_digital: bool, budget_rows: int
+) -> None:
+    # ingest writes the loaded chunks as they are: the store picks the same chunk length
+    data = recording()
+    url = write_spikeglx(tmp_path, data)
+    budget = budget_rows * STORED_ROW
+    ds = load_spikeglx(url, {"include_digital": include_digital}, chunk_memory=budget)
+    write_dataset(ds, str(tmp_path / "recording.zarr"), chunk_memory=budget)
+    stored = zarr.open_group(str(tmp_path / "recording.zarr"), mode="r")
+    assert stored["traces"].chunks[0] == ds.traces.data.chunks[0][0]
+    assert stored["time"].chunks[0] == ds.traces.data.chunks[0][0]
 
 
 def test_spikeglx_graph_holds_no_data(tmp_path: Path) -> None:
@@ -286,7 +306,9 @@ def test_spikeglx_remote_byte_ranges(memory_root: str) -> None:
 def test_spikeglx_through_the_registry(tmp_path: Path) -> None:
     data = recording(n=9000)
     url = write_spikeglx(tmp_path, data)
-    ds = load_recording(url, {"format": "spikeglx"}, format="spikeglx", chunk_memory=4500 * 14)
+    ds = load_recording(
+        url, {"format": "spikeglx"}, format="spikeglx", chunk_memory=4500 * STORED_ROW
+    )
     assert ds.traces.data.chunks[0] == (4500, 4500)
     default = load_recording(url, {}, format="spikeglx")
     assert default.traces.data.chunks[0] == (9000,)

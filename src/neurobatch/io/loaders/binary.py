@@ -2,7 +2,8 @@
 
 Two formats (target ``file``), both returning the ephys Recording Dataset
 ``traces(time, channel)`` in the file's own integer or float type, dask-backed and chunked
-along time from a memory budget (``chunk_memory`` bytes of raw samples per chunk):
+along time from a memory budget (``chunk_memory`` bytes per chunk of the samples as the
+Recording stores them, with their time stamps, so that ingest writes the chunks unchanged):
 
 - ``spikeglx``: a SpikeGLX binary (``*.ap.bin``, ``*.lf.bin``, ``*.nidq.bin``, ``*.obx.bin``)
   with its ``.meta`` beside it. The meta gives the channel count (``nSavedChans``), the
@@ -69,6 +70,8 @@ __all__ = [
 FORMAT_SPIKEGLX = "spikeglx"
 FORMAT_RAW = "raw-binary"
 
+#: Bytes of the time stamp the Recording stores beside each row of samples.
+_TIME_BYTES = np.dtype(np.float64).itemsize
 #: Memory budget of one chunk when the caller gives none (the engine's default).
 DEFAULT_CHUNK_MEMORY = 64 * 2**20
 
@@ -483,9 +486,17 @@ def _traces(
     size: int,
     fingerprint: Any,
     name: str,
+    stored_channels: int | None = None,
 ) -> da.Array:
+    """The file's samples as a dask array, chunked along time as the store chunks them.
+
+    A chunk holds ``chunk_memory`` bytes of rows as the Recording stores them: the
+    ``stored_channels`` kept (all by default) in ``dtype`` and each row's float64 time
+    stamp, so that ingest writes the chunks as they are, without rechunking.
+    """
     row = n_channels * dtype.itemsize
     n = (size - offset) // row
+    stored_row = (n_channels if stored_channels is None else stored_channels) * dtype.itemsize
     reader = FileArray(
         url,
         shape=(n, n_channels),
@@ -494,7 +505,7 @@ def _traces(
         storage_options=storage_options,
         fingerprint=fingerprint,
     )
-    chunks = time_chunks(n, bytes_per_row=row, chunk_memory=chunk_memory)
+    chunks = time_chunks(n, bytes_per_row=stored_row + _TIME_BYTES, chunk_memory=chunk_memory)
     logger.debug("%s: %d samples x %d channels in chunks of %d", url, n, n_channels, chunks[0])
     return lazy(reader, (chunks, n_channels), name=name)
 
@@ -617,7 +628,8 @@ def load_raw_binary(
     storage_options : mapping, optional
         Passed to fsspec.
     chunk_memory : int, default 64 MiB
-        Bytes of stored samples per time chunk (at least 4096 samples).
+        Bytes per time chunk of the samples as stored (with their time stamps; at least
+        4096 samples).
 
     Returns
     -------
@@ -952,7 +964,8 @@ def load_spikeglx(
     storage_options : mapping, optional
         Passed to fsspec.
     chunk_memory : int, default 64 MiB
-        Bytes of stored samples (all saved channels) per time chunk (at least 4096 samples).
+        Bytes per time chunk of the samples as stored (the channels kept and their time
+        stamps; at least 4096 samples).
 
     Returns
     -------
@@ -1043,6 +1056,14 @@ def load_spikeglx(
         kinds = np.asarray(kind_names, dtype="<U7")[np.searchsorted(bounds, channels, "right")]
     gains_uv = _channel_gains_uv(meta, meta_url, stream, kinds, channels, counts)
 
+    keep = np.arange(n_saved)
+    if not args.include_digital:
+        keep = np.flatnonzero(~np.isin(kinds, list(_DIGITAL)))
+        if keep.size == 0:
+            raise InputError(
+                f"SpikeGLX binary {url!r} holds only digital channels; set "
+                "include_digital: true to load them"
+            )
     traces = _traces(
         url,
         n_channels=n_saved,
@@ -1053,18 +1074,11 @@ def load_spikeglx(
         size=size,
         fingerprint=_fingerprint(fs, path),
         name="spikeglx",
+        stored_channels=keep.size,
     )
-    keep = np.arange(n_saved)
-    if not args.include_digital:
-        keep = np.flatnonzero(~np.isin(kinds, list(_DIGITAL)))
-        if keep.size == 0:
-            raise InputError(
-                f"SpikeGLX binary {url!r} holds only digital channels; set "
-                "include_digital: true to load them"
-            )
-        if keep.size < n_saved:
-            contiguous = bool((np.diff(keep) == 1).all())
-            traces = traces[:, slice(int(keep[0]), int(keep[-1]) + 1) if contiguous else keep]
+    if keep.size < n_saved:
+        contiguous = bool((np.diff(keep) == 1).all())
+        traces = traces[:, slice(int(keep[0]), int(keep[-1]) + 1) if contiguous else keep]
 
     analog = gains_uv[keep][~np.isin(kinds[keep], list(_DIGITAL))]
     first_sample = int(_number(meta, "firstSample", meta_url)) if "firstSample" in meta else 0
