@@ -51,6 +51,8 @@ HEIGHT = WIDTH = 16
 #: (at 60 Hz its bin edges, built by repeated addition, put every spike one frame early).
 FPS = 50.0
 FRACTIONS = (4, 2, 1)  # every 4th, every 2nd, every spike
+#: Runs of neurobatch's stage with every spike (the median is reported).
+REPEATS = 3
 WORKER_MEMORY = 2**30
 #: The movie's Zarr chunks: at most this many bytes. The engine's default chunk memory (64 MiB)
 #: would store the quick movie (55 MB) as one chunk: one task, one busy worker. 16 MiB gives
@@ -314,12 +316,16 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             )
         }
         print(f"sta: {method} {refs[method][1]['seconds']:.2f} s", flush=True)
-    runs = {
-        r["every"]: r
-        for r in in_fresh_process(
-            neurobatch_case, folder=str(folder), everies=list(FRACTIONS), timeout_s=1800
-        )
-    }
+    # the whole case runs REPEATS times (it takes seconds, where a hiccup weighs): the median
+    measured = in_fresh_process(
+        neurobatch_case,
+        folder=str(folder),
+        everies=[*FRACTIONS, *[1] * (REPEATS - 1)],
+        timeout_s=1800,
+    )
+    repeats = sorted((r for r in measured if r["every"] == 1), key=lambda r: r["seconds"])
+    runs = {r["every"]: r for r in measured if r["every"] != 1}
+    runs[1] = repeats[len(repeats) // 2]
     print(f"sta: neurobatch {runs[1]['seconds']:.2f} s", flush=True)
     checked = in_fresh_process(check, folder=str(folder), out=runs[1]["out"])
 
@@ -452,6 +458,11 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
                 "The loop, pynapple and the in-memory kernel get the movie in memory (loading "
                 "it is not timed); neurobatch's stage reads it from a Zarr store, as the sta "
                 "pipeline does, with its cluster started and warmed up before the clock."
+            ),
+            (
+                f"neurobatch's time with every spike is the median of {REPEATS} runs: "
+                + ", ".join(f"{r['seconds']:.2f}" for r in repeats)
+                + " s."
             ),
             (
                 f"spikes_dropped: spikes in the movie's first {N_LAGS - 1} frames, whose "
