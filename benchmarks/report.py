@@ -40,7 +40,8 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
-    """The checkout's short commit, with ``+changes`` when tracked files differ from it."""
+    """The checkout's short commit, with ``+changes`` when tracked files differ from it
+    (results files aside: a run of several suites rewrites them as it goes)."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -50,7 +51,9 @@ def _git_commit() -> str | None:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{head}{'+changes' if dirty else ''}"
