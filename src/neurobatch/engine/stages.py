@@ -39,7 +39,7 @@ from neurobatch.config import (
 )
 from neurobatch.engine import blocked
 from neurobatch.errors import InputError
-from neurobatch.io.store import chunk_length
+from neurobatch.io.store import chunk_length, row_bytes
 from neurobatch.kernels import correction as correction_kernels
 from neurobatch.kernels import filters
 from neurobatch.kernels import trials as trial_kernels
@@ -530,10 +530,12 @@ def filter_traces(
     }
     chunks = None
     if chunk_memory is not None:
+        # the output's rows as the store counts them: the filtered traces and the time stamps
+        filtered_row = xr.Variable(("time", "channel"), np.empty((0, x.shape[1]), params.dtype))
         chunks = min(
             x.shape[0],
             chunk_length(
-                chunk_memory, bytes_per_sample=_stored_row_bytes(x.shape[1], params.dtype, coords)
+                chunk_memory, bytes_per_sample=row_bytes([filtered_row, *coords.values()])
             ),
         )
     gain = recording.attrs.get("gain_uv")
@@ -561,13 +563,6 @@ def filter_traces(
     )
     out.attrs.pop("gain_uv", None)
     return out
-
-
-def _stored_row_bytes(n_channels: int, dtype: str, coords: Mapping[str, xr.DataArray]) -> int:
-    """Bytes of one time row of the filtered dataset as the store counts them (every variable
-    along time: the traces in ``dtype`` and the time stamps)."""
-    along = [c for c in coords.values() if c.dims == ("time",)]
-    return np.dtype(dtype).itemsize * n_channels + sum(c.dtype.itemsize for c in along)
 
 
 def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:

@@ -39,7 +39,7 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -64,6 +64,7 @@ __all__ = [
     "read_commit",
     "remove",
     "resample_trials",
+    "row_bytes",
     "to_json_safe",
     "write_dataset",
     "zarr_store",
@@ -302,6 +303,39 @@ def _compressors(dtype: np.dtype[Any]) -> tuple[Any, ...]:
 # --- datasets --------------------------------------------------------------------------------
 
 
+def row_bytes(variables: Iterable[xr.Variable | xr.DataArray], *, dim: str = "time") -> int:
+    """Bytes of one step along ``dim`` across the variables that have it, as
+    :func:`write_dataset` counts them to size its chunks.
+
+    Code that makes the chunks a dataset will be written with (a loader, a stage) sizes them
+    with this, so that the store keeps them as they are. A variable's length along ``dim``
+    does not matter: a zero-length one stands for a variable still to be made.
+
+    Parameters
+    ----------
+    variables : iterable of xarray.Variable or xarray.DataArray
+        The dataset's variables and coordinates; those without ``dim`` add nothing.
+    dim : str, default "time"
+        The chunked dimension.
+
+    Returns
+    -------
+    int
+        The bytes.
+
+    Examples
+    --------
+    >>> traces = xr.Variable(("time", "channel"), np.empty((0, 64), dtype="int16"))
+    >>> row_bytes([traces, xr.Variable("time", np.empty(0)), xr.Variable("channel", np.arange(64))])
+    136
+    """
+    return sum(
+        v.dtype.itemsize * math.prod(s for d, s in v.sizes.items() if d != dim)
+        for v in variables
+        if dim in v.dims
+    )
+
+
 def write_dataset(
     ds: xr.Dataset,
     url: str,
@@ -367,10 +401,7 @@ def write_dataset(
             f"cannot write to {url}: the dataset has no dimension {dim!r} (it has "
             f"{sorted(map(str, ds.dims))}); expected a Recording or Processed dataset"
         )
-    along = [v for v in ds.variables.values() if dim in v.dims]
-    bytes_per_sample = sum(
-        v.dtype.itemsize * math.prod(s for d, s in v.sizes.items() if d != dim) for v in along
-    )
+    bytes_per_sample = row_bytes(ds.variables.values(), dim=dim)
     n = min(
         chunk_length(chunk_memory, bytes_per_sample=max(1, bytes_per_sample), minimum=minimum),
         ds.sizes[dim],

@@ -48,7 +48,7 @@ from pydantic import Field, field_validator, model_validator
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import LoaderArguments, coerce_arguments
 from neurobatch.io.loaders.sidecar import load_annotation
-from neurobatch.io.store import chunk_length
+from neurobatch.io.store import chunk_length, row_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ __all__ = [
 FORMAT_SPIKEGLX = "spikeglx"
 FORMAT_RAW = "raw-binary"
 
-#: Bytes of the time stamp the Recording stores beside each row of samples.
-_TIME_BYTES = np.dtype(np.float64).itemsize
+#: The type of the time stamps the Recording stores beside each row of samples.
+_TIME_DTYPE = np.float64
 #: Memory budget of one chunk when the caller gives none (the engine's default).
 DEFAULT_CHUNK_MEMORY = 64 * 2**20
 
@@ -496,7 +496,13 @@ def _traces(
     """
     row = n_channels * dtype.itemsize
     n = (size - offset) // row
-    stored_row = (n_channels if stored_channels is None else stored_channels) * dtype.itemsize
+    kept = n_channels if stored_channels is None else stored_channels
+    stored_row = row_bytes(
+        [
+            xr.Variable(("time", "channel"), np.empty((0, kept), dtype)),
+            xr.Variable("time", np.empty(0, _TIME_DTYPE)),
+        ]
+    )
     reader = FileArray(
         url,
         shape=(n, n_channels),
@@ -505,7 +511,7 @@ def _traces(
         storage_options=storage_options,
         fingerprint=fingerprint,
     )
-    chunks = time_chunks(n, bytes_per_row=stored_row + _TIME_BYTES, chunk_memory=chunk_memory)
+    chunks = time_chunks(n, bytes_per_row=stored_row, chunk_memory=chunk_memory)
     logger.debug("%s: %d samples x %d channels in chunks of %d", url, n, n_channels, chunks[0])
     return lazy(reader, (chunks, n_channels), name=name)
 
@@ -542,7 +548,7 @@ def _recording(
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     n = int(traces.shape[0])
-    time = np.arange(n, dtype=np.float64) / sampling_rate + t0
+    time = np.arange(n, dtype=_TIME_DTYPE) / sampling_rate + t0
     coords: dict[str, Any] = {"time": ("time", time), "channel": ("channel", channel)}
     coords.update({key: ("channel", values) for key, values in channel_coords.items()})
     return xr.Dataset({"traces": (("time", "channel"), traces)}, coords=coords, attrs=attrs)
