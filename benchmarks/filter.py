@@ -233,7 +233,7 @@ def _pipeline_run(client: Any, path: str, folder: Path) -> dict[str, Any]:
     """``Pipeline.run`` of a ``filter`` pipeline on the file: ingest to Zarr, then filter."""
     from distributed import get_task_stream
 
-    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.engine.run import Pipeline
 
     settings = {
         "name": "filter-benchmark",

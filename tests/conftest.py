@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from neurobatch import synthetic
 from neurobatch.config import load_config
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 
 # the default profile (CI's) draws the same examples on every run, so that a pass or a
 # failure repeats; the "slow" profile (HYPOTHESIS_PROFILE=slow) explores new ones

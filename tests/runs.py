@@ -13,8 +13,14 @@ import xarray as xr
 from neurobatch.io import store
 
 
-def assert_same_results(out: str | Path, reference: Path, **storage_options: Any) -> None:
-    """The run at ``out`` combined the same trials and items as the one at ``reference``."""
+def assert_same_results(
+    out: str | Path, reference: Path, *, rerun: bool = False, **storage_options: Any
+) -> None:
+    """The run at ``out`` combined the same trials and items as the one at ``reference``.
+
+    Every item of ``out`` is done, or with ``rerun`` (the last run at ``out`` was a re-run)
+    done or skipped: none failed.
+    """
     trials = store.open_trials(f"{out}/trials.zarr", storage_options=storage_options).load()
     expected = store.open_trials(str(reference / "trials.zarr")).load()
     # the same files, wherever they were read from
@@ -25,5 +31,6 @@ def assert_same_results(out: str | Path, reference: Path, **storage_options: Any
     with fsspec.open(f"{out}/items.parquet", "rb", **storage_options) as f:
         items = pd.read_parquet(f).set_index("item_id").sort_index()
     expected = pd.read_parquet(reference / "items.parquet").set_index("item_id").sort_index()
-    assert (items["status"] == "done").all(), items["status"].to_dict()
+    statuses = ("done", "skipped") if rerun else ("done",)
+    assert items["status"].isin(statuses).all(), items["status"].to_dict()
     pd.testing.assert_series_equal(items["n_trials"], expected["n_trials"])

@@ -29,7 +29,7 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.cli import EXIT_SOME_FAILED, main
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 from neurobatch.errors import InputError, NonUniformSamplingWarning
 from neurobatch.io import store
 from neurobatch.io.discover import discover
@@ -487,7 +487,7 @@ def test_an_input_named_dot_dot_stays_inside_out(
     (item_id,) = items.index
     assert items.loc[item_id, "status"] == "done", items.loc[item_id, "error"]
     assert SAFE_ID.fullmatch(item_id) and ".." not in item_id
-    assert (out / "items" / item_id / "trials.zarr").is_dir()
+    assert (out / "items" / item_id / "trials").is_dir()
     # everything the run wrote is in OUT (or is one of the folders that lead to it)
     written = set(tmp_path.rglob("*")) - before
     outside = [p for p in written if p != out and out not in p.parents and p not in out.parents]

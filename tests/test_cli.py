@@ -56,3 +56,14 @@ def test_a_misspelled_key_is_one_line_and_exit_1(
     assert "preprocess.filter.cutof_hz: unknown key; did you mean 'cutoff_hz'?" in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_check_passes_as_shipped(capsys: pytest.CaptureFixture[str]) -> None:
+    """``neurobatch check`` runs every blocked operator on a LocalCluster against its kernel
+    and passes with the tolerances it ships (the STA's is float32 precision)."""
+    status = main(["check", "--workers", "1", "--recordings", "1", "--minutes", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "FAIL" not in out
+    steps = [line.split()[1] for line in out.splitlines() if line.startswith("ok")]
+    assert "spike-triggered" in steps and len(steps) >= 5, out

@@ -23,7 +23,6 @@ from neurobatch.config import (
     load_config,
     loader_arguments,
     split_object_ref,
-    stage_parameters,
     validate_config,
     validate_loader,
 )
@@ -687,41 +686,6 @@ def test_loader_arguments_round_trip(tmp_path: Path) -> None:
     assert arguments["event_cols"] == ["trial_cue", "lever1", "lever2", "shock"]
     model = LOADERS["photometry-csv"].arguments.model_validate(arguments)
     assert model.event_names() == ["trial_cue", "lever1", "lever2", "shock"]
-
-
-def test_stage_parameters(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, EXAMPLE))
-    ingest = stage_parameters(config, "ingest")
-    assert ingest["loader"]["format"] == "photometry-csv"
-    assert ingest["loader"]["event_cols"] == ["trial_cue", "lever1", "lever2", "shock"]
-    per_item = stage_parameters(
-        config, "ingest", format="photometry-csv", arguments={"time_col": "t"}
-    )
-    assert per_item["loader"] == {"format": "photometry-csv", "time_col": "t"}
-    preprocess = stage_parameters(config, "preprocess")
-    assert preprocess["filter"] == {"type": "lowpass", "cutoff_hz": 3.0, "order": 4}
-    assert preprocess["correction"] == "dff"
-    trials = stage_parameters(config, "trials")
-    assert trials["trials"]["align_to"] == "trial_cue"
-    assert trials["passdown_metadata"] == ["source"]
-    for stage in ("ingest", "preprocess", "trials"):
-        params = stage_parameters(config, stage)
-        assert json.loads(json.dumps(params)) == params
-    # a trials change leaves the earlier stages' parameters alone
-    changed = config.model_copy(
-        update={"trials": config.trials.model_copy(update={"bounds_s": (-4.0, 4.0)})}  # type: ignore[union-attr]
-    )
-    assert stage_parameters(changed, "preprocess") == preprocess
-    assert stage_parameters(changed, "ingest") == ingest
-    assert stage_parameters(changed, "trials") != trials
-    assert stage_parameters(config, "sta") == {"sta": None}  # a photometry pipeline has none
-    with pytest.raises(ValueError, match="stage must be 'ingest', 'preprocess', 'trials'"):
-        stage_parameters(config, "spikes")  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------
-# import_object
-# ---------------------------------------------------------------------------------------------
 
 
 def test_import_object_from_a_module() -> None:

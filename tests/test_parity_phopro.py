@@ -19,7 +19,7 @@ import xarray as xr
 from distributed import Client
 
 from neurobatch import synthetic
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 
 FS = 100.0
 EVENTS = list(synthetic.EVENT_NAMES)

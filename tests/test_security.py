@@ -17,7 +17,7 @@ from neurobatch import synthetic
 from neurobatch.cli import main
 from neurobatch.config import LocalClusterConfig, load_config
 from neurobatch.engine.cluster import connect
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 from neurobatch.errors import ConfigError
 
 

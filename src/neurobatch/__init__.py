@@ -2,7 +2,8 @@
 
 The public API, imported on first use (``import neurobatch.kernels`` stays free of dask):
 
-- :class:`Pipeline` (``neurobatch.engine.pipeline``): a pipeline file, run on a cluster;
+- :class:`Pipeline` (``neurobatch.engine.run``): a pipeline file, run on a cluster;
+- :class:`Stage` and :func:`stage` (``neurobatch.engine.stages``): stages of your own;
 - :class:`PipelineConfig` and :func:`load_config` (``neurobatch.config``): its models.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Pipeline", "PipelineConfig", "load_config"]
+__all__ = ["Pipeline", "PipelineConfig", "Stage", "load_config", "stage"]
 
 _EXPORTS = {
-    "Pipeline": "neurobatch.engine.pipeline",
+    "Pipeline": "neurobatch.engine.run",
     "PipelineConfig": "neurobatch.config",
+    "Stage": "neurobatch.engine.stages",
     "load_config": "neurobatch.config",
+    "stage": "neurobatch.engine.stages",
 }
 
 

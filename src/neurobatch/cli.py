@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
 
+from neurobatch.errors import NeurobatchError
+
 __all__ = ["main"]
 
 
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # do; stdout goes to devnull so that the interpreter's final flush does not fail too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
-    except (ValueError, TypeError, OSError) as error:
+    except (NeurobatchError, ValueError, TypeError, OSError) as error:
+        # a busy output folder (OutputLockedError) among them: one line, exit 1
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return 1
     finally:
@@ -100,7 +103,15 @@ def _parser() -> argparse.ArgumentParser:
         "--reprocess", action="store_true", help="redo every stage, even those already done"
     )
     run.add_argument(
-        "--only", action="append", metavar="ITEM", help="process only this item (repeatable)"
+        "--only",
+        action="append",
+        metavar="ITEM",
+        help="process only this item (repeatable); the combined outputs keep the others",
+    )
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for another run on the same output folder to end, instead of failing",
     )
     _cluster_arguments(run, workers_default=None)
     run.set_defaults(run=_run)
@@ -221,13 +232,18 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="list the items of an output folder with the state of each stage",
         description=(
-            "Read OUT/manifest.parquet (the items of the last run) and each item's commit and "
-            "failure markers, and print one row per item: each stage done, failed (with the "
-            "one-line reason) or pending, then how many items are in each state. Needs only "
-            "OUT; whether a done stage matches the pipeline file now is decided by the next run."
+            "Read OUT/manifest.parquet (the items of the last run) and each item's commit "
+            "records and failure marker, and print one row per item: each stage done, failed "
+            "(with the one-line reason) or pending, then how many items are in each state. "
+            "Given the pipeline file instead of OUT, a done stage whose key no longer matches "
+            "the file (its settings, code, input or sidecar changed) shows as stale, with why."
         ),
     )
-    status.add_argument("out", metavar="OUT", help="the output folder (any fsspec URL)")
+    status.add_argument(
+        "out",
+        metavar="OUT|FILE",
+        help="the output folder (any fsspec URL), or the pipeline file that writes to it",
+    )
     status.set_defaults(run=_status)
     return parser
 
@@ -282,7 +298,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
     import logging
 
-    from neurobatch.engine.pipeline import RunError
+    from neurobatch.engine.run import RunError
 
     # the cluster's one line (workers, memory, dashboard link) goes to the terminal too
     cluster_log = logging.getLogger("neurobatch.engine.cluster")
@@ -291,7 +307,9 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
     pipeline.config = _cluster_config(pipeline.config, args)
     try:
         summary = pipeline.run(
-            reprocess=getattr(args, "reprocess", False), only=getattr(args, "only", None)
+            reprocess=getattr(args, "reprocess", False),
+            only=getattr(args, "only", None),
+            wait=getattr(args, "wait", False),
         )
     except RunError as error:
         print(error.summary, file=sys.stderr)
@@ -302,7 +320,7 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.engine.run import Pipeline
 
     return _run_pipeline(Pipeline.from_file(args.file), args)
 
@@ -310,7 +328,7 @@ def _run(args: argparse.Namespace) -> int:
 def _discover(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.engine.run import Pipeline
 
     manifest = Pipeline.from_file(args.file).discover()
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 80):
@@ -320,9 +338,10 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from neurobatch.config import import_object
-    from neurobatch.engine.pipeline import HOOK_NAMES, Pipeline
+    from neurobatch.engine.hooks import HOOK_NAMES
+    from neurobatch.engine.run import Pipeline
 
-    pipeline = Pipeline.from_file(args.file)
+    pipeline = Pipeline.from_file(args.file)  # imports the file's own stages
     manifest = pipeline.discover()
     # the hooks the file names are imported, so that a typo shows before a run
     hooks = {name: getattr(pipeline.config.hooks, name) for name in HOOK_NAMES}
@@ -330,7 +349,8 @@ def _validate(args: argparse.Namespace) -> int:
     for target in named.values():
         import_object(target)
     print(
-        f"{args.file}: valid; {len(manifest)} item(s)"
+        f"{args.file}: valid; {len(manifest)} item(s); stages "
+        + " -> ".join(stage.name for stage in pipeline.stages)
         + (f"; hooks {', '.join(named)} found" if named else "")
     )
     return 0
@@ -348,7 +368,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from neurobatch import synthetic
-    from neurobatch.engine.pipeline import Pipeline
+    from neurobatch.engine.run import Pipeline
 
     out = Path(args.out).resolve()
     data = out / "data"
@@ -501,10 +521,10 @@ def _status(args: argparse.Namespace) -> int:
 
     from neurobatch.engine.ledger import counts, item_states
 
-    out = str(args.out).rstrip("/")
-    states = item_states(out)
+    out, expected = _status_target(str(args.out))
+    states = item_states(out, expected=expected)
     stages = list(states.attrs["stages"])
-    styles = {"done": "green", "failed": "bold red", "pending": "yellow"}
+    styles = {"done": "green", "stale": "magenta", "failed": "bold red", "pending": "yellow"}
     print(f"{out}: {states.attrs['kind']} pipeline, stages {', '.join(stages)}")
     view = Table()
     view.add_column("item", no_wrap=True)
@@ -522,8 +542,34 @@ def _status(args: argparse.Namespace) -> int:
         console = Console(width=max(console.width, 160))
     console.print(view)
     n = counts(states)
-    print(f"{len(states)} items: {n['done']} done, {n['failed']} failed, {n['pending']} pending")
+    print(f"{len(states)} items: " + ", ".join(f"{n[state]} {state}" for state in n))
     return 0
+
+
+def _status_target(target: str) -> tuple[str, Any]:
+    """The output folder, and the keys its pipeline file expects when given the file."""
+    if not target.endswith((".yaml", ".yml", ".toml")):
+        return target.rstrip("/"), None
+    from neurobatch.engine.item import expected_keys
+    from neurobatch.engine.ledger import read_records
+    from neurobatch.engine.run import Pipeline
+
+    pipeline = Pipeline.from_file(target)
+    jobs = pipeline.jobs(pipeline.discover())
+    names = [stage.name for stage in pipeline.stages]
+    records = read_records(pipeline.layout, [job.item_id for job in jobs], names)
+    expected = {
+        job.item_id: expected_keys(
+            job,
+            {
+                name: records[(job.item_id, name)]
+                for name in names
+                if (job.item_id, name) in records
+            },
+        )
+        for job in jobs
+    }
+    return pipeline.layout.url, expected
 
 
 def _positive_int(text: str) -> int:

@@ -20,7 +20,6 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -70,6 +69,7 @@ __all__ = [
     "OutputConfig",
     "PipelineConfig",
     "PreprocessConfig",
+    "StageConfig",
     "TlsConfig",
     "TrialsConfig",
     "config_error_lines",
@@ -78,7 +78,6 @@ __all__ = [
     "load_config",
     "loader_arguments",
     "split_object_ref",
-    "stage_parameters",
     "trial_event_names",
     "validate_config",
     "validate_loader",
@@ -86,10 +85,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Stage = Literal["ingest", "preprocess", "trials", "filter", "sta"]
 
 #: What a pipeline does with its items.
-Kind = Literal["photometry", "filter", "sta"]
+Kind = Literal["photometry", "filter", "sta", "custom"]
 
 # ---------------------------------------------------------------------------------------------
 # Small types
@@ -502,6 +500,24 @@ class HooksConfig(_Model):
     """Called with the processed Dataset, returns a Dataset."""
     post_trials: ObjectRef | None = None
     """Called with the trials Dataset, returns a Dataset."""
+
+
+class StageConfig(_Model):
+    """A stage of the user's own, after the kind's: ``module:function`` or ``file.py:function``.
+
+    The function takes the outputs of the stages it ``needs`` (xarray Datasets, in that
+    order) and ``params`` as keyword arguments, and returns a Dataset (or None). It is
+    stored, keyed (its source code included), resumed, logged and recorded like a built-in.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The stage's name: its group in each item's store and its name in provenance."""
+    run: ObjectRef
+    """The function."""
+    needs: NameList | None = None
+    """The stages whose outputs it takes; by default the stage before it."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the function (JSON values)."""
 
 
 OutputFormat = Literal["zarr", "parquet", "csv", "h5ad"]
@@ -974,8 +990,8 @@ class PipelineConfig(_Model):
     """The pipeline's name (in provenance and summaries)."""
     kind: Kind = "photometry"
     """What it does: ``photometry`` (preprocess and trials, per item), ``filter`` (ephys
-    filtering of recordings larger than memory) or ``sta`` (spike-triggered averages over
-    a stimulus movie)."""
+    filtering of recordings larger than memory), ``sta`` (spike-triggered averages over
+    a stimulus movie) or ``custom`` (ingest, then the file's own ``stages``)."""
     experimenters: list[str] = Field(default_factory=list)
     """Who ran it (in provenance)."""
     input: InputConfig
@@ -995,6 +1011,8 @@ class PipelineConfig(_Model):
     """Settings of an ``sta`` pipeline."""
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     """User functions run at fixed points."""
+    stages: list[StageConfig] = Field(default_factory=list)
+    """Stages of the user's own, run after the kind's on every item."""
     output: OutputConfig
     """Where results go."""
     cluster: ClusterConfig = Field(default_factory=LocalClusterConfig)
@@ -1055,6 +1073,15 @@ class PipelineConfig(_Model):
                         section,
                     )
                 )
+        if self.kind == "custom" and not self.stages:
+            problems.append(
+                _problem(
+                    ("stages",),
+                    "missing_section",
+                    "a custom pipeline needs stages of its own after ingest",
+                    None,
+                )
+            )
         return problems
 
 
@@ -1523,76 +1550,6 @@ def dump_config(config: PipelineConfig) -> dict[str, Any]:
     return data
 
 
-def stage_parameters(
-    config: PipelineConfig,
-    stage: Stage,
-    *,
-    format: str | None = None,
-    arguments: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What a stage's result depends on, JSON-safe (hash it for the ledger).
-
-    Parameters
-    ----------
-    config : PipelineConfig
-        The configuration.
-    stage : {"ingest", "preprocess", "trials", "filter", "sta"}
-        The stage.
-    format, arguments : optional
-        One item's loader format and arguments (the manifest's ``format`` and
-        ``loader_arguments``) for ``ingest``; without them the config's ``loader`` value
-        (a mapping, a list or a resolver reference) stands in.
-
-    Returns
-    -------
-    dict
-        ``ingest``: ``{"loader": ..., "hook": post_load}``; ``preprocess``: the preprocess
-        section and ``hook`` (post_preprocess); ``trials``: the trials section (``None`` when
-        absent), ``passdown_metadata`` and ``hook`` (post_trials); ``filter`` and ``sta``:
-        their sections. Only the stage's own parameters: chaining the hashes of earlier
-        stages is the caller's job.
-
-    Raises
-    ------
-    ValueError
-        If ``stage`` is not one of the three.
-
-    Examples
-    --------
-    >>> config = PipelineConfig.model_validate({
-    ...     "name": "demo", "input": {"url": "data"},
-    ...     "loader": {"format": "photometry-csv"}, "output": {"url": "out"},
-    ...     "preprocess": {"fit": "ols", "filter": None}})
-    >>> p = stage_parameters(config, "preprocess")
-    >>> p["filter"], p["fit"]["method"], p["hook"]
-    (None, 'ols', None)
-    >>> stage_parameters(config, "trials")
-    {'trials': None, 'passdown_metadata': [], 'hook': None}
-    """
-    if stage == "ingest":
-        loader: Any
-        if format is not None:
-            loader = {"format": format, **dict(arguments or {})}
-        else:
-            loader = _dump_loader(config.loader)
-        return {"loader": json.loads(json.dumps(loader)), "hook": config.hooks.post_load}
-    if stage == "preprocess":
-        return {**config.preprocess.model_dump(mode="json"), "hook": config.hooks.post_preprocess}
-    if stage == "trials":
-        trials = None if config.trials is None else config.trials.model_dump(mode="json")
-        return {
-            "trials": trials,
-            "passdown_metadata": list(config.passdown_metadata),
-            "hook": config.hooks.post_trials,
-        }
-    if stage in ("filter", "sta"):
-        section = getattr(config, stage)
-        return {stage: None if section is None else section.model_dump(mode="json")}
-    raise ValueError(
-        f"stage must be 'ingest', 'preprocess', 'trials', 'filter' or 'sta', got {stage!r}"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Importing user functions
 # ---------------------------------------------------------------------------------------------
@@ -1602,14 +1559,19 @@ def _file_module(path: Path, ref: str) -> types.ModuleType:
     key = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
     stem = re.sub(r"\W", "_", path.stem)
     name = f"neurobatch_user_{stem}_{key}"
-    if name in sys.modules:
-        return sys.modules[name]
     if not path.is_file():
         raise ConfigError(f"cannot import {ref!r}: file {str(path)!r} not found")
+    # imported again when the file changed: a long-lived session (a notebook) sees an edit
+    info = path.stat()
+    stamp = (info.st_mtime_ns, info.st_size)
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__neurobatch_stamp__", None) == stamp:
+        return loaded
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {ref!r}: {str(path)!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
+    module.__neurobatch_stamp__ = stamp  # type: ignore[attr-defined]
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)

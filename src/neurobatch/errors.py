@@ -14,6 +14,8 @@ __all__ = [
     "InputNotFoundError",
     "NeurobatchError",
     "NonUniformSamplingWarning",
+    "OutputLockedError",
+    "StoreDamagedError",
 ]
 
 
@@ -31,6 +33,18 @@ class InputError(NeurobatchError, ValueError):
 
 class InputNotFoundError(InputError, FileNotFoundError):
     """An input URL does not exist, or its pattern matches nothing: which URL, which pattern."""
+
+
+class OutputLockedError(NeurobatchError, RuntimeError):
+    """An output folder is locked by another live run: which folder, which run holds it."""
+
+
+class StoreDamagedError(NeurobatchError, OSError):
+    """A stored chunk failed its checksum or could not be decompressed.
+
+    The message names the store, the array (and the chunk when known) and the fix: the
+    store's bytes changed after it was written, so it must be rewritten, not read again.
+    """
 
 
 class EmptyUnitWarning(UserWarning):

@@ -22,7 +22,7 @@ from distributed.security import Security
 from neurobatch.cli import main
 from neurobatch.config import AddressClusterConfig, PipelineConfig, TlsConfig, load_config
 from neurobatch.engine.cluster import connect
-from neurobatch.engine.pipeline import Pipeline, RunSummary
+from neurobatch.engine.run import Pipeline, RunSummary
 from neurobatch.errors import ConfigError
 from neurobatch.io import store
 from processes import dask_processes
@@ -77,7 +77,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
         victim = None
         deadline = time.monotonic() + 300
         while victim is None and run.is_alive() and time.monotonic() < deadline:
-            committed = list((out / "items").glob(f"*/trials.zarr/{store.COMMIT_MARKER}"))
+            committed = list((out / "items").glob(f"*/trials/{store.COMMIT_MARKER}"))
             busy = [w for w, keys in client.processing().items() if keys]
             if committed and busy:
                 victim = client.scheduler_info()["workers"][busy[0]]["name"]

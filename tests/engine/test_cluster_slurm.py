@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster
 from neurobatch import synthetic
 from neurobatch.config import ClusterConfig, JobqueueClusterConfig
 from neurobatch.engine.cluster import connect
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 
 pytest.importorskip("dask_jobqueue", reason="needs dask-jobqueue (neurobatch[hpc])")
 

@@ -10,8 +10,8 @@ import pandas as pd
 from distributed import Client
 
 from neurobatch.config import load_config
-from neurobatch.engine.ledger import FAILURE_MARKER
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.layout import FAILURE_MARKER
+from neurobatch.engine.run import Pipeline
 from neurobatch.io import store
 
 HANGING_HOOK = '''
@@ -53,22 +53,23 @@ def test_a_hanging_item_is_cut_off_by_the_timeout(
     }
     error = items.loc["experiment_002", "error"]
     assert error.startswith(str(photometry_demo.parent / "data" / "experiment_002.csv"))
-    assert "still running after 3 s, in stage ingest (engine.item_timeout_s: 3)" in error
+    # the post_load hook runs as preprocess reads the ingested recording
+    assert "still running after 3 s, in stage preprocess (engine.item_timeout_s: 3)" in error
     # the failure is recorded beside the item's outputs and in its log
     item = out / "items" / "experiment_002"
     failure = json.loads((item / FAILURE_MARKER).read_text())
-    assert failure["stage"] == "ingest" and failure["error"] == error
+    assert failure["stage"] == "preprocess" and failure["error"] == error
     assert error in (out / "logs" / "experiment_002.log").read_text()
     # the abandoned thread goes on when released (Python cannot stop it), preprocesses, and
     # is refused its commit
     release.touch()
     deadline = time.monotonic() + 60
-    while not (item / "preprocessed.zarr").exists() and time.monotonic() < deadline:
+    while not (item / "preprocess").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert (item / "preprocessed.zarr").exists(), "the abandoned thread never went on"
+    assert (item / "preprocess").exists(), "the abandoned thread never went on"
     time.sleep(2.0)
-    assert store.read_commit(str(item / "preprocessed.zarr")) is None
-    assert store.read_commit(str(item / "trials.zarr")) is None
+    assert store.read_commit(str(item / "preprocess")) is None
+    assert store.read_commit(str(item / "trials")) is None
     assert json.loads((item / FAILURE_MARKER).read_text()) == failure
     # the combined trials hold the two finished items only
     trials = store.open_trials(str(out / "trials.zarr"))

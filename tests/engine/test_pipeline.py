@@ -18,7 +18,7 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.engine.monitor import Recorder
-from neurobatch.engine.pipeline import Pipeline, RunError
+from neurobatch.engine.run import Pipeline, RunError
 from neurobatch.io import store
 
 FS = 100.0

@@ -16,7 +16,7 @@ from aind_data_schema.core.processing import Processing
 from distributed import Client, LocalCluster
 
 from neurobatch import synthetic
-from neurobatch.engine.pipeline import Pipeline
+from neurobatch.engine.run import Pipeline
 
 FS = 30_000.0
 
@@ -54,7 +54,7 @@ def test_filter_equals_whole_array_sosfiltfilt(
     config["engine"] = {"chunk_memory": chunk_memory}
     summary = Pipeline(config).run(client=local_client)
     assert summary.n_done == 1
-    filtered = xr.open_zarr(tmp_path / "out" / "items" / "probe" / "filtered.zarr")
+    filtered = xr.open_zarr(tmp_path / "out" / "items" / "probe" / "filter")
     assert filtered["traces"].dtype == np.float64
     assert filtered.attrs["units"] == "uV"
     # the whole-array reference, written out with SciPy
@@ -101,7 +101,7 @@ def test_filter_stays_within_worker_memory_on_a_recording_larger_than_it(
         assert usage is not None and usage.ram_usage
         # the worker's memory as a percent of its limit, sampled at each heartbeat
         assert max(u.usage for u in usage.ram_usage) < 100, process.name
-    filtered = xr.open_zarr(tmp_path / "out" / "items" / "long" / "filtered.zarr")
+    filtered = xr.open_zarr(tmp_path / "out" / "items" / "long" / "filter")
     assert filtered["traces"].shape == recording.recording["traces"].shape
     # a stretch in the middle against SciPy on a wider stretch around it (float32 storage)
     sos = scipy.signal.butter(3, [300.0, 6000.0], btype="bandpass", fs=FS, output="sos")
@@ -164,7 +164,7 @@ def test_sta_pipeline_equals_the_spike_loop_and_recovers_planted_fields(
     }
     summary = Pipeline(config).run(client=local_client)
     assert summary.n_done == 1, summary
-    result = xr.open_zarr(tmp_path / "out" / "items" / "retina.zarr" / "sta.zarr").load()
+    result = xr.open_zarr(tmp_path / "out" / "items" / "retina" / "sta").load()
     movie = planted.movie.load()
     expected, counts, excluded = _loop_sta(
         movie["frames"].to_numpy(),
@@ -196,12 +196,12 @@ def test_sta_pipeline_equals_the_spike_loop_and_recovers_planted_fields(
         if unit in expected:
             r = np.corrcoef(result["sta"][i].to_numpy().ravel(), truth[i].ravel())[0, 1]
             assert r >= 0.9, (unit, r)
-    log = (tmp_path / "out" / "logs" / "retina.zarr.log").read_text()
+    log = (tmp_path / "out" / "logs" / "retina.log").read_text()
     assert "have no usable spikes, so their STA is NaN" in log
     items = pd.read_parquet(tmp_path / "out" / "items.parquet")
     details = json.loads(items["details"].iloc[0])
     assert details["n_units"] == 5
-    for figure in ("retina.zarr.sta.png", "retina.zarr.strf.png"):
+    for figure in ("retina.sta.png", "retina.strf.png"):
         assert (tmp_path / "out" / "dashboards" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = Processing.model_validate_json((tmp_path / "out" / "processing.json").read_text())
     assert record.process_names == ["ingest", "sta"]

@@ -21,13 +21,13 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.engine.monitor import ResourceMonitor
-from neurobatch.engine.pipeline import Pipeline, RunError
 from neurobatch.engine.provenance import (
     StageRecord,
     append_processing,
     build_processing,
     read_processing,
 )
+from neurobatch.engine.run import Pipeline, RunError
 from neurobatch.redact import REDACTED
 from processes import dask_processes, wait_for
 
@@ -133,9 +133,9 @@ def test_a_run_leaves_a_valid_record_with_measured_resources(
         record = _read(out / "items" / str(item_id) / "processing.json")
         assert record.process_names == ["ingest", "preprocess", "trials"]
         assert [str(p.output_path) for p in record.data_processes] == [
-            "recording.zarr",
-            "preprocessed.zarr",
-            "trials.zarr",
+            "ingest",
+            "preprocess",
+            "trials",
         ]
         for process in record.data_processes:
             assert (out / "items" / str(item_id) / str(process.output_path)).is_dir()
@@ -285,7 +285,7 @@ def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path)
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # wait until an item is inside its (endless) trials stage
-        wait_for(tmp_path / "out" / "items" / "experiment_001" / "preprocessed.zarr", 120)
+        wait_for(tmp_path / "out" / "items" / "experiment_001" / "preprocess", 120)
         time.sleep(1.0)
         run.send_signal(signal.SIGTERM)
         status = run.wait(timeout=120)
@@ -299,12 +299,18 @@ def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path)
     assert processing.process_names == ["combine"]
 
 
+UPSTREAM = {"ingest": [], "preprocess": ["ingest"]}
+
+
 def test_records_append_atomically_on_object_storage(s3_options: dict[str, Any]) -> None:
     url = "s3://lab/provenance-test/processing.json"
 
     def run(*stages: str) -> Processing:
         now = time.time()
-        records = [StageRecord(s, now, now + 1, [], {"stage": s}, "items") for s in stages]
+        records = [
+            StageRecord(s, now, now + 1, [], {"stage": s}, "items", upstream=UPSTREAM[s])
+            for s in stages
+        ]
         return build_processing(
             records,
             pipeline_name="s3",
@@ -314,8 +320,12 @@ def test_records_append_atomically_on_object_storage(s3_options: dict[str, Any])
             experimenters=["Ada Lovelace"],
         )
 
-    first = append_processing(url, run("ingest", "preprocess"), storage_options=s3_options)
-    second = append_processing(url, run("preprocess"), storage_options=s3_options)
+    first = append_processing(
+        url, run("ingest", "preprocess"), upstream=UPSTREAM, storage_options=s3_options
+    )
+    second = append_processing(
+        url, run("preprocess"), upstream=UPSTREAM, storage_options=s3_options
+    )
     stored = read_processing(url, storage_options=s3_options)
     assert stored == second
     assert stored is not None and stored.process_names == ["ingest", "preprocess", "preprocess_1"]

@@ -18,8 +18,8 @@ import fsspec
 import yaml
 from distributed import Client
 
-from neurobatch.engine.pipeline import Pipeline
 from neurobatch.engine.provenance import read_processing
+from neurobatch.engine.run import Pipeline
 from neurobatch.redact import REDACTED
 from runs import assert_same_results
 
@@ -70,7 +70,7 @@ def test_inputs_and_outputs_in_s3_with_storage_options(
     assert any(name.startswith("trials.zarr/") for name in names)
     for item in ("experiment_001", "experiment_003"):
         assert f"logs/{item}.log" in names
-        for store_name in ("recording.zarr", "preprocessed.zarr", "trials.zarr"):
+        for store_name in ("ingest", "preprocess", "trials"):
             assert f"items/{item}/{store_name}/.neurobatch-commit.json" in names
     for name, content in written.items():
         for secret in (s3_options["key"], s3_options["secret"]):

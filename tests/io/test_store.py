@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
 
+from neurobatch.errors import StoreDamagedError
 from neurobatch.io.store import (
     COMMIT_MARKER,
     append_trials,
     chunk_length,
     commit,
+    damage_reported,
+    inventory,
+    is_damage,
     open_dataset,
     open_trials,
     read_commit,
     remove,
     resample_trials,
     to_json_safe,
+    verify,
     write_dataset,
 )
 
@@ -109,7 +117,8 @@ def test_write_open_round_trip_chunks_from_budget(tmp_path: Path) -> None:
     signal = group["signal"]
     assert isinstance(signal, zarr.Array)
     assert signal.chunks == (4096,)
-    assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec"]
+    # compressed, then a CRC-32C of the compressed bytes, last
+    assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec", "Crc32cCodec"]
     names = group["event_name"]
     assert isinstance(names, zarr.Array)
     assert str(names.dtype) == "StringDType()"  # no fixed-width <U in the store
@@ -453,3 +462,298 @@ def test_marker_file_is_plain_json(tmp_path: Path) -> None:
         "params": "abc",
         "nested": {"a": [1, 2]},
     }
+
+
+# --- integrity: checksums, inventories, verification -----------------------------------------
+
+CHUNKED = 24 * 4096  # signal, isosbestic and time: 24 bytes a sample, so 4096-sample chunks
+
+
+def chunk_sizes(url: str, name: str) -> dict[str, int]:
+    """The chunk objects of array ``name`` in a local store: key to size in bytes."""
+    folder = Path(url) / name
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+def flip_byte(path: Path, *, at: int = 100) -> None:
+    """Change one byte of a file in place; its size stays the same."""
+    content = bytearray(path.read_bytes())
+    content[at] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+def committed(ds: xr.Dataset, url: str) -> dict[str, Any]:
+    """Write ``ds`` in 4096-sample chunks, commit it with its inventory, return the marker."""
+    write_dataset(ds, url, chunk_memory=CHUNKED)
+    commit(url, {"params": "abc"}, arrays=True)
+    marker = read_commit(url)
+    assert marker is not None
+    return dict(marker)
+
+
+def test_every_array_carries_a_checksum_after_its_compressor(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    write_dataset(recording(), url, chunk_memory=CHUNKED)
+    group = zarr.open_group(url, mode="r")
+    names = sorted(name for name, _ in group.arrays())
+    assert names == ["event_name", "event_time", "isosbestic", "signal", "time"]
+    for name in names:
+        array = zarr.open_array(f"{url}/{name}", mode="r")
+        assert isinstance(array.compressors[-1], Crc32cCodec), name
+        written = json.loads((Path(url) / name / "zarr.json").read_text())
+        assert written["codecs"][-1] == {"name": "crc32c"}, name
+    signal = zarr.open_array(f"{url}/signal", mode="r")
+    assert [type(c) for c in signal.compressors] == [BloscCodec, Crc32cCodec]
+
+
+def test_inventory_counts_stored_chunks_not_the_grid(tmp_path: Path) -> None:
+    ds = recording()  # 10,000 samples in chunks of 4096: two full chunks, 1808 in the last
+    ds["signal"][4096:8192] = np.nan  # chunk c/1 holds only the fill value: never written
+    url = str(tmp_path / "recording.zarr")
+    write_dataset(ds, url, chunk_memory=CHUNKED)
+    nested = zarr.open_group(url, mode="a").create_group("units")
+    nested.create_array("rate", shape=(3,), dtype="f8", chunks=(2,))[:] = [1.0, 2.0, 3.0]
+
+    found = inventory(url)
+    assert sorted(found) == [
+        "event_name",
+        "event_time",
+        "isosbestic",
+        "signal",
+        "time",
+        "units/rate",
+    ]
+    signal = chunk_sizes(url, "signal")
+    assert sorted(signal) == ["c/0", "c/2"]
+    assert found["signal"] == {
+        "shape": [10_000],
+        "chunks": [4096],
+        "stored_chunks": 2,
+        "stored_bytes": sum(signal.values()),
+    }
+    assert found["isosbestic"]["stored_chunks"] == 3
+    assert found["isosbestic"]["stored_bytes"] == sum(chunk_sizes(url, "isosbestic").values())
+    assert found["units/rate"] == {
+        "shape": [3],
+        "chunks": [2],
+        "stored_chunks": 2,
+        "stored_bytes": sum(chunk_sizes(url, "units/rate").values()),
+    }
+    np.testing.assert_array_equal(open_dataset(url).signal.values, ds.signal.values)
+    assert inventory(str(tmp_path / "absent.zarr")) == {}
+
+
+def test_commit_records_the_inventory_only_when_asked(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    write_dataset(recording(), url, chunk_memory=CHUNKED)
+    commit(url, {"params": "abc"})
+    assert read_commit(url) == {"params": "abc"}
+    commit(url, {"params": "abc", "arrays": "stale"}, arrays=True)
+    marker = read_commit(url)
+    assert marker is not None
+    assert marker["params"] == "abc"
+    assert marker["arrays"] == inventory(url)
+    assert sorted(p for p in os.listdir(url) if p.startswith(COMMIT_MARKER)) == [COMMIT_MARKER]
+
+
+def test_verify_an_intact_store_and_an_older_marker(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    marker = committed(recording(), url)
+    assert verify(url, marker) == []
+    open_dataset(url).load()  # reading changes nothing
+    assert verify(url, marker) == []
+    assert verify(url, {"params": "abc"}) == []  # committed before inventories: intact
+
+
+def test_verify_names_a_deleted_chunk(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    marker = committed(recording(), url)
+    (Path(url) / "signal" / "c" / "1").unlink()
+    assert verify(url, marker) == [
+        "array 'signal': 2 of 3 stored chunks present (chunk c/1 missing)"
+    ]
+    # zarr alone reads the hole as the fill value, silently
+    assert np.isnan(open_dataset(url).signal.values[4096:8192]).all()
+
+
+def test_verify_a_deleted_chunk_beside_a_never_written_one(tmp_path: Path) -> None:
+    ds = recording()
+    ds["signal"][4096:8192] = np.nan
+    url = str(tmp_path / "recording.zarr")
+    marker = committed(ds, url)
+    (Path(url) / "signal" / "c" / "2").unlink()
+    assert verify(url, marker) == [
+        (
+            "array 'signal': 1 of 2 stored chunks present (1 missing among c/1, c/2; the "
+            "others absent were never written (they hold only the fill value))"
+        )
+    ]
+    zarr.open_array(f"{url}/signal", mode="r+")[4096:] = 1.0  # c/1 and c/2 written anew
+    assert verify(url, marker) == [
+        "array 'signal': 3 stored chunks, 2 recorded (chunks were written after the commit)"
+    ]
+
+
+def test_verify_names_a_truncated_chunk_and_a_resized_or_missing_array(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    marker = committed(recording(), url)
+    before = chunk_sizes(url, "signal")["c/0"]
+    with open(Path(url) / "signal" / "c" / "0", "r+b") as f:
+        f.truncate(before - 100)
+    zarr.open_array(f"{url}/isosbestic", mode="r+").resize((5000,))
+    remove(f"{url}/event_time")
+    zarr.open_group(url, mode="a").create_array("extra", shape=(2,), dtype="f8")
+    recorded = marker["arrays"]["signal"]["stored_bytes"]
+    assert verify(url, marker) == [
+        "array 'event_time' is missing (recorded with shape (4,))",
+        (
+            "array 'isosbestic': shape (5000,), (10000,) recorded (it was resized or "
+            "rewritten after the commit)"
+        ),
+        (
+            f"array 'signal': {recorded - 100:,} stored bytes, {recorded:,} recorded (a chunk "
+            "was truncated or replaced)"
+        ),
+        "array 'extra' is in the store but not in the commit record",
+    ]
+    with pytest.raises(StoreDamagedError, match=r"array 'signal': chunk c/0 failed its CRC-32C"):
+        open_dataset(url).signal.values  # noqa: B018
+
+
+def test_a_flipped_byte_raises_store_damaged_naming_the_store(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    ds = recording()
+    marker = committed(ds, url)
+    flip_byte(Path(url) / "signal" / "c" / "1")
+    assert verify(url, marker) == []  # same size: the listing cannot see it, the checksum can
+    back = open_dataset(url)
+    np.testing.assert_array_equal(back.isosbestic.values, ds.isosbestic.values)  # intact
+    with pytest.raises(StoreDamagedError) as caught:
+        back.signal.mean().compute()
+    message = str(caught.value)
+    assert message.startswith(f"{url}: array 'signal': chunk c/1 failed its CRC-32C checksum")
+    assert "remove it and run the stage that wrote it again" in message
+    assert isinstance(caught.value, OSError)
+    assert "checksum do not match" in str(caught.value.__cause__)
+    again = pickle.loads(pickle.dumps(caught.value))  # it travels back from a worker
+    assert type(again) is StoreDamagedError and str(again) == message
+
+    # a plain xarray (or zarr) read, translated by the context manager
+    damaged = rf"^{url}: array 'signal': a chunk failed"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported(url):
+        xr.open_zarr(url).signal.values  # noqa: B018
+    # the array at its own URL is the root of its store: named by that URL
+    damaged = rf"^{url}: array '.*signal': a chunk failed"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported(url):
+        zarr.open_array(f"{url}/signal", mode="r")[:]
+    # other errors pass unchanged, and so does StoreDamagedError raised inside
+    with pytest.raises(KeyError), damage_reported(url):
+        raise KeyError("signal")
+    damaged = rf"^{url}: array 'signal': chunk c/1"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported("memory://other"):
+        open_dataset(url).signal.values  # noqa: B018
+
+
+def test_a_damaged_index_fails_on_open(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    committed(recording(), url)
+    flip_byte(Path(url) / "time" / "c" / "2")
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'time': a chunk failed its"):
+        open_dataset(url)
+
+
+def test_a_store_without_checksums_reports_what_it_cannot_decompress(tmp_path: Path) -> None:
+    url = str(tmp_path / "old.zarr")
+    ds = xr.Dataset({"signal": ("time", RNG.normal(size=10_000))})
+    ds.to_zarr(  # as written before checksums: compressed only
+        url,
+        zarr_format=3,
+        consolidated=False,
+        encoding={"signal": {"chunks": (4096,), "compressors": (BloscCodec(cname="lz4"),)}},
+    )
+    path = Path(url) / "signal" / "c" / "1"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(
+        StoreDamagedError,
+        match=r"array 'signal': chunk c/1 could not be decompressed \(error during blosc "
+        r"decompression: -1; the store has no checksums\)",
+    ):
+        open_dataset(url).signal.values  # noqa: B018
+
+
+def test_is_damage_tells_codec_failures_from_other_errors() -> None:
+    checksum = ValueError("Stored and computed checksum do not match. Stored: b'1'.")
+    assert is_damage(checksum)
+    assert is_damage(RuntimeError("error during blosc decompression: -1"))
+    assert is_damage(RuntimeError("Zstd decompression error: invalid input data"))
+    assert is_damage(StoreDamagedError("memory://x.zarr: array 'a': chunk c/0 failed"))
+    try:
+        try:
+            raise checksum
+        except ValueError as e:
+            raise OSError("while reading a task's input") from e
+    except OSError as wrapped:
+        assert is_damage(wrapped)  # found through __cause__
+    assert not is_damage(ValueError("cannot reshape array of size 3 into shape (2,)"))
+    assert not is_damage(FileNotFoundError("memory://x.zarr/zarr.json"))
+    assert not is_damage(RuntimeError("Zstd compression error"))
+
+
+def test_verify_on_a_memory_filesystem() -> None:
+    url = "memory://integrity/items/a/recording.zarr"
+    fs = fsspec.filesystem("memory")
+    root = "/integrity/items/a/recording.zarr"
+    try:
+        marker = committed(recording(), url)
+        assert marker["arrays"]["signal"]["stored_chunks"] == 3
+        assert verify(url, marker) == []
+        fs.rm(f"{root}/signal/c/2")
+        content = fs.cat_file(f"{root}/isosbestic/c/0")
+        fs.pipe_file(f"{root}/isosbestic/c/0", content[:-7])
+        recorded = marker["arrays"]["isosbestic"]["stored_bytes"]
+        assert verify(url, marker) == [
+            (
+                f"array 'isosbestic': {recorded - 7:,} stored bytes, {recorded:,} recorded (a "
+                "chunk was truncated or replaced)"
+            ),
+            "array 'signal': 2 of 3 stored chunks present (chunk c/2 missing)",
+        ]
+        with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'isosbestic': chunk c/0"):
+            open_dataset(url).isosbestic.values  # noqa: B018
+    finally:
+        remove(url)
+    assert verify(url, marker) == [
+        f"array {name!r} is missing (recorded with shape {shape})"
+        for name, shape in [
+            ("event_name", (4,)),
+            ("event_time", (4,)),
+            ("isosbestic", (10_000,)),
+            ("signal", (10_000,)),
+            ("time", (10_000,)),
+        ]
+    ]
+
+
+def test_trials_store_arrays_carry_checksums(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    append_trials(trials_item(1, 5), url, chunk_memory=8 * N_REL * 2)  # created: 2 per chunk
+    append_trials(trials_item(3, 4), url)  # new column "shock"; "age" (int) becomes float
+    group = zarr.open_group(url, mode="r")
+    names = sorted(name for name, _ in group.arrays())
+    assert {"dff", "rel_time", "item_id", "shock", "age"} <= set(names)
+    for name in names:
+        array = group[name]
+        assert isinstance(array, zarr.Array)
+        assert isinstance(array.compressors[-1], Crc32cCodec), name
+    flip_byte(Path(url) / "dff" / "c" / "1" / "0")
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'dff': one of chunks c/"):
+        open_trials(url).dff.values  # noqa: B018
+    flip_byte(Path(url) / "trial_num" / "c" / "0", at=30)
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'trial_num': a chunk failed"):
+        open_trials(url)
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: "):
+        append_trials(trials_item(4, 2), url)  # reads the damaged partial last chunk

@@ -1,116 +1,49 @@
-"""Which stages of an item are done: parameter hashes chained through the stages.
+"""What an output folder holds: its manifest, and the state of each stage of each item.
 
-An item's stage is done when its output's commit marker carries the stage's *key*: a hash
-of the input's fingerprint, the stage's parameters, the key of the stage before it and the
-neurobatch version. Changing trial settings changes only the trials key, so the
-preprocessed signal is reused; changing the filter changes the preprocess key and with it
-the trials key.
-
-What an output folder holds, for ``neurobatch status``: the run writes its manifest to
-``OUT/manifest.parquet`` before it submits anything; each item stage's output under
-``OUT/items/<item>/`` is done once its commit marker exists, and an item whose last run
-failed has ``OUT/items/<item>/.neurobatch-failed.json`` naming the stage and the error.
+A run writes its manifest to ``OUT/manifest.parquet`` (with its kind and the names of its
+stages) before it submits anything. Each stage's output under ``OUT/items/<item>/<stage>``
+is done once its commit record exists (:mod:`neurobatch.engine.layout`); an item whose
+last run failed has ``OUT/items/<item>/.neurobatch-failed.json`` naming the stage and the
+error. Given the keys a pipeline file expects now (:func:`neurobatch.engine.item.expected_keys`),
+a done stage whose key differs is ``stale``, with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import uuid
 from collections.abc import Mapping, Sequence
-from importlib.metadata import version
 from typing import Any
 
 import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
+from neurobatch.engine.layout import FAILURE_MARKER, OutputLayout
+from neurobatch.engine.stages import stale_reason
 from neurobatch.errors import InputError, InputNotFoundError
+from neurobatch.io import files
 from neurobatch.io.store import COMMIT_MARKER
 
 __all__ = [
-    "FAILURE_MARKER",
-    "ITEM_OUTPUTS",
-    "KIND_STAGES",
     "MANIFEST",
     "STATES",
     "counts",
     "item_states",
     "read_manifest",
-    "stage_key",
+    "read_records",
     "write_manifest",
 ]
-
-#: Where each item stage's output lies, relative to the item's folder ``OUT/items/<item>``.
-ITEM_OUTPUTS = {
-    "ingest": "recording.zarr",
-    "preprocess": "preprocessed.zarr",
-    "trials": "trials.zarr",
-    "filter": "filtered.zarr",
-    "sta": "sta.zarr",
-}
-
-#: The stages of an item, in order, for each kind of pipeline (photometry without a
-#: ``trials`` section stops after preprocess).
-KIND_STAGES = {
-    "photometry": ("ingest", "preprocess", "trials"),
-    "filter": ("ingest", "filter"),
-    "sta": ("ingest", "sta"),
-}
 
 #: The run's manifest, relative to the output folder.
 MANIFEST = "manifest.parquet"
 
-#: Beside an item's outputs while its last run failed: ``{"stage", "error", "run", "time"}``.
-FAILURE_MARKER = ".neurobatch-failed.json"
-
 #: The states of an item stage (and of an item).
-STATES = ("done", "failed", "pending")
+STATES = ("done", "stale", "failed", "pending")
 
 _MANIFEST_COLUMNS = ("item_id", "url", "fingerprint", "format")
 _METADATA_KEY = b"neurobatch"
-
-
-def stage_key(stage: str, parameters: Mapping[str, Any], *, upstream: str) -> str:
-    """The key a stage's committed output must carry to count as done.
-
-    Parameters
-    ----------
-    stage : str
-        The stage's name.
-    parameters : mapping
-        Everything the stage's result depends on besides its input (JSON-serialisable).
-    upstream : str
-        The key of the stage's input: the input's fingerprint for the first stage, the
-        previous stage's key after that.
-
-    Returns
-    -------
-    str
-        A 16-hex-digit hash.
-
-    Examples
-    --------
-    >>> a = stage_key("trials", {"bounds_s": [-8, 8]}, upstream="abc")
-    >>> a == stage_key("trials", {"bounds_s": [-8, 8]}, upstream="abc")
-    True
-    >>> a == stage_key("trials", {"bounds_s": [-5, 5]}, upstream="abc")
-    False
-    """
-    payload = json.dumps(
-        {
-            "stage": stage,
-            "parameters": parameters,
-            "upstream": upstream,
-            "neurobatch": version("neurobatch"),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # --- the manifest and the state of each item -------------------------------------------------
@@ -143,7 +76,7 @@ def write_manifest(
     kind : str
         The pipeline's kind (``photometry``, ``filter``, ``sta``).
     stages : sequence of str
-        The stages of each item, in order (keys of :data:`ITEM_OUTPUTS`).
+        The names of each item's stages, in order.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
 
@@ -157,16 +90,11 @@ def write_manifest(
     >>> items = pd.DataFrame({"item_id": ["a"], "url": ["/data/a.bin"],
     ...                       "fingerprint": ["f1"], "format": ["spikeglx"]})
     >>> write_manifest(items, "memory://doc-manifest/out", kind="filter",
-    ...                stages=KIND_STAGES["filter"])
+    ...                stages=["ingest", "filter"])
     'memory://doc-manifest/out/manifest.parquet'
     >>> read_manifest("memory://doc-manifest/out").attrs
     {'kind': 'filter', 'stages': ['ingest', 'filter']}
     """
-    unknown = sorted(set(stages) - set(ITEM_OUTPUTS))
-    if unknown:
-        raise ValueError(
-            f"stages: unknown {', '.join(unknown)}; expected some of {', '.join(ITEM_OUTPUTS)}"
-        )
     table = pa.Table.from_pandas(
         manifest[list(_MANIFEST_COLUMNS)].astype(str), preserve_index=False
     )
@@ -175,14 +103,7 @@ def write_manifest(
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     url = _manifest_url(out_url)
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        aside = f"{path}.{uuid.uuid4().hex}.tmp"
-        fs.pipe_file(aside, buffer.getvalue())
-        fs.mv(aside, path)
-    else:
-        fs.pipe_file(path, buffer.getvalue())
+    files.write_bytes(url, buffer.getvalue(), storage_options=storage_options)
     return url
 
 
@@ -286,19 +207,66 @@ def _read_all(fs: Any, paths: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def item_states(out_url: str, storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """The state of every stage of every item of an output folder: done, failed or pending.
+def read_records(
+    layout: OutputLayout,
+    items: Sequence[str],
+    stages: Sequence[str],
+    *,
+    failures: bool = False,
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The commit records of the given stages of the given items, read in one batch.
 
-    A stage is ``done`` when its output under ``OUT/items/<item>/`` carries a commit marker,
-    ``failed`` when the item's failure marker names it (unless a later run committed it),
-    and ``pending`` otherwise. Whether a done stage is stale (committed with other settings
-    than the pipeline file's now) is not judged: the next run decides that from the keys.
+    Cheap for thousands of items: one listing of ``OUT/items`` (items without a folder
+    have no record, and cost nothing more), then one GET per record of the others, all in
+    one batch (concurrent on object stores). The stores' own keys are never listed.
 
-    Reading is cheap for thousands of items: one listing of ``OUT/items`` (items without a
-    folder are pending without further requests), then one GET per marker of the others,
-    all in one batch (concurrent on object stores). The stores' own keys are never listed:
-    a recursive listing would grow with the data (every chunk of every store), this grows
-    only with the number of items and stages.
+    Parameters
+    ----------
+    layout : OutputLayout
+        The output folder.
+    items, stages : sequence of str
+        Which records to read.
+    failures : bool, default False
+        Read each item's failure marker too, as the stage ``"failure"``.
+
+    Returns
+    -------
+    dict of (item, stage) to dict
+        The records that exist.
+    """
+    fs, root = fsspec.core.url_to_fs(layout.path("items"), **dict(layout.storage_options))
+    fs.invalidate_cache(root)
+    try:
+        listed = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        listed = []
+    present = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed}
+    names = {stage: f"{stage}/{COMMIT_MARKER}" for stage in stages}
+    if failures:
+        names["failure"] = FAILURE_MARKER
+    wanted = {
+        str(fs._strip_protocol(f"{root}/{item}/{name}")): (item, stage)
+        for item in items
+        if item in present
+        for stage, name in names.items()
+    }
+    found = _read_all(fs, list(wanted))
+    return {wanted[path]: record for path, record in found.items()}
+
+
+def item_states(
+    out_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    expected: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+) -> pd.DataFrame:
+    """The state of every stage of every item of an output folder.
+
+    A stage is ``done`` when its output under ``OUT/items/<item>/<stage>`` carries a commit
+    record, ``stale`` when it does but ``expected`` gives it another key (the reason says
+    what changed), ``failed`` when the item's failure marker names it (unless a later run
+    committed it), and ``pending`` otherwise. Reading costs one listing and one batch of
+    GETs (:func:`read_records`).
 
     Parameters
     ----------
@@ -306,15 +274,18 @@ def item_states(out_url: str, storage_options: Mapping[str, Any] | None = None) 
         The output folder of a run (any fsspec URL).
     storage_options : mapping, optional
         Options for the fsspec filesystem.
+    expected : mapping, optional
+        Item -> stage -> the key parts a pipeline file expects now
+        (:func:`neurobatch.engine.item.expected_keys`); without it no stage is stale.
 
     Returns
     -------
     pandas.DataFrame
         One row per item of ``OUT/manifest.parquet``, in its order: ``item_id``, one
-        column per stage (``attrs["stages"]``) holding ``done``, ``failed`` or
-        ``pending``, ``status`` (the item's: ``failed`` if its last run failed, ``done``
-        if every stage is, else ``pending``), ``error`` (the one-line reason of a failure,
-        else None) and ``url``.
+        column per stage (``attrs["stages"]``) holding its state, ``status`` (the item's:
+        ``failed`` if its last run failed, ``done`` if every stage is, ``stale`` if every
+        stage is done or stale, else ``pending``), ``error`` (the reason of a failure or of
+        staleness, else None) and ``url``.
 
     Raises
     ------
@@ -331,10 +302,10 @@ def item_states(out_url: str, storage_options: Mapping[str, Any] | None = None) 
     >>> out = "memory://doc-states/out"
     >>> items = pd.DataFrame({"item_id": ["a", "b", "c"], "url": ["a.bin", "b.bin", "c.bin"],
     ...                       "fingerprint": ["1", "2", "3"], "format": ["spikeglx"] * 3})
-    >>> _ = write_manifest(items, out, kind="filter", stages=KIND_STAGES["filter"])
+    >>> _ = write_manifest(items, out, kind="filter", stages=["ingest", "filter"])
     >>> for stage in ("ingest", "filter"):
-    ...     store.commit(f"{out}/items/a/{ITEM_OUTPUTS[stage]}", {"key": "k", "run": "1"})
-    >>> store.commit(f"{out}/items/b/recording.zarr", {"key": "k", "run": "1"})
+    ...     store.commit(f"{out}/items/a/{stage}", {"key": "k", "run": "1"})
+    >>> store.commit(f"{out}/items/b/ingest", {"key": "k", "run": "1"})
     >>> with fsspec.open(f"{out}/items/b/{FAILURE_MARKER}", "w") as f:
     ...     _ = f.write('{"stage": "filter", "error": "out of memory", "run": "2"}')
     >>> states = item_states(out)
@@ -344,44 +315,36 @@ def item_states(out_url: str, storage_options: Mapping[str, Any] | None = None) 
     1       b     done   failed   failed  out of memory
     2       c  pending  pending  pending           None
     >>> counts(states)
-    {'done': 1, 'failed': 1, 'pending': 1}
+    {'done': 1, 'stale': 0, 'failed': 1, 'pending': 1}
     """
     manifest = read_manifest(out_url, storage_options=storage_options)
     stages = list(manifest.attrs["stages"])
-    fs, root = fsspec.core.url_to_fs(out_url, **dict(storage_options or {}))
-    items_root = f"{root.rstrip('/')}/items"
-    fs.invalidate_cache(items_root)
-    try:
-        listed = fs.ls(items_root, detail=False)
-    except FileNotFoundError:
-        listed = []
-    present = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed}
-
-    def marker(item: str, name: str) -> str:
-        return str(fs._strip_protocol(f"{items_root}/{item}/{name}"))
-
-    paths = [
-        marker(item, name)
-        for item in manifest["item_id"]
-        if item in present
-        for name in (*(f"{ITEM_OUTPUTS[s]}/{COMMIT_MARKER}" for s in stages), FAILURE_MARKER)
-    ]
-    found = _read_all(fs, paths)
+    layout = OutputLayout(out_url, dict(storage_options or {}))
+    found = read_records(layout, list(manifest["item_id"]), stages, failures=True)
     rows = []
     for item, url in zip(manifest["item_id"], manifest["url"], strict=True):
-        commits = {s: found.get(marker(item, f"{ITEM_OUTPUTS[s]}/{COMMIT_MARKER}")) for s in stages}
+        commits = {s: found.get((item, s)) for s in stages}
         row: dict[str, Any] = {"item_id": item}
         row |= {s: "pending" if commits[s] is None else "done" for s in stages}
-        failure = found.get(marker(item, FAILURE_MARKER))
-        error = None
+        reasons = []
+        for stage, commit in commits.items():
+            keys = (expected or {}).get(item, {}).get(stage)
+            reason = None if commit is None or keys is None else stale_reason(commit, keys)
+            if reason is not None:
+                row[stage] = "stale"
+                reasons.append(f"{stage}: {reason}")
+        failure = found.get((item, "failure"))
+        error = "; ".join(reasons) or None
         if failure is not None:
             error = " ".join(str(failure.get("error") or "").split()) or "failed (no reason given)"
             stage = str(failure.get("stage"))
             if stage in commits and not _committed_since(commits[stage], failure):
                 row[stage] = "failed"
             status = "failed"
+        elif all(row[s] == "done" for s in stages):
+            status = "done"
         else:
-            status = "done" if all(row[s] == "done" for s in stages) else "pending"
+            status = "stale" if all(row[s] in ("done", "stale") for s in stages) else "pending"
         row |= {"status": status, "error": error, "url": url}
         rows.append(row)
     states_table = pd.DataFrame(rows, columns=["item_id", *stages, "status", "error", "url"])
@@ -390,7 +353,7 @@ def item_states(out_url: str, storage_options: Mapping[str, Any] | None = None) 
 
 
 def counts(states: pd.DataFrame) -> dict[str, int]:
-    """How many items are done, failed and pending.
+    """How many items are done, stale, failed and pending.
 
     Parameters
     ----------
@@ -400,11 +363,11 @@ def counts(states: pd.DataFrame) -> dict[str, int]:
     Returns
     -------
     dict of str to int
-        ``{"done": ..., "failed": ..., "pending": ...}``.
+        ``{"done": ..., "stale": ..., "failed": ..., "pending": ...}``.
 
     Examples
     --------
     >>> counts(pd.DataFrame({"status": ["done", "done", "pending"]}))
-    {'done': 2, 'failed': 0, 'pending': 1}
+    {'done': 2, 'stale': 0, 'failed': 0, 'pending': 1}
     """
     return {state: int((states["status"] == state).sum()) for state in STATES}

@@ -45,7 +45,6 @@ from neurobatch.errors import InputError
 from neurobatch.redact import redact
 
 __all__ = [
-    "PROCESSES",
     "SOURCE_URL",
     "StageRecord",
     "append_processing",
@@ -59,17 +58,6 @@ __all__ = [
 #: Where neurobatch's code lives (the ``url`` of every ``Code`` in the record).
 SOURCE_URL = "https://github.com/neurobatch/neurobatch"
 
-#: Each stage's AIND process type, processing stage and upstream stage (whose output it
-#: reads).
-PROCESSES: dict[str, tuple[ProcessName, ProcessStage, str | None]] = {
-    "ingest": (ProcessName.FILE_FORMAT_CONVERSION, ProcessStage.PROCESSING, None),
-    "preprocess": (ProcessName.DF_F_ESTIMATION, ProcessStage.PROCESSING, "ingest"),
-    "filter": (ProcessName.EPHYS_PREPROCESSING, ProcessStage.PROCESSING, "ingest"),
-    "trials": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "preprocess"),
-    "sta": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "ingest"),
-    "combine": (ProcessName.ANALYSIS, ProcessStage.ANALYSIS, "trials"),
-}
-
 _GB = 1024**3
 
 
@@ -80,7 +68,7 @@ class StageRecord:
     Parameters
     ----------
     stage : str
-        A key of :data:`PROCESSES`.
+        The stage's name (``combine`` for the driver's combined outputs).
     start, end : float
         Epoch seconds.
     workers : list of str
@@ -94,6 +82,14 @@ class StageRecord:
         error), ``n_trials`` where trials are made.
     inputs : list of str
         The input URLs it read (ingest).
+    process : str
+        Its AIND process name (a ``ProcessName`` value).
+    processing_stage : {"Processing", "Analysis"}
+        Its AIND processing stage.
+    upstream : list of str
+        The stages whose outputs it read.
+    version : str, optional
+        Its code's version; neurobatch's by default.
     """
 
     stage: str
@@ -104,6 +100,10 @@ class StageRecord:
     output_path: str
     outputs: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    process: str = "Analysis"
+    processing_stage: str = "Analysis"
+    upstream: list[str] = field(default_factory=list)
+    version: str | None = None
 
 
 @functools.cache
@@ -228,11 +228,16 @@ def resource_usage(
     )
 
 
-def _code(name: str, parameters: Mapping[str, Any], inputs: Sequence[str] = ()) -> Code:
+def _code(
+    name: str,
+    parameters: Mapping[str, Any],
+    inputs: Sequence[str] = (),
+    code_version: str | None = None,
+) -> Code:
     return Code(
         url=SOURCE_URL,
         name=name,
-        version=version("neurobatch"),
+        version=code_version or version("neurobatch"),
         language="Python",
         language_version=platform.python_version(),
         parameters=redact(dict(parameters)),
@@ -289,13 +294,14 @@ def build_processing(
     people = list(experimenters) or [getpass.getuser()]
     processes = []
     for record in records:
-        process_type, stage, _ = PROCESSES[record.stage]
         processes.append(
             DataProcess(
-                process_type=process_type,
+                process_type=ProcessName(record.process),
                 name=record.stage,
-                stage=stage,
-                code=_code(f"neurobatch.{record.stage}", record.parameters, record.inputs),
+                stage=ProcessStage(record.processing_stage),
+                code=_code(
+                    f"neurobatch.{record.stage}", record.parameters, record.inputs, record.version
+                ),
                 experimenters=people,
                 pipeline_name=pipeline_name,
                 start_date_time=_timestamp(record.start),
@@ -310,7 +316,7 @@ def build_processing(
             )
         )
     names = {r.stage for r in records}
-    graph = {r.stage: [u] if (u := PROCESSES[r.stage][2]) in names else [] for r in records}
+    graph = {r.stage: [u for u in r.upstream if u in names] for r in records}
     return Processing(
         data_processes=processes,
         pipelines=[_code(pipeline_name, pipeline_parameters)],
@@ -336,14 +342,15 @@ def append_processing(
     url: str,
     processing: Processing,
     *,
+    upstream: Mapping[str, Sequence[str]] | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Processing:
     """Add a run's processes to the record at ``url`` and write it atomically.
 
     The earlier record's entries are kept as they are. A repeated stage is renamed the way
     ``Processing.__add__`` does (``trials`` -> ``trials_1``), and each new process depends on
-    its upstream stage from this run or, when that did not run (its output was reused), on
-    the latest earlier process of that stage.
+    its upstream stages from this run or, for one that did not run (its output was
+    reused), on the latest earlier process of that stage.
 
     Parameters
     ----------
@@ -351,6 +358,8 @@ def append_processing(
         The ``processing.json`` to extend (created when missing), any fsspec URL.
     processing : aind_data_schema.core.processing.Processing
         The new run's record (:func:`build_processing`).
+    upstream : mapping of str to sequence of str, optional
+        Each stage's upstream stages (by default those in ``processing``'s graph).
     storage_options : mapping, optional
         For fsspec.
 
@@ -366,11 +375,13 @@ def append_processing(
     >>> def run(*stages):
     ...     now = time.time()
     ...     return build_processing(
-    ...         [StageRecord(s, now, now + 1, [], {}, "items") for s in stages],
+    ...         [StageRecord(s, now, now + 1, [], {}, "items", upstream=list(UPSTREAM[s]))
+    ...          for s in stages],
     ...         pipeline_name="demo", pipeline_parameters={}, samples=pd.DataFrame(), hosts={},
     ...         experimenters=["ann"])
-    >>> _ = append_processing(url, run("ingest", "preprocess", "trials"))
-    >>> append_processing(url, run("trials")).dependency_graph
+    >>> UPSTREAM = {"ingest": [], "preprocess": ["ingest"], "trials": ["preprocess"]}
+    >>> _ = append_processing(url, run("ingest", "preprocess", "trials"), upstream=UPSTREAM)
+    >>> append_processing(url, run("trials"), upstream=UPSTREAM).dependency_graph
     {'ingest': [], 'preprocess': ['ingest'], 'trials': ['preprocess'], 'trials_1': ['preprocess']}
     """
     so = dict(storage_options or {})
@@ -387,12 +398,13 @@ def append_processing(
         for old, name in renames.items():
             if old != name:
                 new.rename_process(old, name)
+        links = dict(upstream or processing.dependency_graph or {})
         latest = {_stage_of(p): p.name for p in existing.data_processes}  # ordered by start
         latest |= {_stage_of(p): p.name for p in new.data_processes}
         graph = {}
         for process in new.data_processes:
-            before = PROCESSES.get(_stage_of(process), (None, None, None))[2]
-            graph[process.name] = [latest[before]] if before in latest else []
+            before = links.get(_stage_of(process), [])
+            graph[process.name] = [latest[name] for name in before if name in latest]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # repeated names: renamed above
             merged = existing + new

@@ -36,7 +36,14 @@ from neurobatch.config import (
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders import LOADERS
 
-__all__ = ["MANIFEST_COLUMNS", "discover", "discover_config", "fingerprint", "safe_id"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "discover",
+    "discover_config",
+    "fingerprint",
+    "fingerprints",
+    "safe_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +164,39 @@ def fingerprint(info: Mapping[str, Any]) -> str:
     return _digest(f"{info.get('size') or 0}|{_stamp(info)}")
 
 
+def fingerprints(
+    urls: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, str | None]:
+    """The :func:`fingerprint` of each of ``urls`` now; None for one that is gone.
+
+    Parameters
+    ----------
+    urls : sequence of str
+        Files, on one filesystem (a loader's sidecars and ``.meta`` files, say).
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+
+    Returns
+    -------
+    dict of str to str or None
+
+    Examples
+    --------
+    >>> fsspec.filesystem("memory").pipe("/fingerprints-doc/a.json", b"{}")
+    >>> found = fingerprints(["memory://fingerprints-doc/a.json", "memory://nowhere.json"])
+    >>> len(found["memory://fingerprints-doc/a.json"]), found["memory://nowhere.json"]
+    (16, None)
+    """
+    found: dict[str, str | None] = {}
+    for url in urls:
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        try:
+            found[url] = fingerprint(fs.info(path))
+        except FileNotFoundError:
+            found[url] = None
+    return found
+
+
 def _folder_fingerprint(fs: Any, path: str) -> tuple[str, int]:
     files: dict[str, Mapping[str, Any]] = fs.find(path, detail=True)
     prefix = path.rstrip("/") + "/"
@@ -169,13 +209,13 @@ def _folder_fingerprint(fs: Any, path: str) -> tuple[str, int]:
 
 
 def _item_ids(jobs: Sequence[_Job]) -> list[str]:
-    """Stable, safe, unique ids: the relative path with ``/`` -> ``__`` (a file's extension
+    """Stable, safe, unique ids: the relative path with ``/`` -> ``__`` (the extension
     dropped), plus a job suffix."""
     raw = []
     for job in jobs:
         parts = job.input.relative.split("/")
-        if job.input.info.get("type") == "file":
-            parts[-1] = posixpath.splitext(parts[-1])[0] or parts[-1]
+        # a folder's extension goes too: an id ending in .zarr would look like a store
+        parts[-1] = posixpath.splitext(parts[-1])[0] or parts[-1]
         base = "__".join(safe_id(part) for part in parts)
         suffix = "" if job.suffix is None else "-" + safe_id(job.suffix)
         key = job.input.relative + ("" if job.suffix is None else "\0" + job.suffix)

@@ -26,12 +26,41 @@ number of items. Per-trial columns are outer-joined across items:
 
 All items must share one ``rel_time`` grid (within 1e-9 s); :func:`resample_trials` puts a
 trials dataset onto a given grid first.
+
+Integrity. Every array (of :func:`write_dataset` and of the trials store) stores a CRC-32C
+checksum with each chunk (zarr's ``crc32c`` codec, after the compressor), so a chunk whose
+bytes changed fails when read instead of decoding to wrong numbers (a flipped bit in an
+lz4 or zstd chunk often decodes without error). Two failures are covered:
+
+* a chunk changed in place (same size): computing a variable of :func:`open_dataset` or
+  :func:`open_trials` raises :class:`~neurobatch.errors.StoreDamagedError` naming the store,
+  the array and the chunk, from any thread, process or distributed worker (their dask chunks
+  are read by a getter that translates the codec's error). Other reads of a store (plain
+  ``xarray.open_zarr``, zarr arrays) get the same error inside :func:`damage_reported`, which
+  names the array when the traceback shows it. :func:`is_damage` tells a checksum or
+  decompression failure from other errors.
+* a chunk deleted (zarr reads the hole as the fill value, silently), truncated or rewritten
+  with another size, an array resized or removed: ``commit(url, marker, arrays=True)``
+  records the store's :func:`inventory` (per array: shape, chunk shape, number and total
+  size of the stored chunk objects, from one listing) in the marker, and :func:`verify`
+  compares the store with it later (one listing again) and names what differs.
+
+The engine's use::
+
+    commit(url, marker, arrays=True)                # after writing
+    ...
+    marker = read_commit(url)                       # on a re-run
+    problems = verify(url, marker) if marker else []   # non-empty: rewrite the output
+    with damage_reported(url):                      # any read not via open_dataset/open_trials
+        values = xr.open_zarr(url).signal.values
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -39,7 +68,7 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -50,15 +79,21 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 from numpy.typing import ArrayLike, NDArray
 from zarr.abc.store import Store
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync as zarr_sync
 from zarr.storage import FsspecStore, LocalStore
+
+from neurobatch.errors import StoreDamagedError
 
 __all__ = [
     "COMMIT_MARKER",
     "append_trials",
     "chunk_length",
     "commit",
+    "damage_reported",
+    "ensure_group",
+    "inventory",
+    "is_damage",
     "open_dataset",
     "open_trials",
     "read_commit",
@@ -66,6 +101,7 @@ __all__ = [
     "resample_trials",
     "row_bytes",
     "to_json_safe",
+    "verify",
     "write_dataset",
     "zarr_store",
 ]
@@ -293,11 +329,16 @@ def _with_zarr_strings(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _compressors(dtype: np.dtype[Any]) -> tuple[Any, ...]:
+    """The bytes-to-bytes codecs of an array: a compressor, then a CRC-32C of each chunk.
+
+    The checksum comes last, so it covers the compressed bytes as stored: any change to a
+    chunk object (a flipped bit, a truncation) fails it on read, before decompression.
+    """
     if _is_string_dtype(dtype):
-        return (ZstdCodec(level=3),)
+        return (ZstdCodec(level=3), Crc32cCodec())
     # lz4 in Blosc with byte shuffle: float64 signals compress about as well as with zstd
     # (they barely compress either way) at several times the speed
-    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -433,6 +474,20 @@ def write_dataset(
     _consolidate(store)
 
 
+def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Make ``url`` a Zarr group (an item's), so that its stages open as its subgroups.
+
+    Examples
+    --------
+    >>> ensure_group("memory://doc/item")
+    >>> zarr.open_group(zarr_store("memory://doc/item"), mode="r").metadata.zarr_format
+    3
+    """
+    fs, path = _fs(url, storage_options)
+    if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
+        zarr.open_group(zarr_store(url, storage_options=storage_options), mode="a", zarr_format=3)
+
+
 def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Open a dataset written by :func:`write_dataset` lazily, in the store's chunks.
 
@@ -448,11 +503,16 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     xarray.Dataset
         Dask-backed variables (index coordinates such as ``time`` are in memory, as xarray
         always loads indexes); strings come back as Python ``str`` objects (object arrays).
+        Computing a variable whose chunk fails its checksum (or cannot be decompressed)
+        raises :class:`~neurobatch.errors.StoreDamagedError` naming ``url``, the array and
+        the chunk, wherever the task runs (a thread, a process, a distributed worker).
 
     Raises
     ------
     FileNotFoundError
         If there is no Zarr store at ``url``.
+    neurobatch.errors.StoreDamagedError
+        If a chunk of an index coordinate (read now) is damaged.
 
     Examples
     --------
@@ -462,16 +522,25 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     ((3,),)
     """
     store = zarr_store(url, storage_options=storage_options, read_only=True)
-    try:
-        opened = xr.open_zarr(store, chunks={}, consolidated=True, zarr_format=3)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
-    except (KeyError, ValueError):
-        # a store without consolidated metadata (written by someone else): read it plainly
+    # every chunk is read by a getter that names this store when the chunk is damaged
+    checked = {"getitem": _CheckedGetter(url)}
+    with damage_reported(url):  # the indexes, which xarray reads now
         try:
-            opened = xr.open_zarr(store, chunks={}, consolidated=False, zarr_format=3)
+            opened = xr.open_zarr(
+                store, chunks={}, consolidated=True, zarr_format=3, from_array_kwargs=checked
+            )
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
+        except (KeyError, ValueError) as e:
+            if is_damage(e):
+                raise
+            # a store without consolidated metadata (written by someone else): read it plainly
+            try:
+                opened = xr.open_zarr(
+                    store, chunks={}, consolidated=False, zarr_format=3, from_array_kwargs=checked
+                )
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
     return _object_strings(cast(xr.Dataset, opened))
 
 
@@ -490,7 +559,11 @@ def _remove_marker(url: str, storage_options: Mapping[str, Any] | None) -> None:
 
 
 def commit(
-    url: str, marker: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None
+    url: str,
+    marker: Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    arrays: bool = False,
 ) -> None:
     """Mark the output at ``url`` complete by writing ``<url>/.neurobatch-commit.json``, last.
 
@@ -506,19 +579,40 @@ def commit(
         JSON content of the marker, e.g. the parameter hash and the time.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
+    arrays : bool, default False
+        Also record ``marker["arrays"] = inventory(url)`` (one listing of the store, replacing
+        any ``"arrays"`` key of ``marker``), so that :func:`verify` can later tell whether a
+        chunk was deleted, truncated or replaced, or an array resized, since the commit.
 
     Raises
     ------
     TypeError
         If ``marker`` holds something that is not a JSON value.
+    ValueError
+        With ``arrays=True``, if the metadata of an array in the store cannot be read.
+
+    See Also
+    --------
+    verify : compare the store with the inventory recorded here.
 
     Examples
     --------
     >>> commit("memory://doc/item", {"params": "abc123"})
     >>> read_commit("memory://doc/item")
     {'params': 'abc123'}
+
+    With the inventory of a store:
+
+    >>> ds = xr.Dataset({"x": ("time", np.arange(6.0))})
+    >>> write_dataset(ds, "memory://doc/counted.zarr", chunk_memory=32, minimum=4)
+    >>> commit("memory://doc/counted.zarr", {"params": "abc123"}, arrays=True)
+    >>> read_commit("memory://doc/counted.zarr")["arrays"]["x"]["stored_chunks"]
+    2
     """
-    content = json.dumps(to_json_safe(dict(marker), name="commit marker"), indent=2) + "\n"
+    content_of = dict(marker)
+    if arrays:
+        content_of["arrays"] = inventory(url, storage_options=storage_options)
+    content = json.dumps(to_json_safe(content_of, name="commit marker"), indent=2) + "\n"
     fs, path = _marker_path(url, storage_options)
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path)
@@ -598,6 +692,496 @@ def remove(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Non
     if fs.exists(path):
         fs.rm(path, recursive=True)
         logger.debug("removed %s", url)
+
+
+# --- integrity: inventories, verification, damaged chunks ---------------------------------
+
+_CHECKSUM_MESSAGE = "Stored and computed checksum do not match"
+"""What zarr's ``Crc32cCodec`` raises (as a ValueError) when a chunk's bytes changed."""
+_DECOMPRESSION_MESSAGES = (
+    "error during blosc decompression",  # numcodecs' Blosc (RuntimeError)
+    "Zstd decompression error",  # numcodecs' Zstd (RuntimeError)
+    "Could not set determine zstd frame size",  # numcodecs' Zstd, the cause of the above
+)
+"""What the decompressors of stores without checksums raise on a truncated or garbled chunk."""
+_MAX_NAMED_CHUNKS = 5
+_MAX_GRID_CHUNKS = 1_000_000
+"""Largest chunk grid whose chunks :func:`verify` enumerates to name the missing ones."""
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then its causes and contexts (each once)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_damage(error: BaseException) -> bool:
+    """Tell whether ``error`` (or what caused it) is a damaged chunk of a Zarr store.
+
+    A damaged chunk is one whose CRC-32C checksum does not match its bytes (zarr's
+    ``Crc32cCodec`` raises ``ValueError("Stored and computed checksum do not match ...")``),
+    or, in a store written without checksums, one that Blosc or Zstd cannot decompress
+    (numcodecs raises ``RuntimeError("error during blosc decompression: -1")`` or
+    ``RuntimeError("Zstd decompression error: ...")``). A
+    :class:`~neurobatch.errors.StoreDamagedError` is one too. Every other error (a missing
+    file, a network failure, a bug) is not.
+
+    Parameters
+    ----------
+    error : BaseException
+        The error caught; its ``__cause__`` and ``__context__`` chain is followed.
+
+    Returns
+    -------
+    bool
+        True for a checksum or decompression failure.
+
+    See Also
+    --------
+    damage_reported : re-raise such errors as ``StoreDamagedError`` naming the store.
+
+    Examples
+    --------
+    >>> is_damage(ValueError("Stored and computed checksum do not match. Stored: ..."))
+    True
+    >>> is_damage(RuntimeError("error during blosc decompression: -1"))
+    True
+    >>> is_damage(ValueError("cannot reshape array"))
+    False
+    """
+    return _damage_cause(error) is not None
+
+
+def _damage_cause(error: BaseException) -> BaseException | None:
+    """The checksum or decompression failure in ``error``'s chain, if there is one."""
+    for link in _chain(error):
+        if isinstance(link, StoreDamagedError):
+            return link
+        if isinstance(link, ValueError | RuntimeError):
+            text = str(link)
+            if _CHECKSUM_MESSAGE in text or any(m in text for m in _DECOMPRESSION_MESSAGES):
+                return link
+    return None
+
+
+def _damage_text(url: str, error: BaseException, array: str | None, chunk: str | None) -> str:
+    """The message of a :class:`~neurobatch.errors.StoreDamagedError`."""
+    cause = _damage_cause(error) or error
+    if _CHECKSUM_MESSAGE in str(cause):
+        what = "failed its CRC-32C checksum"
+    else:
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        what = f"could not be decompressed ({detail}; the store has no checksums)"
+    where = f"array {array!r}: " if array else ""
+    return (
+        f"{url}: {where}{chunk or 'a chunk'} {what}. Its bytes changed after it was written, "
+        "so the store cannot be trusted: remove it and run the stage that wrote it again"
+    )
+
+
+def _array_name(array: zarr.Array[Any] | zarr.AsyncArray[Any]) -> str:
+    """The array's path in its store (or the store's URL when the array is its root)."""
+    return array.path or str(array.store_path)
+
+
+def _zarr_array_in(wrapped: Any) -> zarr.Array[Any] | None:
+    """The zarr array under xarray's lazy-indexing wrappers (``.array`` / ``._array``)."""
+    for _ in range(32):
+        if isinstance(wrapped, zarr.Array):
+            return wrapped
+        inner = getattr(wrapped, "_array", None)
+        wrapped = inner if inner is not None else getattr(wrapped, "array", None)
+        if wrapped is None:
+            return None
+    return None
+
+
+def _chunk_text(array: zarr.Array[Any], key: Any) -> str | None:
+    """``"chunk c/1"`` (or the range of chunks) that the selection ``key`` reads."""
+    if not isinstance(key, tuple) or len(key) != array.ndim:
+        return None
+    if not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return None
+    grid = array.shards or array.chunks
+    first, last = [], []
+    for k, size, length in zip(key, grid, array.shape, strict=True):
+        start, stop, _ = k.indices(length)
+        if stop <= start:
+            return None
+        first.append(start // size)
+        last.append((stop - 1) // size)
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]
+    if first == last:
+        return f"chunk {encode(tuple(first))}"
+    return f"one of chunks {encode(tuple(first))} to {encode(tuple(last))}"
+
+
+@dataclass(frozen=True)
+class _CheckedGetter:
+    """Dask's getter for the chunks of a store (``dask.array.from_array(getitem=...)``).
+
+    It reads as dask's own ``getter`` does; when the read fails on a damaged chunk, it
+    raises :class:`~neurobatch.errors.StoreDamagedError` naming the store, the array and the
+    chunk. It runs inside the task, so the name travels with the error from any worker.
+    """
+
+    url: str
+
+    def __call__(self, a: Any, b: Any, asarray: bool = True, lock: Any = None) -> Any:
+        from dask.array.core import getter
+
+        try:
+            return getter(a, b, asarray=asarray, lock=lock)  # type: ignore[no-untyped-call]
+        except Exception as e:
+            if isinstance(e, StoreDamagedError) or not is_damage(e):
+                raise
+            array = _zarr_array_in(a)
+            if array is None:
+                raise StoreDamagedError(_damage_text(self.url, e, None, None)) from e
+            name = _array_name(array)
+            raise StoreDamagedError(_damage_text(self.url, e, name, _chunk_text(array, b))) from e
+
+
+def _array_in_traceback(error: BaseException) -> str | None:
+    """The path of the deepest zarr array whose method the damaged read went through.
+
+    Best effort: tracebacks re-raised from another process (a distributed worker) carry no
+    local variables, and then the array is not named.
+    """
+    for link in _chain(error):
+        found: str | None = None
+        tb = link.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if isinstance(owner, zarr.Array | zarr.AsyncArray):
+                found = _array_name(owner)
+            tb = tb.tb_next
+        if found is not None:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def damage_reported(url: str) -> Iterator[None]:
+    """Re-raise a damaged chunk's error inside the block as ``StoreDamagedError`` naming ``url``.
+
+    Wrap the computes and direct zarr reads of the store at ``url`` that do not go through
+    :func:`open_dataset` (whose dask chunks report damage themselves). A checksum or
+    decompression failure (see :func:`is_damage`) becomes
+    :class:`~neurobatch.errors.StoreDamagedError` naming the store and, when the traceback
+    shows it, the array; a ``StoreDamagedError`` raised inside (by a dataset from
+    :func:`open_dataset`, perhaps of another store) passes unchanged, and so does every other
+    error.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the store read inside the block.
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    neurobatch.errors.StoreDamagedError
+        If a chunk read inside the block is damaged.
+
+    Examples
+    --------
+    >>> from neurobatch.errors import StoreDamagedError
+    >>> try:
+    ...     with damage_reported("memory://doc/any.zarr"):
+    ...         raise ValueError("Stored and computed checksum do not match. Stored: ...")
+    ... except StoreDamagedError as e:
+    ...     print(str(e)[:63])
+    memory://doc/any.zarr: a chunk failed its CRC-32C checksum. Its
+    """
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, StoreDamagedError) or not is_damage(e):
+            raise
+        raise StoreDamagedError(_damage_text(url, e, _array_in_traceback(e), None)) from e
+
+
+@dataclass
+class _Array:
+    """One array of a store as the listing and its ``zarr.json`` show it."""
+
+    shape: list[int]
+    chunks: list[int]
+    key_encoding: Mapping[str, Any]
+    objects: dict[str, int]
+    """Stored chunk objects: key inside the array (``c/0``) to size in bytes."""
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "chunks": self.chunks,
+            "stored_chunks": len(self.objects),
+            "stored_bytes": sum(self.objects.values()),
+        }
+
+
+def _scan(
+    url: str, storage_options: Mapping[str, Any] | None
+) -> tuple[dict[str, _Array], list[str]]:
+    """Every array of the store from one recursive listing and one batched metadata read.
+
+    Returns the arrays by path (``"signal"``, ``"group/signal"``) and the problems met: the
+    paths of ``zarr.json`` documents that are not readable JSON.
+    """
+    fs, root = _fs(url, storage_options)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)  # fsspec caches listings per filesystem instance
+    listing = fs.find(root, detail=True)
+    prefix = f"{root}/"
+    sizes = {
+        path[len(prefix) :]: int(info.get("size") or 0)
+        for path, info in listing.items()
+        if path.startswith(prefix) and info.get("type", "file") == "file"
+    }
+    documents = sorted(key for key in sizes if key.rsplit("/", 1)[-1] == "zarr.json")
+    # one batched read (concurrent on object stores); fsspec would expand a path holding a
+    # glob character, so such a path (a variable named "a[0]") is read on its own
+    plain = [prefix + key for key in documents if not any(c in key for c in "*?[")]
+    contents: dict[str, Any] = dict(fs.cat(plain, on_error="return")) if plain else {}
+    for key in documents:
+        if prefix + key not in contents:
+            try:
+                contents[prefix + key] = fs.cat_file(prefix + key)
+            except OSError as e:
+                contents[prefix + key] = e
+    arrays: dict[str, _Array] = {}
+    problems: list[str] = []
+    for key in documents:
+        content = contents.get(prefix + key)
+        try:
+            if isinstance(content, BaseException):
+                raise content
+            if not isinstance(content, bytes | str):
+                raise TypeError(f"read {type(content).__name__}, expected bytes")
+            meta = json.loads(content)
+            if not isinstance(meta, dict) or meta.get("node_type") != "array":
+                continue
+            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            arrays[key.rpartition("/")[0]] = _Array(
+                shape=[int(s) for s in meta["shape"]],
+                chunks=[int(c) for c in grid],
+                key_encoding=dict(meta.get("chunk_key_encoding") or {}),
+                objects={},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{key} is not readable Zarr metadata ({type(e).__name__}: {e})")
+    for key, size in sizes.items():
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            owner = "/".join(parts[:depth])
+            if owner in arrays:
+                inner = "/".join(parts[depth:])
+                if inner != "zarr.json":
+                    arrays[owner].objects[inner] = size
+                break
+    return arrays, problems
+
+
+def inventory(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """List every array of the Zarr v3 store at ``url`` with its stored chunks and bytes.
+
+    One recursive listing of the store with sizes (``fs.find(path, detail=True)``) and one
+    batched read of its ``zarr.json`` documents; no chunk is read. Zarr does not write a
+    chunk that holds only the fill value (NaN for float variables), so ``stored_chunks`` can
+    be below the number of chunks of the grid: the inventory records what is there.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of a Zarr v3 group (such as one written by
+        :func:`write_dataset`), nested groups included.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+
+    Returns
+    -------
+    dict of str to dict
+        By array path (``"signal"``, or ``"group/signal"`` in a nested group): ``shape``
+        and ``chunks`` (the chunk shape; the shard shape of a sharded array: what one stored
+        object holds), as lists of ints; ``stored_chunks``, the number of chunk objects; and
+        ``stored_bytes``, their total size. Empty when there is no store at ``url``.
+
+    Raises
+    ------
+    ValueError
+        If an array's ``zarr.json`` is not readable Zarr metadata.
+
+    See Also
+    --------
+    commit : record the inventory in the commit marker (``arrays=True``).
+    verify : compare the store with a recorded inventory.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"x": ("time", [1.0, 2.0, np.nan, np.nan, 3.0])})
+    >>> write_dataset(ds, "memory://doc/inventory.zarr", chunk_memory=16, minimum=2)
+    >>> found = inventory("memory://doc/inventory.zarr")["x"]
+    >>> found["shape"], found["chunks"], found["stored_chunks"]  # c/1 is all NaN: not written
+    ([5], [2], 2)
+    """
+    arrays, problems = _scan(url, storage_options)
+    if problems:
+        raise ValueError(f"cannot list the arrays of {url}: {'; '.join(problems)}")
+    return {name: arrays[name].record() for name in sorted(arrays)}
+
+
+def _chunk_key(coords: tuple[int, ...], encoding: Mapping[str, Any]) -> str:
+    """The chunk's key inside its array (Zarr v3 ``default`` or ``v2`` key encoding)."""
+    configuration = encoding.get("configuration") or {}
+    if encoding.get("name") == "v2":
+        separator = str(configuration.get("separator", "."))
+        return separator.join(map(str, coords)) or "0"
+    separator = str(configuration.get("separator", "/"))
+    return separator.join(["c", *map(str, coords)])
+
+
+def _grid_keys(array: _Array) -> list[str] | None:
+    """Every chunk key of the array's grid, in order (None if there are too many)."""
+    counts = [-(-s // c) if c > 0 else 0 for s, c in zip(array.shape, array.chunks, strict=False)]
+    if math.prod(counts) > _MAX_GRID_CHUNKS:
+        return None
+    return [
+        _chunk_key(coords, array.key_encoding)
+        for coords in itertools.product(*(range(n) for n in counts))
+    ]
+
+
+def _named(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_NAMED_CHUNKS])
+    more = len(keys) - _MAX_NAMED_CHUNKS
+    return f"{shown} and {more:,} more" if more > 0 else shown
+
+
+def _array_problem(name: str, recorded: Mapping[str, Any], array: _Array) -> str | None:
+    """What differs between an array and its record, or None."""
+    shape, chunks = list(recorded["shape"]), list(recorded["chunks"])
+    stored, stored_bytes = int(recorded["stored_chunks"]), int(recorded["stored_bytes"])
+    now = array.record()
+    if now["shape"] != shape:
+        return (
+            f"array {name!r}: shape {tuple(now['shape'])}, {tuple(shape)} recorded (it was "
+            "resized or rewritten after the commit)"
+        )
+    if now["chunks"] != chunks:
+        return (
+            f"array {name!r}: chunk shape {tuple(now['chunks'])}, {tuple(chunks)} recorded "
+            "(it was rewritten after the commit)"
+        )
+    present = now["stored_chunks"]
+    if present < stored:
+        grid = _grid_keys(array)
+        absent = [k for k in grid if k not in array.objects] if grid is not None else []
+        lost = stored - present
+        if grid is not None and len(absent) == lost:
+            which = f"chunk{'s' if lost > 1 else ''} {_named(absent)} missing"
+        elif absent:
+            which = (
+                f"{lost:,} missing among {_named(absent)}; the others absent were never written "
+                "(they hold only the fill value)"
+            )
+        else:
+            which = f"{lost:,} missing"
+        return f"array {name!r}: {present:,} of {stored:,} stored chunks present ({which})"
+    if present > stored:
+        grid = _grid_keys(array)
+        strays = sorted(set(array.objects) - set(grid)) if grid is not None else []
+        which = (
+            f"{_named(strays)} not in the chunk grid"
+            if strays
+            else "chunks were written after the commit"
+        )
+        return f"array {name!r}: {present:,} stored chunks, {stored:,} recorded ({which})"
+    if now["stored_bytes"] != stored_bytes:
+        return (
+            f"array {name!r}: {now['stored_bytes']:,} stored bytes, {stored_bytes:,} recorded "
+            "(a chunk was truncated or replaced)"
+        )
+    return None
+
+
+def verify(
+    url: str, marker: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Compare the store at ``url`` with the inventory its commit marker recorded.
+
+    One listing of the store again (see :func:`inventory`), no chunk read. It finds chunks
+    deleted (which zarr would read back as the fill value, silently), truncated or replaced
+    by a different size, arrays missing, resized or added. A chunk changed in place with its
+    size unchanged is found on read instead, by its checksum (see :func:`damage_reported`).
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the store.
+    marker : mapping
+        Its commit marker, as :func:`read_commit` returns it; the inventory is
+        ``marker["arrays"]``, recorded by ``commit(..., arrays=True)``.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+
+    Returns
+    -------
+    list of str
+        One plain-English problem per array that differs, e.g.
+        ``"array 'signal': 3 of 4 stored chunks present (chunk c/2 missing)"``; empty when
+        the store is as committed, or when the marker has no ``"arrays"`` (a store committed
+        before inventories were recorded, which verifies as intact).
+
+    See Also
+    --------
+    commit : record the inventory (``arrays=True``).
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"x": ("time", np.arange(8.0))})
+    >>> write_dataset(ds, "memory://doc/verified.zarr", chunk_memory=32, minimum=4)
+    >>> commit("memory://doc/verified.zarr", {"params": "abc123"}, arrays=True)
+    >>> marker = read_commit("memory://doc/verified.zarr")
+    >>> verify("memory://doc/verified.zarr", marker)
+    []
+    >>> fs = fsspec.filesystem("memory")
+    >>> fs.rm("/doc/verified.zarr/x/c/1")
+    >>> verify("memory://doc/verified.zarr", marker)
+    ["array 'x': 1 of 2 stored chunks present (chunk c/1 missing)"]
+    """
+    recorded = marker.get("arrays")
+    if recorded is None:
+        return []
+    if not isinstance(recorded, Mapping):
+        return [f"the commit marker's 'arrays' is a {type(recorded).__name__}, expected an object"]
+    arrays, problems = _scan(url, storage_options)
+    for name in sorted(recorded):
+        record = recorded[name]
+        if name not in arrays:
+            if not any(p.startswith(f"{name}/zarr.json ") for p in problems):
+                shape = record.get("shape") if isinstance(record, Mapping) else None
+                shown = tuple(shape) if isinstance(shape, list) else shape
+                problems.append(f"array {name!r} is missing (recorded with shape {shown})")
+            continue
+        try:
+            problem = _array_problem(str(name), record, arrays[name])
+        except (KeyError, TypeError, ValueError) as e:
+            problem = f"array {name!r}: its record in the commit marker is malformed ({e!r})"
+        if problem is not None:
+            problems.append(problem)
+    for name in sorted(set(arrays) - set(recorded)):
+        problems.append(f"array {name!r} is in the store but not in the commit record")
+    return problems
 
 
 # --- trials ----------------------------------------------------------------------------------
@@ -815,6 +1399,9 @@ def append_trials(
         (resample it first with :func:`resample_trials`).
     TypeError
         If a per-trial column is neither bool, integer, float nor string.
+    neurobatch.errors.StoreDamagedError
+        If a chunk of the store read by the append (``rel_time``, the last partial chunks)
+        fails its checksum.
 
     Examples
     --------
@@ -834,6 +1421,21 @@ def append_trials(
     """
     columns = _validate_trials(trials, url)
     item = trials.compute()
+    with damage_reported(url):  # an append reads the store's rel_time and partial last chunks
+        return _append_item(
+            item, columns, url, storage_options=storage_options, chunk_memory=chunk_memory
+        )
+
+
+def _append_item(
+    item: xr.Dataset,
+    columns: Mapping[str, _Column],
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None,
+    chunk_memory: int,
+) -> int:
+    """Append the in-memory trials ``item`` (validated as ``columns``) to the store at ``url``."""
     n_new = int(item.sizes[TRIAL_DIM])
     store = zarr_store(url, storage_options=storage_options)
     try:
@@ -1047,6 +1649,9 @@ def open_trials(
     ------
     FileNotFoundError
         If there is no store at ``url``.
+    neurobatch.errors.StoreDamagedError
+        If a chunk of a per-trial column (read now) fails its checksum; computing a 2-D
+        variable raises it for a damaged chunk of its own.
 
     Examples
     --------
@@ -1067,14 +1672,17 @@ def open_trials(
     if group.metadata.consolidated_metadata is None:
         # created, but its first append was interrupted before it was committed
         raise FileNotFoundError(f"{url}: no committed trials yet (the first append never ended)")
-    opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
+    with damage_reported(url):  # xarray reads the index (rel_time) now
+        opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
     rows = _open_rows(group, chunk_memory)
     columns: dict[str, Any] = {}
+    checked = {"getitem": _CheckedGetter(url)}
     for name, variable in opened.variables.items():
         if variable.dims == (TRIAL_DIM,):
-            columns[str(name)] = variable.load()
+            with damage_reported(url):
+                columns[str(name)] = variable.load()
         elif TRIAL_DIM in variable.dims:
-            columns[str(name)] = variable.chunk({TRIAL_DIM: rows})
+            columns[str(name)] = variable.chunk({TRIAL_DIM: rows}, from_array_kwargs=checked)
     coords = {k: v for k, v in columns.items() if k in opened.coords}
     data = {k: v for k, v in columns.items() if k not in opened.coords}
     return _object_strings(cast(xr.Dataset, opened.assign_coords(coords).assign(data)))

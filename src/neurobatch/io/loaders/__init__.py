@@ -45,6 +45,7 @@ from neurobatch.io.loaders._common import (
     LoaderArguments,
     closest,
     coerce_arguments,
+    recorded_reads,
 )
 from neurobatch.io.loaders.arrays import NpyArguments, ZarrArguments, load_npy, load_zarr
 from neurobatch.io.loaders.binary import (
@@ -89,6 +90,7 @@ __all__ = [
     "load_tdt",
     "load_zarr",
     "read_sidecar",
+    "recorded_reads",
     "resolve_sidecar",
 ]
 

@@ -12,7 +12,9 @@ import difflib
 import logging
 import string
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar
 
@@ -44,6 +46,8 @@ __all__ = [
     "coerce_arguments",
     "downsample_signal",
     "downsample_time",
+    "note_read",
+    "recorded_reads",
     "recording_from_table",
     "resolve_columns",
     "validation_message",
@@ -57,6 +61,44 @@ Locate = Callable[[int], str]
 
 def _sample(i: int) -> str:
     return f"sample {i}"
+
+
+_READS: ContextVar[list[str] | None] = ContextVar("neurobatch_reads", default=None)
+
+
+@contextmanager
+def recorded_reads() -> Iterator[list[str]]:
+    """Collect the URLs of the other files a loader reads besides its input.
+
+    Sidecars and ``.meta`` files are noted by :func:`note_read`; the engine keeps their
+    fingerprints in the ingest stage's key, so that editing one redoes the item.
+
+    Yields
+    ------
+    list of str
+        Filled with each file's URL as it is read (once each).
+
+    Examples
+    --------
+    >>> with recorded_reads() as read:
+    ...     note_read("memory://lab/a.json")
+    ...     note_read("memory://lab/a.json")
+    >>> read
+    ['memory://lab/a.json']
+    """
+    read: list[str] = []
+    token = _READS.set(read)
+    try:
+        yield read
+    finally:
+        _READS.reset(token)
+
+
+def note_read(url: str) -> None:
+    """Note that a loader read ``url`` besides its input (see :func:`recorded_reads`)."""
+    read = _READS.get()
+    if read is not None and url not in read:
+        read.append(url)
 
 
 def closest(name: str, candidates: Sequence[str]) -> str | None:

@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 from pydantic import Field, field_validator, model_validator
 
 from neurobatch.errors import InputError, InputNotFoundError
-from neurobatch.io.loaders._common import LoaderArguments, coerce_arguments
+from neurobatch.io.loaders._common import LoaderArguments, coerce_arguments, note_read
 from neurobatch.io.loaders.sidecar import load_annotation
 from neurobatch.io.store import chunk_length, row_bytes
 
@@ -784,6 +784,7 @@ def read_spikeglx_meta(
     {'nSavedChans': '3', 'imroTbl': '(0,2)(0 0 0 500 250)'}
     """
     fs, path = _fs(url, storage_options)
+    note_read(url)
     try:
         raw = fs.cat_file(path)
     except FileNotFoundError:

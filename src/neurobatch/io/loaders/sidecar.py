@@ -20,7 +20,7 @@ import yaml
 from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.errors import ConfigError, InputError
-from neurobatch.io.loaders._common import LoaderArguments
+from neurobatch.io.loaders._common import LoaderArguments, note_read
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def read_sidecar(
             )
         fmt = _SUFFIXES[suffix]
     logger.debug("reading %s sidecar %s of %s", fmt, url, input_url)
+    note_read(url)
     try:
         with fsspec.open(url, "rb", **so) as f:
             raw = f.read()

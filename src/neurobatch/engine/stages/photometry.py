@@ -1,10 +1,9 @@
-"""Pipeline stages: Dataset -> Dataset, lazily, on the blocked operators.
+"""The photometry kind: ingest -> preprocess -> trials, as PhoPro's ``PhotometryPipeline``.
 
-A stage takes DESIGN.md's datasets (a Recording, a Processed recording) backed by dask
-arrays — usually opened from an item's Zarr store — and returns new ones whose variables
-are still lazy; only what a stage must know to go on is computed (the fit coefficients, the
-trial plan from the time axis and the events). The pipeline decides where results are
-stored and on which scheduler they are computed.
+The operations take DESIGN.md's datasets (a Recording, a Processed recording) backed by
+dask arrays — usually opened from an item's Zarr store — and return new ones whose
+variables are still lazy; only what a step must know to go on is computed (the fit
+coefficients, the trial plan from the time axis and the events).
 
 - :func:`filter_channels`: zero-phase low-pass of every channel.
 - :func:`fit_reference`: the isosbestic fit (OLS or robust IRLS), one blocked reduction per pass.
@@ -12,9 +11,8 @@ stored and on which scheduler they are computed.
   normalisation.
 - :func:`preprocess`: the three above, as PhoPro's ``preprocess_signal``.
 - :func:`cut_trials`: the event-aligned trials of the processed variable.
-- :func:`filter_traces`: zero-phase filtering of every channel of an ephys recording.
-- :func:`spike_triggered_average`: every unit's STA over a stimulus movie, and its
-  collapsed STRF.
+
+The stages :data:`PREPROCESS` and :data:`TRIALS` run them on an item.
 """
 
 from __future__ import annotations
@@ -27,19 +25,20 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import xarray as xr
-from distributed import futures_of
 
 from neurobatch.config import (
-    EphysFilterConfig,
     FilterConfig,
     FitConfig,
+    PipelineConfig,
     PreprocessConfig,
-    StaConfig,
     TrialsConfig,
 )
 from neurobatch.engine import blocked
+from neurobatch.engine.hooks import apply_hook
+from neurobatch.engine.stages.base import FigureContext, Stage, StageContext, StageOutput
+from neurobatch.engine.stages.base import source_of as _source
 from neurobatch.errors import InputError
-from neurobatch.io.store import chunk_length, row_bytes
+from neurobatch.io import store
 from neurobatch.kernels import correction as correction_kernels
 from neurobatch.kernels import filters
 from neurobatch.kernels import trials as trial_kernels
@@ -48,25 +47,25 @@ from neurobatch.kernels.fitting import FitResult
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PREPROCESS",
     "PROCESSED_VARIABLE",
+    "TRIALS",
     "correct",
     "cut_trials",
     "events_of",
     "filter_channels",
-    "filter_traces",
     "fit_reference",
     "preprocess",
-    "spike_triggered_average",
 ]
+
+#: Filtered channels up to this many chunk budgets are kept in the worker's memory for the
+#: fit's passes; longer recordings go through a scratch Zarr store instead.
+IN_MEMORY_CHUNKS = 8
 
 #: The processed variable's name for each correction method.
 PROCESSED_VARIABLE = {"dff": "dff", "df": "df", "none": "signal_corrected"}
 
 CHANNELS = ("signal", "isosbestic")
-
-
-def _source(ds: xr.Dataset) -> str:
-    return str(ds.attrs.get("source", "recording"))
 
 
 def _channels(ds: xr.Dataset) -> list[str]:
@@ -454,215 +453,130 @@ def _column(value: Any, n: int) -> np.ndarray:
     return np.full(n, text, dtype=object)
 
 
-# --- large recordings: ephys filtering and spike-triggered averages -------------------------
+# --- the stages ------------------------------------------------------------------------------
 
 
-def filter_traces(
-    recording: xr.Dataset, params: EphysFilterConfig, *, chunk_memory: int | None = None
-) -> xr.Dataset:
-    """Zero-phase filter every channel of an ephys recording, lazily, in µV.
+def _persist(context: StageContext) -> Callable[[xr.Dataset], xr.Dataset]:
+    """Keep the filtered channels for the fit's passes: in memory, or in a scratch store."""
+    storage_options = context.config.output.storage_options
 
-    One task per output block (:func:`neurobatch.engine.blocked.zero_phase_filter`) reads
-    the raw ``traces(time, channel)`` (integers, say) around the block, converts them to
-    float64 and, when the recording has ``gain_uv``, microvolts; with ``common_reference:
-    median`` subtracts the median over channels from every sample; filters each channel
-    with a zero-phase Butterworth filter (equal to ``sosfiltfilt`` on the whole array to
-    about 1e-12 relative); and casts to ``params.dtype``. No conversion, scaling or
-    rechunking runs as a task of its own. Channels stay whole in every block, so memory is
-    a few blocks per task, whatever the recording's length.
-
-    Parameters
-    ----------
-    recording : xarray.Dataset
-        ``traces(time, channel)`` chunked along ``time`` only, and ``sampling_rate``.
-    params : neurobatch.config.EphysFilterConfig
-        Type, cutoff(s), order, common reference and the stored dtype.
-    chunk_memory : int, optional
-        The memory budget of one stored chunk, as
-        :func:`neurobatch.io.store.write_dataset` takes it: the output's blocks are the
-        store's chunks (``chunk_memory`` bytes of filtered traces and time stamps), so the
-        write stores each block as it is. A task holds about two float64 copies of its
-        block (four times ``chunk_memory`` in float32), its raw chunks and its result. By
-        default the blocks are the raw chunks.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``traces(time, channel)`` filtered, of ``params.dtype``, attrs ``units="uV"``.
-
-    Raises
-    ------
-    neurobatch.errors.InputError
-        If the recording has no ``traces``, a cutoff is not below the Nyquist frequency, or
-        the recording is too short for the filter.
-
-    Examples
-    --------
-    >>> from neurobatch.config import EphysFilterConfig
-    >>> fs = 30_000.0
-    >>> t = np.arange(30_000) / fs
-    >>> raw = np.stack([np.sin(2 * np.pi * 10 * t) + np.sin(2 * np.pi * 1000 * t)] * 2, axis=1)
-    >>> rec = xr.Dataset({"traces": (("time", "channel"), raw)}, coords={"time": t},
-    ...                  attrs={"sampling_rate": fs}).chunk(time=8192)
-    >>> out = filter_traces(rec, EphysFilterConfig(cutoff_hz=(300.0, 6000.0), dtype="float64"))
-    >>> kept = out.traces.isel(time=slice(3000, -3000)).values
-    >>> bool(np.abs(kept - raw[3000:-3000] + np.sin(2 * np.pi * 10 * t[3000:-3000])[:, None]).max() < 0.02)
-    True
-    """
-    if "traces" not in recording:
-        raise InputError(
-            f"{_source(recording)}: no traces(time, channel) variable (variables: "
-            f"{', '.join(map(str, recording.data_vars)) or 'none'}); expected an ephys recording"
+    def persist(filtered: xr.Dataset) -> xr.Dataset:
+        nbytes = sum(filtered[name].nbytes for name in CHANNELS if name in filtered)
+        if nbytes <= IN_MEMORY_CHUNKS * context.chunk_memory:
+            logger.debug("filtered channels (%d bytes) kept in memory for the fit", nbytes)
+            return filtered.persist()
+        url = f"{context.scratch_url}/filtered.zarr"
+        logger.info("filtered channels (%d bytes) go through %s for the fit", nbytes, url)
+        store.write_dataset(
+            filtered, url, chunk_memory=context.chunk_memory, storage_options=storage_options
         )
-    fs = float(recording.attrs["sampling_rate"])
-    if not max(np.atleast_1d(params.cutoff_hz)) < fs / 2:
-        raise InputError(
-            f"{_source(recording)}: the filter cutoff {params.cutoff_hz} Hz is not below the "
-            f"Nyquist frequency {fs / 2:g} Hz of this recording (sampled at {fs:g} Hz); "
-            "expected a lower cutoff_hz"
-        )
-    traces = recording["traces"].transpose("time", "channel")
-    x = traces.data if isinstance(traces.data, da.Array) else da.from_array(traces.values)
-    if x.numblocks[1] != 1:
-        x = x.rechunk({1: -1})
-    coords = {
-        name: recording.coords[name] for name in ("time", "channel") if name in recording.coords
-    }
-    chunks = None
-    if chunk_memory is not None:
-        # the output's rows as the store counts them: the filtered traces and the time stamps
-        filtered_row = xr.Variable(("time", "channel"), np.empty((0, x.shape[1]), params.dtype))
-        chunks = min(
-            x.shape[0],
-            chunk_length(
-                chunk_memory, bytes_per_sample=row_bytes([filtered_row, *coords.values()])
-            ),
-        )
-    gain = recording.attrs.get("gain_uv")
-    sos = filters.butter_sos(params.type, params.cutoff_hz, fs=fs, order=params.order)
-    try:
-        filtered = blocked.zero_phase_filter(
-            x,
-            sos,
-            axis=0,
-            scale=None if gain is None else float(gain),
-            common_reference=params.common_reference,
-            dtype=params.dtype,
-            chunks=chunks,
-        )
-    except ValueError as error:
-        raise InputError(f"{_source(recording)}: {error}") from None
-    out = xr.Dataset(
-        {"traces": (("time", "channel"), filtered)},
-        coords=coords,
-        attrs={
-            **recording.attrs,
-            "units": "uV" if gain is not None else "raw",
-            "filter": json.dumps(params.model_dump(mode="json")),
-        },
+        return store.open_dataset(url, storage_options=storage_options)
+
+    return persist
+
+
+def _run_preprocess(context: StageContext) -> StageOutput:
+    recording = context.inputs["ingest"]
+    logger.info(
+        "preprocessing (%d samples at %g Hz)",
+        recording.sizes["time"],
+        recording.attrs.get("sampling_rate", float("nan")),
     )
-    out.attrs.pop("gain_uv", None)
-    return out
-
-
-def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
-    """Every unit's spike-triggered average over the stimulus movie, lazily.
-
-    A tree reduction of per-block products of spike counts and frames
-    (:func:`neurobatch.engine.blocked.blocked_sta`), never a loop over spikes: memory per
-    task is one block of frames and one partial sum, whatever the movie's length. A spike
-    at time ``t`` falls in frame ``N = floor((t - onset) * fps)``; spikes before the movie,
-    after it, or too early for the whole window are excluded and counted per unit.
-
-    Parameters
-    ----------
-    movie : xarray.Dataset
-        A Movie: ``frames(frame, y, x)`` chunked along ``frame``, ``spike_time(spike)`` with
-        coordinate ``unit(spike)``, optionally ``unit_ids(unit)`` (to keep units without
-        spikes), and attrs ``fps`` and ``stimulus_onset``.
-    params : neurobatch.config.StaConfig
-        ``n_lags``, ``delay_frames`` for the collapsed STRF, optional ``units``.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``sta(unit, lag, y, x)`` (float64, NaN for a unit without usable spikes; lazy),
-        ``strf(unit, y, x)`` the mean of lags ``0 .. delay_frames - 1``, and per unit
-        ``n_spikes`` (used), ``n_before``, ``n_after``, ``n_too_early``; coordinates ``lag``
-        (frames) and ``lag_time`` (seconds).
-
-    Warns
-    -----
-    neurobatch.errors.EmptyUnitWarning
-        Naming each unit without a usable spike.
-
-    Examples
-    --------
-    >>> from neurobatch.config import StaConfig
-    >>> frames = np.arange(10.0).reshape(10, 1, 1)
-    >>> movie = xr.Dataset({"frames": (("frame", "y", "x"), frames),
-    ...                     "spike_time": ("spike", [0.55, 0.75, 0.05])},
-    ...                    coords={"unit": ("spike", [1, 1, 1])},
-    ...                    attrs={"fps": 10.0, "stimulus_onset": 0.0}).chunk(frame=4)
-    >>> out = spike_triggered_average(movie, StaConfig(n_lags=3, delay_frames=2))
-    >>> out.sta.values[0, :, 0, 0].tolist(), out.strf.values[0, 0, 0].item()
-    ([6.0, 5.0, 4.0], 5.5)
-    >>> out.n_spikes.values.tolist(), out.n_too_early.values.tolist()
-    ([2], [1])
-    """
-    missing = [name for name in ("frames", "spike_time") if name not in movie]
-    missing += [name for name in ("fps",) if name not in movie.attrs]
-    if missing:
-        raise InputError(
-            f"{_source(movie)}: no {', '.join(missing)}; expected a movie with "
-            "frames(frame, y, x), spike_time(spike) with unit(spike), and the fps attribute"
+    processed = preprocess(recording, context.config.preprocess, persist=_persist(context))
+    processed = apply_hook(context.hooks, "post_preprocess", processed)
+    fit = processed.attrs.get("fit")
+    if fit:
+        logger.info(
+            "fit %s: reference = %.6g + %.6g * isosbestic, R² = %.4f",
+            fit["method"],
+            fit["intercept"],
+            fit["slope"],
+            fit["r_squared"],
         )
-    frames = movie["frames"].transpose("frame", "y", "x")
-    data = frames.data if isinstance(frames.data, da.Array) else da.from_array(frames.values)
-    names = ["spike_time", "unit"]
-    if params.units is None and "unit_ids" in movie:
-        names.append("unit_ids")
-    arrays = [movie[name].data for name in names]
-    # The spikes are binned here, so they are read here, straight from storage: no round trip
-    # through a worker, unless they were persisted on a cluster.
-    local = {} if futures_of(arrays) else {"scheduler": "sync"}
-    spikes = da.compute(*arrays, **local)
-    unit_ids: Any = params.units if len(spikes) == 2 else spikes[2]
-    fps = float(movie.attrs["fps"])
-    onset = float(movie.attrs.get("stimulus_onset", 0.0))
-    try:
-        result = blocked.blocked_sta(
-            data,
-            np.asarray(spikes[0]),
-            np.asarray(spikes[1]),
-            fps=fps,
-            n_lags=params.n_lags,
-            onset=onset,
-            unit_ids=unit_ids,
-        )
-    except ValueError as error:
-        raise InputError(f"{_source(movie)}: {error}") from None
-    bins = result.bins
-    delay = params.delay_frames or params.n_lags
-    sta = xr.DataArray(
-        result.sta,
-        dims=("unit", "lag", "y", "x"),
-        coords={"unit": bins.unit_ids, "lag": bins.lags, "lag_time": ("lag", bins.lag_times)},
+    return StageOutput(processed, record={"fit": fit})
+
+
+def _passdown(metadata: Mapping[str, Any], keys: list[str], item_id: str) -> dict[str, Any]:
+    values = {}
+    for key in keys:
+        if key not in metadata:
+            logger.warning(
+                "%s: passdown_metadata %r is not in this recording's metadata (keys: %s); "
+                "its column is empty for this item",
+                item_id,
+                key,
+                ", ".join(sorted(metadata)),
+            )
+        values[key] = metadata.get(key)
+    return values
+
+
+def _run_trials(context: StageContext) -> StageOutput:
+    config = context.config
+    assert config.trials is not None  # the stage runs only with a trials section
+    experiment_id = context.experiment_id()
+    trials, plan = cut_trials(
+        context.inputs["preprocess"],
+        config.trials,
+        item_id=context.item_id,
+        experiment_id=experiment_id,
+        passdown=_passdown(context.metadata, config.passdown_metadata, context.item_id),
     )
-    return xr.Dataset(
-        {
-            "sta": sta,
-            "strf": sta.isel(lag=slice(0, delay)).mean("lag"),
-            "n_spikes": ("unit", bins.n_used),
-            "n_before": ("unit", bins.n_before),
-            "n_after": ("unit", bins.n_after),
-            "n_too_early": ("unit", bins.n_too_early),
-        },
-        attrs={
-            "source": _source(movie),
-            "fps": fps,
-            "stimulus_onset": onset,
-            "n_lags": params.n_lags,
-            "delay_frames": delay,
-        },
-    )
+    trials = apply_hook(context.hooks, "post_trials", trials).compute()
+    dropped = {str(number): reason for number, reason in plan.dropped.items()}
+    for number, reason in dropped.items():
+        logger.warning("trial candidate %s dropped: %s", number, reason)
+    logger.info("%d trials", trials.sizes["trial"])
+    record = {"n_trials": trials.sizes["trial"], "dropped": dropped, "experiment_id": experiment_id}
+    return StageOutput(trials, record=record)
+
+
+def _preprocess_parameters(config: PipelineConfig) -> dict[str, Any]:
+    return config.preprocess.model_dump(mode="json")
+
+
+def _trials_parameters(config: PipelineConfig) -> dict[str, Any]:
+    trials = None if config.trials is None else config.trials.model_dump(mode="json")
+    return {"trials": trials, "passdown_metadata": list(config.passdown_metadata)}
+
+
+def _has_trials(config: PipelineConfig) -> bool:
+    return config.trials is not None
+
+
+#: Filter, fit, correct and normalise the ingested recording (PhoPro's ``preprocess_signal``).
+PREPROCESS = Stage(
+    "preprocess",
+    run=_run_preprocess,
+    needs=("ingest",),
+    parameters=_preprocess_parameters,
+    hooks=("post_load", "post_preprocess"),
+    chunk_dim="time",
+    process="dF/F estimation",
+    processing_stage="Processing",
+)
+
+#: Cut the event-aligned trials of the processed variable (PhoPro's ``extract_trials``).
+TRIALS = Stage(
+    "trials",
+    run=_run_trials,
+    needs=("preprocess",),
+    parameters=_trials_parameters,
+    hooks=("id_builder", "post_trials"),
+    store="trials",
+    enabled=_has_trials,
+)
+
+
+def figures(context: FigureContext) -> None:
+    """The item's dashboard: the processed signal, the fit and the trials."""
+    from neurobatch import plots  # matplotlib: imported only when dashboards are asked for
+
+    processed = context.open("preprocess")
+    assert processed is not None  # figures are drawn after every stage committed
+    # the title names the experiment and the fit (method, R²): let the dashboard compose it
+    processed = processed.assign_attrs(experiment_id=context.experiment_id)
+    path = context.path("")
+    so = context.config.output.storage_options
+    plots.dashboard(processed, context.open("trials"), path, storage_options=so)
+    logger.info("dashboard written to %s", path)

@@ -1,0 +1,147 @@
+"""The driver's combined outputs: every committed item's trials, the tables and the AnnData.
+
+As items finish, their trials are appended, in manifest order, to a new ``trials.zarr``
+built in the run's staging folder (``OUT/.staging/<run>/``); items the run did not touch
+(``--only``) are carried over from their committed stores, so the combined outputs always
+cover every committed item of the manifest. At the end the obs table, the AnnData and the
+items table are written beside it, and each output then takes the place of its old
+version in one step (:mod:`neurobatch.io.files`): a run killed at any moment leaves the
+previous complete outputs readable, and the next run rebuilds them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal, cast
+
+import numpy as np
+import pandas as pd
+
+from neurobatch.engine.item import ItemOutcome
+from neurobatch.engine.layout import OutputLayout
+from neurobatch.io import export, files, store
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Combiner"]
+
+#: The combined outputs, by the output format that asks for each.
+_TABLES = {"parquet": "trials_obs.parquet", "csv": "trials_obs.csv", "h5ad": "trials.h5ad"}
+
+
+class Combiner:
+    """Builds the combined outputs of a run beside the old ones, then swaps them in.
+
+    Parameters
+    ----------
+    layout : OutputLayout
+        The output folder.
+    order : sequence of str
+        Every item of the manifest, in its order.
+    run_id : str
+        The run, which names its staging folder.
+    trials_stage : str or None
+        The stage whose trials are combined (None: the kind has no trials).
+    """
+
+    def __init__(
+        self, layout: OutputLayout, order: Sequence[str], run_id: str, trials_stage: str | None
+    ) -> None:
+        self.layout = layout
+        self.order = list(order)
+        self.run_id = run_id
+        self.trials_stage = trials_stage
+        self.staged = layout.combined("trials.zarr", staging=run_id)
+        self.outcomes: dict[str, ItemOutcome] = {}
+        self.next = 0
+        self.rel_time: np.ndarray | None = None
+        self.grid_item: str | None = None
+        self.n_trials = 0
+        self.n_items = 0
+        self.started: float | None = None
+        store.remove(layout.staging(), storage_options=layout.storage_options)
+
+    def add(self, outcome: ItemOutcome) -> None:
+        """An item finished (or was carried over): append every item now in order."""
+        self.outcomes[outcome.item_id] = outcome
+        while self.next < len(self.order) and self.order[self.next] in self.outcomes:
+            self._append(self.outcomes[self.order[self.next]])
+            self.next += 1
+
+    def _append(self, outcome: ItemOutcome) -> None:
+        if self.trials_stage is None or outcome.status == "failed" or not outcome.n_trials:
+            return
+        if self.started is None:
+            self.started = time.time()
+        so = self.layout.storage_options
+        url = self.layout.stage(outcome.item_id, self.trials_stage)
+        trials = store.open_trials(url, storage_options=so)
+        rel_time = trials["rel_time"].to_numpy()
+        if self.rel_time is None:
+            self.rel_time, self.grid_item = rel_time, outcome.item_id
+        elif rel_time.shape != self.rel_time.shape or not np.allclose(
+            rel_time, self.rel_time, rtol=0, atol=1e-9
+        ):
+            logger.warning(
+                "%s: its trials (%d points at %g Hz) were resampled onto the common relative "
+                "time grid of %s (%d points) by linear interpolation",
+                outcome.item_id,
+                rel_time.size,
+                outcome.records.get("ingest", {}).get("sampling_rate", float("nan")),
+                self.grid_item,
+                self.rel_time.size,
+            )
+            trials = store.resample_trials(trials, self.rel_time)
+        store.append_trials(trials, self.staged, storage_options=so)
+        self.n_trials += outcome.n_trials
+        self.n_items += 1
+
+    def finish(self, items: pd.DataFrame, formats: Sequence[str]) -> None:
+        """Write the tables beside the staged trials, then put each output in its place.
+
+        Parameters
+        ----------
+        items : pandas.DataFrame
+            The items table, one row per item of the manifest.
+        formats : sequence of str
+            ``output.formats``: which of the obs tables and the AnnData to write.
+        """
+        layout, so = self.layout, self.layout.storage_options
+        names = ["items.parquet"]
+        files.write_bytes(
+            layout.combined("items.parquet", staging=self.run_id),
+            _parquet(items),
+            storage_options=so,
+        )
+        if self.n_trials:
+            trials = store.open_trials(self.staged, storage_options=so)
+            for fmt, name in _TABLES.items():
+                if fmt not in formats:
+                    continue
+                url = layout.combined(name, staging=self.run_id)
+                if fmt == "h5ad":
+                    export.write_h5ad(trials, url, storage_options=so)
+                else:
+                    table = cast(Literal["parquet", "csv"], fmt)
+                    export.write_obs(trials, url, format=table, storage_options=so)
+                names.append(name)
+            files.replace_folder(self.staged, layout.combined("trials.zarr"), storage_options=so)
+        else:  # no committed item has trials (any more)
+            for name in ("trials.zarr", *_TABLES.values()):
+                store.remove(layout.combined(name), storage_options=so)
+        for name in names:
+            files.replace_file(
+                layout.combined(name, staging=self.run_id),
+                layout.combined(name),
+                storage_options=so,
+            )
+        store.remove(layout.staging(self.run_id), storage_options=so)
+
+
+def _parquet(table: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    return buffer.getvalue()

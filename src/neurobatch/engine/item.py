@@ -1,0 +1,575 @@
+"""The worker side: one generic loop over an item's stages.
+
+For each stage, in order, the runner computes the key its output must carry
+(:func:`neurobatch.engine.stages.key_parts`); a stage whose committed record carries that
+key and whose arrays are all there (:func:`neurobatch.io.store.verify`) is skipped,
+anything else runs: its inputs are the stored outputs of the stages it needs, its output
+is stored in the item's Zarr group under its name and committed, last, with its key and
+an inventory of its arrays. A stage that finds a damaged chunk in an input has that input
+redone. A failing item records its one-line error, its log and a failure marker, and never
+stops the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dask
+import fsspec
+import xarray as xr
+from distributed import get_worker
+
+from neurobatch.config import PipelineConfig
+from neurobatch.engine.hooks import apply_hook
+from neurobatch.engine.layout import OutputLayout
+from neurobatch.engine.logs import ThreadLog, captured_log, one_line
+from neurobatch.engine.monitor import DRIVER
+from neurobatch.engine.provenance import machine
+from neurobatch.engine.stages import (
+    KINDS,
+    FigureContext,
+    Stage,
+    StageContext,
+    StageOutput,
+    key_parts,
+    stale_reason,
+)
+from neurobatch.errors import StoreDamagedError
+from neurobatch.io import files, store
+from neurobatch.io.discover import fingerprints
+from neurobatch.redact import scrub, secrets_in
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLUSTER", "ItemJob", "ItemOutcome", "expected_keys", "process_item"]
+
+#: The "worker" of a stage that ran on the whole cluster.
+CLUSTER = "cluster"
+
+#: What a stage's record holds besides its own facts.
+_BOOKKEEPING = ("key", "parts", "run", "sources", "arrays", "stored", "stage")
+
+
+@dataclass
+class ItemJob:
+    """Everything one item's task needs; shipped to a worker."""
+
+    item_id: str
+    url: str
+    fingerprint: str
+    format: str
+    loader_arguments: dict[str, Any]
+    config: PipelineConfig
+    stages: list[Stage]
+    hooks: dict[str, Callable[..., Any]]
+    reprocess: bool
+    run_id: str
+    """Stamped on every commit record, so that a retried task knows its own run's outputs."""
+
+    @property
+    def layout(self) -> OutputLayout:
+        """The run's output folder."""
+        return OutputLayout(self.config.output.url, self.config.output.storage_options)
+
+    @property
+    def identity(self) -> str:
+        """The input and how it is loaded: the input part of the first stage's key."""
+        arguments = json.dumps(self.loader_arguments, sort_keys=True, default=str)
+        return f"{self.fingerprint}|{self.format}|{arguments}"
+
+
+@dataclass
+class ItemOutcome:
+    """What happened to one item: returned by its task, one row of ``OUT/items.parquet``."""
+
+    item_id: str
+    url: str
+    status: str = "pending"  # done | skipped | failed
+    experiment_id: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    stages_run: list[str] = field(default_factory=list)
+    stages_skipped: list[str] = field(default_factory=list)
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    worker: str = DRIVER
+    host: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each committed stage's facts (its record without the bookkeeping)."""
+    seconds: float = 0.0
+
+    @property
+    def n_trials(self) -> int:
+        """Trials the item committed."""
+        return int(self.records.get("trials", {}).get("n_trials") or 0)
+
+    @property
+    def fit(self) -> dict[str, Any] | None:
+        """The isosbestic fit, when the item has one."""
+        return self.records.get("preprocess", {}).get("fit")
+
+    def row(self) -> dict[str, Any]:
+        """The outcome as one flat row of the items table."""
+        fit = self.fit or {}
+        dropped = self.records.get("trials", {}).get("dropped") or {}
+        details = {
+            key: value
+            for name, record in self.records.items()
+            if name not in ("ingest", "preprocess", "trials")  # those have columns of their own
+            for key, value in record.items()
+        }
+        return {
+            "item_id": self.item_id,
+            "experiment_id": self.experiment_id,
+            "url": self.url,
+            "status": self.status,
+            "error": self.error,
+            "stages_run": ",".join(self.stages_run),
+            "n_trials": self.n_trials,
+            "n_dropped": len(dropped),
+            "dropped": json.dumps(dropped),
+            "sampling_rate": self.records.get("ingest", {}).get("sampling_rate"),
+            "fit_method": fit.get("method"),
+            "fit_intercept": fit.get("intercept"),
+            "fit_slope": fit.get("slope"),
+            "fit_r_squared": fit.get("r_squared"),
+            "fit_converged": fit.get("converged"),
+            "details": json.dumps(details, default=str),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- computing on the worker's own thread ----------------------------------------------------
+
+_sync_lock = threading.Lock()
+_sync_users = 0
+_sync_previous: Any = None
+
+
+@contextmanager
+def _synchronous_dask() -> Iterator[None]:
+    """Compute dask graphs on the calling thread while any item runs in this process.
+
+    Inside a worker dask would otherwise send every compute of an item (each pass of a fit)
+    back to the scheduler. The setting is process-wide, so it is counted: the last item to
+    finish restores the previous scheduler.
+    """
+    global _sync_users, _sync_previous
+    with _sync_lock:
+        if _sync_users == 0:
+            _sync_previous = dask.config.get("scheduler", None)
+            dask.config.set(scheduler="synchronous")
+        _sync_users += 1
+    try:
+        yield
+    finally:
+        with _sync_lock:
+            _sync_users -= 1
+            if _sync_users == 0:
+                dask.config.set(scheduler=_sync_previous)
+
+
+# --- the stages of one item ------------------------------------------------------------------
+
+
+@contextmanager
+def _span(outcome: ItemOutcome, name: str) -> Iterator[None]:
+    """Run one stage: noted in ``stages_run``, its span kept for provenance."""
+    outcome.stages_run.append(name)
+    span: dict[str, Any] = {
+        "stage": name,
+        "start": time.time(),
+        "worker": outcome.worker,
+        "status": "failed",
+    }
+    outcome.spans.append(span)
+    logger.info("stage %s started", name)
+    try:
+        yield
+        span["status"] = "done"
+    finally:
+        span["end"] = time.time()
+        logger.info("stage %s %s in %.2f s", name, span["status"], span["end"] - span["start"])
+
+
+def _key(
+    job: ItemJob, stage: Stage, upstream: Mapping[str, str], sources: Iterable[str] | None
+) -> dict[str, Any]:
+    """The key parts of a stage's output now, and ``sources``: the fingerprints of the other
+    files it read (for the stage that reads the input)."""
+    found = fingerprints(list(sources or ()), job.config.input.storage_options)
+    parts: dict[str, Any] = key_parts(
+        stage,
+        job.config,
+        hooks=job.hooks,
+        upstream=upstream,
+        input_fingerprint=None if stage.needs else job.identity,
+        sources=found,
+    )
+    return parts | {"sources": found}
+
+
+def expected_keys(job: ItemJob, records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The key parts each of an item's stages should carry now, given its commit records.
+
+    Parameters
+    ----------
+    job : ItemJob
+        The item, with the pipeline file's stages and hooks.
+    records : mapping of str to mapping
+        The item's commit records by stage (those that exist): the files its loader read
+        are fingerprinted again.
+
+    Returns
+    -------
+    dict of str to dict
+        Stage -> its key parts (:func:`neurobatch.engine.stages.key_parts`).
+    """
+    keys: dict[str, Any] = {}
+    for stage in job.stages:
+        upstream = {name: keys[name]["key"] for name in stage.needs}
+        sources = (records.get(stage.name) or {}).get("sources")
+        keys[stage.name] = _key(job, stage, upstream, sources)
+    return keys
+
+
+class _DamagedInput(Exception):
+    """A stage found a damaged chunk in the stored output of a stage it needs."""
+
+    def __init__(self, stage: str, error: StoreDamagedError) -> None:
+        super().__init__(str(error))
+        self.stage = stage
+        self.error = error
+
+
+class _ItemRun:
+    """One pass over an item's stages."""
+
+    def __init__(self, job: ItemJob, outcome: ItemOutcome) -> None:
+        self.job = job
+        self.outcome = outcome
+        self.layout = job.layout
+        self.so = dict(job.config.output.storage_options)
+        self.stages = {s.name: s for s in job.stages}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.views: dict[str, xr.Dataset | None] = {}
+        self.experiment_id = functools.cache(self._experiment_id)
+
+    def run(self) -> None:
+        for stage in self.job.stages:
+            upstream = {name: self.records[name]["key"] for name in stage.needs}
+            record = self._committed(stage, upstream)
+            if record is None:
+                with _span(self.outcome, stage.name):
+                    record = self._run(stage, upstream)
+            self.records[stage.name] = record
+        self.outcome.records = {
+            name: {k: v for k, v in record.items() if k not in _BOOKKEEPING}
+            for name, record in self.records.items()
+        }
+        self.outcome.experiment_id = self._recorded_experiment_id()
+        kind = KINDS[self.job.config.kind]
+        if self.job.config.output.dashboards and self.outcome.stages_run and kind.figures:
+            kind.figures(self._figure_context())
+
+    def _committed(self, stage: Stage, upstream: Mapping[str, str]) -> dict[str, Any] | None:
+        """The stage's commit record when its output is done and intact, else None."""
+        url = self.layout.stage(self.job.item_id, stage.name)
+        record = None if self.job.reprocess else store.read_commit(url, storage_options=self.so)
+        if record is None:
+            return None
+        reason = stale_reason(record, _key(self.job, stage, upstream, record.get("sources")))
+        if reason is not None:
+            logger.info("%s is stale (%s): redoing it", stage.name, reason)
+            return None
+        problems = store.verify(url, record, storage_options=self.so)
+        if problems:
+            logger.warning(
+                "%s: stage %s at %s is damaged (%s): redoing it",
+                self.job.item_id,
+                stage.name,
+                url,
+                "; ".join(problems),
+            )
+            return None
+        if record.get("run") == self.job.run_id:
+            logger.info(
+                "%s: committed earlier in this run (by a worker since lost); kept", stage.name
+            )
+            self.outcome.stages_run.append(stage.name)
+        else:
+            logger.info("stage %s skipped: committed with the same key", stage.name)
+            self.outcome.stages_skipped.append(stage.name)
+        return record
+
+    def _run(self, stage: Stage, upstream: Mapping[str, str]) -> dict[str, Any]:
+        job = self.job
+        url = self.layout.stage(job.item_id, stage.name)
+        scratch = self.layout.scratch(job.item_id, stage.name)
+        inputs = {name: self._view(name) for name in stage.needs}
+        empty = [name for name, dataset in inputs.items() if dataset is None]
+        try:
+            if empty:  # e.g. an item without trials: nothing for the stage to work on
+                logger.info("stage %s: no input (%s stored nothing)", stage.name, empty[0])
+                output = StageOutput(None, record={"no_input": empty[0]})
+            else:
+                output = stage.run(self._context(stage, inputs, scratch))
+            stored = self._store(stage, url, output.dataset, output.chunk_dim)
+        except StoreDamagedError as error:
+            damaged = [n for n in stage.needs if self.layout.stage(job.item_id, n) in str(error)]
+            if not damaged:
+                raise
+            raise _DamagedInput(damaged[0], error) from error
+        finally:
+            store.remove(scratch, storage_options=self.so)
+        parts = _key(job, stage, upstream, output.sources)
+        key, sources = parts.pop("key"), parts.pop("sources")
+        record = {
+            **output.record,
+            "stage": stage.name,
+            "key": key,
+            "parts": parts,
+            "sources": sources,
+            "stored": stored,
+        }
+        if (job.run_id, job.item_id) in _abandoned:
+            raise TimeoutError(f"{job.item_id} was abandoned after engine.item_timeout_s")
+        store.commit(url, {**record, "run": job.run_id}, storage_options=self.so, arrays=True)
+        self.views.pop(stage.name, None)
+        return record
+
+    def _context(
+        self, stage: Stage, inputs: Mapping[str, xr.Dataset | None], scratch: str
+    ) -> StageContext:
+        job = self.job
+        return StageContext(
+            item_id=job.item_id,
+            url=job.url,
+            format=job.format,
+            loader_arguments=job.loader_arguments,
+            config=job.config,
+            parameters=stage.parameters(job.config),
+            inputs={name: dataset for name, dataset in inputs.items() if dataset is not None},
+            hooks=job.hooks,
+            chunk_memory=job.config.engine.chunk_memory,
+            scratch_url=scratch,
+            experiment_id=self.experiment_id,
+        )
+
+    def _store(
+        self, stage: Stage, url: str, dataset: xr.Dataset | None, chunk_dim: str | None
+    ) -> bool:
+        """Write a stage's output under its name in the item's group; whether there was one."""
+        store.remove(url, storage_options=self.so)
+        if dataset is None:
+            return False
+        store.ensure_group(self.layout.item(self.job.item_id), storage_options=self.so)
+        if stage.store == "trials":
+            if not dataset.sizes["trial"]:
+                return False
+            store.append_trials(dataset, url, storage_options=self.so)
+            return True
+        dim = chunk_dim or stage.chunk_dim or str(next(iter(dataset.dims), ""))
+        store.write_dataset(
+            dataset,
+            url,
+            chunk_memory=self.job.config.engine.chunk_memory,
+            storage_options=self.so,
+            dim=dim,
+            minimum=4096 if dim == "time" else 1,
+        )
+        return True
+
+    def _view(self, name: str) -> xr.Dataset | None:
+        """A stage's stored output as later stages see it (``post_load`` on the recording)."""
+        if name not in self.views:
+            stage, record = self.stages[name], self.records[name]
+            url = self.layout.stage(self.job.item_id, name)
+            opened: xr.Dataset | None = None
+            if record.get("stored", True):
+                opened = (
+                    store.open_trials(url, storage_options=self.so)
+                    if stage.store == "trials"
+                    else store.open_dataset(url, storage_options=self.so)
+                )
+                if stage.view_hook:
+                    opened = apply_hook(self.job.hooks, stage.view_hook, opened)
+            self.views[name] = opened
+        return self.views[name]
+
+    def _experiment_id(self) -> str:
+        id_builder = self.job.hooks.get("id_builder")
+        if id_builder is None:
+            return self.job.item_id
+        recording = self._view("ingest")
+        return str(id_builder(recording))
+
+    def _recorded_experiment_id(self) -> str:
+        for record in self.records.values():
+            if record.get("experiment_id"):
+                return str(record["experiment_id"])
+        return self.experiment_id()
+
+    def _figure_context(self) -> FigureContext:
+        layout, item, fmt = self.layout, self.job.item_id, self.job.config.output.dashboards
+        assert fmt is not None
+        return FigureContext(
+            open=self._view,
+            path=lambda suffix: layout.dashboard(item, suffix, fmt),
+            records=self.outcome.records,
+            config=self.job.config,
+            experiment_id=self.outcome.experiment_id or item,
+        )
+
+
+def _run_item(job: ItemJob, outcome: ItemOutcome) -> None:
+    """Every stage of the item; a damaged input is redone once, then the stage again."""
+    try:
+        _ItemRun(job, outcome).run()
+    except _DamagedInput as damaged:
+        url = job.layout.stage(job.item_id, damaged.stage)
+        logger.warning(
+            "%s: stage %s at %s is damaged (%s): redoing it",
+            job.item_id,
+            damaged.stage,
+            url,
+            damaged.error,
+        )
+        store.remove(url, storage_options=job.config.output.storage_options)
+        outcome.stages_run.clear()
+        outcome.stages_skipped.clear()
+        outcome.spans.clear()
+        _ItemRun(job, outcome).run()
+
+
+# --- one item, on a worker -------------------------------------------------------------------
+
+
+def _worker() -> str:
+    """The address of the worker this runs on, or :data:`DRIVER` outside one."""
+    try:
+        return str(get_worker().address)
+    except ValueError:
+        return DRIVER
+
+
+#: Items abandoned after their timeout, as (run id, item id): they may not commit.
+_abandoned: set[tuple[str, str]] = set()
+
+
+def process_item(job: ItemJob) -> ItemOutcome:
+    """Run one item's stages; never raises for a problem with the item itself.
+
+    With ``engine.item_timeout_s`` the stages run on a thread of their own, and an item
+    that has not finished in time fails with a message. Python cannot stop that thread: it
+    is left to end by itself, and anything it would still commit is refused.
+
+    Parameters
+    ----------
+    job : ItemJob
+        The item and the run's settings.
+
+    Returns
+    -------
+    ItemOutcome
+        ``done`` (something ran), ``skipped`` (everything was already committed with the
+        same key) or ``failed`` with the one-line error and the traceback.
+    """
+    on_cluster = KINDS[job.config.kind].on_cluster
+    worker = CLUSTER if on_cluster else _worker()
+    outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=worker, host=machine())
+    timeout = job.config.engine.item_timeout_s
+    if timeout is None:
+        return _process(job, outcome, [])
+    finished: list[ItemOutcome] = []
+    logs: list[ThreadLog] = []
+    thread = threading.Thread(
+        target=lambda: finished.append(_process(job, outcome, logs)),
+        name=f"neurobatch-item-{job.item_id}",
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout)
+    if finished:
+        return finished[0]
+    _abandoned.add((job.run_id, job.item_id))
+    stage = outcome.stages_run[-1] if outcome.stages_run else job.stages[0].name
+    failed = ItemOutcome(
+        item_id=job.item_id,
+        url=job.url,
+        worker=worker,
+        host=outcome.host,
+        status="failed",
+        error=(
+            f"{job.url}: still running after {timeout:g} s, in stage {stage} "
+            f"(engine.item_timeout_s: {timeout:g}); expected to finish within it"
+        ),
+        stages_run=list(outcome.stages_run),
+        # the stage still running ends here, for the record
+        spans=[{"end": time.time()} | span for span in outcome.spans],
+        seconds=timeout,
+    )
+    logger.error("%s failed: %s", job.item_id, failed.error)
+    so_far = logs[0].text if logs else ""
+    secrets = secrets_in(job.config.model_dump())
+    _finish_item(job, failed, scrub(so_far + f"{failed.error}\n", secrets), stage)
+    return failed
+
+
+def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemOutcome:
+    """The body of :func:`process_item`, on the thread that runs the item's stages."""
+    on_cluster = KINDS[job.config.kind].on_cluster
+    secrets = secrets_in(job.config.model_dump())
+    start = time.perf_counter()
+    # an item of a large kind computes its graphs on the whole cluster; any other item on
+    # the thread of the worker that runs it
+    with captured_log() as log, nullcontext() if on_cluster else _synchronous_dask():
+        logs.append(log)
+        logger.info("item %s from %s", job.item_id, job.url)
+        try:
+            _run_item(job, outcome)
+        except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
+            outcome.status = "failed"
+            outcome.error = scrub(one_line(error), secrets)
+            outcome.traceback = scrub(traceback.format_exc(), secrets)
+            logger.error("%s failed: %s\n%s", job.item_id, outcome.error, outcome.traceback)
+        else:
+            outcome.status = "done" if outcome.stages_run else "skipped"
+        outcome.seconds = time.perf_counter() - start
+        logger.info("item %s %s in %.2f s", job.item_id, outcome.status, outcome.seconds)
+    if (job.run_id, job.item_id) not in _abandoned:  # else it was failed and recorded
+        stage = outcome.stages_run[-1] if outcome.stages_run else job.stages[0].name
+        _finish_item(job, outcome, scrub(log.text, secrets), stage)
+    return outcome
+
+
+def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> None:
+    """Write the item's log, and its failure marker (or remove an old one)."""
+    layout = job.layout
+    so = layout.storage_options
+    try:
+        files.write_text(layout.item_log(job.item_id), log, storage_options=so)
+        if outcome.status == "failed":
+            failure = {
+                "stage": stage,
+                "error": outcome.error,
+                "run": job.run_id,
+                "time": datetime.now(UTC).isoformat(),
+            }
+            text = json.dumps(failure, indent=2) + "\n"
+            files.write_text(layout.failure(job.item_id), text, storage_options=so)
+        else:
+            fs, path = fsspec.core.url_to_fs(layout.failure(job.item_id), **so)
+            with suppress(FileNotFoundError):
+                fs.rm_file(path)
+    except OSError as error:
+        logger.warning("could not write the log or failure marker of %s: %s", job.item_id, error)

@@ -1,0 +1,571 @@
+"""The driver: discover -> plan -> submit -> collect -> combine, under the output folder's lock.
+
+One future per item on a Dask cluster, a bounded number in flight; inside its task an item
+runs its stages (:mod:`neurobatch.engine.item`). The driver appends the items' trials to
+the combined outputs in manifest order as they finish (:mod:`neurobatch.engine.combine`),
+so memory stays flat in the number of items and the combined order does not depend on
+which worker was faster, and records what ran in ``processing.json``
+(:mod:`neurobatch.engine.run_records`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import dask
+import pandas as pd
+from distributed import Client, Future, as_completed
+
+from neurobatch.config import PipelineConfig, load_config
+from neurobatch.engine.cluster import connect, planned_threads
+from neurobatch.engine.combine import Combiner
+from neurobatch.engine.hooks import resolve_hooks
+from neurobatch.engine.item import ItemJob, ItemOutcome, process_item
+from neurobatch.engine.layout import OutputLayout
+from neurobatch.engine.ledger import read_records, write_manifest
+from neurobatch.engine.logs import captured_log, one_line
+from neurobatch.engine.monitor import Recorder
+from neurobatch.engine.run_records import RunProvenance
+from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
+from neurobatch.errors import ConfigError, NeurobatchError
+from neurobatch.io import files
+from neurobatch.io.discover import discover
+from neurobatch.io.lock import OutputLock
+from neurobatch.redact import scrub, secrets_in
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pipeline", "RunError", "RunSummary"]
+
+
+class RunError(NeurobatchError, RuntimeError):
+    """Every item of a run failed; :attr:`summary` says how."""
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class RunSummary:
+    """The result of :meth:`Pipeline.run`."""
+
+    output_url: str
+    items: pd.DataFrame
+    n_trials: int
+    seconds: float
+
+    @property
+    def n_done(self) -> int:
+        """Items processed in this run."""
+        return int((self.items["status"] == "done").sum())
+
+    @property
+    def n_skipped(self) -> int:
+        """Items already done with the same inputs and settings."""
+        return int((self.items["status"] == "skipped").sum())
+
+    @property
+    def n_failed(self) -> int:
+        """Items that failed."""
+        return int((self.items["status"] == "failed").sum())
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """The failed items with their one-line errors."""
+        return self.items.loc[self.items["status"] == "failed", ["item_id", "url", "error"]]
+
+    def __str__(self) -> str:
+        lines = [
+            (
+                f"{len(self.items)} item(s): {self.n_done} done, {self.n_skipped} skipped "
+                f"(unchanged), {self.n_failed} failed; {self.n_trials} trials; "
+                f"{self.seconds:.1f} s"
+            ),
+            (
+                f"outputs in {self.output_url}; what ran and what it used: "
+                f"neurobatch provenance {self.output_url}"
+            ),
+        ]
+        lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
+        return "\n".join(lines)
+
+
+def _with_chunk_budget(jobs: list[ItemJob], client: Client) -> list[ItemJob]:
+    """The jobs with ``engine.chunk_memory`` derived from the workers' memory, unless set.
+
+    The budget follows the smallest memory limit per thread among the workers connected
+    now (:meth:`neurobatch.config.EngineConfig.chunk_budget`).
+    """
+    if not jobs:
+        return jobs
+    engine = jobs[0].config.engine
+    workers = client.scheduler_info()["workers"].values()
+    shares = [w["memory_limit"] // max(1, w["nthreads"]) for w in workers if w.get("memory_limit")]
+    budget = engine.chunk_budget(min(shares) if shares else None)
+    if budget == engine.chunk_memory:
+        return jobs
+    logger.info("chunk memory %d bytes, from the workers' memory limits", budget)
+    config = jobs[0].config.model_copy(
+        update={"engine": engine.model_copy(update={"chunk_memory": budget})}
+    )
+    return [replace(job, config=config) for job in jobs]
+
+
+class Pipeline:
+    """A batch pipeline: one pipeline file (and stages of the user's own), run on a cluster.
+
+    Parameters
+    ----------
+    config : neurobatch.config.PipelineConfig or mapping
+        The validated pipeline file, or a mapping validated into one.
+    stages : iterable of Stage, optional
+        Stages of the user's own (:func:`neurobatch.stage`), after the file's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from neurobatch import synthetic
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = synthetic.write_photometry_batch(f"{tmp}/data", n_items=2, duration_s=120.0, fs=50.0)
+    >>> pipeline = Pipeline({
+    ...     "name": "doc",
+    ...     "input": {"url": f"{tmp}/data", "pattern": "*.csv"},
+    ...     "loader": {"format": "photometry-csv", "event_cols": list(synthetic.EVENT_NAMES),
+    ...                "annotation": "{stem}.json"},
+    ...     "preprocess": {"fit": "ols"},
+    ...     "trials": {"align_to": "trial_cue", "bounds_s": [-2, 4]},
+    ...     "output": {"url": f"{tmp}/out"},
+    ... })
+    >>> pipeline.discover()["item_id"].tolist()
+    ['experiment_001', 'experiment_002']
+    >>> [stage.name for stage in pipeline.stages]
+    ['ingest', 'preprocess', 'trials']
+    """
+
+    def __init__(
+        self, config: PipelineConfig | Mapping[str, Any], *, stages: Iterable[Stage] = ()
+    ) -> None:
+        self.config = (
+            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+        )
+        self.extra_stages = list(stages)
+        self.stages = pipeline_stages(self.config, self.extra_stages)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, stages: Iterable[Stage] = ()) -> Pipeline:
+        """Read and validate a pipeline file (YAML or TOML).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The pipeline file.
+        stages : iterable of Stage, optional
+            Stages of the user's own, after the file's.
+
+        Returns
+        -------
+        Pipeline
+        """
+        return cls(load_config(path), stages=stages)
+
+    @property
+    def layout(self) -> OutputLayout:
+        """The output folder's paths."""
+        return OutputLayout(self.config.output.url, self.config.output.storage_options)
+
+    def discover(self) -> pd.DataFrame:
+        """The manifest: one row per item (input and loader arguments), sorted.
+
+        Returns
+        -------
+        pandas.DataFrame
+            See :func:`neurobatch.io.discover.discover`.
+        """
+        return discover(
+            self.config.input,
+            self.config.loader,
+            storage_options=self.config.input.storage_options,
+            trials=self.config.trials,
+        )
+
+    def jobs(
+        self,
+        manifest: pd.DataFrame,
+        *,
+        hooks: Mapping[str, Callable[..., Any] | None] | None = None,
+        reprocess: bool = False,
+        run_id: str = "",
+    ) -> list[ItemJob]:
+        """One job per row of the manifest, with the run's stages and hooks.
+
+        Parameters
+        ----------
+        manifest : pandas.DataFrame
+            From :meth:`discover`.
+        hooks : mapping, optional
+            Overrides of the file's hooks (see :meth:`run`).
+        reprocess : bool, default False
+            Redo every stage.
+        run_id : str, optional
+            Stamped on every commit.
+
+        Returns
+        -------
+        list of neurobatch.engine.item.ItemJob
+        """
+        resolved = resolve_hooks(self.config, hooks)
+        return [
+            ItemJob(
+                item_id=str(row["item_id"]),
+                url=str(row["url"]),
+                fingerprint=str(row["fingerprint"]),
+                format=str(row["format"]),
+                loader_arguments=dict(row["loader_arguments"]),
+                config=self.config,
+                stages=self.stages,
+                hooks=resolved,
+                reprocess=reprocess,
+                run_id=run_id,
+            )
+            for row in manifest.to_dict("records")
+        ]
+
+    def run(
+        self,
+        *,
+        client: Client | None = None,
+        hooks: Mapping[str, Callable[..., Any] | None] | None = None,
+        reprocess: bool = False,
+        only: Sequence[str] | None = None,
+        progress: bool | None = None,
+        wait: bool = False,
+    ) -> RunSummary:
+        """Process every item and combine their trials.
+
+        The run holds the output folder's lock (``OUT/.neurobatch-lock.json``) from start to
+        end: a second run on the same folder fails at once, naming the holder, or waits.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The cluster to run on; by default one is started from the ``cluster`` section.
+        hooks : mapping of str to callable, optional
+            ``post_load``, ``id_builder``, ``post_preprocess``, ``post_trials``; each takes
+            the item's dataset (``id_builder`` returns the experiment id, the others a
+            dataset or None). They override the pipeline file's hooks of the same name.
+        reprocess : bool, default False
+            Redo every stage of every item, even those already done.
+        only : sequence of str, optional
+            Process only these item ids; the combined outputs still cover every
+            committed item.
+        progress : bool, optional
+            Show a progress bar; by default when stderr is a terminal.
+        wait : bool, default False
+            Wait for another run holding the output folder to end, instead of failing.
+
+        Returns
+        -------
+        RunSummary
+
+        Raises
+        ------
+        neurobatch.errors.ConfigError
+            If the manifest is empty or ``only`` names an unknown item.
+        neurobatch.errors.OutputLockedError
+            If another run holds the output folder (without ``wait``).
+        RunError
+            If every item failed (after writing the logs and the items table).
+        """
+        config, layout = self.config, self.layout
+        secrets = secrets_in(config.model_dump())
+        start = time.perf_counter()
+        run_id = f"{time.time_ns():x}"
+        with (
+            OutputLock(
+                layout.url,
+                storage_options=layout.storage_options,
+                wait=wait,
+                command=scrub(" ".join(sys.argv), secrets),
+            ),
+            captured_log() as run_log,
+        ):
+            try:
+                discovered = self.discover()
+                manifest = self._select(discovered, only)
+                write_manifest(
+                    discovered.assign(url=[scrub(url, secrets) for url in discovered["url"]]),
+                    layout.url,
+                    kind=config.kind,
+                    stages=[stage.name for stage in self.stages],
+                    storage_options=layout.storage_options,
+                )
+                jobs = self.jobs(manifest, hooks=hooks, reprocess=reprocess, run_id=run_id)
+                summary = self._run(jobs, discovered, client, progress, run_id, start)
+            finally:
+                files.write_text(
+                    layout.run_log,
+                    scrub(run_log.text, secrets),
+                    storage_options=layout.storage_options,
+                )
+        if summary.n_failed == len(summary.items):
+            raise RunError(
+                f"every item failed ({summary.n_failed}); first error: "
+                f"{summary.failures.iloc[0]['item_id']}: {summary.failures.iloc[0]['error']}; "
+                f"see {layout.path('logs')}",
+                summary,
+            )
+        return summary
+
+    def _run(
+        self,
+        jobs: list[ItemJob],
+        manifest: pd.DataFrame,
+        client: Client | None,
+        progress: bool | None,
+        run_id: str,
+        start: float,
+    ) -> RunSummary:
+        config, layout = self.config, self.layout
+        kind = KINDS[config.kind]
+        with ExitStack() as stack:
+            if client is None:
+                client = stack.enter_context(connect(config.cluster))
+            jobs = _with_chunk_budget(jobs, client)
+            # the driver's own reads and appends (the combined outputs) compute locally, not
+            # as tasks queued behind the items; set after the client, which makes itself the
+            # default scheduler when it is created
+            stack.enter_context(dask.config.set(scheduler="threads"))
+            provenance = RunProvenance(config, self.stages, stack.enter_context(Recorder(client)))
+            combiner = Combiner(layout, list(manifest["item_id"]), run_id, kind.trials)
+            selected = {job.item_id for job in jobs}
+            carried = self._carried(manifest[~manifest["item_id"].isin(selected)], kind.trials)
+            for outcome in carried:
+                combiner.add(outcome)
+            try:
+                self._submit(client, jobs, combiner, provenance, progress)
+                outcomes = [combiner.outcomes[job.item_id] for job in jobs]
+                summary = self._finish(
+                    outcomes, carried, combiner, time.perf_counter() - start, run_id
+                )
+            except BaseException as error:
+                try:
+                    provenance.write(
+                        combiner if kind.trials else None,
+                        notes=(
+                            f"run interrupted ({type(error).__name__}: {error}) after "
+                            f"{len(provenance.outcomes)} of {len(jobs)} item(s)"
+                        ),
+                    )
+                except Exception as failure:  # noqa: BLE001 - keep the first error
+                    logger.error("could not write the run's provenance: %s", failure)
+                raise
+            provenance.write(combiner if kind.trials else None)
+        return summary
+
+    def _carried(self, rows: pd.DataFrame, trials_stage: str | None) -> list[ItemOutcome]:
+        """Items this run does not touch (``--only``): what the combined outputs keep of them."""
+        if rows.empty:
+            return []
+        records = read_records(
+            self.layout, list(rows["item_id"]), [trials_stage] if trials_stage else []
+        )
+        return [
+            ItemOutcome(
+                item_id=item,
+                url=url,
+                status="carried",
+                records={}
+                if trials_stage is None
+                else {"trials": records.get((item, trials_stage)) or {}},
+            )
+            for item, url in zip(rows["item_id"], rows["url"], strict=True)
+        ]
+
+    @staticmethod
+    def _select(manifest: pd.DataFrame, only: Sequence[str] | None) -> pd.DataFrame:
+        if only is None:
+            return manifest
+        unknown = sorted(set(only) - set(manifest["item_id"]))
+        if unknown:
+            raise ConfigError(
+                f"--only: no item {', '.join(map(repr, unknown))} in the manifest; "
+                f"expected one of {', '.join(manifest['item_id'][:10])}"
+                + (" ..." if len(manifest) > 10 else "")
+            )
+        return manifest[manifest["item_id"].isin(only)].reset_index(drop=True)
+
+    def _submit(
+        self,
+        client: Client,
+        jobs: list[ItemJob],
+        combiner: Combiner,
+        provenance: RunProvenance,
+        progress: bool | None,
+    ) -> None:
+        config = self.config
+        threads = sum(client.nthreads().values()) or 1
+        # a task whose workers keep dying is rerun this many times, then fails (KilledWorker)
+        retries = config.engine.retries
+        client.run_on_scheduler(
+            lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", retries)
+        )
+
+        def finished(outcome: ItemOutcome, job: ItemJob, key: str | None) -> None:
+            if outcome.status == "failed":
+                logger.error("%s failed: %s", outcome.item_id, outcome.error)
+            combiner.add(outcome)
+            provenance.item_finished(outcome, job, key)
+            advance(outcome)
+
+        if KINDS[config.kind].on_cluster:
+            logger.info(
+                "%s: %d item(s), one at a time, each on all %d worker thread(s); dashboard %s",
+                config.name,
+                len(jobs),
+                threads,
+                client.dashboard_link,
+            )
+            with dask.config.set(scheduler=client.get), _progress(len(jobs), progress) as advance:
+                for job in jobs:
+                    finished(process_item(job), job, None)
+            return
+        planned = planned_threads(config.cluster)
+
+        def in_flight_limit() -> int:
+            # jobs and pods join while the run goes on: keep twice the threads busy,
+            # counting the planned ones so that adaptive clusters see the work to scale to
+            now = sum(client.nthreads().values())
+            return config.engine.max_in_flight or 2 * max(now, planned or 0, 1)
+
+        logger.info(
+            "%s: %d item(s) on %d worker thread(s)%s, at most %d in flight; dashboard %s",
+            config.name,
+            len(jobs),
+            threads,
+            f" ({planned} planned)" if planned and planned != threads else "",
+            in_flight_limit(),
+            client.dashboard_link,
+        )
+        pending = iter(jobs)
+        submitted: dict[Any, ItemJob] = {}
+
+        def submit_next() -> Future[ItemOutcome] | None:
+            job = next(pending, None)
+            if job is None:
+                return None
+            future = client.submit(
+                process_item,
+                job,
+                key=f"item-{job.item_id}-{job.run_id}",
+                pure=False,
+                retries=config.engine.retries,
+            )
+            submitted[future.key] = job
+            return future
+
+        first = [f for f in (submit_next() for _ in range(in_flight_limit())) if f is not None]
+        futures = as_completed(first, loop=client.loop)
+        with _progress(len(jobs), progress) as advance:
+            for future in futures:
+                job = submitted.pop(future.key)
+                try:
+                    outcome: ItemOutcome = future.result()
+                except Exception as error:  # noqa: BLE001 - the task died (e.g. its worker)
+                    outcome = ItemOutcome(
+                        item_id=job.item_id,
+                        url=job.url,
+                        status="failed",
+                        error=f"the item's task failed: {one_line(error)}",
+                        traceback=traceback.format_exc(),
+                    )
+                future.release()
+                finished(outcome, job, str(future.key))
+                while futures.count() < in_flight_limit():
+                    following = submit_next()
+                    if following is None:
+                        break
+                    futures.add(following)
+
+    def _finish(
+        self,
+        outcomes: list[ItemOutcome],
+        carried: list[ItemOutcome],
+        combiner: Combiner,
+        seconds: float,
+        run_id: str,
+    ) -> RunSummary:
+        config, layout = self.config, self.layout
+        so = layout.storage_options
+        items = pd.DataFrame([outcome.row() for outcome in outcomes])
+        table = pd.concat([items, self._earlier_rows(carried)], ignore_index=True)
+        order = {item: i for i, item in enumerate(combiner.order)}
+        table = table.sort_values("item_id", key=lambda ids: ids.map(order), kind="stable")
+        combiner.finish(table.reset_index(drop=True), config.output.formats)
+        run = {
+            "name": config.name,
+            "neurobatch": version("neurobatch"),
+            "run": run_id,
+            "n_items": len(items),
+            "n_trials": combiner.n_trials,
+            "seconds": round(seconds, 3),
+            "items": [asdict(o) | {"traceback": None} for o in outcomes],
+        }
+        text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
+        files.write_text(layout.path("run.json"), text, storage_options=so)
+        summary = RunSummary(
+            output_url=layout.url, items=items, n_trials=combiner.n_trials, seconds=seconds
+        )
+        logger.info("%s", summary)
+        return summary
+
+    def _earlier_rows(self, carried: list[ItemOutcome]) -> pd.DataFrame:
+        """The rows of the items this run did not touch, from the items table before it."""
+        if not carried:
+            return pd.DataFrame()
+        try:
+            earlier = pd.read_parquet(
+                self.layout.combined("items.parquet"),
+                storage_options=dict(self.layout.storage_options),
+            )
+        except FileNotFoundError:
+            earlier = pd.DataFrame(columns=["item_id"])
+        ids = [outcome.item_id for outcome in carried]
+        known = earlier[earlier["item_id"].isin(ids)]
+        missing = [o.row() for o in carried if o.item_id not in set(known["item_id"])]
+        return pd.concat([known, pd.DataFrame(missing)], ignore_index=True)
+
+
+@contextmanager
+def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[ItemOutcome], None]]:
+    """A progress bar over items on a terminal (rich); nothing otherwise."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        yield lambda outcome: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("items", total=total)
+
+        def advance(outcome: ItemOutcome) -> None:
+            bar.update(task, advance=1, description=f"{outcome.item_id} {outcome.status}")
+
+        yield advance
