@@ -22,7 +22,7 @@ Cases, each in a fresh process:
 - **neurobatch, filter stage**: on a ``LocalCluster`` of 2 workers x 1 thread with 1 GiB
   each (started, and its workers' imports done, before the clock starts): the SpikeGLX
   loader (lazy), :func:`neurobatch.engine.stages.filter_traces` and
-  :func:`neurobatch.io.store.write_dataset` into a Zarr store of float32 µV, with the chunk
+  :func:`neurobatch.io.zarr.write_dataset` into a Zarr store of float32 µV, with the chunk
   memory a pipeline run derives from its workers when the file sets none
   (:meth:`neurobatch.config.EngineConfig.chunk_budget`: a sixty-fourth of a worker thread's
   memory, 16 MiB here). This is the target case. Then one worker is retired for the series'
@@ -184,8 +184,8 @@ def _stage_run(
 
     from neurobatch.config import EphysFilterConfig
     from neurobatch.engine import stages
-    from neurobatch.io import store
     from neurobatch.io.loaders import load_recording
+    from neurobatch.io.zarr import write_dataset
 
     workers = client.run(os.getpid)
     before = client.run(_cpu_times)
@@ -195,7 +195,7 @@ def _stage_run(
         if share < 1:
             recording = recording.isel(time=slice(0, round(share * recording.sizes["time"])))
         filtered = stages.filter_traces(recording, EphysFilterConfig(), chunk_memory=chunk_memory)
-        store.write_dataset(filtered, out, chunk_memory=chunk_memory)
+        write_dataset(filtered, out, chunk_memory=chunk_memory)
         seconds = time.perf_counter() - start
     after = client.run(_cpu_times)
     user = sum(after[w][0] - before[w][0] for w in after)
@@ -279,7 +279,7 @@ def neurobatch_case(
     )
     runs: list[dict[str, Any]] = []
     with cluster.connect(config) as client:
-        for module in ("neurobatch.engine.stages", "neurobatch.io.store", "scipy.signal"):
+        for module in ("neurobatch.engine.stages", "neurobatch.io.zarr", "scipy.signal"):
             client.run(importlib.import_module, module)
         startup = time.perf_counter() - start
         base = max(client.run(lambda: psutil.Process().memory_info().rss).values()) / 2**20
@@ -313,12 +313,12 @@ def check(path: str, out: str, gain_uv: float, rows: int) -> dict[str, Any]:
     """The stored result against ``sosfiltfilt`` on the first and last ``rows`` samples."""
     import scipy.signal
 
-    from neurobatch.io import store
+    from neurobatch.io.zarr import open_dataset
     from neurobatch.kernels import filters
 
     sos = _sos()
     depth = filters.overlap_depth(sos)
-    stored = store.open_dataset(out)["traces"]
+    stored = open_dataset(out)["traces"]
     n = stored.shape[0]
     raw = np.memmap(path, dtype="<i2", mode="r", shape=(n, CHANNELS))
     rows = min(rows, n)

@@ -19,7 +19,7 @@ Cases, each in a fresh process, on the same movie and spikes:
 - **neurobatch, sta stage**: on a ``LocalCluster`` of 2 workers x 1 thread (started and
   warmed up before the clock starts), the movie in a Zarr store of equal chunks of at most
   16 MiB, as many as a multiple of the workers (:func:`~neurobatch.synthetic.write_movie`): :func:`neurobatch.engine.stages.
-  spike_triggered_average` then :func:`neurobatch.io.store.write_dataset` of the result, as
+  spike_triggered_average` then :func:`neurobatch.io.zarr.write_dataset` of the result, as
   the ``sta`` pipeline does; reading the movie is timed, the others' loading is not;
 - **neurobatch kernel, in memory**: :func:`neurobatch.kernels.sta.spike_triggered_average`
   on the in-memory movie, one core: the per-block kernel alone.
@@ -217,7 +217,7 @@ def neurobatch_case(folder: str, everies: list[int]) -> list[dict[str, Any]]:
 
     from neurobatch.config import LocalClusterConfig, StaConfig
     from neurobatch.engine import cluster, stages
-    from neurobatch.io import store
+    from neurobatch.io.zarr import open_dataset, write_dataset
 
     config = LocalClusterConfig(
         n_workers=N_WORKERS,
@@ -227,17 +227,17 @@ def neurobatch_case(folder: str, everies: list[int]) -> list[dict[str, Any]]:
     )
     results = []
     with cluster.connect(config) as client:
-        for module in ("neurobatch.engine.blocked", "neurobatch.io.store", "scipy.sparse"):
+        for module in ("neurobatch.engine.blocked", "neurobatch.io.zarr", "scipy.sparse"):
             client.run(importlib.import_module, module)
         for every in everies:
             out = str(Path(folder) / f"sta-{every}.zarr")
             with TreeSampler() as memory, get_task_stream(client) as stream:
                 start = time.perf_counter()
-                movie = store.open_dataset(str(Path(folder) / "movie.zarr"))
+                movie = open_dataset(str(Path(folder) / "movie.zarr"))
                 if every > 1:
                     movie = movie.isel(spike=slice(None, None, every))
                 result = stages.spike_triggered_average(movie, StaConfig(n_lags=N_LAGS))
-                store.write_dataset(result, out, chunk_memory=64 * 2**20, dim="unit", minimum=1)
+                write_dataset(result, out, chunk_memory=64 * 2**20, dim="unit", minimum=1)
                 seconds = time.perf_counter() - start
             busy = sum(
                 part["stop"] - part["start"]
@@ -261,10 +261,10 @@ def neurobatch_case(folder: str, everies: list[int]) -> list[dict[str, Any]]:
 
 def check(folder: str, out: str) -> dict[str, Any]:
     """Deviations from the loop's STA; correlations with the planted receptive fields."""
-    from neurobatch.io import store
+    from neurobatch.io.zarr import open_dataset
 
     loop = np.load(Path(folder) / "sta-loop.npy")
-    ours = store.open_dataset(out)["sta"].values
+    ours = open_dataset(out)["sta"].values
     theirs = np.load(Path(folder) / "sta-pynapple.npy")
     fields = np.load(Path(folder) / "fields.npy")
     scale = float(np.abs(loop).max())

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from neurobatch.io import store
+from neurobatch.io.trials_store import open_trials
 
 
 def assert_same_results(
@@ -21,8 +21,8 @@ def assert_same_results(
     Every item of ``out`` is done, or with ``rerun`` (the last run at ``out`` was a re-run)
     done or skipped: none failed.
     """
-    trials = store.open_trials(f"{out}/trials.zarr", storage_options=storage_options).load()
-    expected = store.open_trials(str(reference / "trials.zarr")).load()
+    trials = open_trials(f"{out}/trials.zarr", storage_options=storage_options).load()
+    expected = open_trials(str(reference / "trials.zarr")).load()
     # the same files, wherever they were read from
     for dataset in (trials, expected):
         names = [str(url).rsplit("/", 1)[-1] for url in dataset["source"].to_numpy()]

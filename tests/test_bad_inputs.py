@@ -31,9 +31,9 @@ from neurobatch import synthetic
 from neurobatch.cli import EXIT_SOME_FAILED, main
 from neurobatch.engine.run import Pipeline
 from neurobatch.errors import InputError, NonUniformSamplingWarning
-from neurobatch.io import store
 from neurobatch.io.discover import discover
 from neurobatch.io.loaders import load_photometry_csv, load_recording
+from neurobatch.io.trials_store import open_trials
 
 BAD = Path(__file__).parent / "data" / "bad"
 EVENTS = list(synthetic.EVENT_NAMES)
@@ -247,7 +247,7 @@ def test_the_good_files_are_done_with_trials(corpus_run: CorpusRun) -> None:
     good = corpus_run.items.loc[GOOD]
     assert (good["status"] == "done").all(), good["error"].to_dict()
     assert (good["n_trials"] > 0).all()
-    trials = store.open_trials(str(corpus_run.out / "trials.zarr"))
+    trials = open_trials(str(corpus_run.out / "trials.zarr"))
     assert sorted(set(trials["item_id"].values.tolist())) == GOOD
     assert trials.sizes["trial"] == int(good["n_trials"].sum())
 

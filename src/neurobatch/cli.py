@@ -93,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    add_run(commands)
+    add_discover(commands)
+    add_validate(commands)
+    add_demo(commands)
+    add_check(commands)
+    add_cluster(commands)
+    add_provenance(commands)
+    add_status(commands)
+    return parser
+
+
+def add_run(commands: Any) -> None:
+    """The ``run`` command."""
     run = commands.add_parser(
         "run",
         help="run a pipeline file on its cluster",
@@ -116,12 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_arguments(run, workers_default=None)
     run.set_defaults(run=_run)
 
+
+def add_discover(commands: Any) -> None:
+    """The ``discover`` command."""
     discover = commands.add_parser(
         "discover", help="print the manifest of a pipeline file", description="List the items."
     )
     discover.add_argument("file", help="the pipeline file (YAML or TOML)")
     discover.set_defaults(run=_discover)
 
+
+def add_validate(commands: Any) -> None:
+    """The ``validate`` command."""
     validate = commands.add_parser(
         "validate",
         help="check a pipeline file and its inputs without running anything",
@@ -130,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", help="the pipeline file (YAML or TOML)")
     validate.set_defaults(run=_validate)
 
+
+def add_demo(commands: Any) -> None:
+    """The ``demo`` command."""
     demo = commands.add_parser(
         "demo",
         help="generate synthetic inputs and run a pipeline on them",
@@ -173,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     demo.set_defaults(run=_run_demo)
 
+
+def add_check(commands: Any) -> None:
+    """The ``check`` command."""
     check = commands.add_parser(
         "check",
         help="run every blocked operator on a local cluster against its whole-array kernel",
@@ -196,6 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     check.set_defaults(run=_run_check)
 
+
+def add_cluster(commands: Any) -> None:
+    """The ``cluster`` command."""
     cluster = commands.add_parser(
         "cluster",
         help="print what a pipeline file would submit: a job script or a DaskCluster manifest",
@@ -209,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_arguments(cluster, workers_default=None)
     cluster.set_defaults(run=_cluster)
 
+
+def add_provenance(commands: Any) -> None:
+    """The ``provenance`` command."""
     provenance = commands.add_parser(
         "provenance",
         help="summarise the processing record of an output folder",
@@ -228,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     provenance.set_defaults(run=_provenance)
 
+
+def add_status(commands: Any) -> None:
+    """The ``status`` command."""
     status = commands.add_parser(
         "status",
         help="list the items of an output folder with the state of each stage",
@@ -245,7 +279,6 @@ def _parser() -> argparse.ArgumentParser:
         help="the output folder (any fsspec URL), or the pipeline file that writes to it",
     )
     status.set_defaults(run=_status)
-    return parser
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser, workers_default: int | None) -> None:
@@ -463,11 +496,12 @@ def _provenance(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from neurobatch.engine.layout import OutputLayout
     from neurobatch.engine.provenance import read_processing, summary
     from neurobatch.errors import InputNotFoundError
 
-    out = str(args.out).rstrip("/")
-    url = f"{out}/processing.json"
+    layout = OutputLayout(str(args.out).rstrip("/"))
+    url = layout.processing
     processing = read_processing(url)
     if processing is None:
         raise InputNotFoundError(
@@ -508,7 +542,7 @@ def _provenance(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from neurobatch.plots import resource_usage
 
-        path = args.plot or f"{out}/processing.png"
+        path = args.plot or layout.path("processing.png")
         resource_usage(processing, path)
         print(f"resource usage plot: {path}")
     return 0

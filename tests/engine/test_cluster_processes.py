@@ -24,7 +24,8 @@ from neurobatch.config import AddressClusterConfig, PipelineConfig, TlsConfig, l
 from neurobatch.engine.cluster import connect
 from neurobatch.engine.run import Pipeline, RunSummary
 from neurobatch.errors import ConfigError
-from neurobatch.io import store
+from neurobatch.io.commit import COMMIT_MARKER
+from neurobatch.io.trials_store import open_trials
 from processes import dask_processes
 from runs import assert_same_results
 
@@ -77,7 +78,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
         victim = None
         deadline = time.monotonic() + 300
         while victim is None and run.is_alive() and time.monotonic() < deadline:
-            committed = list((out / "items").glob(f"*/trials/{store.COMMIT_MARKER}"))
+            committed = list((out / "items").glob(f"*/trials/{COMMIT_MARKER}"))
             busy = [w for w, keys in client.processing().items() if keys]
             if committed and busy:
                 victim = client.scheduler_info()["workers"][busy[0]]["name"]
@@ -95,7 +96,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
     )
     assert_same_results(out, photometry_reference)
     # the combined trials hold each item's trials once
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     per_item = pd.Series(trials["item_id"].to_numpy()).value_counts().sort_index()
     expected = pd.read_parquet(photometry_reference / "items.parquet").set_index("item_id")[
         "n_trials"

@@ -23,7 +23,8 @@ from neurobatch.cli import main
 from neurobatch.engine.ledger import item_states
 from neurobatch.engine.run import Pipeline
 from neurobatch.engine.stages import stage
-from neurobatch.io import store
+from neurobatch.io.commit import read_commit
+from neurobatch.io.trials_store import open_trials
 from runs import assert_same_results
 
 ITEMS = ("experiment_001", "experiment_002", "experiment_003")
@@ -77,7 +78,7 @@ def test_a_sidecar_edit_redoes_that_item_from_ingest(batch: Path, local_client: 
         "experiment_003": "",
     }
     out = batch.parent / "out"
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     subjects = pd.Series(trials["subject"].to_numpy(), index=trials["item_id"].to_numpy())
     assert set(subjects["experiment_002"]) == {"renamed"}
     assert_same_results(out, _reference(batch, local_client), rerun=True)
@@ -117,14 +118,14 @@ def test_hook_edits_redo_what_depends_on_them(batch: Path, local_client: Client)
     summary = Pipeline.from_file(batch).run(client=local_client)
     assert set(_stages_run(summary).values()) == {"trials"}
     out = batch.parent / "out"
-    assert set(store.open_trials(str(out / "trials.zarr"))["label"].to_numpy()) == {"second"}
+    assert set(open_trials(str(out / "trials.zarr"))["label"].to_numpy()) == {"second"}
     assert_same_results(out, _reference(batch, local_client), rerun=True)
 
     # post_load edited (100 s trimmed instead of 1 s): preprocess and trials, not ingest
     _hooks(batch.parent, 100.0, "second")
     summary = Pipeline.from_file(batch).run(client=local_client)
     assert set(_stages_run(summary).values()) == {"preprocess,trials"}
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     assert float(trials["start_time"].min()) >= 100.0 - 8.0
     assert_same_results(out, _reference(batch, local_client), rerun=True)
 
@@ -139,7 +140,7 @@ def test_metadata_set_by_a_hook_reaches_the_trial_table(batch: Path, local_clien
     )
     Pipeline.from_file(batch).run(client=local_client)
     out = batch.parent / "out"
-    trials = store.open_trials(str(out / "trials.zarr")).load()
+    trials = open_trials(str(out / "trials.zarr")).load()
     for item in ITEMS:
         processed = xr.open_zarr(out / "items" / item / "preprocess")
         expected = float(processed.dff.mean())
@@ -184,7 +185,7 @@ def test_a_user_stage_from_the_file(batch: Path, local_client: Client) -> None:
         peak, auc = _independent_peak_auc(trials, 0.0, 2.0)
         np.testing.assert_allclose(result["peak"], peak, rtol=1e-12)
         np.testing.assert_allclose(result["auc"], auc, rtol=1e-12)
-        record = store.read_commit(str(out / "items" / item / "peak_auc"))
+        record = read_commit(str(out / "items" / item / "peak_auc"))
         assert record is not None and record["arrays"]["peak"]["shape"] == [len(peak)]
     # recorded in provenance like a built-in
     processing = json.loads((out / "processing.json").read_text())
@@ -232,7 +233,7 @@ def test_only_refreshes_one_item_inside_the_combined_outputs(
     summary = Pipeline.from_file(batch).run(client=local_client, only=["experiment_002"])
     assert list(summary.items["item_id"]) == ["experiment_002"]
     out = batch.parent / "out"
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     assert sorted(set(trials["item_id"].to_numpy())) == list(ITEMS)  # none dropped
     items = pd.read_parquet(out / "items.parquet")
     assert list(items["item_id"]) == list(ITEMS)

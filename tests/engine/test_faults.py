@@ -12,7 +12,8 @@ from distributed import Client
 from neurobatch.config import load_config
 from neurobatch.engine.layout import FAILURE_MARKER
 from neurobatch.engine.run import Pipeline
-from neurobatch.io import store
+from neurobatch.io.commit import read_commit
+from neurobatch.io.trials_store import open_trials
 
 HANGING_HOOK = '''
 import os
@@ -68,11 +69,11 @@ def test_a_hanging_item_is_cut_off_by_the_timeout(
         time.sleep(0.1)
     assert (item / "preprocess").exists(), "the abandoned thread never went on"
     time.sleep(2.0)
-    assert store.read_commit(str(item / "preprocess")) is None
-    assert store.read_commit(str(item / "trials")) is None
+    assert read_commit(str(item / "preprocess")) is None
+    assert read_commit(str(item / "trials")) is None
     assert json.loads((item / FAILURE_MARKER).read_text()) == failure
     # the combined trials hold the two finished items only
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     assert set(pd.unique(trials["item_id"].to_numpy())) == {"experiment_001", "experiment_003"}
 
 

@@ -19,7 +19,7 @@ from distributed import Client
 from neurobatch import synthetic
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.run import Pipeline, RunError
-from neurobatch.io import store
+from neurobatch.io import trials_store
 
 FS = 100.0
 DURATION_S = 300.0
@@ -141,13 +141,13 @@ def test_the_driver_combines_on_its_own_threads(
 ) -> None:
     """With the cluster the run starts itself, appends compute on the driver, not as tasks."""
     schedulers = []
-    append_trials = store.append_trials
+    append_trials = trials_store.append_trials
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         schedulers.append(dask.base.get_scheduler())
         return append_trials(*args, **kwargs)
 
-    monkeypatch.setattr(store, "append_trials", recording)
+    monkeypatch.setattr(trials_store, "append_trials", recording)
     cluster = {"kind": "local", "n_workers": 1, "threads_per_worker": 1}
     summary = Pipeline(_config(batch, tmp_path / "out", cluster=cluster)).run(progress=False)
     assert summary.n_done == 3

@@ -35,10 +35,11 @@ from neurobatch.engine.ledger import (
     write_manifest,
 )
 from neurobatch.engine.run import Pipeline
-from neurobatch.io import store
+from neurobatch.io.commit import COMMIT_MARKER, commit
+from neurobatch.io.trials_store import open_trials
 
 N_ITEMS = 6
-TRIALS_MARKER = f"trials/{store.COMMIT_MARKER}"
+TRIALS_MARKER = f"trials/{COMMIT_MARKER}"
 
 
 def _pipeline_file(folder: Path, data: Path, out: Path) -> Path:
@@ -112,7 +113,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory, local_client: Client) -> dic
     reference = folder / "reference"
     _pipeline_file(folder / "reference-pipeline", data, reference)
     Pipeline.from_file(folder / "reference-pipeline" / "pipeline.yaml").run(client=local_client)
-    trials = store.open_trials(str(reference / "trials.zarr")).load()
+    trials = open_trials(str(reference / "trials.zarr")).load()
     return {"folder": folder, "data": data, "reference": trials}
 
 
@@ -177,7 +178,7 @@ def test_killed_driver_resumes_skipping_the_committed_items(
     assert summary.n_skipped == k and summary.n_failed == 0
 
     # ... and ends with the uninterrupted run's trials exactly: none missing, none twice
-    trials = store.open_trials(str(out / "trials.zarr")).load()
+    trials = open_trials(str(out / "trials.zarr")).load()
     assert _per_item(trials) == expected
     xr.testing.assert_identical(trials, reference)
 
@@ -236,8 +237,8 @@ def test_status_reads_markers_on_s3(s3_options: dict[str, Any]) -> None:
         items, out, kind="filter", stages=["ingest", "filter"], storage_options=s3_options
     )
     for url in (f"{out}/items/a/ingest", f"{out}/items/a/filter"):
-        store.commit(url, {"key": "k", "run": "10"}, storage_options=s3_options)
-    store.commit(f"{out}/items/b/ingest", {"key": "k", "run": "10"}, storage_options=s3_options)
+        commit(url, {"key": "k", "run": "10"}, storage_options=s3_options)
+    commit(f"{out}/items/b/ingest", {"key": "k", "run": "10"}, storage_options=s3_options)
     failure = {"stage": "filter", "error": "killed\nby the  OOM killer", "run": "11"}
     with fsspec.open(f"{out}/items/b/{FAILURE_MARKER}", "w", **s3_options) as f:
         json.dump(failure, f)

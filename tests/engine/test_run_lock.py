@@ -20,8 +20,8 @@ from distributed import Client
 from neurobatch.cli import main
 from neurobatch.engine.run import Pipeline
 from neurobatch.errors import OutputLockedError
-from neurobatch.io import store
 from neurobatch.io.lock import read_lock
+from neurobatch.io.trials_store import open_trials
 from runs import assert_same_results
 
 
@@ -156,7 +156,7 @@ def test_a_kill_during_the_combine_leaves_the_previous_outputs(
     out = tmp_path / "out"
     path = _pipeline(photometry_demo, tmp_path, str(out))
     Pipeline.from_file(path).run(client=local_client)
-    before = store.open_trials(str(out / "trials.zarr")).load()
+    before = open_trials(str(out / "trials.zarr")).load()
     h5ad = (out / "trials.h5ad").read_bytes()
 
     # new trial windows: every item's trials are redone and combined anew
@@ -171,14 +171,14 @@ def test_a_kill_during_the_combine_leaves_the_previous_outputs(
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     # the previous complete outputs are there and readable
-    after = store.open_trials(str(out / "trials.zarr")).load()
+    after = open_trials(str(out / "trials.zarr")).load()
     assert after.identical(before)
     assert (out / "trials.h5ad").read_bytes() == h5ad
 
     # the next run takes the dead run's lock over and ends with the new windows
     summary = Pipeline.from_file(path).run(client=local_client)
     assert summary.n_failed == 0
-    trials = store.open_trials(str(out / "trials.zarr"))
+    trials = open_trials(str(out / "trials.zarr"))
     assert float(trials["rel_time"].max()) < 4
     assert not list(out.glob(".staging/*"))
     fresh = tmp_path / "fresh"

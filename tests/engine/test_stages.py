@@ -17,7 +17,7 @@ from neurobatch import synthetic
 from neurobatch.config import PreprocessConfig, TrialsConfig
 from neurobatch.engine import stages
 from neurobatch.errors import InputError
-from neurobatch.kernels import trials as trial_kernels
+from neurobatch.kernels import windows as window_kernels
 from strategies import chunkings
 
 FS = 50.0
@@ -122,7 +122,7 @@ def test_cut_trials_chunked_equals_whole(
         processed, params, item_id="it", experiment_id="exp", passdown=passdown
     )
     assert isinstance(trials["dff"].data, da.Array)  # only the plan was computed
-    whole = trial_kernels.trials(
+    whole = window_kernels.trials(
         processed["dff"].values,
         RECORDING.time.values,
         stages.events_of(RECORDING),

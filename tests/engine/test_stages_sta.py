@@ -12,7 +12,7 @@ from distributed import Client, futures_of
 from neurobatch import synthetic
 from neurobatch.config import StaConfig
 from neurobatch.engine import stages
-from neurobatch.io import store
+from neurobatch.io.zarr import open_dataset
 from neurobatch.kernels import sta
 
 N_LAGS = 4
@@ -29,7 +29,7 @@ def test_sta_stage_equals_the_kernel(tmp_path: Path, local_client: Client, persi
     synthetic.write_movie(
         planted.movie, str(tmp_path / "movie.zarr"), chunk_memory=200 * frame_bytes
     )
-    movie = store.open_dataset(str(tmp_path / "movie.zarr"))
+    movie = open_dataset(str(tmp_path / "movie.zarr"))
     assert movie["frames"].chunks[0] == (200, 200, 200, 200, 100)
     if persist:
         movie = local_client.persist(movie)

@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from neurobatch.io.export import clean_axis_dtype, trials_obs, write_h5ad, write_obs
-from neurobatch.io.store import append_trials, open_trials
+from neurobatch.io.trials_store import append_trials, open_trials
 
 RNG = np.random.default_rng(7)
 REL_TIME = np.arange(-40, 40) / 10.0

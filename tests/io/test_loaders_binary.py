@@ -34,7 +34,7 @@ from neurobatch.io.loaders import (
     load_spikeglx,
 )
 from neurobatch.io.loaders.binary import FileArray, read_spikeglx_meta, time_chunks
-from neurobatch.io.store import write_dataset
+from neurobatch.io.zarr import write_dataset
 
 N_AP = 6
 RATE = 30000.0

@@ -25,6 +25,7 @@ from distributed import Client
 from neurobatch import synthetic
 from neurobatch.engine import blocked
 from neurobatch.kernels import correction, filters, fitting, sta, trials
+from neurobatch.kernels import windows as window_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _photometry_checks(rec: Any, store: Path, *, fs: float) -> list[Check]:
             "dF/F + trial windows",
             f"{name}: {plan.n_trials} trials x {plan.rel_time.size} samples, z-scored",
             time.perf_counter() - start,
-            _relative_deviation(windows, trials.extract_trials(whole_dff, plan)),
+            _relative_deviation(windows, window_kernels.extract_trials(whole_dff, plan)),
             1e-9,
         )
     )

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from neurobatch.engine.item import ItemOutcome
-from neurobatch.engine.layout import OutputLayout
-from neurobatch.io import export, files, store
+from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
+from neurobatch.io import export, files, trials_store
+from neurobatch.io.commit import remove
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Combiner:
         self.order = list(order)
         self.run_id = run_id
         self.trials_stage = trials_stage
-        self.staged = layout.combined("trials.zarr", staging=run_id)
+        self.staged = layout.combined(TRIALS, staging=run_id)
         self.outcomes: dict[str, ItemOutcome] = {}
         self.next = 0
         self.rel_time: np.ndarray | None = None
@@ -62,7 +63,7 @@ class Combiner:
         self.n_trials = 0
         self.n_items = 0
         self.started: float | None = None
-        store.remove(layout.staging(), storage_options=layout.storage_options)
+        remove(layout.staging(), storage_options=layout.storage_options)
 
     def add(self, outcome: ItemOutcome) -> None:
         """An item finished (or was carried over): append every item now in order."""
@@ -78,7 +79,7 @@ class Combiner:
             self.started = time.time()
         so = self.layout.storage_options
         url = self.layout.stage(outcome.item_id, self.trials_stage)
-        trials = store.open_trials(url, storage_options=so)
+        trials = trials_store.open_trials(url, storage_options=so)
         rel_time = trials["rel_time"].to_numpy()
         if self.rel_time is None:
             self.rel_time, self.grid_item = rel_time, outcome.item_id
@@ -94,8 +95,8 @@ class Combiner:
                 self.grid_item,
                 self.rel_time.size,
             )
-            trials = store.resample_trials(trials, self.rel_time)
-        store.append_trials(trials, self.staged, storage_options=so)
+            trials = trials_store.resample_trials(trials, self.rel_time)
+        trials_store.append_trials(trials, self.staged, storage_options=so)
         self.n_trials += outcome.n_trials
         self.n_items += 1
 
@@ -110,14 +111,14 @@ class Combiner:
             ``output.formats``: which of the obs tables and the AnnData to write.
         """
         layout, so = self.layout, self.layout.storage_options
-        names = ["items.parquet"]
+        names = [ITEMS_TABLE]
         files.write_bytes(
-            layout.combined("items.parquet", staging=self.run_id),
+            layout.combined(ITEMS_TABLE, staging=self.run_id),
             _parquet(items),
             storage_options=so,
         )
         if self.n_trials:
-            trials = store.open_trials(self.staged, storage_options=so)
+            trials = trials_store.open_trials(self.staged, storage_options=so)
             for fmt, name in _TABLES.items():
                 if fmt not in formats:
                     continue
@@ -128,17 +129,17 @@ class Combiner:
                     table = cast(Literal["parquet", "csv"], fmt)
                     export.write_obs(trials, url, format=table, storage_options=so)
                 names.append(name)
-            files.replace_folder(self.staged, layout.combined("trials.zarr"), storage_options=so)
+            files.replace_folder(self.staged, layout.combined(TRIALS), storage_options=so)
         else:  # no committed item has trials (any more)
-            for name in ("trials.zarr", *_TABLES.values()):
-                store.remove(layout.combined(name), storage_options=so)
+            for name in (TRIALS, *_TABLES.values()):
+                remove(layout.combined(name), storage_options=so)
         for name in names:
             files.replace_file(
                 layout.combined(name, staging=self.run_id),
                 layout.combined(name),
                 storage_options=so,
             )
-        store.remove(layout.staging(self.run_id), storage_options=so)
+        remove(layout.staging(self.run_id), storage_options=so)
 
 
 def _parquet(table: pd.DataFrame) -> bytes:

@@ -2,7 +2,7 @@
 
 For each stage, in order, the runner computes the key its output must carry
 (:func:`neurobatch.engine.stages.key_parts`); a stage whose committed record carries that
-key and whose arrays are all there (:func:`neurobatch.io.store.verify`) is skipped,
+key and whose arrays are all there (:func:`neurobatch.io.commit.verify`) is skipped,
 anything else runs: its inputs are the stored outputs of the stages it needs, its output
 is stored in the item's Zarr group under its name and committed, last, with its key and
 an inventory of its arrays. A stage that finds a damaged chunk in an input has that input
@@ -45,8 +45,10 @@ from neurobatch.engine.stages import (
     stale_reason,
 )
 from neurobatch.errors import StoreDamagedError
-from neurobatch.io import files, store
+from neurobatch.io import files, trials_store
+from neurobatch.io.commit import commit, read_commit, remove, verify
 from neurobatch.io.discover import fingerprints
+from neurobatch.io.zarr import ensure_group, open_dataset, write_dataset
 from neurobatch.redact import scrub, secrets_in
 
 logger = logging.getLogger(__name__)
@@ -284,14 +286,14 @@ class _ItemRun:
     def _committed(self, stage: Stage, upstream: Mapping[str, str]) -> dict[str, Any] | None:
         """The stage's commit record when its output is done and intact, else None."""
         url = self.layout.stage(self.job.item_id, stage.name)
-        record = None if self.job.reprocess else store.read_commit(url, storage_options=self.so)
+        record = None if self.job.reprocess else read_commit(url, storage_options=self.so)
         if record is None:
             return None
         reason = stale_reason(record, _key(self.job, stage, upstream, record.get("sources")))
         if reason is not None:
             logger.info("%s is stale (%s): redoing it", stage.name, reason)
             return None
-        problems = store.verify(url, record, storage_options=self.so)
+        problems = verify(url, record, storage_options=self.so)
         if problems:
             logger.warning(
                 "%s: stage %s at %s is damaged (%s): redoing it",
@@ -330,7 +332,7 @@ class _ItemRun:
                 raise
             raise _DamagedInput(damaged[0], error) from error
         finally:
-            store.remove(scratch, storage_options=self.so)
+            remove(scratch, storage_options=self.so)
         parts = _key(job, stage, upstream, output.sources)
         key, sources = parts.pop("key"), parts.pop("sources")
         record = {
@@ -343,7 +345,7 @@ class _ItemRun:
         }
         if (job.run_id, job.item_id) in _abandoned:
             raise TimeoutError(f"{job.item_id} was abandoned after engine.item_timeout_s")
-        store.commit(url, {**record, "run": job.run_id}, storage_options=self.so, arrays=True)
+        commit(url, {**record, "run": job.run_id}, storage_options=self.so, arrays=True)
         self.views.pop(stage.name, None)
         return record
 
@@ -369,17 +371,17 @@ class _ItemRun:
         self, stage: Stage, url: str, dataset: xr.Dataset | None, chunk_dim: str | None
     ) -> bool:
         """Write a stage's output under its name in the item's group; whether there was one."""
-        store.remove(url, storage_options=self.so)
+        remove(url, storage_options=self.so)
         if dataset is None:
             return False
-        store.ensure_group(self.layout.item(self.job.item_id), storage_options=self.so)
+        ensure_group(self.layout.item(self.job.item_id), storage_options=self.so)
         if stage.store == "trials":
             if not dataset.sizes["trial"]:
                 return False
-            store.append_trials(dataset, url, storage_options=self.so)
+            trials_store.append_trials(dataset, url, storage_options=self.so)
             return True
         dim = chunk_dim or stage.chunk_dim or str(next(iter(dataset.dims), ""))
-        store.write_dataset(
+        write_dataset(
             dataset,
             url,
             chunk_memory=self.job.config.engine.chunk_memory,
@@ -397,9 +399,9 @@ class _ItemRun:
             opened: xr.Dataset | None = None
             if record.get("stored", True):
                 opened = (
-                    store.open_trials(url, storage_options=self.so)
+                    trials_store.open_trials(url, storage_options=self.so)
                     if stage.store == "trials"
-                    else store.open_dataset(url, storage_options=self.so)
+                    else open_dataset(url, storage_options=self.so)
                 )
                 if stage.view_hook:
                     opened = apply_hook(self.job.hooks, stage.view_hook, opened)
@@ -444,7 +446,7 @@ def _run_item(job: ItemJob, outcome: ItemOutcome) -> None:
             url,
             damaged.error,
         )
-        store.remove(url, storage_options=job.config.output.storage_options)
+        remove(url, storage_options=job.config.output.storage_options)
         outcome.stages_run.clear()
         outcome.stages_skipped.clear()
         outcome.spans.clear()

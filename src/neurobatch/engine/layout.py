@@ -25,7 +25,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FAILURE_MARKER", "OutputLayout"]
+__all__ = ["FAILURE_MARKER", "ITEMS_TABLE", "MANIFEST", "TRIALS", "OutputLayout"]
+
+#: The last run's items, relative to OUT.
+MANIFEST = "manifest.parquet"
+
+#: The combined trials and the items table, relative to OUT.
+TRIALS, ITEMS_TABLE = "trials.zarr", "items.parquet"
 
 #: Beside an item's stages while its last run failed: ``{"stage", "error", "run", "time"}``.
 FAILURE_MARKER = ".neurobatch-failed.json"
@@ -97,6 +103,21 @@ class OutputLayout:
     def staging(self, run_id: str | None = None) -> str:
         """The staging folder of a run (of every run without ``run_id``)."""
         return self.path(".staging", run_id) if run_id else self.path(".staging")
+
+    @property
+    def manifest(self) -> str:
+        """The last run's items (:mod:`neurobatch.engine.ledger`)."""
+        return self.path(MANIFEST)
+
+    @property
+    def processing(self) -> str:
+        """The provenance record of every run."""
+        return self.path("processing.json")
+
+    @property
+    def run_record(self) -> str:
+        """What the last run did, item by item (``run.json``)."""
+        return self.path("run.json")
 
     @property
     def run_log(self) -> str:

@@ -20,14 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neurobatch.engine.layout import FAILURE_MARKER, OutputLayout
+from neurobatch.engine.layout import FAILURE_MARKER, MANIFEST, OutputLayout
 from neurobatch.engine.stages import stale_reason
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io import files
-from neurobatch.io.store import COMMIT_MARKER
+from neurobatch.io.commit import COMMIT_MARKER
 
 __all__ = [
-    "MANIFEST",
     "STATES",
     "counts",
     "item_states",
@@ -35,9 +34,6 @@ __all__ = [
     "read_records",
     "write_manifest",
 ]
-
-#: The run's manifest, relative to the output folder.
-MANIFEST = "manifest.parquet"
 
 #: The states of an item stage (and of an item).
 STATES = ("done", "stale", "failed", "pending")
@@ -50,7 +46,7 @@ _METADATA_KEY = b"neurobatch"
 
 
 def _manifest_url(out_url: str) -> str:
-    return f"{out_url.rstrip('/')}/{MANIFEST}"
+    return OutputLayout(out_url).manifest
 
 
 def write_manifest(
@@ -298,14 +294,14 @@ def item_states(
 
     Examples
     --------
-    >>> from neurobatch.io import store
+    >>> from neurobatch.io.commit import commit
     >>> out = "memory://doc-states/out"
     >>> items = pd.DataFrame({"item_id": ["a", "b", "c"], "url": ["a.bin", "b.bin", "c.bin"],
     ...                       "fingerprint": ["1", "2", "3"], "format": ["spikeglx"] * 3})
     >>> _ = write_manifest(items, out, kind="filter", stages=["ingest", "filter"])
     >>> for stage in ("ingest", "filter"):
-    ...     store.commit(f"{out}/items/a/{stage}", {"key": "k", "run": "1"})
-    >>> store.commit(f"{out}/items/b/ingest", {"key": "k", "run": "1"})
+    ...     commit(f"{out}/items/a/{stage}", {"key": "k", "run": "1"})
+    >>> commit(f"{out}/items/b/ingest", {"key": "k", "run": "1"})
     >>> with fsspec.open(f"{out}/items/b/{FAILURE_MARKER}", "w") as f:
     ...     _ = f.write('{"stage": "filter", "error": "out of memory", "run": "2"}')
     >>> states = item_states(out)

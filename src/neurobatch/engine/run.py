@@ -31,7 +31,7 @@ from neurobatch.engine.cluster import connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item
-from neurobatch.engine.layout import OutputLayout
+from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
 from neurobatch.engine.logs import captured_log, one_line
 from neurobatch.engine.monitor import Recorder
@@ -413,44 +413,58 @@ class Pipeline:
         provenance: RunProvenance,
         progress: bool | None,
     ) -> None:
-        config = self.config
-        threads = sum(client.nthreads().values()) or 1
+        """Run every job, handing each outcome to the combiner and provenance as it comes."""
         # a task whose workers keep dying is rerun this many times, then fails (KilledWorker)
-        retries = config.engine.retries
+        retries = self.config.engine.retries
         client.run_on_scheduler(
             lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", retries)
         )
+        with _progress(len(jobs), progress) as advance:
 
-        def finished(outcome: ItemOutcome, job: ItemJob, key: str | None) -> None:
-            if outcome.status == "failed":
-                logger.error("%s failed: %s", outcome.item_id, outcome.error)
-            combiner.add(outcome)
-            provenance.item_finished(outcome, job, key)
-            advance(outcome)
+            def finished(outcome: ItemOutcome, job: ItemJob, key: str | None) -> None:
+                if outcome.status == "failed":
+                    logger.error("%s failed: %s", outcome.item_id, outcome.error)
+                combiner.add(outcome)
+                provenance.item_finished(outcome, job, key)
+                advance(outcome)
 
-        if KINDS[config.kind].on_cluster:
-            logger.info(
-                "%s: %d item(s), one at a time, each on all %d worker thread(s); dashboard %s",
-                config.name,
-                len(jobs),
-                threads,
-                client.dashboard_link,
-            )
-            with dask.config.set(scheduler=client.get), _progress(len(jobs), progress) as advance:
-                for job in jobs:
-                    finished(process_item(job), job, None)
-            return
-        planned = planned_threads(config.cluster)
+            if KINDS[self.config.kind].on_cluster:
+                self._one_at_a_time(client, jobs, finished)
+            else:
+                self._in_flight(client, jobs, finished)
+
+    def _one_at_a_time(
+        self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
+    ) -> None:
+        """Items larger than a worker: one at a time, each item's graphs on every worker."""
+        logger.info(
+            "%s: %d item(s), one at a time, each on all %d worker thread(s); dashboard %s",
+            self.config.name,
+            len(jobs),
+            sum(client.nthreads().values()) or 1,
+            client.dashboard_link,
+        )
+        with dask.config.set(scheduler=client.get):
+            for job in jobs:
+                finished(process_item(job), job, None)
+
+    def _in_flight(
+        self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
+    ) -> None:
+        """One task per item, a bounded number in flight, handed back as they complete."""
+        engine = self.config.engine
+        planned = planned_threads(self.config.cluster)
+        threads = sum(client.nthreads().values()) or 1
 
         def in_flight_limit() -> int:
             # jobs and pods join while the run goes on: keep twice the threads busy,
             # counting the planned ones so that adaptive clusters see the work to scale to
             now = sum(client.nthreads().values())
-            return config.engine.max_in_flight or 2 * max(now, planned or 0, 1)
+            return engine.max_in_flight or 2 * max(now, planned or 0, 1)
 
         logger.info(
             "%s: %d item(s) on %d worker thread(s)%s, at most %d in flight; dashboard %s",
-            config.name,
+            self.config.name,
             len(jobs),
             threads,
             f" ({planned} planned)" if planned and planned != threads else "",
@@ -464,38 +478,22 @@ class Pipeline:
             job = next(pending, None)
             if job is None:
                 return None
-            future = client.submit(
-                process_item,
-                job,
-                key=f"item-{job.item_id}-{job.run_id}",
-                pure=False,
-                retries=config.engine.retries,
-            )
+            key = f"item-{job.item_id}-{job.run_id}"
+            future = client.submit(process_item, job, key=key, pure=False, retries=engine.retries)
             submitted[future.key] = job
             return future
 
         first = [f for f in (submit_next() for _ in range(in_flight_limit())) if f is not None]
         futures = as_completed(first, loop=client.loop)
-        with _progress(len(jobs), progress) as advance:
-            for future in futures:
-                job = submitted.pop(future.key)
-                try:
-                    outcome: ItemOutcome = future.result()
-                except Exception as error:  # noqa: BLE001 - the task died (e.g. its worker)
-                    outcome = ItemOutcome(
-                        item_id=job.item_id,
-                        url=job.url,
-                        status="failed",
-                        error=f"the item's task failed: {one_line(error)}",
-                        traceback=traceback.format_exc(),
-                    )
-                future.release()
-                finished(outcome, job, str(future.key))
-                while futures.count() < in_flight_limit():
-                    following = submit_next()
-                    if following is None:
-                        break
-                    futures.add(following)
+        for future in futures:
+            job = submitted.pop(future.key)
+            finished(_outcome_of(future, job), job, str(future.key))
+            future.release()
+            while futures.count() < in_flight_limit():
+                following = submit_next()
+                if following is None:
+                    break
+                futures.add(following)
 
     def _finish(
         self,
@@ -522,7 +520,7 @@ class Pipeline:
             "items": [asdict(o) | {"traceback": None} for o in outcomes],
         }
         text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
-        files.write_text(layout.path("run.json"), text, storage_options=so)
+        files.write_text(layout.run_record, text, storage_options=so)
         summary = RunSummary(
             output_url=layout.url, items=items, n_trials=combiner.n_trials, seconds=seconds
         )
@@ -535,7 +533,7 @@ class Pipeline:
             return pd.DataFrame()
         try:
             earlier = pd.read_parquet(
-                self.layout.combined("items.parquet"),
+                self.layout.combined(ITEMS_TABLE),
                 storage_options=dict(self.layout.storage_options),
             )
         except FileNotFoundError:
@@ -544,6 +542,20 @@ class Pipeline:
         known = earlier[earlier["item_id"].isin(ids)]
         missing = [o.row() for o in carried if o.item_id not in set(known["item_id"])]
         return pd.concat([known, pd.DataFrame(missing)], ignore_index=True)
+
+
+def _outcome_of(future: Future[ItemOutcome], job: ItemJob) -> ItemOutcome:
+    """A finished item's outcome, or a failure when its task died (e.g. with its worker)."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - one item's death never stops the others
+        return ItemOutcome(
+            item_id=job.item_id,
+            url=job.url,
+            status="failed",
+            error=f"the item's task failed: {one_line(error)}",
+            traceback=traceback.format_exc(),
+        )
 
 
 @contextmanager

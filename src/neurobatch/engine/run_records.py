@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from neurobatch.config import PipelineConfig, dump_config
 from neurobatch.engine.item import CLUSTER, ItemJob, ItemOutcome
-from neurobatch.engine.layout import OutputLayout
+from neurobatch.engine.layout import TRIALS, OutputLayout
 from neurobatch.engine.logs import one_line
 from neurobatch.engine.monitor import DRIVER, Recorder
 from neurobatch.engine.provenance import StageRecord, append_processing, build_processing, machine
@@ -185,12 +185,10 @@ class RunProvenance:
             }
             start = combiner.started or (records[-1].end if records else self.started)
             records.append(
-                self._record(
-                    COMBINE, start, time.time(), [DRIVER], outputs, output_path="trials.zarr"
-                )
+                self._record(COMBINE, start, time.time(), [DRIVER], outputs, output_path=TRIALS)
             )
         if records:
-            url = self.layout.path("processing.json")
+            url = self.layout.processing
             append_processing(
                 url,
                 self._build(records, notes),

@@ -27,7 +27,8 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 from pandas.api.types import infer_dtype
 
-from neurobatch.io.store import REL_TIME, TRIAL_DIM, open_trials, to_json_safe
+from neurobatch.io.commit import to_json_safe
+from neurobatch.io.trials_store import REL_TIME, TRIAL_DIM, open_trials
 
 __all__ = ["clean_axis_dtype", "trials_obs", "write_h5ad", "write_obs"]
 
@@ -58,7 +59,7 @@ def trials_obs(trials: xr.Dataset) -> pd.DataFrame:
     ----------
     trials : xarray.Dataset
         A Trials dataset (one item's, or the combined store opened with
-        :func:`neurobatch.io.store.open_trials`); lazy coordinates are computed.
+        :func:`neurobatch.io.trials_store.open_trials`); lazy coordinates are computed.
 
     Returns
     -------

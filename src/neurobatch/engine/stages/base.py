@@ -192,7 +192,7 @@ class Stage:
         Its code's identity; empty for a built-in (neurobatch's version stands in).
     store : {"dataset", "trials"}
         How its output is stored: a Zarr dataset chunked along ``chunk_dim``, or the
-        trials layout (:func:`neurobatch.io.store.append_trials`).
+        trials layout (:func:`neurobatch.io.trials_store.append_trials`).
     chunk_dim : str or None
         The dimension its stored output is chunked along; None for the output's first.
     process : str

@@ -10,12 +10,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from neurobatch.chunking import chunk_length, row_bytes
 from neurobatch.config import EphysFilterConfig, PipelineConfig
 from neurobatch.engine import blocked
 from neurobatch.engine.stages.base import FigureContext, Stage, StageContext, StageOutput
 from neurobatch.engine.stages.base import source_of as _source
 from neurobatch.errors import InputError
-from neurobatch.io.store import chunk_length, row_bytes
 from neurobatch.kernels import filters
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def filter_traces(
         Type, cutoff(s), order, common reference and the stored dtype.
     chunk_memory : int, optional
         The memory budget of one stored chunk, as
-        :func:`neurobatch.io.store.write_dataset` takes it: the output's blocks are the
+        :func:`neurobatch.io.zarr.write_dataset` takes it: the output's blocks are the
         store's chunks (``chunk_memory`` bytes of filtered traces and time stamps), so the
         write stores each block as it is. A task holds about two float64 copies of its
         block (four times ``chunk_memory`` in float32), its raw chunks and its result. By

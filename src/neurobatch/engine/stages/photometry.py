@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from neurobatch.chunking import IN_MEMORY_CHUNKS
 from neurobatch.config import (
     FilterConfig,
     FitConfig,
@@ -38,7 +39,7 @@ from neurobatch.engine.hooks import apply_hook
 from neurobatch.engine.stages.base import FigureContext, Stage, StageContext, StageOutput
 from neurobatch.engine.stages.base import source_of as _source
 from neurobatch.errors import InputError
-from neurobatch.io import store
+from neurobatch.io.zarr import open_dataset, write_dataset
 from neurobatch.kernels import correction as correction_kernels
 from neurobatch.kernels import filters
 from neurobatch.kernels import trials as trial_kernels
@@ -57,10 +58,6 @@ __all__ = [
     "fit_reference",
     "preprocess",
 ]
-
-#: Filtered channels up to this many chunk budgets are kept in the worker's memory for the
-#: fit's passes; longer recordings go through a scratch Zarr store instead.
-IN_MEMORY_CHUNKS = 8
 
 #: The processed variable's name for each correction method.
 PROCESSED_VARIABLE = {"dff": "dff", "df": "df", "none": "signal_corrected"}
@@ -467,10 +464,10 @@ def _persist(context: StageContext) -> Callable[[xr.Dataset], xr.Dataset]:
             return filtered.persist()
         url = f"{context.scratch_url}/filtered.zarr"
         logger.info("filtered channels (%d bytes) go through %s for the fit", nbytes, url)
-        store.write_dataset(
+        write_dataset(
             filtered, url, chunk_memory=context.chunk_memory, storage_options=storage_options
         )
-        return store.open_dataset(url, storage_options=storage_options)
+        return open_dataset(url, storage_options=storage_options)
 
     return persist
 

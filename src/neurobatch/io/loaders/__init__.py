@@ -1,9 +1,10 @@
 """Loaders: one module per input format, each returning the shared Dataset shapes.
 
 The registry :data:`LOADERS` maps each format name to a :class:`LoaderSpec`: its pydantic
-arguments model (``extra="forbid"``, with ``event_names()``), whether it reads files or
-folders, its load function, and whether that function reads lazily in chunks from a memory
-budget. :func:`load_recording` loads any of them by name.
+arguments model (``extra="forbid"``, with ``event_names()``) and whether it reads files or
+folders (both from :data:`neurobatch.config.loaders.LOADER_FORMATS`, where the arguments
+models live), its load function, and whether that function reads lazily in chunks from a
+memory budget. :func:`load_recording` loads any of them by name.
 
 Photometry recordings (``signal(time)``, ``isosbestic(time)``, events), read into memory:
 
@@ -39,27 +40,32 @@ from typing import Any, Literal, Protocol, cast
 import xarray as xr
 from pydantic import BaseModel
 
-from neurobatch.errors import ConfigError
-from neurobatch.io.loaders._common import (
+from neurobatch.config.arguments import (
     ColumnArguments,
     LoaderArguments,
-    closest,
-    coerce_arguments,
-    recorded_reads,
+    PhotometryCSVArguments,
+    PhotometryParquetArguments,
+    TDTArguments,
 )
-from neurobatch.io.loaders.arrays import NpyArguments, ZarrArguments, load_npy, load_zarr
-from neurobatch.io.loaders.binary import (
+from neurobatch.config.lazy_arguments import (
+    NpyArguments,
+    NWBArguments,
     RawBinaryArguments,
+    RGCPickleArguments,
     SpikeGLXArguments,
-    load_raw_binary,
-    load_spikeglx,
+    ZarrArguments,
 )
-from neurobatch.io.loaders.csv import PhotometryCSVArguments, load_photometry_csv
-from neurobatch.io.loaders.legacy_pickle import RGCPickleArguments, load_rgc_pickle
-from neurobatch.io.loaders.nwb import NWBArguments, load_nwb
-from neurobatch.io.loaders.parquet import PhotometryParquetArguments, load_photometry_parquet
+from neurobatch.config.loaders import LOADER_FORMATS
+from neurobatch.errors import ConfigError
+from neurobatch.io.loaders._common import closest, coerce_arguments, recorded_reads
+from neurobatch.io.loaders.arrays import load_npy, load_zarr
+from neurobatch.io.loaders.binary import load_raw_binary, load_spikeglx
+from neurobatch.io.loaders.csv import load_photometry_csv
+from neurobatch.io.loaders.legacy_pickle import load_rgc_pickle
+from neurobatch.io.loaders.nwb import load_nwb
+from neurobatch.io.loaders.parquet import load_photometry_parquet
 from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
-from neurobatch.io.loaders.tdt import TDTArguments, load_tdt
+from neurobatch.io.loaders.tdt import load_tdt
 
 logger = logging.getLogger(__name__)
 
@@ -161,22 +167,24 @@ class LoaderSpec:
     chunked: bool = False
 
 
-#: Every loader format by name.
+#: Every format's load function, and whether it reads lazily in chunks.
+_LOAD_FUNCTIONS: dict[str, tuple[LoadFunction, bool]] = {
+    "photometry-csv": (load_photometry_csv, False),
+    "photometry-parquet": (load_photometry_parquet, False),
+    "tdt": (load_tdt, False),
+    "spikeglx": (load_spikeglx, True),
+    "raw-binary": (load_raw_binary, True),
+    "nwb": (load_nwb, True),
+    "npy": (load_npy, True),
+    "zarr": (load_zarr, True),
+    "rgc-pickle": (load_rgc_pickle, True),
+}
+
+#: Every loader format by name: the arguments model and target of
+#: :data:`neurobatch.config.loaders.LOADER_FORMATS`, with its load function.
 LOADERS: dict[str, LoaderSpec] = {
-    spec.format: spec
-    for spec in (
-        LoaderSpec("photometry-csv", PhotometryCSVArguments, "file", load_photometry_csv),
-        LoaderSpec(
-            "photometry-parquet", PhotometryParquetArguments, "file", load_photometry_parquet
-        ),
-        LoaderSpec("tdt", TDTArguments, "folder", load_tdt),
-        LoaderSpec("spikeglx", SpikeGLXArguments, "file", load_spikeglx, chunked=True),
-        LoaderSpec("raw-binary", RawBinaryArguments, "file", load_raw_binary, chunked=True),
-        LoaderSpec("nwb", NWBArguments, "file", load_nwb, chunked=True),
-        LoaderSpec("npy", NpyArguments, "file", load_npy, chunked=True),
-        LoaderSpec("zarr", ZarrArguments, "folder", load_zarr, chunked=True),
-        LoaderSpec("rgc-pickle", RGCPickleArguments, "file", load_rgc_pickle, chunked=True),
-    )
+    fmt: LoaderSpec(fmt, entry.arguments, entry.target, *_LOAD_FUNCTIONS[fmt])
+    for fmt, entry in LOADER_FORMATS.items()
 }
 
 

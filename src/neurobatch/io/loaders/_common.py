@@ -1,4 +1,6 @@
-"""What every photometry loader shares: argument models, checks, downsampling, the Dataset.
+"""What every photometry loader shares: checks, downsampling, the Dataset.
+
+Their arguments models live in :mod:`neurobatch.config.arguments`.
 
 A loader reads its format into plain arrays (time, signal, isosbestic, event times) and hands
 them to :func:`build_recording`, which checks them, downsamples them as PhoPro does and
@@ -10,12 +12,10 @@ from __future__ import annotations
 
 import difflib
 import logging
-import string
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -25,21 +25,16 @@ import xarray as xr
 from numpy.typing import NDArray
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
+from neurobatch.config.arguments import ColumnArguments, LoaderArguments
 from neurobatch.errors import ConfigError, InputError, NonUniformSamplingWarning
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "INDEX_NAMES",
-    "ColumnArguments",
-    "LoaderArguments",
     "build_recording",
     "check_time",
     "closest",
@@ -52,9 +47,6 @@ __all__ = [
     "resolve_columns",
     "validation_message",
 ]
-
-_TEMPLATE_FIELDS = ("stem", "name", "parent")
-_SIDECAR_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 Locate = Callable[[int], str]
 
@@ -130,186 +122,6 @@ def closest(name: str, candidates: Sequence[str]) -> str | None:
         return folded[name.casefold()]
     found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return found[0] if found else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument models
-# ---------------------------------------------------------------------------------------------
-
-
-class LoaderArguments(BaseModel):
-    """Arguments every loader format takes (sidecar metadata, downsampling, checks).
-
-    Subclasses add the format's own arguments and override :meth:`event_names`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    label: str | None = Field(
-        None,
-        description="Suffix of the item id when one input has several jobs (set by discovery).",
-    )
-    annotation: str | None = Field(
-        None,
-        description=(
-            "Sidecar metadata file, a template with {stem}, {name} and {parent}, relative to "
-            "the input's folder (inside the folder for a folder input); null = none."
-        ),
-    )
-    annotation_format: Literal["auto", "json", "yaml"] = Field(
-        "auto", description="Sidecar format; auto = from the suffix (.json, .yaml, .yml)."
-    )
-    annotation_key: str | None = Field(
-        None, description="Select this top-level key of the sidecar (PhoPro's parent_key)."
-    )
-    downsample: int | None = Field(
-        None, ge=1, description="Downsampling factor (PhoPro's); null or 1 = none."
-    )
-    downsample_method: Literal["resample", "mean"] = Field(
-        "resample",
-        description=(
-            "resample: scipy.signal.resample_poly (Kaiser window, beta 5) on a regular grid; "
-            "mean: block means, trailing partial block dropped (PhoPro's downsample_signal)."
-        ),
-    )
-    sampling_tolerance: float = Field(
-        0.01,
-        gt=0,
-        description=(
-            "Largest relative deviation of a sampling interval from the median interval "
-            "before a NonUniformSamplingWarning."
-        ),
-    )
-
-    @field_validator("annotation")
-    @classmethod
-    def _check_template(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("the sidecar template is empty; use null for no sidecar")
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-        except ValueError as e:
-            raise ValueError(f"sidecar template {value!r} is malformed: {e}") from None
-        unknown = [f for f in fields if f not in _TEMPLATE_FIELDS]
-        if unknown:
-            raise ValueError(
-                f"sidecar template {value!r} uses {{{unknown[0]}}}; only "
-                + ", ".join("{" + f + "}" for f in _TEMPLATE_FIELDS)
-                + " are known"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _check_annotation_format(self) -> LoaderArguments:
-        if self.annotation is not None and self.annotation_format == "auto":
-            example = self.annotation.format(stem="x", name="x.csv", parent="p")
-            if PurePosixPath(example).suffix.lower() not in _SIDECAR_SUFFIXES:
-                raise ValueError(
-                    f"cannot tell the format of sidecar {self.annotation!r} from its suffix; "
-                    "name a .json, .yaml or .yml file or set annotation_format to json or yaml"
-                )
-        return self
-
-    def event_names(self) -> list[str]:
-        """The event names this loader provides (every one it is asked for).
-
-        Returns
-        -------
-        list of str
-            Event names, in the order the arguments give them.
-
-        Examples
-        --------
-        >>> LoaderArguments().event_names()
-        []
-        """
-        return []
-
-
-class ColumnArguments(LoaderArguments):
-    """Arguments of column formats (CSV, Parquet): PhoPro's ``CSVLoader`` columns."""
-
-    time_col: str = Field("time", description="Column of sample times, in seconds.")
-    signal_col: str = Field("signal", description="Column of the signal channel.")
-    isosbestic_col: str | None = Field(
-        "isosbestic",
-        description=(
-            "Column of the isosbestic channel; null, or a column the file lacks, loads a "
-            "single-channel recording (as PhoPro does)."
-        ),
-    )
-    event_cols: list[str] = Field(
-        default_factory=list,
-        description="Columns of per-sample event flags (boolean or 0/1); one event per column.",
-    )
-    max_sampling_deviation: float | None = Field(
-        0.5,
-        gt=0,
-        description=(
-            "Largest relative deviation of a sampling interval from the median interval "
-            "before the input is rejected (a gap or a burst of samples: trial windows would "
-            "be misplaced); null = never rejected, only the sampling_tolerance warning."
-        ),
-    )
-
-    @field_validator("event_cols", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        # PhoPro takes one name, a list of names or None
-        if value is None:
-            return []
-        if isinstance(value, str):
-            return [value]
-        return value
-
-    @model_validator(mode="after")
-    def _distinct_columns(self) -> ColumnArguments:
-        roles = [("time_col", self.time_col), ("signal_col", self.signal_col)]
-        if self.isosbestic_col is not None:
-            roles.append(("isosbestic_col", self.isosbestic_col))
-        roles += [("event_cols", name) for name in self.event_cols]
-        seen: dict[str, str] = {}
-        for role, name in roles:
-            if name in seen:
-                raise ValueError(
-                    f"column {name!r} is named twice (as {seen[name]} and as {role}); "
-                    "each column has one role"
-                )
-            seen[name] = role
-        return self
-
-    def event_names(self) -> list[str]:
-        """The event names this loader provides: ``event_cols``.
-
-        Returns
-        -------
-        list of str
-            The event columns, in order.
-
-        Examples
-        --------
-        >>> ColumnArguments(event_cols=["cue", "lever"]).event_names()
-        ['cue', 'lever']
-        """
-        return list(self.event_cols)
-
-    def columns(self) -> list[str]:
-        """Every column the loader reads, in role order (time, signal, isosbestic, events).
-
-        Returns
-        -------
-        list of str
-            Column names.
-
-        Examples
-        --------
-        >>> ColumnArguments(isosbestic_col=None, event_cols=["cue"]).columns()
-        ['time', 'signal', 'cue']
-        """
-        iso = [] if self.isosbestic_col is None else [self.isosbestic_col]
-        return [self.time_col, self.signal_col, *iso, *self.event_cols]
 
 
 # ---------------------------------------------------------------------------------------------

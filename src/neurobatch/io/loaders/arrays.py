@@ -19,32 +19,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import fsspec
 import numpy as np
 import xarray as xr
-from pydantic import Field, model_validator
 
+from neurobatch.config.lazy_arguments import _DIMS, NpyArguments, ZarrArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import check_time, closest, coerce_arguments
 from neurobatch.io.loaders.binary import (
     DEFAULT_CHUNK_MEMORY,
     FileArray,
-    LazyLoaderArguments,
     lazy,
     merge_sidecar,
     time_chunks,
 )
-from neurobatch.io.store import zarr_store
+from neurobatch.io.zarr import zarr_store
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_NPY",
     "FORMAT_ZARR",
-    "NpyArguments",
-    "ZarrArguments",
     "load_npy",
     "load_zarr",
 ]
@@ -52,120 +49,9 @@ __all__ = [
 FORMAT_NPY = "npy"
 FORMAT_ZARR = "zarr"
 
-_DIMS: dict[str, tuple[str, ...]] = {"traces": ("time", "channel"), "frames": ("frame", "y", "x")}
-
 # ---------------------------------------------------------------------------------------------
 # npy
 # ---------------------------------------------------------------------------------------------
-
-
-class NpyArguments(LazyLoaderArguments):
-    """Arguments of the ``npy`` loader.
-
-    Examples
-    --------
-    >>> NpyArguments(kind="traces", sampling_rate=1000.0, dims=["channel", "time"]).dims
-    ['channel', 'time']
-    >>> NpyArguments(kind="frames", fps=60.0).stored_dims(3)
-    ('frame', 'y', 'x')
-    """
-
-    kind: Literal["traces", "frames"] = Field(
-        description="traces: an ephys recording (time, channel); frames: a movie (frame, y, x)."
-    )
-    sampling_rate: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Samples per second (traces)."
-    )
-    fps: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Frames per second (frames)."
-    )
-    dims: list[str] | None = Field(
-        None,
-        description=(
-            "Names of the stored axes, in order: a permutation of time, channel (a 1-D array "
-            "is one channel: [time]) or of frame, y, x; null = that order."
-        ),
-    )
-    t0: float = Field(0.0, allow_inf_nan=False, description="Time of the first sample (traces).")
-    gain_uv: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Microvolts per stored unit (traces)."
-    )
-    channel_names: list[str] | None = Field(
-        None, description="Names of the channels (traces); null = 0, 1, 2, ..."
-    )
-    stimulus_onset: float = Field(
-        0.0, allow_inf_nan=False, description="Time of the first frame (frames), in seconds."
-    )
-    pixel_size: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Size of one pixel (frames), when known."
-    )
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> NpyArguments:
-        if self.kind == "traces":
-            if self.sampling_rate is None:
-                raise ValueError("kind 'traces' needs sampling_rate")
-            wrong = [
-                name
-                for name, value in (
-                    ("fps", self.fps),
-                    ("pixel_size", self.pixel_size),
-                    ("stimulus_onset", self.stimulus_onset or None),
-                )
-                if value is not None
-            ]
-        else:
-            if self.fps is None:
-                raise ValueError("kind 'frames' needs fps")
-            wrong = [
-                name
-                for name, value in (
-                    ("sampling_rate", self.sampling_rate),
-                    ("gain_uv", self.gain_uv),
-                    ("channel_names", self.channel_names),
-                    ("t0", self.t0 or None),
-                )
-                if value is not None
-            ]
-        if wrong:
-            raise ValueError(f"{', '.join(wrong)} do(es) not apply to kind {self.kind!r}")
-        if self.dims is not None:
-            expected = _DIMS[self.kind]
-            allowed = [set(expected)] + ([{"time"}] if self.kind == "traces" else [])
-            if len(set(self.dims)) != len(self.dims) or set(self.dims) not in allowed:
-                raise ValueError(
-                    f"dims {self.dims} is not an order of {', '.join(expected)}"
-                    + (" (or [time] for one channel)" if self.kind == "traces" else "")
-                )
-        if self.channel_names is not None and len(set(self.channel_names)) != len(
-            self.channel_names
-        ):
-            raise ValueError("channel_names repeats a name; each channel needs its own")
-        return self
-
-    def stored_dims(self, ndim: int) -> tuple[str, ...]:
-        """The stored axes' names for an array of ``ndim`` dimensions.
-
-        Parameters
-        ----------
-        ndim : int
-            The array's number of dimensions.
-
-        Returns
-        -------
-        tuple of str
-            ``dims``, or the kind's default order (``("time",)`` for 1-D traces).
-
-        Examples
-        --------
-        >>> NpyArguments(kind="traces", sampling_rate=1.0).stored_dims(1)
-        ('time',)
-        """
-        if self.dims is not None:
-            return tuple(self.dims)
-        if self.kind == "traces" and ndim == 1:
-            return ("time",)
-        return _DIMS[self.kind]
 
 
 def _npy_header(url: str, fs: Any, path: str) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
@@ -326,59 +212,6 @@ def load_npy(
 # ---------------------------------------------------------------------------------------------
 # zarr
 # ---------------------------------------------------------------------------------------------
-
-
-class ZarrArguments(LazyLoaderArguments):
-    """Arguments of the ``zarr`` loader.
-
-    Examples
-    --------
-    >>> ZarrArguments(rename={"data": "traces"}, sampling_rate=30000.0).kind
-    'auto'
-    """
-
-    kind: Literal["auto", "traces", "frames"] = Field(
-        "auto",
-        description=(
-            "What the store must hold: traces (a recording), frames (a movie), or auto "
-            "(either or both, at least one)."
-        ),
-    )
-    group: str | None = Field(None, description="The group inside the store; null = root.")
-    rename: dict[str, str] = Field(
-        default_factory=dict,
-        description="Names in the store -> expected names (e.g. {data: traces, t: time}).",
-    )
-    sampling_rate: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="Samples per second, when the store says neither it nor time.",
-    )
-    fps: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="Frames per second, when the store says neither it nor frame_time.",
-    )
-    stimulus_onset: float | None = Field(
-        None, allow_inf_nan=False, description="Time of the first frame, when not in the store."
-    )
-
-    def event_names(self) -> list[str]:
-        """The events this loader provides: unknown before the store is read (none).
-
-        Returns
-        -------
-        list of str
-            Always empty: the store's ``event_name`` values are known only when read.
-
-        Examples
-        --------
-        >>> ZarrArguments().event_names()
-        []
-        """
-        return []
 
 
 def _open_zarr(url: str, args: ZarrArguments, so: Mapping[str, Any]) -> xr.Dataset:

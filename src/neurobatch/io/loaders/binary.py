@@ -24,8 +24,9 @@ URL and the layout (never an open file or a mapped array), so it travels to the 
 a distributed cluster, which read their own chunks.
 
 This module also holds what the lazy loaders (``binary``, ``nwb``, ``arrays``,
-``legacy_pickle``) share: :class:`LazyLoaderArguments`, :class:`FileArray` (a lazily read
-C- or Fortran-ordered array inside a file), :func:`time_chunks` and :func:`merge_sidecar`.
+``legacy_pickle``) share: :class:`FileArray` (a lazily read C- or Fortran-ordered array
+inside a file), :func:`time_chunks` and :func:`merge_sidecar`. Their arguments models live in
+:mod:`neurobatch.config.lazy_arguments`.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ import xarray as xr
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 from numpy.typing import NDArray
-from pydantic import Field, field_validator, model_validator
 
+from neurobatch.chunking import chunk_length, row_bytes
+from neurobatch.config.arguments import LoaderArguments
+from neurobatch.config.lazy_arguments import RawBinaryArguments, SpikeGLXArguments
 from neurobatch.errors import InputError, InputNotFoundError
-from neurobatch.io.loaders._common import LoaderArguments, coerce_arguments, note_read
+from neurobatch.io.loaders._common import coerce_arguments, note_read
 from neurobatch.io.loaders.sidecar import load_annotation
-from neurobatch.io.store import chunk_length, row_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +59,6 @@ __all__ = [
     "FORMAT_RAW",
     "FORMAT_SPIKEGLX",
     "FileArray",
-    "LazyLoaderArguments",
-    "RawBinaryArguments",
-    "SpikeGLXArguments",
     "load_raw_binary",
     "load_spikeglx",
     "merge_sidecar",
@@ -105,36 +104,6 @@ _DIGITAL = frozenset({"sync", "xd"})
 # ---------------------------------------------------------------------------------------------
 
 
-class LazyLoaderArguments(LoaderArguments):
-    """Arguments of the lazy loaders: the common ones, without downsampling.
-
-    The lazy loaders read nothing up front, so they do not downsample (``downsample`` must be
-    null or 1); ``annotation`` (sidecar metadata) and ``sampling_tolerance`` (for timestamps
-    read from a file) work as for every loader.
-
-    Examples
-    --------
-    >>> LazyLoaderArguments(annotation="{stem}.json").event_names()
-    []
-    >>> from pydantic import ValidationError
-    >>> try:
-    ...     LazyLoaderArguments(downsample=4)
-    ... except ValidationError as e:
-    ...     print(e.errors()[0]["loc"], e.errors()[0]["msg"])
-    ('downsample',) Value error, the lazy loaders (raw binary, NWB, arrays, pickle) do not downsample; leave downsample unset and resample after loading
-    """
-
-    @field_validator("downsample")
-    @classmethod
-    def _no_downsampling(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError(
-                "the lazy loaders (raw binary, NWB, arrays, pickle) do not downsample; "
-                "leave downsample unset and resample after loading"
-            )
-        return value
-
-
 def time_chunks(
     n: int,
     *,
@@ -154,7 +123,7 @@ def time_chunks(
     chunk_memory : int
         Memory budget of one chunk, in bytes.
     minimum : int, default 4096
-        Smallest chunk length (see :func:`neurobatch.io.store.chunk_length`); 1 for frames.
+        Smallest chunk length (see :func:`neurobatch.chunking.chunk_length`); 1 for frames.
     align : int, optional
         Round the length down to a multiple of this (the file's own chunk length), keeping
         at least one multiple.
@@ -216,6 +185,7 @@ def merge_sidecar(
 
     Examples
     --------
+    >>> from neurobatch.config.lazy_arguments import LazyLoaderArguments
     >>> merge_sidecar({"source": "x.bin"}, "x.bin", LazyLoaderArguments())
     {'source': 'x.bin'}
     """
@@ -559,63 +529,6 @@ def _recording(
 # ---------------------------------------------------------------------------------------------
 
 
-def _numeric_dtype(value: Any) -> str:
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        raise ValueError(
-            f"{value!r} is not a NumPy dtype; expected e.g. 'int16', '<i2' or 'float32'"
-        ) from None
-    if dtype.kind not in "iuf":
-        raise ValueError(
-            f"dtype {value!r} ({dtype}) is not an integer or float type; expected e.g. "
-            "'int16', 'uint16' or 'float32'"
-        )
-    return str(dtype.str)
-
-
-class RawBinaryArguments(LazyLoaderArguments):
-    """Arguments of the ``raw-binary`` loader: the layout of a headerless interleaved file.
-
-    Examples
-    --------
-    >>> args = RawBinaryArguments(n_channels=4, dtype="int16", sampling_rate=30000)
-    >>> args.dtype, args.offset, args.gain_uv
-    ('<i2', 0, None)
-    """
-
-    n_channels: int = Field(ge=1, description="Channels interleaved in each sample.")
-    dtype: str = Field(
-        description="Stored type of one value, a NumPy dtype ('int16', '<i2', 'float32', ...)."
-    )
-    sampling_rate: float = Field(gt=0, allow_inf_nan=False, description="Samples per second.")
-    offset: int = Field(0, ge=0, description="Bytes of header before the first sample.")
-    gain_uv: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="Microvolts per stored unit, when known."
-    )
-    channel_names: list[str] | None = Field(
-        None, description="Names of the channels (coordinate 'channel'); null = 0, 1, 2, ..."
-    )
-    t0: float = Field(0.0, allow_inf_nan=False, description="Time of the first sample (s).")
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _check_dtype(cls, value: Any) -> str:
-        return _numeric_dtype(value)
-
-    @model_validator(mode="after")
-    def _check_names(self) -> RawBinaryArguments:
-        names = self.channel_names
-        if names is not None:
-            if len(names) != self.n_channels:
-                raise ValueError(
-                    f"channel_names has {len(names)} names for n_channels={self.n_channels}"
-                )
-            if len(set(names)) != len(names):
-                raise ValueError("channel_names repeats a name; each channel needs its own")
-        return self
-
-
 def load_raw_binary(
     url: str,
     arguments: RawBinaryArguments | Mapping[str, Any],
@@ -714,31 +627,6 @@ def load_raw_binary(
 # ---------------------------------------------------------------------------------------------
 # spikeglx
 # ---------------------------------------------------------------------------------------------
-
-
-class SpikeGLXArguments(LazyLoaderArguments):
-    """Arguments of the ``spikeglx`` loader.
-
-    Examples
-    --------
-    >>> SpikeGLXArguments().include_digital, SpikeGLXArguments().time_origin
-    (False, 'file')
-    """
-
-    include_digital: bool = Field(
-        False,
-        description=(
-            "Keep the digital channels (imec/obx sync word, NI-DAQ and obx digital words); "
-            "by default traces hold the analog channels only."
-        ),
-    )
-    time_origin: Literal["file", "stream"] = Field(
-        "file",
-        description=(
-            "file: time 0 is the file's first sample; stream: firstSample / rate, the time "
-            "since the stream started (to align files of one run)."
-        ),
-    )
 
 
 def _meta_url(url: str) -> str:

@@ -25,9 +25,9 @@ import pyarrow.csv as pacsv
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from neurobatch.config.arguments import PhotometryCSVArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import (
-    ColumnArguments,
     coerce_arguments,
     recording_from_table,
     resolve_columns,
@@ -36,7 +36,7 @@ from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "PhotometryCSVArguments", "load_photometry_csv"]
+__all__ = ["FORMAT", "load_photometry_csv"]
 
 FORMAT = "photometry-csv"
 
@@ -52,35 +52,6 @@ _CONVERSION = re.compile(
 _FIELDS = re.compile(
     r"CSV parse error: (?:Row #(\d+): )?Expected (\d+) columns, got (\d+): (.*)", re.DOTALL
 )
-
-
-class PhotometryCSVArguments(ColumnArguments):
-    """Arguments of the ``photometry-csv`` loader (PhoPro's ``CSVLoader``).
-
-    Attributes
-    ----------
-    time_col, signal_col : str
-        Columns of the sample times (seconds) and of the signal.
-    isosbestic_col : str or None
-        Column of the isosbestic channel; None, or a column the file lacks, loads a
-        single-channel recording.
-    event_cols : list of str
-        Columns of per-sample event flags.
-    max_sampling_deviation : float or None, default 0.5
-        Largest relative deviation of a sampling interval from the median interval before
-        the file is rejected (a gap or a burst would misplace trial windows); None only
-        warns (beyond ``sampling_tolerance``).
-    label, annotation, annotation_format, annotation_key, downsample, downsample_method,
-    sampling_tolerance
-        As every loader (see :class:`~neurobatch.io.loaders.LoaderArguments`).
-
-    Examples
-    --------
-    >>> args = PhotometryCSVArguments(event_cols=["trial_cue", "lever1"],
-    ...                               annotation="{stem}.json")
-    >>> args.event_names(), args.columns()
-    (['trial_cue', 'lever1'], ['time', 'signal', 'isosbestic', 'trial_cue', 'lever1'])
-    """
 
 
 def _open(fs: Any, path: str, url: str) -> Any:

@@ -51,20 +51,19 @@ import fsspec
 import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
-from pydantic import Field, field_validator
 
+from neurobatch.config.lazy_arguments import RGCPickleArguments
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders._common import coerce_arguments
 from neurobatch.io.loaders.binary import (
     DEFAULT_CHUNK_MEMORY,
-    LazyLoaderArguments,
     merge_sidecar,
     time_chunks,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "RGCPickleArguments", "load_rgc_pickle"]
+__all__ = ["FORMAT", "load_rgc_pickle"]
 
 FORMAT = "rgc-pickle"
 
@@ -73,44 +72,6 @@ REQUIRED_KEYS = ("movie", "fps", "stimulus_onset", "spikes")
 #: Keys copied into attrs when present (numbers or strings).
 STIMULATION_ATTRS = ("pixel_size", "stim_width", "stim_height", "x_block_size", "y_block_size")
 SESSION_ATTRS = ("subject_name", "session_date", "sample_number")
-
-
-class RGCPickleArguments(LazyLoaderArguments):
-    """Arguments of the ``rgc-pickle`` loader.
-
-    Examples
-    --------
-    >>> args = RGCPickleArguments(allow_pickle=True, session=1)
-    >>> args.movie_dims, args.stimulation
-    (['x', 'y', 'frame'], None)
-    """
-
-    allow_pickle: bool = Field(
-        False,
-        description=(
-            "Read the pickle. Unpickling runs code the file names: set true only for files "
-            "you trust; without it the file is refused."
-        ),
-    )
-    session: int | None = Field(
-        None, ge=0, description="Which session of a list of sessions; null = the only one."
-    )
-    stimulation: int | None = Field(
-        None,
-        ge=0,
-        description="Which entry of a session's 'stimulations'; null = the only one.",
-    )
-    movie_dims: list[str] = Field(
-        default_factory=lambda: ["x", "y", "frame"],
-        description="Axes of 'movie' as stored: the legacy layout is [x, y, frame].",
-    )
-
-    @field_validator("movie_dims")
-    @classmethod
-    def _check_dims(cls, value: list[str]) -> list[str]:
-        if sorted(value) != ["frame", "x", "y"]:
-            raise ValueError(f"movie_dims {value} is not an order of frame, x, y")
-        return value
 
 
 def _read(url: str, storage_options: Mapping[str, Any]) -> Any:

@@ -31,7 +31,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import dask.array as da
 import fsspec
@@ -39,14 +39,13 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 from numpy.typing import NDArray
-from pydantic import Field
 from xarray.backends import CachingFileManager
 
+from neurobatch.config.lazy_arguments import NWBArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import check_time, closest, coerce_arguments
 from neurobatch.io.loaders.binary import (
     DEFAULT_CHUNK_MEMORY,
-    LazyLoaderArguments,
     lazy,
     merge_sidecar,
     time_chunks,
@@ -54,65 +53,9 @@ from neurobatch.io.loaders.binary import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "NWBArguments", "load_nwb"]
+__all__ = ["FORMAT", "load_nwb"]
 
 FORMAT = "nwb"
-
-
-class NWBArguments(LazyLoaderArguments):
-    """Arguments of the ``nwb`` loader: which objects of the file to read.
-
-    ``electrical_series`` and ``image_series`` take an object's name (``"raw"``) or its path
-    in the file (``"processing/ecephys/LFP/lfp"``); ``"auto"`` picks the only one of its
-    type (preferring ``acquisition`` for an ``ElectricalSeries``, ``stimulus`` for an
-    ``ImageSeries``) and reads none when the file has none; null reads none.
-
-    Examples
-    --------
-    >>> args = NWBArguments(events=["licks", "reward"])
-    >>> args.electrical_series, args.units, args.event_names()
-    ('auto', 'auto', ['licks', 'reward'])
-    """
-
-    electrical_series: str | None = Field(
-        "auto", description="The ElectricalSeries to read as traces: a name, a path, auto or null."
-    )
-    image_series: str | None = Field(
-        "auto", description="The ImageSeries to read as frames: a name, a path, auto or null."
-    )
-    units: bool | Literal["auto"] = Field(
-        "auto",
-        description="Read the Units table's spike times: true, false, or auto (when present).",
-    )
-    events: list[str] = Field(
-        default_factory=list,
-        description=(
-            "TimeSeries or event tables (EventsTable, TimeIntervals) whose times are events, "
-            "by name or path; each event is named as given here."
-        ),
-    )
-    image_dims: Literal["xy", "yx"] = Field(
-        "xy",
-        description=(
-            "Axis order of the ImageSeries after the frame axis: xy (the NWB layout, "
-            "(frame, x, y)) or yx (files written as (frame, y, x))."
-        ),
-    )
-
-    def event_names(self) -> list[str]:
-        """The event names this loader provides: ``events``.
-
-        Returns
-        -------
-        list of str
-            The names, in order.
-
-        Examples
-        --------
-        >>> NWBArguments(events=["cue"]).event_names()
-        ['cue']
-        """
-        return list(self.events)
 
 
 def _import_pynwb() -> Any:

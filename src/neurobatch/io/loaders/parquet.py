@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from neurobatch.config.arguments import PhotometryParquetArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import (
-    ColumnArguments,
     coerce_arguments,
     recording_from_table,
     resolve_columns,
@@ -29,19 +29,9 @@ from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "PhotometryParquetArguments", "load_photometry_parquet"]
+__all__ = ["FORMAT", "load_photometry_parquet"]
 
 FORMAT = "photometry-parquet"
-
-
-class PhotometryParquetArguments(ColumnArguments):
-    """Arguments of the ``photometry-parquet`` loader: those of ``photometry-csv``.
-
-    Examples
-    --------
-    >>> PhotometryParquetArguments(event_cols="cue").event_names()
-    ['cue']
-    """
 
 
 def load_photometry_parquet(

@@ -19,8 +19,9 @@ import fsspec
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
+from neurobatch.config.arguments import LoaderArguments
 from neurobatch.errors import ConfigError, InputError
-from neurobatch.io.loaders._common import LoaderArguments, note_read
+from neurobatch.io.loaders._common import note_read
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def load_annotation(
 
     Examples
     --------
-    >>> from neurobatch.io.loaders._common import LoaderArguments
+    >>> from neurobatch.config.arguments import LoaderArguments
     >>> load_annotation("x.csv", LoaderArguments(), target="file", key=None)
     ({}, None)
     """

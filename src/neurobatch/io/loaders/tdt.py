@@ -26,11 +26,10 @@ import fsspec
 import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import Field
 
+from neurobatch.config.arguments import TDTArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import (
-    LoaderArguments,
     build_recording,
     closest,
     coerce_arguments,
@@ -39,71 +38,9 @@ from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "TDTArguments", "load_tdt"]
+__all__ = ["FORMAT", "load_tdt"]
 
 FORMAT = "tdt"
-
-
-class TDTArguments(LoaderArguments):
-    """Arguments of the ``tdt`` loader (PhoPro's ``TDTLoader``).
-
-    ``annotation_key`` defaults to ``"{box}"``: the sidecar's entry for this box, as PhoPro
-    reads it (``{box}`` is replaced by the box); null reads the whole sidecar.
-
-    Examples
-    --------
-    >>> args = TDTArguments(box="A", signal_label="_465", isosbestic_label="_405",
-    ...                     event_labels=["Cue", "Lev"])
-    >>> args.event_names(), args.stream_names()
-    (['Cue', 'Lev'], ['_465A', '_405A'])
-    """
-
-    box: str = Field(description="The box identifier, appended to stream and epoc labels.")
-    signal_label: str = Field(description="Stream label of the signal, e.g. '_465'.")
-    isosbestic_label: str | None = Field(
-        description="Stream label of the isosbestic channel, e.g. '_405'; null = single-channel."
-    )
-    event_labels: list[str] = Field(
-        default_factory=list, description="Epoc labels to read (store 'box + label')."
-    )
-    annotation_key: str | None = Field(
-        "{box}",
-        description="Select this top-level key of the sidecar ({box} = the box); null = all.",
-    )
-
-    def event_names(self) -> list[str]:
-        """The event names this loader provides: ``event_labels``.
-
-        Returns
-        -------
-        list of str
-            The event labels, in order.
-
-        Examples
-        --------
-        >>> TDTArguments(box="A", signal_label="_465", isosbestic_label=None,
-        ...              event_labels=["Cue"]).event_names()
-        ['Cue']
-        """
-        return list(self.event_labels)
-
-    def stream_names(self) -> list[str]:
-        """The stream stores read: signal, then isosbestic when there is one.
-
-        Returns
-        -------
-        list of str
-            Store names as ``tdt`` gives them (``label + box``).
-
-        Examples
-        --------
-        >>> TDTArguments(box="B", signal_label="_465", isosbestic_label=None).stream_names()
-        ['_465B']
-        """
-        labels = [self.signal_label]
-        if self.isosbestic_label is not None:
-            labels.append(self.isosbestic_label)
-        return [label + self.box for label in labels]
 
 
 def _import_tdt() -> Any:

@@ -1,8 +1,8 @@
-"""Figures of the `sta` and `filter` pipelines: STA grid, collapsed STRF, trace snippet.
+"""Figures of the `sta` pipeline: the STA grid and the collapsed STRF.
 
-The inputs are real: STAs computed by the kernel from a synthetic movie with planted
-receptive fields (one unit silent, so its STA is NaN), and a synthetic recording filtered with
-scipy. Each figure is read back as an image and checked for what it must show.
+The input is real: STAs computed by the kernel from a synthetic movie with planted
+receptive fields (one unit silent, so its STA is NaN). Each figure is read back as an image
+and checked for what it must show.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import fsspec
 import matplotlib.image
 import numpy as np
 import pytest
-import scipy.signal
 import xarray as xr
 
 from neurobatch.errors import EmptyUnitWarning, InputError
 from neurobatch.kernels.sta import spike_triggered_average
-from neurobatch.plots import sta_grid, strf, trace_snippet
-from neurobatch.synthetic import ephys_recording, receptive_field_movie
+from neurobatch.plots import sta_grid, strf
+from neurobatch.synthetic import receptive_field_movie
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_LAGS = 4
-FS = 20_000.0
 
 
 @pytest.fixture(scope="module")
@@ -154,61 +152,3 @@ def test_strf_draws_each_unit_and_blanks_the_nan_one(sta: xr.Dataset, tmp_path: 
         strf(sta.drop_vars("strf"), str(tmp_path / "strf.png"))
     with pytest.raises(ValueError, match="n_cols must be at least 1, got 0"):
         strf(sta, str(tmp_path / "strf.png"), n_cols=0)
-
-
-# --------------------------------------------------------------------------------------------
-# trace_snippet
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def recordings() -> tuple[xr.Dataset, xr.Dataset]:
-    """A raw synthetic recording (lazy, int16) and its band-pass, in µV."""
-    recording, _ = ephys_recording(n_channels=16, duration_s=1.0, fs=FS, seed=3)
-    sos = scipy.signal.butter(3, (300.0, 6000.0), "bandpass", fs=FS, output="sos")
-    uv = recording.traces.values * recording.attrs["gain_uv"]
-    filtered = recording.assign(
-        traces=recording.traces.copy(data=scipy.signal.sosfiltfilt(sos, uv, axis=0)).assign_attrs(
-            units="uV"
-        )
-    )
-    return recording, filtered
-
-
-def test_trace_snippet_draws_raw_and_filtered(
-    recordings: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
-) -> None:
-    raw, filtered = recordings
-    path = tmp_path / "snippet.png"
-    trace_snippet(raw, filtered, str(path), channels=[0, 5, 10, 15], seconds=(0.2, 0.4))
-    image = _png(path)
-    assert image.shape[1] > image.shape[0] > 200
-    # black raw traces on the left, blue filtered ones on the right
-    left, right = image[:, : image.shape[1] // 2], image[:, image.shape[1] // 2 :]
-    assert np.sum(left.max(axis=2) < 0.2) > 500
-    assert _coloured(right)[1] > 500
-
-
-def test_trace_snippet_defaults_and_long_windows(
-    recordings: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
-) -> None:
-    raw, filtered = recordings
-    trace_snippet(raw, filtered, str(tmp_path / "default.png"))  # 8 channels, first 0.2 s
-    trace_snippet(raw, filtered.traces, str(tmp_path / "all.svg"), seconds=(0.0, 1.0))
-    assert _png(tmp_path / "default.png").std() > 0.05
-    assert (tmp_path / "all.svg").read_bytes().startswith(b"<?xml")
-
-
-def test_trace_snippet_refuses_bad_windows_and_channels(
-    recordings: tuple[xr.Dataset, xr.Dataset], tmp_path: Path
-) -> None:
-    raw, filtered = recordings
-    path = str(tmp_path / "snippet.png")
-    with pytest.raises(InputError, match=r"seconds=\(5\.0, 6\.0\) selects no sample of raw"):
-        trace_snippet(raw, filtered, path, seconds=(5.0, 6.0))
-    with pytest.raises(ValueError, match=r"seconds must be \(start, stop\) with start < stop"):
-        trace_snippet(raw, filtered, path, seconds=(0.4, 0.2))
-    with pytest.raises(InputError, match=r"channels \[99\] are not in raw"):
-        trace_snippet(raw, filtered, path, channels=[1, 99])
-    with pytest.raises(InputError, match=r"filtered has no variable 'traces'"):
-        trace_snippet(raw, filtered.rename(traces="signal"), path)

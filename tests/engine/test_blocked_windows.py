@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from conftest import raise_if_dask_computes
 from neurobatch.engine import blocked
 from neurobatch.kernels import trials as tk
+from neurobatch.kernels import windows as wk
 from strategies import chunkings
 
 
@@ -84,7 +85,7 @@ def test_interpolate_windows_equals_whole(
         result = blocked.interpolate_windows(
             da.from_array(x, chunks=case["chunks"]), starts, fractions, length
         )
-    _check(result, tk.interpolate_windows(x, starts, fractions, length))
+    _check(result, wk.interpolate_windows(x, starts, fractions, length))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_gather_windows_along_another_axis_keeps_the_other_chunks() -> None:
     chunked = da.from_array(x, chunks=((1, 3), (7, 20, 23)))
     result = blocked.gather_windows(chunked, [0, 6, 40], 10, axis=1)
     assert result.chunks == ((2, 1), (10,), (1, 3))
-    expected = tk.gather_windows(x, [0, 6, 40], 10, axis=1)
+    expected = wk.gather_windows(x, [0, 6, 40], 10, axis=1)
     np.testing.assert_array_equal(result.compute(scheduler="sync"), expected)
 
 
@@ -239,7 +240,7 @@ def test_extract_trials_equals_whole(scheduler: str, case: dict[str, Any]) -> No
     x, plan = case["x"], case["plan"]
     with raise_if_dask_computes():
         result = blocked.extract_trials(da.from_array(x, chunks=case["chunks"]), plan)
-    _check(result, tk.extract_trials(x, plan))
+    _check(result, wk.extract_trials(x, plan))
 
 
 @pytest.mark.slow_hypothesis
@@ -248,7 +249,7 @@ def test_extract_trials_equals_whole(scheduler: str, case: dict[str, Any]) -> No
 def test_extract_trials_equals_whole_slow(case: dict[str, Any]) -> None:
     x, plan = case["x"], case["plan"]
     result = blocked.extract_trials(da.from_array(x, chunks=case["chunks"]), plan)
-    _check(result, tk.extract_trials(x, plan))
+    _check(result, wk.extract_trials(x, plan))
 
 
 @pytest.mark.parametrize("window_alignment", ["nearest", "interp"])
@@ -270,7 +271,7 @@ def test_extract_trials_keeps_trial_order_when_centring_reorders_windows(
     )
     assert plan.windows.starts[0] > plan.windows.starts[1]
     x = np.random.default_rng(5).standard_normal(300)
-    _check(blocked.extract_trials(da.from_array(x, chunks=7), plan), tk.extract_trials(x, plan))
+    _check(blocked.extract_trials(da.from_array(x, chunks=7), plan), wk.extract_trials(x, plan))
 
 
 def test_extract_trials_matches_the_whole_array_convenience() -> None:
@@ -285,7 +286,7 @@ def test_extract_trials_matches_the_whole_array_convenience() -> None:
         "baseline_bounds_s": (-1.0, 0.0),
         "normalization": "mad",
     }
-    whole = tk.trials(x, time, events, **opts)
+    whole = wk.trials(x, time, events, **opts)
     chunked = blocked.extract_trials(da.from_array(x, chunks=37), whole.plan)
     np.testing.assert_array_equal(chunked.compute(scheduler="sync"), whole.data)
 

@@ -1,0 +1,348 @@
+"""Pipeline files: validating parsed data, reading YAML or TOML, and dumping for provenance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from neurobatch.config.base import _short
+from neurobatch.config.errors import config_error_lines
+from neurobatch.config.loaders import _LOADER_ADAPTER, LOADER_FORMATS
+from neurobatch.config.objects import split_object_ref
+from neurobatch.config.pipeline import PipelineConfig
+from neurobatch.errors import ConfigError
+
+__all__ = [
+    "dump_config",
+    "load_config",
+    "loader_arguments",
+    "validate_config",
+    "validate_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def validate_config(data: Mapping[str, Any], *, source: str = "<config>") -> PipelineConfig:
+    """Validate a parsed pipeline file.
+
+    Parameters
+    ----------
+    data : Mapping
+        The file's content, as parsed from YAML or TOML.
+    source : str, default "<config>"
+        The name that starts each error line (the file).
+
+    Returns
+    -------
+    PipelineConfig
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem: the source, the dotted field path and what was wrong.
+
+    Examples
+    --------
+    >>> validate_config({"name": "x", "input": {"url": "d"},
+    ...                  "loader": {"format": "photometry-csv"},
+    ...                  "output": {"url": "o"}, "preproces": {}}, source="p.yaml")
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.ConfigError: p.yaml: preproces: unknown key; did you mean 'preprocess'?
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: expected a mapping of sections at the top level, got {_short(data)}"
+        )
+    try:
+        return PipelineConfig.model_validate(dict(data))
+    except ValidationError as e:
+        lines = config_error_lines(e, source=source, start=PipelineConfig)
+        raise ConfigError("\n".join(lines)) from None
+
+
+def validate_loader(value: Any, *, source: str) -> Any:
+    """Validate a loader value: a mapping, a list of mappings or a resolver reference.
+
+    Parameters
+    ----------
+    value : Mapping, list of Mapping, str or LoaderMapping
+        What the ``loader`` key holds or a resolver returned. A loader format's own
+        arguments model instance is accepted too.
+    source : str
+        What error lines start with (the pipeline file, or the input a resolver ran for).
+
+    Returns
+    -------
+    LoaderMapping or list of LoaderMapping or str
+        Validated mappings (each also an instance of its format's arguments model, with a
+        ``format`` attribute), or the resolver reference.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source``, the field (``loader.<key>`` or ``loader[i].<key>``), what was
+        wrong and the closest known name.
+
+    Examples
+    --------
+    >>> m = validate_loader({"format": "photometry-csv"}, source="x.csv")
+    >>> m.format
+    'photometry-csv'
+    >>> validate_loader({"format": "photometry-cvs"}, source="x.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.ConfigError: x.csv: loader.format: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known formats: ...)
+    """
+    value = _plain_loader(value)
+    try:
+        return _LOADER_ADAPTER.validate_python(value)
+    except ValidationError as e:
+        lines = config_error_lines(e, source=source, prefix=("loader",))
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _plain_loader(value: Any) -> Any:
+    """Turn a format's own arguments model instance into a mapping with ``format``."""
+    if isinstance(value, list | tuple):
+        return [_plain_loader(v) for v in value]
+    if isinstance(value, BaseModel) and not hasattr(value, "format"):
+        for fmt, spec in LOADER_FORMATS.items():
+            if isinstance(value, spec.arguments):
+                return {"format": fmt, **value.model_dump()}
+    return value
+
+
+def loader_arguments(mapping: BaseModel) -> dict[str, Any]:
+    """The validated arguments of one loader mapping, JSON-safe, without ``format``.
+
+    Parameters
+    ----------
+    mapping : LoaderMapping
+        A validated loader mapping (``config.loader`` or one element of it).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``LOADERS[mapping.format].arguments``.
+
+    Examples
+    --------
+    >>> from neurobatch.io.loaders import LOADERS
+    >>> m = validate_loader({"format": "photometry-csv"}, source="example")
+    >>> args = loader_arguments(m)
+    >>> "format" in args, sorted(args) == sorted(
+    ...     LOADERS["photometry-csv"].arguments.model_fields)
+    (False, True)
+    """
+    return mapping.model_dump(mode="json", exclude={"format"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        # a SafeLoader subclass: only plain data, never Python objects
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {e}") from None
+
+
+def _parse_toml(text: str, source: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and "::" not in url
+
+
+def _local_path(url: str, base_dir: Path) -> str:
+    if not _is_local(url):
+        return url
+    path = os.path.expanduser(url)
+    if not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    return os.path.normpath(path)
+
+
+def _ref_path(ref: Any, base_dir: Path) -> Any:
+    if not isinstance(ref, str):
+        return ref
+    try:
+        target, attribute, is_file = split_object_ref(ref)
+    except ValueError:
+        return ref  # validation reports it
+    if not is_file:
+        return ref
+    return f"{_local_path(target, base_dir)}:{attribute}"
+
+
+def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    data = dict(data)
+    for section in ("input", "output"):
+        value = data.get(section)
+        if isinstance(value, Mapping) and isinstance(value.get("url"), str):
+            data[section] = {**value, "url": _local_path(value["url"], base_dir)}
+    if isinstance(data.get("loader"), str):
+        data["loader"] = _ref_path(data["loader"], base_dir)
+    hooks = data.get("hooks")
+    if isinstance(hooks, Mapping):
+        data["hooks"] = {key: _ref_path(ref, base_dir) for key, ref in hooks.items()}
+    return data
+
+
+def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read and validate a pipeline file (``.yaml``, ``.yml`` or ``.toml``).
+
+    Relative local paths in ``input.url``, ``output.url`` and ``file.py:function``
+    references (hooks, a loader resolver) are made absolute against the file's folder; URLs
+    with a protocol (``s3://``, ``memory://``) are left alone.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The pipeline file.
+
+    Returns
+    -------
+    PipelineConfig
+        The validated configuration.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ConfigError
+        If the file cannot be parsed or does not validate: one line per problem, each naming
+        the file, the dotted field path, what was wrong and, for unknown names, the closest
+        known one.
+
+    See Also
+    --------
+    validate_config : the same for an already parsed mapping.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "pipeline.toml").write_text('''
+    ... name = "demo"
+    ... input = {url = "data", pattern = "*.csv"}
+    ... loader = {format = "photometry-csv"}
+    ... output = {url = "out"}
+    ... [preprocess]
+    ... fit = "ols"
+    ... filter = false
+    ... ''')
+    >>> config = load_config(folder / "pipeline.toml")
+    >>> config.input.url == str(folder / "data"), config.preprocess.filter
+    (True, None)
+    """
+    source = os.fspath(path)
+    file = Path(source)
+    suffix = file.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ConfigError(
+            f"{source}: unsupported pipeline file type {file.suffix!r}; "
+            "expected .yaml, .yml or .toml"
+        )
+    text = file.read_text(encoding="utf-8")
+    data = _parse_toml(text, source) if suffix == ".toml" else _parse_yaml(text, source)
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: expected a mapping of sections at the top level, got {_short(data)}"
+        )
+    data = _resolve_relative(dict(data), file.resolve().parent)
+    logger.debug("loaded pipeline file %s", source)
+    return validate_config(data, source=source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance and parameter hashes
+# ---------------------------------------------------------------------------------------------
+
+
+def _dump_loader(loader: Any) -> Any:
+    if isinstance(loader, str):
+        return loader
+    if isinstance(loader, list):
+        return [_dump_loader(m) for m in loader]
+    return {"format": loader.format, **loader_arguments(loader)}
+
+
+def dump_config(config: PipelineConfig) -> dict[str, Any]:
+    """The whole configuration as JSON-safe plain data (for provenance and hashes).
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        The configuration.
+
+    Returns
+    -------
+    dict
+        Nested dicts, lists, strings, numbers, booleans and ``None`` only; loader mappings
+        start with their ``format``. ``PipelineConfig.model_validate`` of it gives ``config``
+        back.
+
+    Examples
+    --------
+    >>> import json
+    >>> config = PipelineConfig.model_validate({
+    ...     "name": "demo", "input": {"url": "data"},
+    ...     "loader": {"format": "photometry-csv"}, "output": {"url": "out"},
+    ...     "cluster": {"memory_limit": "1GiB"}})
+    >>> d = dump_config(config)
+    >>> d["cluster"]["memory_limit"], list(d["loader"])[0]
+    (1073741824, 'format')
+    >>> PipelineConfig.model_validate(json.loads(json.dumps(d))) == config
+    True
+    """
+    data = config.model_dump(mode="json")
+    data["loader"] = _dump_loader(config.loader)
+    return data

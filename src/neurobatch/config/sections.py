@@ -1,0 +1,388 @@
+"""The sections of the pipeline file: input, preprocessing, trials, hooks, stages, output, engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from neurobatch.config.base import (
+    Bounds,
+    EventNames,
+    MemorySize,
+    NameList,
+    _check_bounds,
+    _Model,
+    _problem,
+    _raise_problems,
+)
+from neurobatch.config.objects import ObjectRef
+
+__all__ = [
+    "EngineConfig",
+    "EphysFilterConfig",
+    "FilterConfig",
+    "FitConfig",
+    "HooksConfig",
+    "InputConfig",
+    "OutputConfig",
+    "OutputFormat",
+    "PreprocessConfig",
+    "StaConfig",
+    "StageConfig",
+    "TrialsConfig",
+]
+
+
+class InputConfig(_Model):
+    """Where the inputs are and which entries are inputs."""
+
+    url: str
+    """An fsspec URL or a local path; relative paths are relative to the pipeline file."""
+    pattern: str | None = None
+    """A glob relative to ``url``; ``None`` takes every (non-hidden) entry."""
+    recursive: bool = False
+    """Also look in sub-folders, at any depth."""
+    target: Literal["file", "folder"] = "file"
+    """Whether an input is a file or a folder (a TDT block is a folder)."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to fsspec, e.g. credentials or an endpoint URL."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected a URL or a path, got an empty string")
+        return value
+
+
+class FilterConfig(_Model):
+    """A zero-phase Butterworth filter applied to both channels."""
+
+    type: Literal["lowpass", "highpass", "bandpass", "bandstop"] = "lowpass"
+    """The filter type."""
+    cutoff_hz: float | tuple[float, float] = 3.0
+    """The -3 dB frequency in Hz; a ``[low, high]`` pair for ``bandpass`` and ``bandstop``."""
+    order: int = Field(default=4, ge=1)
+    """The filter order (the forward-backward filter has twice this order)."""
+
+    @model_validator(mode="after")
+    def _check_cutoff(self) -> FilterConfig:
+        band = self.type in ("bandpass", "bandstop")
+        cutoff = self.cutoff_hz
+        if band:
+            if not isinstance(cutoff, tuple):
+                message = f"a {self.type} filter needs [low, high] in Hz, got {cutoff!r}"
+            elif not 0 < cutoff[0] < cutoff[1]:
+                message = f"expected [low, high] with 0 < low < high, got {list(cutoff)!r}"
+            else:
+                return self
+        elif isinstance(cutoff, tuple):
+            message = f"a {self.type} filter needs one frequency in Hz, got {list(cutoff)!r}"
+        elif cutoff <= 0:
+            message = f"expected a frequency > 0 Hz, got {cutoff!r}"
+        else:
+            return self
+        raise ValidationError.from_exception_data(
+            "FilterConfig", [_problem(("cutoff_hz",), "cutoff", message, cutoff)]
+        )
+
+
+class EphysFilterConfig(FilterConfig):
+    """The ``filter`` pipeline: zero-phase Butterworth filtering of every channel."""
+
+    type: Literal["lowpass", "highpass", "bandpass", "bandstop"] = "bandpass"
+    """The filter type."""
+    cutoff_hz: float | tuple[float, float] = (300.0, 6000.0)
+    """The -3 dB frequency in Hz; ``[low, high]`` for ``bandpass`` and ``bandstop``."""
+    order: int = Field(default=3, ge=1)
+    """The filter order (the forward-backward filter has twice this order)."""
+    common_reference: Literal["none", "median"] = "none"
+    """Subtract the median over channels from every sample before filtering."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """The stored filtered traces, in µV (float32 halves the bytes; its rounding, about
+    1e-7 relative, is far below any recording's noise)."""
+    snippet_s: tuple[float, float] | None = None
+    """A ``[start, stop]`` window in seconds for the raw-versus-filtered figure (with
+    ``output.dashboards``); by default the first 0.2 s."""
+
+
+class StaConfig(_Model):
+    """The ``sta`` pipeline: spike-triggered averages of units over a stimulus movie."""
+
+    n_lags: int = Field(default=10, ge=1)
+    """Frames in the average's window: lag ``k`` is ``k`` frames before the spike's frame."""
+    delay_frames: int | None = Field(default=None, ge=1)
+    """The collapsed STRF is the mean of lags ``0 .. delay_frames - 1`` (frames
+    ``N - delay + 1 .. N``, the retinal-ganglion pipeline's definition: a delay of 5 is the
+    mean of frames N-4 .. N); by default all ``n_lags``."""
+    units: list[int | str] | None = None
+    """Only these units (by id), in this order; by default every unit of the recording."""
+
+    @model_validator(mode="after")
+    def _check_delay(self) -> StaConfig:
+        if self.delay_frames is not None and self.delay_frames > self.n_lags:
+            raise ValidationError.from_exception_data(
+                "StaConfig",
+                [
+                    _problem(
+                        ("delay_frames",),
+                        "delay",
+                        f"expected at most n_lags ({self.n_lags}) frames, got {self.delay_frames}",
+                        self.delay_frames,
+                    )
+                ],
+            )
+        return self
+
+
+class FitConfig(_Model):
+    """How the isosbestic channel is fitted to the signal."""
+
+    method: Literal["ols", "irls", "none"] = "irls"
+    """Least squares, robust IRLS with Tukey's biweight (PhoPro's default), or no fit
+    (single-channel recordings; then ``correction`` must be ``none``)."""
+    intercept: bool = True
+    """Fit ``signal ≈ b0 + b1 * isosbestic`` (else ``b1 * isosbestic``)."""
+    c: float = Field(default=3.0, gt=0)
+    """Tukey's tuning constant (IRLS only)."""
+    maxiter: int = Field(default=1000, ge=1)
+    """The most IRLS iterations."""
+    tol: float = Field(default=1e-8, ge=0)
+    """IRLS stops once the deviance changes by at most this much."""
+
+
+def _fit_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"method": value}
+    return value
+
+
+def _filter_off(value: Any) -> Any:
+    # TOML has no null: `filter = false` or `filter = "none"` switch the filter off there
+    if value is False or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return value
+
+
+def _preprocess_schema(schema: dict[str, Any]) -> None:
+    properties = schema.get("properties", {})
+    if "fit" in properties:
+        fit = properties["fit"]
+        ref = {key: fit.pop(key) for key in ("$ref", "allOf") if key in fit}
+        fit["anyOf"] = [ref, {"type": "string", "enum": ["ols", "irls"]}]
+    if "filter" in properties:
+        properties["filter"].setdefault("anyOf", []).extend([{"const": False}, {"const": "none"}])
+
+
+class PreprocessConfig(_Model):
+    """Filtering, isosbestic fit, correction and whole-signal normalisation."""
+
+    model_config = ConfigDict(json_schema_extra=_preprocess_schema)
+
+    filter: Annotated[FilterConfig | None, BeforeValidator(_filter_off)] = Field(
+        default_factory=FilterConfig
+    )
+    """The low-pass filter; ``null`` (or ``false``) for none."""
+    fit: Annotated[FitConfig, BeforeValidator(_fit_shorthand)] = Field(default_factory=FitConfig)
+    """The isosbestic fit; ``ols`` and ``irls`` are shorthands for ``{method: ...}``."""
+    correction: Literal["dff", "df", "none"] = "dff"
+    """``dff = (signal - reference) / reference``, ``df = signal - reference``, or none."""
+    normalization: Literal["none", "zscore", "nullz"] = "none"
+    """Whole-signal normalisation after the correction."""
+
+
+class TrialsConfig(_Model):
+    """Event-aligned trial windows (PhoPro's ``extract_trial_data``)."""
+
+    align_to: EventNames
+    """The alignment event, or several pooled (then each trial records its ``align_event``)."""
+    bounds_s: Bounds
+    """The window ``[lo, hi]`` in seconds around the trial centre."""
+    center_on: NameList = Field(default_factory=list)
+    """Events that re-centre a trial when found in it (later names win)."""
+    baseline_bounds_s: Bounds | None = None
+    """The baseline window around the alignment event, for trial normalisation."""
+    tolerances_s: dict[str, Bounds | None] = Field(default_factory=dict)
+    """Per event, where to look for it relative to the alignment; ``null`` = the bounds."""
+    normalization: Literal["none", "zscore", "zero", "mad", "amp"] = "none"
+    """Per-trial normalisation against the baseline window."""
+    check_overlap: bool = True
+    """Two ``center_on`` events in one trial make that trial invalid."""
+    all_events: bool = True
+    """Annotate every event, not only ``center_on`` ones and those with a tolerance."""
+    window_alignment: Literal["nearest", "interp"] = "nearest"
+    """Snap windows to samples, or interpolate onto an exact grid."""
+    invalid_window_policy: Literal["drop", "error"] = "drop"
+    """What to do with a window that runs past the recording."""
+    event_conflict: Literal["first", "last", "all", "mean"] = "first"
+    """Which occurrence to report when an event occurs several times in one window."""
+
+    @field_validator("bounds_s")
+    @classmethod
+    def _bounds(cls, value: Bounds) -> Bounds:
+        _check_bounds(value)
+        return value
+
+    @field_validator("baseline_bounds_s")
+    @classmethod
+    def _baseline(cls, value: Bounds | None) -> Bounds | None:
+        return _check_bounds(value)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrialsConfig:
+        problems: list[InitErrorDetails] = []
+        for name, bounds in self.tolerances_s.items():
+            try:
+                _check_bounds(bounds, strict=False)
+            except ValueError as e:
+                problems.append(_problem(("tolerances_s", name), "bounds", str(e), bounds))
+        if isinstance(self.align_to, list):
+            if not self.align_to:
+                problems.append(
+                    _problem(("align_to",), "empty", "expected at least one event name", [])
+                )
+            for i, name in _duplicates(self.align_to):
+                problems.append(
+                    _problem(("align_to", i), "duplicate", f"event {name!r} listed twice", name)
+                )
+        for i, name in _duplicates(self.center_on):
+            problems.append(
+                _problem(("center_on", i), "duplicate", f"event {name!r} listed twice", name)
+            )
+        if self.normalization != "none" and self.baseline_bounds_s is None:
+            problems.append(
+                _problem(
+                    ("baseline_bounds_s",),
+                    "baseline_missing",
+                    f"normalization {self.normalization!r} needs a baseline window "
+                    "[lo, hi] in seconds around the alignment event",
+                    None,
+                )
+            )
+        _raise_problems("TrialsConfig", problems)
+        return self
+
+
+def _duplicates(names: Sequence[str]) -> Iterable[tuple[int, str]]:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            yield i, name
+        seen.add(name)
+
+
+class HooksConfig(_Model):
+    """User functions run at fixed points, named as ``module:function`` or ``file.py:function``."""
+
+    id_builder: ObjectRef | None = None
+    """Called with the loaded recording, returns its ``experiment_id``."""
+    post_load: ObjectRef | None = None
+    """Called with the loaded recording Dataset, returns a Dataset."""
+    post_preprocess: ObjectRef | None = None
+    """Called with the processed Dataset, returns a Dataset."""
+    post_trials: ObjectRef | None = None
+    """Called with the trials Dataset, returns a Dataset."""
+
+
+class StageConfig(_Model):
+    """A stage of the user's own, after the kind's: ``module:function`` or ``file.py:function``.
+
+    The function takes the outputs of the stages it ``needs`` (xarray Datasets, in that
+    order) and ``params`` as keyword arguments, and returns a Dataset (or None). It is
+    stored, keyed (its source code included), resumed, logged and recorded like a built-in.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The stage's name: its group in each item's store and its name in provenance."""
+    run: ObjectRef
+    """The function."""
+    needs: NameList | None = None
+    """The stages whose outputs it takes; by default the stage before it."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the function (JSON values)."""
+
+
+OutputFormat = Literal["zarr", "parquet", "csv", "h5ad"]
+
+
+def _default_formats() -> list[OutputFormat]:
+    return ["zarr", "parquet"]
+
+
+class OutputConfig(_Model):
+    """Where results go and in which formats."""
+
+    url: str
+    """An fsspec URL or a local path; relative paths are relative to the pipeline file."""
+    formats: list[OutputFormat] = Field(default_factory=_default_formats, min_length=1)
+    """The combined outputs to write."""
+    dashboards: Literal["svg", "png"] | None = None
+    """One figure per item in this format, or none."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to fsspec."""
+
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class EngineConfig(_Model):
+    """How the engine schedules items."""
+
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """The most items submitted at once; ``null`` for twice the worker threads."""
+    chunk_memory: MemorySize = 64 * 2**20
+    """The memory budget of one chunk, from which chunk lengths follow. Unset, a run
+    derives it from its workers (:meth:`chunk_budget`): a sixty-fourth of a worker
+    thread's share of its worker's memory limit, at most ``64MiB`` (and ``64MiB`` when the
+    workers have no limit), so that a task's float64 temporaries stay well within it."""
+    retries: int = Field(default=2, ge=0)
+    """How many times Dask reruns an item whose worker died (or whose task failed outside
+    the item's own error handling) before the item fails."""
+    item_timeout_s: float | None = Field(default=None, gt=0)
+    """An item still running after this many seconds on its worker fails with a message
+    (``null``: no limit). Its thread cannot be stopped: it is left to end, and may not
+    commit anything."""
+
+    def chunk_budget(self, thread_memory: int | None) -> int:
+        """Return the chunk memory to use where each worker thread has ``thread_memory`` bytes.
+
+        ``chunk_memory`` when it was set; otherwise a sixty-fourth of ``thread_memory``
+        (a worker's memory limit over its threads), at most the 64 MiB default. A
+        filter task holds about ten chunks (raw chunks, two float64 copies of its block,
+        its result) beside a worker's ~260 MB of imports: at a sixty-fourth, a 512 MiB
+        worker peaks near two thirds of its limit.
+
+        Parameters
+        ----------
+        thread_memory : int or None
+            Bytes of worker memory per thread; None (or 0) when the workers have no limit.
+
+        Returns
+        -------
+        int
+            Bytes per chunk.
+
+        Examples
+        --------
+        >>> EngineConfig().chunk_budget(2**29)
+        8388608
+        >>> EngineConfig().chunk_budget(None), EngineConfig().chunk_budget(2**34)
+        (67108864, 67108864)
+        >>> EngineConfig(chunk_memory="32MiB").chunk_budget(2**29)
+        33554432
+        """
+        if "chunk_memory" in self.model_fields_set or not thread_memory:
+            return self.chunk_memory
+        return max(1, min(self.chunk_memory, thread_memory // 64))

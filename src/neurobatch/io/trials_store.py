@@ -1,0 +1,667 @@
+"""The combined trials store: one item's trials appended at a time, opened lazily.
+
+The combined ``OUT/trials.zarr`` grows by :func:`append_trials`, one item at a time, reading
+only the store's metadata (never the trials already there), so memory stays flat in the
+number of items. Per-trial columns are outer-joined across items:
+
+* a column that an item lacks gets missing values for that item's trials, and a column that
+  first appears in a later item gets missing values for the trials already stored;
+* missing values are NaN for numbers and ``""`` for strings; an ``int`` or ``bool`` column
+  that needs a missing value becomes ``float64`` (``True``/``False`` become 1.0/0.0); a
+  column that is a string in one item and a number in another becomes a string column (the
+  numbers written with ``str``, NaN as ``""``);
+* the dataset attributes are those of the first item, plus any key that a later item adds
+  (the first value wins when items disagree; the per-item values belong in the items table).
+
+All items must share one ``rel_time`` grid (within 1e-9 s); :func:`resample_trials` puts a
+trials dataset onto a given grid first.
+
+Its arrays carry a CRC-32C checksum with each chunk, as those of
+:func:`~neurobatch.io.zarr.write_dataset` do: computing a variable of :func:`open_trials`
+whose chunk changed raises :class:`~neurobatch.errors.StoreDamagedError` naming the store,
+the array and the chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import xarray as xr
+import zarr
+from numpy.typing import ArrayLike, NDArray
+from zarr.abc.store import Store
+from zarr.core.sync import sync as zarr_sync
+
+from neurobatch.chunking import OPEN_CHUNK_MEMORY, TRIALS_CHUNK_MEMORY
+from neurobatch.io.commit import to_json_safe
+from neurobatch.io.zarr import (
+    _STRING,
+    _CheckedGetter,
+    _compressors,
+    _consolidate,
+    _is_string_dtype,
+    _object_strings,
+    _to_strings,
+    _with_zarr_strings,
+    damage_reported,
+    zarr_store,
+)
+
+__all__ = [
+    "append_trials",
+    "open_trials",
+    "resample_trials",
+]
+
+logger = logging.getLogger(__name__)
+
+TRIAL_DIM = "trial"
+REL_TIME = "rel_time"
+REL_TIME_ATOL = 1e-9
+"""Largest difference in seconds between two ``rel_time`` grids that still counts as equal."""
+
+_COLUMN_ROWS = 8192
+"""Trials per store chunk of a per-trial column (appends rewrite one such small chunk)."""
+
+Kind = Literal["b", "i", "f", "U"]
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "b": np.dtype(bool),
+    "i": np.dtype(np.int64),
+    "f": np.dtype(np.float64),
+    "U": np.dtype(_STRING),
+}
+_NAN_FILL = base64.standard_b64encode(np.array(np.nan, dtype=np.float64).tobytes()).decode()
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A per-trial variable: its dimensions, value kind and whether it is a coordinate."""
+
+    dims: tuple[str, ...]
+    kind: Kind
+    coord: bool
+
+
+def _kind(dtype: np.dtype[Any], name: str) -> Kind:
+    if dtype.kind == "b":
+        return "b"
+    if dtype.kind in "iu":
+        return "i"
+    if dtype.kind == "f":
+        return "f"
+    if _is_string_dtype(dtype):
+        return "U"
+    raise TypeError(
+        f"per-trial variable {name!r} has dtype {dtype}; expected bool, integer, float or string"
+    )
+
+
+def _promote(stored: Kind | None, new: Kind | None, *, n_stored: int, n_new: int) -> Kind:
+    """Return the kind that holds both sides, with missing values where one side lacks it."""
+    if stored is not None and new is not None:
+        if stored == new:
+            return stored
+        return "U" if "U" in (stored, new) else "f"
+    present = stored if stored is not None else new
+    if present is None:
+        raise ValueError("a column must be present on at least one side")
+    lacking = n_new if stored is not None else n_stored
+    if lacking == 0 or present in ("f", "U"):
+        return present
+    return "f"
+
+
+def _convert(values: NDArray[Any], kind: Kind) -> NDArray[Any]:
+    """Return ``values`` as the dtype of ``kind`` (numbers to float, anything to strings)."""
+    if kind == "U":
+        if values.dtype.kind == "b":
+            return np.array([str(bool(v)) for v in values.ravel()], dtype=_STRING).reshape(
+                values.shape
+            )
+        return _to_strings(values)
+    return values.astype(_DTYPES[kind], copy=False)
+
+
+def _missing(kind: Kind, shape: tuple[int, ...]) -> NDArray[Any]:
+    if kind == "U":
+        return np.full(shape, "", dtype=_STRING)
+    if kind == "f":
+        return np.full(shape, np.nan)
+    raise ValueError(f"a {_DTYPES[kind]} column has no missing value")
+
+
+def _fill_value(kind: Kind) -> Any:
+    return {"b": False, "i": 0, "f": np.nan, "U": ""}[kind]
+
+
+def _validate_trials(trials: xr.Dataset, url: str) -> dict[str, _Column]:
+    if TRIAL_DIM not in trials.dims or REL_TIME not in trials.dims:
+        raise ValueError(
+            f"cannot append to {url}: a Trials dataset needs dimensions {TRIAL_DIM!r} and "
+            f"{REL_TIME!r}, got {sorted(map(str, trials.dims))}"
+        )
+    if REL_TIME not in trials.coords or trials[REL_TIME].dims != (REL_TIME,):
+        raise ValueError(
+            f"cannot append to {url}: the Trials dataset has no coordinate {REL_TIME!r}"
+        )
+    if trials.sizes[REL_TIME] < 1:
+        raise ValueError(f"cannot append to {url}: the Trials dataset's {REL_TIME!r} is empty")
+    if not any(v.dims == (TRIAL_DIM, REL_TIME) for v in trials.data_vars.values()):
+        raise ValueError(
+            f"cannot append to {url}: the Trials dataset has no ({TRIAL_DIM!r}, {REL_TIME!r}) "
+            "data variable (the processed signal, e.g. 'dff')"
+        )
+    columns: dict[str, _Column] = {}
+    for name, variable in trials.variables.items():
+        if name == REL_TIME:
+            continue
+        if variable.dims not in ((TRIAL_DIM,), (TRIAL_DIM, REL_TIME)):
+            raise ValueError(
+                f"cannot append to {url}: variable {name!r} has dimensions {variable.dims}; "
+                f"expected ({TRIAL_DIM!r},) or ({TRIAL_DIM!r}, {REL_TIME!r})"
+            )
+        columns[str(name)] = _Column(
+            dims=tuple(map(str, variable.dims)),
+            kind=_kind(variable.dtype, str(name)),
+            coord=name in trials.coords,
+        )
+    return columns
+
+
+def _stored_columns(
+    metadata: Mapping[str, Any], group_attrs: Mapping[str, Any]
+) -> dict[str, _Column]:
+    coords: set[str] = set(str(group_attrs.get("coordinates", "")).split())
+    for meta in metadata.values():
+        coords.update(str(meta.attributes.get("coordinates", "")).split())
+    columns: dict[str, _Column] = {}
+    for name, meta in metadata.items():
+        if name == REL_TIME or "/" in name:
+            continue
+        dims = tuple(meta.dimension_names or ())
+        columns[name] = _Column(
+            dims=dims, kind=_kind(meta.dtype.to_native_dtype(), name), coord=name in coords
+        )
+    return columns
+
+
+def _coordinates_attr(names: list[str]) -> str:
+    return " ".join(sorted(names))
+
+
+def _create_store(trials: xr.Dataset, store: Store, chunk_memory: int, url: str) -> int:
+    n_rel = trials.sizes[REL_TIME]
+    rows = max(1, chunk_memory // (8 * n_rel))
+    prepared = _with_zarr_strings(trials)
+    prepared.attrs = to_json_safe(dict(trials.attrs), name=f"attrs of the trials for {url}")
+    for name, variable in prepared.variables.items():
+        variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of the trials for {url}")
+        if variable.dtype.kind in "iuf" and name != REL_TIME:  # int64 and float64 columns
+            variable.values = variable.values.astype(_DTYPES[_kind(variable.dtype, str(name))])
+    encoding = {
+        str(name): {
+            "chunks": (rows, n_rel) if variable.ndim == 2 else (max(rows, _COLUMN_ROWS),),
+            "compressors": _compressors(variable.dtype),
+        }
+        for name, variable in prepared.variables.items()
+    }
+    prepared.to_zarr(store, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+    _consolidate(store)
+    logger.debug("created %s: %d trials, %d trials per chunk", url, trials.sizes[TRIAL_DIM], rows)
+    return int(trials.sizes[TRIAL_DIM])
+
+
+def _new_array(
+    group: zarr.Group,
+    name: str,
+    *,
+    kind: Kind,
+    dims: tuple[str, ...],
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    attributes: Mapping[str, Any],
+) -> zarr.Array[Any]:
+    attrs = {k: v for k, v in attributes.items() if k != "_FillValue"}
+    if kind == "f":
+        attrs["_FillValue"] = _NAN_FILL
+    return group.create_array(
+        name,
+        shape=shape,
+        dtype=_DTYPES[kind],
+        chunks=chunks,
+        fill_value=_fill_value(kind),
+        dimension_names=list(dims),
+        compressors=_compressors(_DTYPES[kind]),
+        attributes=attrs,
+        overwrite=True,
+    )
+
+
+def append_trials(
+    trials: xr.Dataset,
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunk_memory: int = TRIALS_CHUNK_MEMORY,
+) -> int:
+    """Append one item's trials to the combined trials store along ``trial``.
+
+    The first call creates the store; later calls read only its metadata (and its
+    ``rel_time``), grow every array and write the new trials at the end, so appending item
+    ``k`` costs the same memory as appending item 1. Columns are outer-joined (see the module
+    documentation for the missing values and type promotions); the one exception to "only
+    metadata" is a per-trial column whose type must change (e.g. an ``int`` column that a new
+    item lacks becomes ``float``), which is rewritten once, one scalar per stored trial.
+
+    The store stays readable by ``xarray.open_zarr`` between appends: its consolidated
+    metadata is rewritten last, so readers see either the old or the new trials. If an
+    append is interrupted, the next one first cuts the arrays back to the consolidated
+    (committed) length. Appends to one store must come from one process at a time (the
+    engine appends as items finish, from the client).
+
+    Parameters
+    ----------
+    trials : xarray.Dataset
+        One item's Trials dataset: dimensions ``trial`` and ``rel_time``, 2-D data variables
+        ``(trial, rel_time)`` and per-trial coordinates ``(trial,)``. Loaded into memory if
+        dask-backed (one item's trials).
+    url : str
+        Local path or fsspec URL of the combined store, e.g. ``OUT/trials.zarr``.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+    chunk_memory : int, default 2 MiB
+        Bytes of one chunk of a 2-D variable, used when the store is created: it fixes the
+        number of trials per chunk.
+
+    Returns
+    -------
+    int
+        The number of trials in the store after the append.
+
+    Raises
+    ------
+    ValueError
+        If ``trials`` is not a Trials dataset, or its ``rel_time`` differs from the store's
+        (resample it first with :func:`resample_trials`).
+    TypeError
+        If a per-trial column is neither bool, integer, float nor string.
+    neurobatch.errors.StoreDamagedError
+        If a chunk of the store read by the append (``rel_time``, the last partial chunks)
+        fails its checksum.
+
+    Examples
+    --------
+    >>> def item(name, n, **columns):
+    ...     return xr.Dataset(
+    ...         {"dff": (("trial", "rel_time"), np.zeros((n, 3)))},
+    ...         coords={"rel_time": [-0.1, 0.0, 0.1], "item_id": ("trial", [name] * n),
+    ...                 **{k: ("trial", v) for k, v in columns.items()}},
+    ...     )
+    >>> append_trials(item("a", 2, lever=[0.5, 1.0]), "memory://doc/trials.zarr")
+    2
+    >>> append_trials(item("b", 1, shock=[2.0]), "memory://doc/trials.zarr")
+    3
+    >>> combined = open_trials("memory://doc/trials.zarr")
+    >>> combined.lever.values, combined.shock.values
+    (array([0.5, 1. , nan]), array([nan, nan,  2.]))
+    """
+    columns = _validate_trials(trials, url)
+    item = trials.compute()
+    with damage_reported(url):  # an append reads the store's rel_time and partial last chunks
+        return _append_item(
+            item, columns, url, storage_options=storage_options, chunk_memory=chunk_memory
+        )
+
+
+def _append_item(
+    item: xr.Dataset,
+    columns: Mapping[str, _Column],
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None,
+    chunk_memory: int,
+) -> int:
+    """Append the in-memory trials ``item`` (validated as ``columns``) to the store at ``url``."""
+    n_new = int(item.sizes[TRIAL_DIM])
+    store = zarr_store(url, storage_options=storage_options)
+    try:
+        committed = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+    except FileNotFoundError:
+        committed = None
+    if committed is None or committed.metadata.consolidated_metadata is None:
+        # no store, or the first append was interrupted before its consolidation
+        return _create_store(item, store, chunk_memory, url)
+    metadata = dict(committed.metadata.consolidated_metadata.flattened_metadata)
+    group = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=3)
+    stored = _stored_columns(metadata, committed.attrs)
+    n_stored = _committed_length(metadata, stored)
+    arrays = _arrays(group, url)
+    _check_rel_time(arrays, item, url)
+    if n_new == 0:
+        logger.debug("%s: item with no trials, nothing appended", url)
+        return n_stored
+    _truncate(group, arrays, metadata, stored, url)
+
+    # plan first (every check before any change), then change the schema, then append
+    names = list(stored) + [name for name in columns if name not in stored]
+    n_rel = int(item.sizes[REL_TIME])
+    chunk_rows = {
+        1: _chunk_rows(metadata, stored, 1, default=_COLUMN_ROWS),
+        2: _chunk_rows(metadata, stored, 2, default=max(1, chunk_memory // (8 * n_rel))),
+    }
+    kinds, values = _plan(item, names, stored, columns, url, n_stored=n_stored)
+    _change_schema(group, arrays, item, names, stored, columns, kinds, url, n_stored, chunk_rows)
+    new_attrs = {k: v for k, v in item.attrs.items() if k not in committed.attrs}
+    if new_attrs:
+        group.attrs.update(to_json_safe(new_attrs, name=f"attrs of the trials for {url}"))
+
+    async def grow() -> None:
+        # every array at once: on an object store each append is a few round trips
+        await asyncio.gather(
+            *(arrays[name].async_array.append(values[name], axis=0) for name in names)
+        )
+
+    zarr_sync(grow())
+    _consolidate(store)
+    logger.debug("%s: appended %d trials (now %d)", url, n_new, n_stored + n_new)
+    return n_stored + n_new
+
+
+def _plan(
+    item: xr.Dataset,
+    names: list[str],
+    stored: Mapping[str, _Column],
+    columns: Mapping[str, _Column],
+    url: str,
+    *,
+    n_stored: int,
+) -> tuple[dict[str, Kind], dict[str, NDArray[Any]]]:
+    """The kind of every column after the append, and the new trials' values in it.
+
+    Every check of the append is made here, before the store changes.
+    """
+    n_new = int(item.sizes[TRIAL_DIM])
+    n_rel = int(item.sizes[REL_TIME])
+    kinds: dict[str, Kind] = {}
+    values: dict[str, NDArray[Any]] = {}
+    for name in names:
+        old, new = stored.get(name), columns.get(name)
+        dims = old.dims if old is not None else columns[name].dims
+        if old is not None and new is not None and old.dims != new.dims:
+            raise ValueError(
+                f"cannot append to {url}: variable {name!r} has dimensions {new.dims} in the "
+                f"new item but {old.dims} in the store"
+            )
+        kinds[name] = _promote(
+            old.kind if old else None, new.kind if new else None, n_stored=n_stored, n_new=n_new
+        )
+        if len(dims) == 2 and old is not None and kinds[name] != old.kind:
+            raise ValueError(
+                f"cannot append to {url}: the 2-D variable {name!r} is {_DTYPES[old.kind]} in "
+                f"the store and cannot become {_DTYPES[kinds[name]]}; expected float data"
+            )
+        shape = (n_new, n_rel) if len(dims) == 2 else (n_new,)
+        values[name] = (
+            _convert(np.asarray(item[name].values), kinds[name])
+            if new is not None
+            else _missing(kinds[name], shape)
+        )
+    return kinds, values
+
+
+def _change_schema(
+    group: zarr.Group,
+    arrays: dict[str, zarr.Array[Any]],
+    item: xr.Dataset,
+    names: list[str],
+    stored: Mapping[str, _Column],
+    columns: Mapping[str, _Column],
+    kinds: Mapping[str, Kind],
+    url: str,
+    n_stored: int,
+    chunk_rows: Mapping[int, int],
+) -> None:
+    """Create the new columns, rewrite the promoted ones and name the coordinates (in place)."""
+    coords = _coordinates_attr([n for n in names if (stored.get(n) or columns[n]).coord])
+    n_rel = int(item.sizes[REL_TIME])
+    for name in names:
+        old, kind = stored.get(name), kinds[name]
+        if old is None:
+            dims = columns[name].dims
+            arrays[name] = _new_array(
+                group,
+                name,
+                kind=kind,
+                dims=dims,
+                shape=(n_stored, n_rel)[: len(dims)],
+                chunks=(chunk_rows[len(dims)], n_rel)[: len(dims)],
+                attributes=to_json_safe(dict(item[name].attrs), name=f"attrs of {name!r}"),
+            )
+            logger.debug("%s: new column %r (%s), missing for %d trials", url, name, kind, n_stored)
+        elif kind != old.kind:
+            arrays[name] = _rewrite_column(arrays[name], group, name, kind=kind, n_stored=n_stored)
+            logger.debug("%s: column %r promoted from %s to %s", url, name, old.kind, kind)
+        if arrays[name].ndim == 2 and arrays[name].attrs.get("coordinates") != coords:
+            arrays[name].attrs["coordinates"] = coords
+
+
+def _arrays(group: zarr.Group, url: str) -> dict[str, zarr.Array[Any]]:
+    """Every array of the store with its actual (not consolidated) metadata."""
+    arrays: dict[str, zarr.Array[Any]] = {}
+    for name, array in group.members():
+        if not isinstance(array, zarr.Array):
+            raise TypeError(f"{url}: {name!r} is a group, expected only arrays in a trials store")
+        arrays[name] = array
+    if REL_TIME not in arrays:
+        raise ValueError(f"{url}: not a trials store (it has no {REL_TIME!r} array)")
+    return arrays
+
+
+def _committed_length(metadata: Mapping[str, Any], stored: Mapping[str, _Column]) -> int:
+    lengths = {int(metadata[name].shape[0]) for name in stored}
+    if len(lengths) > 1:
+        raise ValueError(f"the trials store is inconsistent: per-trial lengths {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
+
+
+def _chunk_rows(
+    metadata: Mapping[str, Any], stored: Mapping[str, _Column], ndim: int, *, default: int
+) -> int:
+    """Trials per store chunk of the stored ``ndim``-D variables (``default`` if none)."""
+    for name, column in stored.items():
+        if len(column.dims) == ndim:
+            return int(metadata[name].chunk_grid.chunk_shape[0])
+    return default
+
+
+def _check_rel_time(arrays: Mapping[str, zarr.Array[Any]], item: xr.Dataset, url: str) -> None:
+    old = np.asarray(arrays[REL_TIME][...], dtype=np.float64)
+    new = np.asarray(item[REL_TIME].values, dtype=np.float64)
+    if old.shape != new.shape or not np.allclose(old, new, rtol=0.0, atol=REL_TIME_ATOL):
+        raise ValueError(
+            f"cannot append to {url}: the new item's rel_time ({_grid_text(new)}) differs from "
+            f"the store's ({_grid_text(old)}); resample the item onto the store's grid first "
+            "(neurobatch.io.trials_store.resample_trials)"
+        )
+
+
+def _grid_text(grid: NDArray[np.float64]) -> str:
+    if grid.size == 0:
+        return "empty"
+    step = f", step {grid[1] - grid[0]:.6g} s" if grid.size > 1 else ""
+    return f"{grid.size} points from {grid[0]:.6g} to {grid[-1]:.6g} s{step}"
+
+
+def _truncate(
+    group: zarr.Group,
+    arrays: dict[str, zarr.Array[Any]],
+    metadata: Mapping[str, Any],
+    stored: Mapping[str, _Column],
+    url: str,
+) -> None:
+    """Undo what an interrupted append left: grown arrays and columns it had begun."""
+    for name in [n for n in arrays if n not in metadata]:
+        logger.warning("%s: removing %r (left by an interrupted append)", url, name)
+        del group[name]
+        del arrays[name]
+    for name in stored:
+        array, committed = arrays[name], tuple(metadata[name].shape)
+        if tuple(array.shape) != committed:
+            logger.warning(
+                "%s: cutting %r back from %d to %d trials (an earlier append was interrupted)",
+                url,
+                name,
+                array.shape[0],
+                committed[0],
+            )
+            array.resize(committed)
+
+
+def _rewrite_column(
+    array: zarr.Array[Any], group: zarr.Group, name: str, *, kind: Kind, n_stored: int
+) -> zarr.Array[Any]:
+    """Rewrite a 1-D per-trial column as another kind (one scalar per stored trial)."""
+    converted = _convert(np.asarray(array[:n_stored]), kind)
+    dims = tuple(str(d) for d in (array.metadata.dimension_names or ()))  # type: ignore[union-attr]
+    new = _new_array(
+        group,
+        name,
+        kind=kind,
+        dims=dims,
+        shape=converted.shape,
+        chunks=array.chunks,
+        attributes=dict(array.attrs),
+    )
+    if n_stored:
+        new[:] = converted
+    return new
+
+
+def open_trials(
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    chunk_memory: int = OPEN_CHUNK_MEMORY,
+) -> xr.Dataset:
+    """Open the combined trials store lazily, in dask chunks of whole store chunks.
+
+    The 2-D variables are dask arrays. The store's own chunks are small (an append rewrites
+    the last one), and reading them one task each would cost more in scheduling than in I/O,
+    so a dask chunk groups as many whole store chunks along ``trial`` as fit
+    ``chunk_memory`` (zarr fetches the store chunks of one task concurrently). The per-trial
+    columns (one scalar per trial) are read into memory, as xarray does with indexes.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the store written by :func:`append_trials`.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+    chunk_memory : int, default 64 MiB
+        Target bytes of one dask chunk of the 2-D variables together.
+
+    Returns
+    -------
+    xarray.Dataset
+        The Trials dataset of every appended item, in append order: 2-D variables lazy
+        (dask), per-trial columns in memory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no store at ``url``.
+    neurobatch.errors.StoreDamagedError
+        If a chunk of a per-trial column (read now) fails its checksum; computing a 2-D
+        variable raises it for a damaged chunk of its own.
+
+    Examples
+    --------
+    >>> one = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), np.ones((2, 2)))},
+    ...     coords={"rel_time": [0.0, 0.5], "trial_num": ("trial", [1, 2])},
+    ... )
+    >>> append_trials(one, "memory://doc/open-trials.zarr")
+    2
+    >>> open_trials("memory://doc/open-trials.zarr").trial_num.values
+    array([1, 2])
+    """
+    store = zarr_store(url, storage_options=storage_options, read_only=True)
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{url}: no trials store there ({e})") from e
+    if group.metadata.consolidated_metadata is None:
+        # created, but its first append was interrupted before it was committed
+        raise FileNotFoundError(f"{url}: no committed trials yet (the first append never ended)")
+    with damage_reported(url):  # xarray reads the index (rel_time) now
+        opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
+    rows = _open_rows(group, chunk_memory)
+    columns: dict[str, Any] = {}
+    checked = {"getitem": _CheckedGetter(url)}
+    for name, variable in opened.variables.items():
+        if variable.dims == (TRIAL_DIM,):
+            with damage_reported(url):
+                columns[str(name)] = variable.load()
+        elif TRIAL_DIM in variable.dims:
+            columns[str(name)] = variable.chunk({TRIAL_DIM: rows}, from_array_kwargs=checked)
+    coords = {k: v for k, v in columns.items() if k in opened.coords}
+    data = {k: v for k, v in columns.items() if k not in opened.coords}
+    return _object_strings(cast(xr.Dataset, opened.assign_coords(coords).assign(data)))
+
+
+def _open_rows(group: zarr.Group, chunk_memory: int) -> int:
+    """Trials per dask chunk: whole store chunks of the 2-D variables, ``chunk_memory`` bytes."""
+    store_rows, row_bytes = 1, 0
+    for _, array in group.arrays():
+        names = tuple(array.metadata.dimension_names or ())  # type: ignore[union-attr]
+        if array.ndim == 2 and names[:1] == (TRIAL_DIM,):
+            store_rows = int(array.chunks[0])
+            row_bytes += int(array.dtype.itemsize) * math.prod(array.shape[1:])
+    return store_rows * max(1, int(chunk_memory) // max(1, store_rows * row_bytes))
+
+
+def resample_trials(trials: xr.Dataset, rel_time: ArrayLike) -> xr.Dataset:
+    """Linearly interpolate a Trials dataset onto the relative-time grid ``rel_time``.
+
+    Items recorded at different sampling rates have different ``rel_time`` grids; resample
+    them onto one grid before :func:`append_trials`. Per-trial coordinates are unchanged;
+    points of the new grid outside the old one are NaN. The ``sampling_rate`` attribute
+    becomes that of the new grid.
+
+    Parameters
+    ----------
+    trials : xarray.Dataset
+        A Trials dataset.
+    rel_time : array_like, shape (n,)
+        The new grid, seconds, increasing.
+
+    Returns
+    -------
+    xarray.Dataset
+        The trials on the new grid.
+
+    Examples
+    --------
+    >>> trials = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), [[0.0, 1.0, 2.0]])},
+    ...     coords={"rel_time": [0.0, 0.1, 0.2]},
+    ...     attrs={"sampling_rate": 10.0},
+    ... )
+    >>> out = resample_trials(trials, [0.0, 0.05, 0.1, 0.15])
+    >>> out.dff.values, out.attrs["sampling_rate"]
+    (array([[0. , 0.5, 1. , 1.5]]), 20.0)
+    """
+    grid = np.asarray(rel_time, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0):
+        raise ValueError(f"rel_time must be a non-empty increasing 1-D grid, got {grid!r}")
+    out = trials.interp({REL_TIME: grid}, method="linear")
+    if grid.size > 1:
+        out.attrs["sampling_rate"] = float((grid.size - 1) / (grid[-1] - grid[0]))
+    return out

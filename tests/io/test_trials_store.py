@@ -1,0 +1,262 @@
+"""The combined trials store appends flat, outer-joins its columns and carries checksums."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from zarr.codecs import Crc32cCodec
+
+from neurobatch.errors import StoreDamagedError
+from neurobatch.io.trials_store import append_trials, open_trials, resample_trials
+from stores import RNG, flip_byte
+
+N_REL = 1000
+CHUNK = 2**18  # 32 trials of 1000 points per chunk
+REL_TIME = np.round(np.arange(-500, 500) / 100.0, 10)
+
+
+def trials_item(k: int, n: int = 40, *, rel_time: np.ndarray[Any, Any] = REL_TIME) -> xr.Dataset:
+    """Item ``k``'s Trials dataset; some columns exist only in some items."""
+    coords: dict[str, Any] = {
+        "rel_time": rel_time,
+        "item_id": ("trial", np.array([f"item_{k:02d}"] * n)),
+        "experiment_id": ("trial", np.array([f"exp{k}"] * n, dtype=object)),
+        "trial_num": ("trial", np.arange(1, n + 1, dtype=np.int64)),
+        "start_time": ("trial", 10.0 * np.arange(n) + k),
+        "stop_time": ("trial", 10.0 * np.arange(n) + k + 16.0),
+        "lever1": ("trial", np.where(RNG.random(n) < 0.3, np.nan, RNG.uniform(2, 4, n))),
+        "rewarded": ("trial", RNG.random(n) < 0.5),  # bool in every item
+    }
+    if k % 3 == 0:
+        coords["shock"] = ("trial", RNG.uniform(0, 1, n))  # float, only in some items
+    if k % 4 == 1:
+        coords["age"] = ("trial", np.full(n, 60 + k, dtype=np.int64))  # int, only in some
+    if k % 5 == 2:
+        coords["sex"] = ("trial", np.array(["F" if k % 2 else "M"] * n))  # str, only in some
+    if k % 7 == 3:
+        coords["opto"] = ("trial", np.arange(n) % 2 == 0)  # bool, only in some
+    return xr.Dataset(
+        {"dff": (("trial", "rel_time"), RNG.normal(size=(n, rel_time.size)))},
+        coords=coords,
+        attrs={"processed_variable": "dff", "sampling_rate": 100.0},
+    )
+
+
+def outer_concat(items: list[xr.Dataset]) -> xr.Dataset:
+    """What the store must hold: ``xr.concat`` with ``join="outer"``, strings missing as ""."""
+    coords = sorted({str(c) for item in items for c in item.coords if c != "rel_time"})
+    combined = xr.concat(
+        [item.reset_coords() for item in items],
+        dim="trial",
+        join="outer",
+        data_vars="all",
+        coords="different",
+        compat="equals",
+    )
+    for name in coords:
+        if combined[name].dtype.kind in "UO":  # xr.concat leaves NaN (or "nan") where missing
+            parts = [
+                item[name].values.astype(object)
+                if name in item.coords
+                else [""] * item.sizes["trial"]
+                for item in items
+            ]
+            combined[name] = ("trial", np.concatenate(parts))
+    return combined.set_coords(coords)
+
+
+def assert_trials_equal(store: xr.Dataset, expected: xr.Dataset) -> None:
+    assert set(store.coords) == set(expected.coords)
+    assert set(store.data_vars) == set(expected.data_vars)
+    np.testing.assert_array_equal(store.rel_time.values, expected.rel_time.values)
+    for name in expected.variables:
+        ours, theirs = store[name].values, expected[name].values
+        if theirs.dtype.kind in "UO":
+            assert ours.tolist() == theirs.tolist(), name
+        else:
+            np.testing.assert_array_equal(ours, theirs, err_msg=str(name))
+            assert ours.dtype == theirs.dtype, name
+
+
+def traced_peak(function: Any, *args: Any, chunk_memory: int) -> int:
+    tracemalloc.start()
+    try:
+        function(*args, chunk_memory=chunk_memory)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_append_30_items_flat_memory_and_equal_to_outer_concat(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    items = [trials_item(k) for k in range(30)]  # 40 trials x 1000 points each
+    early, late = (2, 3, 4), (28, 29, 30)
+    peaks: dict[int, int] = {}
+    total = 0
+    for k, item in enumerate(items, start=1):
+        if k in early + late:
+            peaks[k] = traced_peak(append_trials, item, url, chunk_memory=CHUNK)
+        else:
+            append_trials(item, url, chunk_memory=CHUNK)
+        total += item.sizes["trial"]
+        readable = xr.open_zarr(url)  # a plain reader, between appends
+        assert readable.sizes["trial"] == total
+        assert "item_id" in readable.coords and "dff" in readable.data_vars
+    item_bytes = items[0].nbytes
+    store_bytes = sum(item.nbytes for item in items)
+    # appending item 30 costs what appending item 3 did (an item, a few chunks and zarr's
+    # buffers, which vary with the timing of its concurrent writes), never the whole store
+    peak_early, peak_late = max(peaks[k] for k in early), max(peaks[k] for k in late)
+    assert peak_late < 1.5 * peak_early, peaks
+    assert peak_late < store_bytes / 2.5, (peaks, item_bytes, store_bytes)
+
+    combined = open_trials(url)
+    assert isinstance(combined.dff.data, da.Array)
+    assert combined.sizes == {"trial": 1200, "rel_time": N_REL}
+    assert_trials_equal(combined, outer_concat(items))
+    assert combined.rewarded.dtype == bool  # present everywhere: stays bool
+    assert combined.trial_num.dtype == np.int64
+    assert combined.age.dtype == np.float64  # int with missing values: float, NaN
+    assert combined.opto.dtype == np.float64  # bool with missing values: 1.0 / 0.0 / NaN
+    assert combined.attrs == {"processed_variable": "dff", "sampling_rate": 100.0}
+
+
+def test_column_types_are_promoted_on_both_sides(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    first = (
+        trials_item(1, 3)
+        .drop_vars(["age"])
+        .assign_coords(
+            subject=("trial", np.array([7, 7, 7])),  # int, then a string in the next item
+            dose=("trial", np.array([1, 2, 3])),  # int, absent from the next item
+            site=("trial", np.array(["NAc", "NAc", "NAc"])),
+            weight=("trial", np.array([21.5, 22.0, 22.5], dtype=np.float32)),
+            session=("trial", np.array([1, 1, 1], dtype=np.int16)),
+        )
+    )
+    second = (
+        trials_item(2, 2)
+        .drop_vars(["sex"])
+        .assign_coords(
+            subject=("trial", np.array(["m8", "m9"])),
+            site=("trial", np.array([1.5, np.nan])),  # a number where the store holds strings
+        )
+    )
+    append_trials(first, url)
+    append_trials(second, url)
+    back = open_trials(url)
+    assert back.subject.values.tolist() == ["7", "7", "7", "m8", "m9"]
+    np.testing.assert_array_equal(back.dose.values, [1.0, 2.0, 3.0, np.nan, np.nan])
+    assert back.site.values.tolist() == ["NAc", "NAc", "NAc", "1.5", ""]
+    assert back.weight.dtype == np.float64  # float32 stored as float64
+    assert back.session.dtype == np.float64  # int16, missing in the second item
+    assert "subject" in xr.open_zarr(url).coords  # rewritten columns stay coordinates
+
+
+def test_rel_time_must_match_and_resampling_fixes_it(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    append_trials(trials_item(0, 4), url)
+    other = trials_item(1, 3, rel_time=np.arange(-250, 250) / 50.0)  # 50 Hz, not 100 Hz
+    with pytest.raises(ValueError, match=r"rel_time \(500 points from -5 to 4\.98 s.*differs"):
+        append_trials(other, url)
+    assert open_trials(url).sizes["trial"] == 4  # untouched
+    resampled = resample_trials(other, REL_TIME)
+    assert resampled.attrs["sampling_rate"] == pytest.approx(100.0)
+    np.testing.assert_array_equal(resampled.trial_num.values, other.trial_num.values)
+    assert np.isnan(resampled.dff.values[:, -1]).all()  # 4.99 s is past the old grid's end
+    np.testing.assert_allclose(
+        resampled.dff.values[:, 1], (other.dff.values[:, 0] + other.dff.values[:, 1]) / 2
+    )
+    assert append_trials(resampled, url) == 7
+    with pytest.raises(ValueError, match="increasing"):
+        resample_trials(other, [0.0, 0.0])
+
+
+def test_tiny_rel_time_differences_are_tolerated(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    append_trials(trials_item(0, 2), url)
+    assert append_trials(trials_item(1, 2, rel_time=REL_TIME + 1e-12), url) == 4
+    np.testing.assert_array_equal(open_trials(url).rel_time.values, REL_TIME)
+
+
+def test_items_without_trials(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    assert append_trials(trials_item(0, 0), url) == 0  # creates an empty store
+    assert open_trials(url).sizes["trial"] == 0
+    assert append_trials(trials_item(1, 2), url) == 2
+    assert append_trials(trials_item(2, 0), url) == 2
+    back = open_trials(url)
+    assert back.age.dtype == np.int64  # nothing was missing, so no promotion
+    assert back.item_id.values.tolist() == ["item_01", "item_01"]
+
+
+def test_interrupted_append_is_cut_back(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    append_trials(trials_item(0, 5), url)
+    group = zarr.open_group(url, mode="r+", use_consolidated=False)
+    for name in ("dff", "trial_num"):  # a crash after growing two arrays, before the rest
+        array = group[name]
+        assert isinstance(array, zarr.Array)
+        array.resize((9, *array.shape[1:]))
+        array[5:9] = 99
+    group.create_array("begun", shape=(9,), dtype="f8", dimension_names=["trial"])
+    assert xr.open_zarr(url).sizes["trial"] == 5  # readers still see the committed trials
+    append_trials(trials_item(1, 3), url)
+    back = open_trials(url)
+    assert back.trial_num.values.tolist() == [1, 2, 3, 4, 5, 1, 2, 3]
+    assert not (back.dff.values == 99).any()
+    assert "begun" not in back.variables
+
+
+def test_interrupted_first_append_starts_over(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    partial = trials_item(0, 5).drop_vars(["item_id", "experiment_id"])
+    partial.to_zarr(url, zarr_format=3, consolidated=False)  # never consolidated
+    assert append_trials(trials_item(1, 3), url) == 3
+    assert open_trials(url).item_id.values.tolist() == ["item_01"] * 3
+
+
+def test_dask_backed_trials_and_bad_input(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    item = trials_item(0, 6).chunk({"trial": 2})
+    assert append_trials(item, url) == 6
+    np.testing.assert_array_equal(open_trials(url).dff.values, item.dff.values)
+    with pytest.raises(ValueError, match="needs dimensions 'trial' and 'rel_time'"):
+        append_trials(xr.Dataset({"x": ("trial", [1.0])}), url)
+    with pytest.raises(ValueError, match=r"no \('trial', 'rel_time'\) data variable"):
+        append_trials(trials_item(1, 2).drop_vars("dff"), url)
+    bad = trials_item(1, 2)
+    bad["extra"] = ("channel", [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"'extra' has dimensions \('channel',\)"):
+        append_trials(bad, url)
+    odd = trials_item(1, 2).assign_coords(when=("trial", np.array([1, 2], dtype="m8[s]")))
+    with pytest.raises(TypeError, match="'when' has dtype timedelta64"):
+        append_trials(odd, url)
+
+
+def test_trials_store_arrays_carry_checksums(tmp_path: Path) -> None:
+    url = str(tmp_path / "trials.zarr")
+    append_trials(trials_item(1, 5), url, chunk_memory=8 * N_REL * 2)  # created: 2 per chunk
+    append_trials(trials_item(3, 4), url)  # new column "shock"; "age" (int) becomes float
+    group = zarr.open_group(url, mode="r")
+    names = sorted(name for name, _ in group.arrays())
+    assert {"dff", "rel_time", "item_id", "shock", "age"} <= set(names)
+    for name in names:
+        array = group[name]
+        assert isinstance(array, zarr.Array)
+        assert isinstance(array.compressors[-1], Crc32cCodec), name
+    flip_byte(Path(url) / "dff" / "c" / "1" / "0")
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'dff': one of chunks c/"):
+        open_trials(url).dff.values  # noqa: B018
+    flip_byte(Path(url) / "trial_num" / "c" / "0", at=30)
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'trial_num': a chunk failed"):
+        open_trials(url)
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: "):
+        append_trials(trials_item(4, 2), url)  # reads the damaged partial last chunk

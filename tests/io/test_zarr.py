@@ -1,0 +1,225 @@
+"""Zarr datasets: they round-trip, carry checksums, and damaged chunks are named."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+from neurobatch.errors import StoreDamagedError
+from neurobatch.io.commit import commit, read_commit, remove, to_json_safe, verify
+from neurobatch.io.zarr import damage_reported, is_damage, open_dataset, write_dataset
+from stores import CHUNKED, RNG, committed, flip_byte, recording
+
+# --- write_dataset / open_dataset -------------------------------------------------------------
+
+
+def assert_round_trip(original: xr.Dataset, back: xr.Dataset) -> None:
+    np.testing.assert_array_equal(back.time.values, original.time.values)  # bit for bit
+    assert back.time.dtype == np.float64
+    for name in ("signal", "isosbestic", "event_time"):
+        np.testing.assert_array_equal(back[name].values, original[name].values)
+        assert back[name].dtype == np.float64
+    assert back.event_name.values.tolist() == original.event_name.values.tolist()
+    assert set(back.coords) == {"time", "event_name"}
+    assert back.attrs == to_json_safe(original.attrs)
+    assert back.attrs["subject"] == {"id": "m12", "weights_g": [21.5, 22.0], "implant": None}
+    assert back.attrs["fit"] == {"slope": 0.75, "converged": True, "n_iter": 7}
+
+
+def test_write_open_round_trip_chunks_from_budget(tmp_path: Path) -> None:
+    ds = recording()
+    url = str(tmp_path / "recording.zarr")
+    # 3 float64 variables along time (signal, isosbestic, time): 24 bytes per sample
+    write_dataset(ds, url, chunk_memory=24 * 4096)
+    back = open_dataset(url)
+    assert isinstance(back.signal.data, da.Array)  # lazy
+    assert back.signal.chunks == ((4096, 4096, 1808),)  # the store's chunks
+    assert_round_trip(ds, back)
+    group = zarr.open_group(url, mode="r")
+    assert group.metadata.consolidated_metadata is not None
+    signal = group["signal"]
+    assert isinstance(signal, zarr.Array)
+    assert signal.chunks == (4096,)
+    # compressed, then a CRC-32C of the compressed bytes, last
+    assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec", "Crc32cCodec"]
+    names = group["event_name"]
+    assert isinstance(names, zarr.Array)
+    assert str(names.dtype) == "StringDType()"  # no fixed-width <U in the store
+
+
+def test_write_overwrites_and_short_recordings_are_one_chunk(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    write_dataset(recording(20_000), url, chunk_memory=2**20)
+    write_dataset(recording(50), url, chunk_memory=2**20)
+    back = open_dataset(url)
+    assert back.sizes["time"] == 50
+    assert back.signal.chunks == ((50,),)
+
+
+def test_write_without_events_or_with_a_processed_dataset(tmp_path: Path) -> None:
+    ds = recording(100).isel(event=slice(0, 0))
+    ds["dff"] = ds.signal * 0.01
+    ds.attrs.update(processed_variable="dff", fit={"r_squared": float("nan")})
+    url = str(tmp_path / "preprocessed.zarr")
+    write_dataset(ds, url, chunk_memory=2**20)
+    back = open_dataset(url)
+    assert back.sizes["event"] == 0
+    assert back.event_name.values.tolist() == []
+    np.testing.assert_array_equal(back.dff.values, ds.dff.values)
+    assert np.isnan(back.attrs["fit"]["r_squared"])
+
+
+def test_write_dask_dataset_chunk_by_chunk(tmp_path: Path) -> None:
+    n = 5_000_000  # 40 MB of float64
+    blocks: list[int] = []
+
+    def make(block: np.ndarray[Any, Any], block_info: Any = None) -> np.ndarray[Any, Any]:
+        blocks.append(block.size)
+        return np.sin(block * 1e-3)
+
+    signal = da.arange(n, dtype=np.float64, chunks=300_001).map_blocks(make, dtype=np.float64)
+    ds = xr.Dataset({"signal": ("time", signal)}, attrs={"sampling_rate": 1000.0})
+    url = str(tmp_path / "lazy.zarr")
+    tracemalloc.start()
+    try:
+        write_dataset(ds, url, chunk_memory=2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"writing a 40 MB dask dataset peaked at {peak / 2**20:.1f} MiB"
+    assert max(blocks) == 300_001  # computed in its own blocks, never as a whole
+    back = open_dataset(url)
+    assert back.signal.chunks[0][0] == 2**20 // 8
+    np.testing.assert_array_equal(back.signal[-1000:].values, np.sin(np.arange(n - 1000, n) * 1e-3))
+
+
+def test_memory_url_with_storage_options() -> None:
+    url = "memory://test-store/items/a/recording.zarr"
+    ds = recording(300)
+    write_dataset(ds, url, chunk_memory=2**20, storage_options={})
+    assert_round_trip(ds, open_dataset(url, storage_options={}))
+    commit(url, {"params": "h1"}, storage_options={})
+    assert read_commit(url, storage_options={}) == {"params": "h1"}
+    remove(url)
+    assert read_commit(url) is None
+    with pytest.raises(FileNotFoundError, match="no Zarr store"):
+        open_dataset(url)
+
+
+def test_write_errors_name_the_problem(tmp_path: Path) -> None:
+    url = str(tmp_path / "x.zarr")
+    with pytest.raises(ValueError, match=r"x\.zarr: the dataset has no dimension 'time'"):
+        write_dataset(xr.Dataset({"a": ("sample", [1.0])}), url, chunk_memory=2**20)
+    bad = recording(10)
+    bad.attrs["when"] = {1, 2}
+    with pytest.raises(TypeError, match=r"attrs of .*\['when'\] must hold only JSON values"):
+        write_dataset(bad, url, chunk_memory=2**20)
+    with pytest.raises(FileNotFoundError, match="no Zarr store there"):
+        open_dataset(str(tmp_path / "missing.zarr"))
+
+
+# --- checksums and damaged chunks -------------------------------------------------------------
+
+
+def test_every_array_carries_a_checksum_after_its_compressor(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    write_dataset(recording(), url, chunk_memory=CHUNKED)
+    group = zarr.open_group(url, mode="r")
+    names = sorted(name for name, _ in group.arrays())
+    assert names == ["event_name", "event_time", "isosbestic", "signal", "time"]
+    for name in names:
+        array = zarr.open_array(f"{url}/{name}", mode="r")
+        assert isinstance(array.compressors[-1], Crc32cCodec), name
+        written = json.loads((Path(url) / name / "zarr.json").read_text())
+        assert written["codecs"][-1] == {"name": "crc32c"}, name
+    signal = zarr.open_array(f"{url}/signal", mode="r")
+    assert [type(c) for c in signal.compressors] == [BloscCodec, Crc32cCodec]
+
+
+def test_a_flipped_byte_raises_store_damaged_naming_the_store(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    ds = recording()
+    marker = committed(ds, url)
+    flip_byte(Path(url) / "signal" / "c" / "1")
+    assert verify(url, marker) == []  # same size: the listing cannot see it, the checksum can
+    back = open_dataset(url)
+    np.testing.assert_array_equal(back.isosbestic.values, ds.isosbestic.values)  # intact
+    with pytest.raises(StoreDamagedError) as caught:
+        back.signal.mean().compute()
+    message = str(caught.value)
+    assert message.startswith(f"{url}: array 'signal': chunk c/1 failed its CRC-32C checksum")
+    assert "remove it and run the stage that wrote it again" in message
+    assert isinstance(caught.value, OSError)
+    assert "checksum do not match" in str(caught.value.__cause__)
+    again = pickle.loads(pickle.dumps(caught.value))  # it travels back from a worker
+    assert type(again) is StoreDamagedError and str(again) == message
+
+    # a plain xarray (or zarr) read, translated by the context manager
+    damaged = rf"^{url}: array 'signal': a chunk failed"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported(url):
+        xr.open_zarr(url).signal.values  # noqa: B018
+    # the array at its own URL is the root of its store: named by that URL
+    damaged = rf"^{url}: array '.*signal': a chunk failed"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported(url):
+        zarr.open_array(f"{url}/signal", mode="r")[:]
+    # other errors pass unchanged, and so does StoreDamagedError raised inside
+    with pytest.raises(KeyError), damage_reported(url):
+        raise KeyError("signal")
+    damaged = rf"^{url}: array 'signal': chunk c/1"
+    with pytest.raises(StoreDamagedError, match=damaged), damage_reported("memory://other"):
+        open_dataset(url).signal.values  # noqa: B018
+
+
+def test_a_damaged_index_fails_on_open(tmp_path: Path) -> None:
+    url = str(tmp_path / "recording.zarr")
+    committed(recording(), url)
+    flip_byte(Path(url) / "time" / "c" / "2")
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'time': a chunk failed its"):
+        open_dataset(url)
+
+
+def test_a_store_without_checksums_reports_what_it_cannot_decompress(tmp_path: Path) -> None:
+    url = str(tmp_path / "old.zarr")
+    ds = xr.Dataset({"signal": ("time", RNG.normal(size=10_000))})
+    ds.to_zarr(  # as written before checksums: compressed only
+        url,
+        zarr_format=3,
+        consolidated=False,
+        encoding={"signal": {"chunks": (4096,), "compressors": (BloscCodec(cname="lz4"),)}},
+    )
+    path = Path(url) / "signal" / "c" / "1"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(
+        StoreDamagedError,
+        match=r"array 'signal': chunk c/1 could not be decompressed \(error during blosc "
+        r"decompression: -1; the store has no checksums\)",
+    ):
+        open_dataset(url).signal.values  # noqa: B018
+
+
+def test_is_damage_tells_codec_failures_from_other_errors() -> None:
+    checksum = ValueError("Stored and computed checksum do not match. Stored: b'1'.")
+    assert is_damage(checksum)
+    assert is_damage(RuntimeError("error during blosc decompression: -1"))
+    assert is_damage(RuntimeError("Zstd decompression error: invalid input data"))
+    assert is_damage(StoreDamagedError("memory://x.zarr: array 'a': chunk c/0 failed"))
+    try:
+        try:
+            raise checksum
+        except ValueError as e:
+            raise OSError("while reading a task's input") from e
+    except OSError as wrapped:
+        assert is_damage(wrapped)  # found through __cause__
+    assert not is_damage(ValueError("cannot reshape array of size 3 into shape (2,)"))
+    assert not is_damage(FileNotFoundError("memory://x.zarr/zarr.json"))
+    assert not is_damage(RuntimeError("Zstd compression error"))
