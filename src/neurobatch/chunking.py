@@ -16,12 +16,23 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = [
+    "CHUNK_MEMORY",
     "IN_MEMORY_CHUNKS",
     "OPEN_CHUNK_MEMORY",
+    "THREAD_SHARE",
     "TRIALS_CHUNK_MEMORY",
+    "chunk_budget",
     "chunk_length",
     "row_bytes",
 ]
+
+#: Bytes of one chunk unless set or derived from the workers (``engine.chunk_memory``).
+CHUNK_MEMORY = 64 * 2**20
+
+#: A worker thread's share of memory over this is one chunk's budget: a filter task holds
+#: about ten chunks (raw chunks, two float64 copies of its block, its result) beside a
+#: worker's ~260 MB of imports, so a 512 MiB worker peaks near two thirds of its limit.
+THREAD_SHARE = 64
 
 #: Filtered channels up to this many chunk budgets are kept in the worker's memory for the
 #: fit's passes; longer recordings go through a scratch Zarr store instead.
@@ -123,3 +134,32 @@ def row_bytes(variables: Iterable[_Variable], *, dim: str = "time") -> int:
         for v in variables
         if dim in v.dims
     )
+
+
+def chunk_budget(thread_memory: int | None, *, at_most: int = CHUNK_MEMORY) -> int:
+    """The bytes of one chunk where each worker thread has ``thread_memory`` bytes.
+
+    A :data:`THREAD_SHARE`-th of ``thread_memory`` (a worker's memory limit over its
+    threads), at most ``at_most``; ``at_most`` itself when the workers have no limit.
+
+    Parameters
+    ----------
+    thread_memory : int or None
+        Bytes of worker memory per thread; None (or 0) when the workers have no limit.
+    at_most : int, default :data:`CHUNK_MEMORY`
+        The largest budget.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> chunk_budget(2**29)
+    8388608
+    >>> chunk_budget(None), chunk_budget(2**34)
+    (67108864, 67108864)
+    """
+    if not thread_memory:
+        return at_most
+    return max(1, min(at_most, thread_memory // THREAD_SHARE))

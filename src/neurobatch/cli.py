@@ -450,7 +450,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
     from distributed import Client, LocalCluster
 
-    from neurobatch.engine.check import Check, run_check
+    from neurobatch.selfcheck import Check, run_check
 
     def show(check: Check) -> None:
         mark = "ok  " if check.ok else "FAIL"
@@ -497,7 +497,7 @@ def _provenance(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from neurobatch.engine.layout import OutputLayout
-    from neurobatch.engine.provenance import read_processing, summary
+    from neurobatch.engine.provenance_summary import read_processing, summary
     from neurobatch.errors import InputNotFoundError
 
     layout = OutputLayout(str(args.out).rstrip("/"))

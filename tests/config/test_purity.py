@@ -1,4 +1,5 @@
-"""The configuration imports nothing of neurobatch but its errors (DESIGN.md: Layout)."""
+"""The configuration imports nothing of neurobatch but its errors and chunking (DESIGN.md:
+Layout)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import subprocess
 import sys
 
 
-def test_config_imports_only_errors() -> None:
+def test_config_imports_only_errors_and_chunking() -> None:
     probe = (
         "import neurobatch.config, sys; "
         "print(','.join(sorted(m for m in sys.modules if m.startswith('neurobatch'))))"
@@ -16,4 +17,5 @@ def test_config_imports_only_errors() -> None:
     )
     imported = set(result.stdout.strip().split(","))
     others = {m for m in imported if not m.startswith("neurobatch.config")}
-    assert others == {"neurobatch", "neurobatch.errors"}, f"config imported: {sorted(others)}"
+    expected = {"neurobatch", "neurobatch.errors", "neurobatch.chunking"}
+    assert others == expected, f"config imported: {sorted(others)}"

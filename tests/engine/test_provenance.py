@@ -21,12 +21,8 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.engine.monitor import ResourceMonitor
-from neurobatch.engine.provenance import (
-    StageRecord,
-    append_processing,
-    build_processing,
-    read_processing,
-)
+from neurobatch.engine.provenance import StageRecord, append_processing, build_processing
+from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.engine.run import Pipeline, RunError
 from neurobatch.redact import REDACTED
 from processes import dask_processes, wait_for

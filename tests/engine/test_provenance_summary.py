@@ -21,7 +21,7 @@ from aind_data_schema.core.processing import (
 from aind_data_schema_models.process_names import ProcessName
 from aind_data_schema_models.units import MemoryUnit
 
-from neurobatch.engine.provenance import read_processing, summary
+from neurobatch.engine.provenance_summary import read_processing, summary
 from neurobatch.errors import InputError
 
 T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone(timedelta(hours=2)))

@@ -18,7 +18,7 @@ import fsspec
 import yaml
 from distributed import Client
 
-from neurobatch.engine.provenance import read_processing
+from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.engine.run import Pipeline
 from neurobatch.redact import REDACTED
 from runs import assert_same_results

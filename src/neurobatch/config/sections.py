@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from neurobatch.chunking import CHUNK_MEMORY, chunk_budget
 from neurobatch.config.base import (
     Bounds,
     EventNames,
@@ -342,7 +343,7 @@ class EngineConfig(_Model):
 
     max_in_flight: int | None = Field(default=None, ge=1)
     """The most items submitted at once; ``null`` for twice the worker threads."""
-    chunk_memory: MemorySize = 64 * 2**20
+    chunk_memory: MemorySize = CHUNK_MEMORY
     """The memory budget of one chunk, from which chunk lengths follow. Unset, a run
     derives it from its workers (:meth:`chunk_budget`): a sixty-fourth of a worker
     thread's share of its worker's memory limit, at most ``64MiB`` (and ``64MiB`` when the
@@ -358,11 +359,8 @@ class EngineConfig(_Model):
     def chunk_budget(self, thread_memory: int | None) -> int:
         """Return the chunk memory to use where each worker thread has ``thread_memory`` bytes.
 
-        ``chunk_memory`` when it was set; otherwise a sixty-fourth of ``thread_memory``
-        (a worker's memory limit over its threads), at most the 64 MiB default. A
-        filter task holds about ten chunks (raw chunks, two float64 copies of its block,
-        its result) beside a worker's ~260 MB of imports: at a sixty-fourth, a 512 MiB
-        worker peaks near two thirds of its limit.
+        ``chunk_memory`` when it was set; otherwise :func:`neurobatch.chunking.chunk_budget`
+        (a sixty-fourth of ``thread_memory``, at most the 64 MiB default).
 
         Parameters
         ----------
@@ -383,6 +381,6 @@ class EngineConfig(_Model):
         >>> EngineConfig(chunk_memory="32MiB").chunk_budget(2**29)
         33554432
         """
-        if "chunk_memory" in self.model_fields_set or not thread_memory:
+        if "chunk_memory" in self.model_fields_set:
             return self.chunk_memory
-        return max(1, min(self.chunk_memory, thread_memory // 64))
+        return chunk_budget(thread_memory, at_most=self.chunk_memory)

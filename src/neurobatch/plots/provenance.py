@@ -135,7 +135,7 @@ def resource_usage(
     ----------
     processing : Processing
         The run's record, e.g. from
-        :func:`neurobatch.engine.provenance.read_processing`.
+        :func:`neurobatch.engine.provenance_summary.read_processing`.
     path : str
         Where to write the figure, any fsspec URL; the format comes from the extension
         (``.png`` or ``.svg``).

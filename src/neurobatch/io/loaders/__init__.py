@@ -16,7 +16,7 @@ Large recordings, read lazily (dask-backed, nothing read on load but headers and
 chunked along time or frames from ``chunk_memory``: ephys ``traces(time, channel)``, movies
 ``frames(frame, y, x)`` with ``frame_time``, spikes ``spike_time(spike)`` with ``unit``:
 
-- ``spikeglx`` (files): SpikeGLX ``.bin`` with its ``.meta`` (:mod:`.binary`);
+- ``spikeglx`` (files): SpikeGLX ``.bin`` with its ``.meta`` (:mod:`.spikeglx`);
 - ``raw-binary`` (files): headerless interleaved binary, layout given (:mod:`.binary`);
 - ``nwb`` (files): NWB ElectricalSeries, ImageSeries, Units and events via ``pynwb``
   (:mod:`.nwb`);
@@ -59,12 +59,13 @@ from neurobatch.config.loaders import LOADER_FORMATS
 from neurobatch.errors import ConfigError
 from neurobatch.io.loaders._common import closest, coerce_arguments, recorded_reads
 from neurobatch.io.loaders.arrays import load_npy, load_zarr
-from neurobatch.io.loaders.binary import load_raw_binary, load_spikeglx
+from neurobatch.io.loaders.binary import load_raw_binary
 from neurobatch.io.loaders.csv import load_photometry_csv
 from neurobatch.io.loaders.legacy_pickle import load_rgc_pickle
 from neurobatch.io.loaders.nwb import load_nwb
 from neurobatch.io.loaders.parquet import load_photometry_parquet
 from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
+from neurobatch.io.loaders.spikeglx import load_spikeglx
 from neurobatch.io.loaders.tdt import load_tdt
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
   are stored (by default ``(time, channel)`` or ``(frame, y, x)``). The header is read on
   load; the data are memory-mapped locally (as ``numpy.load(mmap_mode="r")`` does) or read
   by byte ranges from any other fsspec URL, chunk by chunk (see
-  :class:`~neurobatch.io.loaders.binary.FileArray`). Arrays of Python objects are refused
+  :class:`~neurobatch.io.loaders._lazy.FileArray`). Arrays of Python objects are refused
   (reading them would unpickle).
 - ``zarr``: a Zarr store (v2 or v3, any fsspec URL) that ``xarray.open_zarr`` reads, in its
   own chunks. It must hold ``traces(time, channel)`` and/or ``frames(frame, y, x)``
@@ -28,7 +28,7 @@ import xarray as xr
 from neurobatch.config.lazy_arguments import _DIMS, NpyArguments, ZarrArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import check_time, closest, coerce_arguments
-from neurobatch.io.loaders.binary import (
+from neurobatch.io.loaders._lazy import (
     DEFAULT_CHUNK_MEMORY,
     FileArray,
     lazy,
@@ -71,6 +71,95 @@ def _npy_header(url: str, fs: Any, path: str) -> tuple[tuple[int, ...], bool, np
         except ValueError as e:
             raise InputError(f"{url!r} is not a readable .npy file: {e}") from None
         return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype), int(handle.tell())
+
+
+def _npy_dims(
+    url: str, args: NpyArguments, shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> tuple[str, ...]:
+    """The stored dims of a numeric array whose shape matches ``args``."""
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InputError(
+            f"{url!r} holds {dtype} values; expected a numeric array (arrays of Python "
+            "objects are never read: loading them would unpickle)"
+        )
+    dims = args.stored_dims(len(shape))
+    if len(dims) != len(shape):
+        raise InputError(
+            f"{url!r} holds a {len(shape)}-D array of shape {shape}; kind {args.kind!r} with "
+            f"dims {list(dims)} expects {len(dims)}-D"
+        )
+    return dims
+
+
+def _npy_reader(
+    url: str,
+    fs: Any,
+    path: str,
+    so: Mapping[str, Any],
+    *,
+    shape: tuple[int, ...],
+    fortran: bool,
+    dtype: np.dtype[Any],
+    offset: int,
+) -> FileArray:
+    """The array's lazy reader, once the file is known to hold all it announces."""
+    info = fs.info(path)
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if int(info["size"]) < needed:
+        raise InputError(
+            f"{url!r} has {info['size']} bytes but its header announces {shape} of {dtype} "
+            f"({needed} bytes with the header); the file is truncated"
+        )
+    return FileArray(
+        url,
+        shape=shape,
+        dtype=dtype,
+        offset=offset,
+        order="F" if fortran else "C",
+        storage_options=so,
+        fingerprint=(info.get("size"), info.get("mtime"), info.get("ETag")),
+    )
+
+
+def _npy_traces(
+    url: str, args: NpyArguments, data: xr.DataArray, n: int, attrs: dict[str, Any]
+) -> tuple[xr.DataArray, dict[str, Any]]:
+    """``traces(time, channel)`` and its coordinates; fills ``attrs``."""
+    if "channel" not in data.dims:
+        data = data.expand_dims("channel", axis=1)
+    data = data.transpose("time", "channel")
+    n_channels = int(data.sizes["channel"])
+    if args.channel_names is not None and len(args.channel_names) != n_channels:
+        raise InputError(
+            f"{url!r} has {n_channels} channels but channel_names names {len(args.channel_names)}"
+        )
+    rate = cast(float, args.sampling_rate)
+    coords: dict[str, Any] = {
+        "time": ("time", np.arange(n, dtype=np.float64) / rate + args.t0),
+        "channel": (
+            "channel",
+            np.arange(n_channels)
+            if args.channel_names is None
+            else np.asarray(args.channel_names, dtype=np.str_),
+        ),
+    }
+    attrs.update(sampling_rate=float(rate), n_samples=n, event_names=[])
+    if args.gain_uv is not None:
+        attrs["gain_uv"] = float(args.gain_uv)
+    return data, coords
+
+
+def _npy_frames(
+    args: NpyArguments, data: xr.DataArray, n: int, attrs: dict[str, Any]
+) -> tuple[xr.DataArray, dict[str, Any]]:
+    """``frames(frame, y, x)`` and ``frame_time``; fills ``attrs``."""
+    data = data.transpose("frame", "y", "x")
+    fps = cast(float, args.fps)
+    coords = {"frame_time": ("frame", args.stimulus_onset + np.arange(n, dtype=np.float64) / fps)}
+    attrs.update(fps=float(fps), stimulus_onset=float(args.stimulus_onset), n_frames=n)
+    if args.pixel_size is not None:
+        attrs["pixel_size"] = float(args.pixel_size)
+    return data, coords
 
 
 def load_npy(
@@ -130,32 +219,9 @@ def load_npy(
     fs, path = fsspec.core.url_to_fs(url, **so)
     path = str(path)
     shape, fortran, dtype, offset = _npy_header(url, fs, path)
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise InputError(
-            f"{url!r} holds {dtype} values; expected a numeric array (arrays of Python "
-            "objects are never read: loading them would unpickle)"
-        )
-    dims = args.stored_dims(len(shape))
-    if len(dims) != len(shape):
-        raise InputError(
-            f"{url!r} holds a {len(shape)}-D array of shape {shape}; kind {args.kind!r} with "
-            f"dims {list(dims)} expects {len(dims)}-D"
-        )
-    info = fs.info(path)
-    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if int(info["size"]) < needed:
-        raise InputError(
-            f"{url!r} has {info['size']} bytes but its header announces {shape} of {dtype} "
-            f"({needed} bytes with the header); the file is truncated"
-        )
-    reader = FileArray(
-        url,
-        shape=shape,
-        dtype=dtype,
-        offset=offset,
-        order="F" if fortran else "C",
-        storage_options=so,
-        fingerprint=(info.get("size"), info.get("mtime"), info.get("ETag")),
+    dims = _npy_dims(url, args, shape, dtype)
+    reader = _npy_reader(
+        url, fs, path, so, shape=shape, fortran=fortran, dtype=dtype, offset=offset
     )
     long_dim = "time" if args.kind == "traces" else "frame"
     axis = dims.index(long_dim)
@@ -171,38 +237,10 @@ def load_npy(
     n = int(shape[axis])
     attrs: dict[str, Any] = {"source": url}
     if args.kind == "traces":
-        if "channel" not in dims:
-            data = data.expand_dims("channel", axis=1)
-        data = data.transpose("time", "channel")
-        n_channels = int(data.sizes["channel"])
-        if args.channel_names is not None and len(args.channel_names) != n_channels:
-            raise InputError(
-                f"{url!r} has {n_channels} channels but channel_names names "
-                f"{len(args.channel_names)}"
-            )
-        rate = cast(float, args.sampling_rate)
-        coords: dict[str, Any] = {
-            "time": ("time", np.arange(n, dtype=np.float64) / rate + args.t0),
-            "channel": (
-                "channel",
-                np.arange(n_channels)
-                if args.channel_names is None
-                else np.asarray(args.channel_names, dtype=np.str_),
-            ),
-        }
-        attrs.update(sampling_rate=float(rate), n_samples=n, event_names=[])
-        if args.gain_uv is not None:
-            attrs["gain_uv"] = float(args.gain_uv)
+        data, coords = _npy_traces(url, args, data, n, attrs)
         name = "traces"
     else:
-        data = data.transpose("frame", "y", "x")
-        fps = cast(float, args.fps)
-        coords = {
-            "frame_time": ("frame", args.stimulus_onset + np.arange(n, dtype=np.float64) / fps)
-        }
-        attrs.update(fps=float(fps), stimulus_onset=float(args.stimulus_onset), n_frames=n)
-        if args.pixel_size is not None:
-            attrs["pixel_size"] = float(args.pixel_size)
+        data, coords = _npy_frames(args, data, n, attrs)
         name = "frames"
     attrs = merge_sidecar(attrs, url, args, storage_options=so)
     logger.debug("%s: %s %s from a %s array", url, name, shape, dtype)

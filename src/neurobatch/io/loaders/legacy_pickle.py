@@ -55,7 +55,7 @@ from numpy.typing import NDArray
 from neurobatch.config.lazy_arguments import RGCPickleArguments
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders._common import coerce_arguments
-from neurobatch.io.loaders.binary import (
+from neurobatch.io.loaders._lazy import (
     DEFAULT_CHUNK_MEMORY,
     merge_sidecar,
     time_chunks,

@@ -44,7 +44,7 @@ from xarray.backends import CachingFileManager
 from neurobatch.config.lazy_arguments import NWBArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import check_time, closest, coerce_arguments
-from neurobatch.io.loaders.binary import (
+from neurobatch.io.loaders._lazy import (
     DEFAULT_CHUNK_MEMORY,
     lazy,
     merge_sidecar,

@@ -20,11 +20,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.config.arguments import PhotometryParquetArguments
 from neurobatch.errors import InputError, InputNotFoundError
-from neurobatch.io.loaders._common import (
-    coerce_arguments,
-    recording_from_table,
-    resolve_columns,
-)
+from neurobatch.io.loaders._common import coerce_arguments
+from neurobatch.io.loaders._photometry import recording_from_table, resolve_columns
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)

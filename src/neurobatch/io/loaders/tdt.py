@@ -29,11 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.config.arguments import TDTArguments
 from neurobatch.errors import InputError, InputNotFoundError
-from neurobatch.io.loaders._common import (
-    build_recording,
-    closest,
-    coerce_arguments,
-)
+from neurobatch.io.loaders._common import closest, coerce_arguments
+from neurobatch.io.loaders._photometry import build_recording
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)

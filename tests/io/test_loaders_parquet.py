@@ -1,0 +1,142 @@
+"""Tests of the ``photometry-parquet`` loader: the same columns as CSV, the same Dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+import pytest
+import xarray as xr
+
+from neurobatch.errors import InputError
+from neurobatch.io.loaders import load_photometry_csv, load_photometry_parquet, load_recording
+from photometry_files import (
+    EVENTS,
+    check_recording_shape,
+    events_of,
+    recording_frame,
+    write_csv,
+    write_text,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Parquet: the same columns, the same Dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parquet_equals_csv(tmp_path: Path) -> None:
+    frame, planted = recording_frame(seed=11)
+    csv_path = write_csv(tmp_path / "exp.csv", frame)
+    parquet_path = tmp_path / "exp.parquet"
+    frame.to_parquet(parquet_path)
+    args = {"event_cols": EVENTS}
+    from_csv = load_photometry_csv(str(csv_path), args)
+    from_parquet = load_photometry_parquet(str(parquet_path), args)
+    check_recording_shape(from_parquet)
+    xr.testing.assert_identical(
+        from_csv.drop_attrs(deep=False), from_parquet.drop_attrs(deep=False)
+    )
+    assert {k: v for k, v in from_parquet.attrs.items() if k != "source"} == {
+        k: v for k, v in from_csv.attrs.items() if k != "source"
+    }
+    for name in EVENTS:
+        np.testing.assert_array_equal(events_of(from_parquet, name), planted[name])
+
+
+def test_parquet_flag_types_and_index(tmp_path: Path) -> None:
+    n = 50
+    t = np.arange(n) / 10.0
+    table = pa.table(
+        {
+            "__index_level_0__": pa.array(np.arange(n) + 100),
+            "time": pa.array(t, pa.float32()),  # numbers of any width are read as float64
+            "signal": pa.array(np.arange(n, dtype=np.int64)),
+            "as_bool": pa.array([i == 3 if i != 4 else None for i in range(n)], pa.bool_()),
+            "as_int": pa.array(np.isin(np.arange(n), [5, 9]).astype(np.uint8)),
+            "as_float": pa.array(
+                [1.0 if i == 7 else (np.nan if i == 8 else 0.0) for i in range(n)]
+            ),
+        }
+    )
+    path = tmp_path / "flags.parquet"
+    pq.write_table(table, path)
+    ds = load_photometry_parquet(
+        str(path), {"isosbestic_col": None, "event_cols": ["as_bool", "as_int", "as_float"]}
+    )
+    t32 = t.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(ds.time.values, t32)
+    assert ds.event_name.values.tolist() == ["as_bool", "as_int", "as_float", "as_int"]
+    np.testing.assert_array_equal(ds.event_time.values, t32[[3, 5, 7, 9]])
+
+
+@pytest.mark.parametrize(
+    ("columns", "match"),
+    [
+        pytest.param(
+            {"signal": pa.array(["a", "b", "c"])},
+            r"column 'signal' holds string values; expected numbers",
+            id="string-signal",
+        ),
+        pytest.param(
+            {"cue": pa.array([0, 2, 0])},
+            r"^'.*bad\.parquet': event column 'cue' holds 2\.0 at row 1; expected a boolean or "
+            r"0/1 flag$",
+            id="flag-two",
+        ),
+        pytest.param(
+            {"cue": pa.array(["yes", "no", "no"])},
+            r"event column 'cue' holds string values; expected a boolean or 0/1 flag",
+            id="string-flag",
+        ),
+        pytest.param(
+            {"signal": pa.array([1.0, np.nan, 2.0])},
+            r"column 'signal' has a NaN, inf or empty value \(nan\) at row 1",
+            id="nan-signal",
+        ),
+        pytest.param(
+            {"sgnal": pa.array([1.0, 1.0, 2.0]), "signal": None},
+            r"has no column 'signal' \(signal_col; did you mean 'sgnal'\?\)",
+            id="missing-column",
+        ),
+    ],
+)
+def test_parquet_bad_input(tmp_path: Path, columns: dict[str, Any], match: str) -> None:
+    base: dict[str, Any] = {
+        "time": pa.array([0.0, 0.1, 0.2]),
+        "signal": pa.array([1.0, 1.1, 1.2]),
+        "cue": pa.array([False, True, False]),
+    }
+    base.update(columns)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({k: v for k, v in base.items() if v is not None}), path)
+    with pytest.raises(InputError, match=match):
+        load_photometry_parquet(str(path), {"isosbestic_col": None, "event_cols": ["cue"]})
+
+
+def test_parquet_not_parquet(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "fake.parquet", "time,signal\n0,1\n")
+    with pytest.raises(InputError, match=r"^'.*fake\.parquet' is not a Parquet file: "):
+        load_photometry_parquet(str(path), {})
+
+
+def test_parquet_memory_url_with_sidecar() -> None:
+    frame, planted = recording_frame(n=200, seed=2)
+    fs = fsspec.filesystem("memory")
+    with fs.open("/loaders-test/pq/day1/exp_7.parquet", "wb") as f:
+        frame.to_parquet(f)
+    fs.pipe("/loaders-test/pq/day1/day1.yaml", b"subject: m7\nsession: 2024-03-01\n")
+    url = "memory://loaders-test/pq/day1/exp_7.parquet"
+    ds = load_recording(
+        url,
+        {"format": "photometry-parquet", "event_cols": EVENTS, "annotation": "{parent}.yaml"},
+        format="photometry-parquet",
+    )
+    assert ds.attrs["subject"] == "m7"
+    assert ds.attrs["session"] == "2024-03-01"  # a YAML date, kept JSON-safe
+    assert ds.attrs["source"] == url
+    np.testing.assert_array_equal(ds.signal.values, frame.signal.to_numpy())
+    np.testing.assert_array_equal(events_of(ds, "trial_cue"), planted["trial_cue"])
