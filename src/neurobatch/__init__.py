@@ -4,15 +4,23 @@ The public API, imported on first use (``import neurobatch.kernels`` stays free 
 
 - :class:`Pipeline` (``neurobatch.engine.run``): a pipeline file, run on a cluster;
 - :class:`Stage` and :func:`stage` (``neurobatch.engine.stages``): stages of your own;
-- :class:`PipelineConfig` and :func:`load_config` (``neurobatch.config``): its models.
+- :class:`PipelineConfig` and :func:`load_config` (``neurobatch.config``): its models;
+- ``__version__``: the installed version (read once: every stage key and provenance record
+  names it).
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["Pipeline", "PipelineConfig", "Stage", "load_config", "stage"]
+__all__ = ["Pipeline", "PipelineConfig", "Stage", "__version__", "load_config", "stage"]
+
+try:
+    __version__ = version("neurobatch")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 _EXPORTS = {
     "Pipeline": "neurobatch.engine.run",

@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from importlib.metadata import version
 from typing import Any
 
+from neurobatch import __version__
 from neurobatch.errors import NeurobatchError
 
 __all__ = ["main"]
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.version:
-        print(f"neurobatch {version('neurobatch')}")
+        print(f"neurobatch {__version__}")
         return 0
     if args.command is None:
         parser.print_help()

@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib.metadata import version
 from typing import Any
 
 import fsspec
@@ -39,6 +38,7 @@ from aind_data_schema.core.processing import (
 )
 from aind_data_schema_models.units import MemoryUnit
 
+from neurobatch import __version__
 from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.redact import redact
 
@@ -233,7 +233,7 @@ def _code(
     return Code(
         url=SOURCE_URL,
         name=name,
-        version=code_version or version("neurobatch"),
+        version=code_version or __version__,
         language="Python",
         language_version=platform.python_version(),
         parameters=redact(dict(parameters)),

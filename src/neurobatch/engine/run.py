@@ -18,7 +18,6 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import dask
 import pandas as pd
 from distributed import Client, Future, as_completed
 
+from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
 from neurobatch.engine.cluster import connect, planned_threads
 from neurobatch.engine.combine import Combiner
@@ -512,7 +512,7 @@ class Pipeline:
         combiner.finish(table.reset_index(drop=True), config.output.formats)
         run = {
             "name": config.name,
-            "neurobatch": version("neurobatch"),
+            "neurobatch": __version__,
             "run": run_id,
             "n_items": len(items),
             "n_trials": combiner.n_trials,

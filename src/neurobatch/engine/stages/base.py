@@ -24,12 +24,12 @@ import json
 import keyword
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from typing import Any, Literal
 
 import cloudpickle
 import xarray as xr
 
+from neurobatch import __version__
 from neurobatch.config import PipelineConfig
 from neurobatch.errors import ConfigError
 from neurobatch.io.loaders._common import closest
@@ -388,7 +388,7 @@ def key_parts(
     (False, True)
     """
     code = {
-        "stage": stage_.version or f"neurobatch {version('neurobatch')}",
+        "stage": stage_.version or f"neurobatch {__version__}",
         "hooks": {name: code_hash(hooks[name]) for name in stage_.hooks if name in hooks},
     }
     parts = {
