@@ -306,3 +306,48 @@ def test_status_with_the_pipeline_file_shows_stale_stages_and_why(
     assert (states["status"] == "done").all()  # without the file nothing can be stale
     assert "trials: its parameters in the pipeline file changed" in printed
     assert "ingest: its input or a file its loader read (sidecar, .meta) changed" in printed
+
+
+SUMMARY = """
+import xarray as xr
+
+
+def summary(recording):
+    return xr.Dataset({"signal_mean": recording.signal.mean(), "n": recording.sizes["time"]})
+"""
+
+
+def test_a_custom_kind_runs_ingest_and_the_users_stages(batch: Path, local_client: Client) -> None:
+    code = batch.parent / "summary.py"
+    code.write_text(SUMMARY)
+    pipeline = yaml.safe_load(batch.read_text())
+    for section in ("preprocess", "trials"):
+        pipeline.pop(section)
+    pipeline |= {"kind": "custom", "stages": [{"name": "summary", "run": f"{code}:summary"}]}
+    batch.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    summary = Pipeline.from_file(batch).run(client=local_client)
+    assert set(_stages_run(summary).values()) == {"ingest,summary"}
+    out = batch.parent / "out"
+    for item in ITEMS:
+        table = pd.read_csv(batch.parent / "data" / f"{item}.csv")
+        result = xr.open_zarr(out / "items" / item / "summary").load()
+        np.testing.assert_allclose(float(result["signal_mean"]), table["signal"].mean())
+        assert int(result["n"]) == len(table)
+    assert not (out / "trials.zarr").exists()
+
+
+def test_validate_names_a_misspelled_stage_parameter(
+    batch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = batch.parent / "measures.py"
+    code.write_text(STAGE)
+    _edit(
+        batch,
+        stages=[{"name": "peak_auc", "run": f"{code}:peak_auc", "params": {"windw_s": [0, 2]}}],
+    )
+    assert main(["validate", str(batch)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "neurobatch validate: error: stage 'peak_auc': params.windw_s: peak_auc takes no "
+        "argument 'windw_s'; did you mean 'window_s'? (it takes trials, window_s)"
+    )

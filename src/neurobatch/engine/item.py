@@ -380,7 +380,8 @@ class _ItemRun:
                 return False
             trials_store.append_trials(dataset, url, storage_options=self.so)
             return True
-        dim = chunk_dim or stage.chunk_dim or str(next(iter(dataset.dims), ""))
+        # a user's output without a dimension (a summary of scalars) is one chunk
+        dim = chunk_dim or stage.chunk_dim or next(map(str, dataset.dims), None)
         write_dataset(
             dataset,
             url,

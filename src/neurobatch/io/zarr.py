@@ -197,7 +197,7 @@ def write_dataset(
     *,
     chunk_memory: int,
     storage_options: Mapping[str, Any] | None = None,
-    dim: str = "time",
+    dim: str | None = "time",
     minimum: int = 4096,
 ) -> None:
     """Write a dataset as a Zarr v3 group, chunked along ``dim`` from a memory budget.
@@ -220,8 +220,9 @@ def write_dataset(
         :func:`~neurobatch.chunking.chunk_length`).
     storage_options : mapping, optional
         Options for the fsspec filesystem.
-    dim : str, default "time"
-        The dimension to chunk; every other dimension is one chunk.
+    dim : str or None, default "time"
+        The dimension to chunk; every other dimension is one chunk. None for a small
+        dataset (a user stage's summary, scalars): every variable in one chunk.
     minimum : int, default 4096
         The shortest chunk along ``dim`` (see :func:`~neurobatch.chunking.chunk_length`); 1
         for datasets whose rows are large, such as a movie's frames.
@@ -251,18 +252,23 @@ def write_dataset(
     array([0., 1., 2., 3., 4., 5.])
     >>> back.event_name.values.tolist(), back.attrs["fit"]
     (['cue', 'lever'], {'slope': 1.0})
+    >>> write_dataset(xr.Dataset({"mean": 2.5}), "memory://doc/summary.zarr",
+    ...               chunk_memory=2**20, dim=None)
+    >>> float(open_dataset("memory://doc/summary.zarr")["mean"])
+    2.5
     """
-    if dim not in ds.dims:
+    if dim is not None and dim not in ds.dims:
         raise ValueError(
             f"cannot write to {url}: the dataset has no dimension {dim!r} (it has "
             f"{sorted(map(str, ds.dims))}); expected a Recording or Processed dataset"
         )
-    bytes_per_sample = row_bytes(ds.variables.values(), dim=dim)
-    n = min(
-        chunk_length(chunk_memory, bytes_per_sample=max(1, bytes_per_sample), minimum=minimum),
-        ds.sizes[dim],
-    )
-    n = max(n, 1)
+    n = 1
+    if dim is not None:
+        bytes_per_sample = row_bytes(ds.variables.values(), dim=dim)
+        length = chunk_length(
+            chunk_memory, bytes_per_sample=max(1, bytes_per_sample), minimum=minimum
+        )
+        n = max(min(length, ds.sizes[dim]), 1)
     prepared = _with_zarr_strings(ds)
     prepared.attrs = to_json_safe(dict(ds.attrs), name=f"attrs of {url}")
     encoding: dict[str, dict[str, Any]] = {}
