@@ -351,3 +351,32 @@ def test_validate_names_a_misspelled_stage_parameter(
         "neurobatch validate: error: stage 'peak_auc': params.windw_s: peak_auc takes no "
         "argument 'windw_s'; did you mean 'window_s'? (it takes trials, window_s)"
     )
+
+
+def test_a_failing_user_stage_fails_its_item_with_one_line(
+    batch: Path, local_client: Client
+) -> None:
+    @neurobatch.stage(name="fussy")
+    def fussy(trials: xr.Dataset) -> xr.Dataset:
+        if str(trials["item_id"].values[0]) == "experiment_002":
+            raise ValueError("no good trial in this session")
+        return trials.dff.mean("rel_time").to_dataset(name="mean_dff")
+
+    summary = Pipeline.from_file(batch, stages=[fussy]).run(client=local_client)
+    items = summary.items.set_index("item_id")
+    assert items["status"].to_dict() == {
+        "experiment_001": "done",
+        "experiment_002": "failed",
+        "experiment_003": "done",
+    }
+    url = batch.parent / "data" / "experiment_002.csv"
+    assert items.loc["experiment_002", "error"] == (
+        f"{url}: stage fussy: no good trial in this session"
+    )
+    # the stages before it are committed: a re-run redoes only the failing stage
+    again = Pipeline.from_file(batch, stages=[fussy]).run(client=local_client)
+    assert _stages_run(again) == {
+        "experiment_001": "",
+        "experiment_002": "fussy",
+        "experiment_003": "",
+    }

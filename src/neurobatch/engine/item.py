@@ -542,7 +542,7 @@ def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemO
             _run_item(job, outcome)
         except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
             outcome.status = "failed"
-            outcome.error = scrub(one_line(error), secrets)
+            outcome.error = scrub(_failure_line(job, outcome, error), secrets)
             outcome.traceback = scrub(traceback.format_exc(), secrets)
             logger.error("%s failed: %s\n%s", job.item_id, outcome.error, outcome.traceback)
         else:
@@ -553,6 +553,16 @@ def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemO
         stage = outcome.stages_run[-1] if outcome.stages_run else job.stages[0].name
         _finish_item(job, outcome, scrub(log.text, secrets), stage)
     return outcome
+
+
+def _failure_line(job: ItemJob, outcome: ItemOutcome, error: Exception) -> str:
+    """An item's error as one line; a user's stage is named, with the input, since its own
+    message cannot know them."""
+    failing = outcome.stages_run[-1] if outcome.stages_run else None
+    stage = next((s for s in job.stages if s.name == failing), None)
+    if stage is None or stage.function is None:
+        return one_line(error)
+    return f"{job.url}: stage {stage.name}: {one_line(error)}"
 
 
 def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> None:
