@@ -20,6 +20,7 @@ __all__ = [
     "IN_MEMORY_CHUNKS",
     "OPEN_CHUNK_MEMORY",
     "THREAD_SHARE",
+    "TRIALS_BATCH_MEMORY",
     "TRIALS_CHUNK_MEMORY",
     "chunk_budget",
     "chunk_length",
@@ -41,6 +42,9 @@ IN_MEMORY_CHUNKS = 8
 #: Bytes of one store chunk of a 2-D variable of the combined trials store, when it is created
 #: (:func:`neurobatch.io.trials_store.append_trials`).
 TRIALS_CHUNK_MEMORY = 2 * 2**20
+
+#: Bytes of items' trials the driver gathers before one append to the combined trials store.
+TRIALS_BATCH_MEMORY = 32 * 2**20
 
 #: Bytes of one dask chunk of the 2-D variables of the combined trials store, read together
 #: (:func:`neurobatch.io.trials_store.open_trials`).

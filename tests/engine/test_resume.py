@@ -140,10 +140,10 @@ def test_killed_driver_resumes_skipping_the_committed_items(
         )
     try:
         deadline = time.monotonic() + 60
-        # 2 items committed and the driver appending to the new combined trials (staged)
-        while len(_committed(out)) < 2 or not list(out.glob(".staging/*/trials.zarr")):
+        # 2 items committed, the others still to come
+        while len(_committed(out)) < 2:
             assert driver.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "no 2 items committed and combining in 60 s"
+            assert time.monotonic() < deadline, "no 2 items committed in 60 s"
             time.sleep(0.02)
     finally:
         _kill_group(driver)

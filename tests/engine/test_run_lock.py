@@ -49,7 +49,7 @@ def _wait_for(condition: Any, process: subprocess.Popen[bytes], log: Path) -> No
     while not condition():
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+        time.sleep(0.005)
 
 
 def test_a_second_run_on_the_same_folder_exits_at_once(

@@ -1,7 +1,10 @@
 """The driver's combined outputs: every committed item's trials, the tables and the AnnData.
 
 As items finish, their trials are appended, in manifest order, to a new ``trials.zarr``
-built in the run's staging folder (``OUT/.staging/<run>/``); items the run did not touch
+built in the run's staging folder (``OUT/.staging/<run>/``), several items in one append
+while they have the same columns and attributes (up to
+:data:`neurobatch.chunking.TRIALS_BATCH_MEMORY`: an append costs the same for one small item
+as for many); items the run did not touch
 (``--only``) are carried over from their committed stores, so the combined outputs always
 cover every committed item of the manifest. At the end the obs table, the AnnData and the
 items table are written beside it, and each output then takes the place of its old
@@ -12,6 +15,7 @@ previous complete outputs readable, and the next run rebuilds them.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,11 +23,14 @@ from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
+from neurobatch.chunking import TRIALS_BATCH_MEMORY
 from neurobatch.engine.item import ItemOutcome
 from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
 from neurobatch.io import export, files, trials_store
 from neurobatch.io.commit import remove
+from neurobatch.io.trials_store import TRIAL_DIM
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ class Combiner:
         self.n_trials = 0
         self.n_items = 0
         self.started: float | None = None
+        self.batch: list[xr.Dataset] = []
         remove(layout.staging(), storage_options=layout.storage_options)
 
     def add(self, outcome: ItemOutcome) -> None:
@@ -96,9 +104,22 @@ class Combiner:
                 self.rel_time.size,
             )
             trials = trials_store.resample_trials(trials, self.rel_time)
-        trials_store.append_trials(trials, self.staged, storage_options=so)
+        trials = trials.load()
+        if self.batch and _schema(trials) != _schema(self.batch[0]):
+            self._flush()
+        self.batch.append(trials)
+        if sum(b.nbytes for b in self.batch) >= TRIALS_BATCH_MEMORY:
+            self._flush()
         self.n_trials += outcome.n_trials
         self.n_items += 1
+
+    def _flush(self) -> None:
+        """Append the batched items' trials in one go (they share columns and attributes)."""
+        if not self.batch:
+            return
+        trials = self.batch[0] if len(self.batch) == 1 else xr.concat(self.batch, dim=TRIAL_DIM)
+        trials_store.append_trials(trials, self.staged, storage_options=self.layout.storage_options)
+        self.batch = []
 
     def finish(self, items: pd.DataFrame, formats: Sequence[str]) -> None:
         """Write the tables beside the staged trials, then put each output in its place.
@@ -110,6 +131,7 @@ class Combiner:
         formats : sequence of str
             ``output.formats``: which of the obs tables and the AnnData to write.
         """
+        self._flush()
         layout, so = self.layout, self.layout.storage_options
         names = [ITEMS_TABLE]
         files.write_bytes(
@@ -140,6 +162,16 @@ class Combiner:
                 storage_options=so,
             )
         remove(layout.staging(self.run_id), storage_options=so)
+
+
+def _schema(trials: xr.Dataset) -> str:
+    """What two items' trials must share to be appended together: every variable's name,
+    dimensions, dtype and attributes, and the dataset's attributes."""
+    variables = {
+        str(name): [list(map(str, v.dims)), str(v.dtype), v.attrs]
+        for name, v in trials.variables.items()
+    }
+    return json.dumps([variables, trials.attrs], sort_keys=True, default=str)
 
 
 def _parquet(table: pd.DataFrame) -> bytes:
