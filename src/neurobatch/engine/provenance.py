@@ -16,14 +16,12 @@ import getpass
 import os
 import platform
 import re
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import fsspec
 import numpy as np
 import pandas as pd
 import psutil
@@ -40,6 +38,7 @@ from aind_data_schema_models.units import MemoryUnit
 
 from neurobatch import __version__
 from neurobatch.engine.provenance_summary import read_processing
+from neurobatch.io import files
 from neurobatch.redact import redact
 
 __all__ = [
@@ -408,20 +407,5 @@ def append_processing(
         pipelines = {p.model_dump_json(): p for p in merged.pipelines or []}
         merged.pipelines = list(pipelines.values()) or None
         merged = Processing.model_validate(merged.model_dump())
-    _write_atomically(url, merged.model_dump_json(indent=2), so)
+    files.write_text(url, merged.model_dump_json(indent=2), storage_options=so)
     return merged
-
-
-def _write_atomically(url: str, text: str, storage_options: Mapping[str, Any]) -> None:
-    """Write a whole file or nothing: a temporary file beside it, then a move (a rename on
-    a local disk; on object stores the final object appears whole)."""
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    temporary = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
-    fs.pipe_file(temporary, text.encode())
-    try:
-        fs.mv(temporary, path)
-    finally:
-        if fs.exists(temporary):
-            fs.rm(temporary)

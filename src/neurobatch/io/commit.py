@@ -29,15 +29,14 @@ import itertools
 import json
 import logging
 import math
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
+
+from neurobatch.io.files import write_text
 
 __all__ = [
     "COMMIT_MARKER",
@@ -183,22 +182,7 @@ def commit(
     if arrays:
         content_of["arrays"] = inventory(url, storage_options=storage_options)
     content = json.dumps(to_json_safe(content_of, name="commit marker"), indent=2) + "\n"
-    fs, path = _marker_path(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        temporary = os.path.join(folder, f"{COMMIT_MARKER}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-    else:
-        fs.pipe_file(path, content.encode())
+    write_text(f"{url.rstrip('/')}/{COMMIT_MARKER}", content, storage_options=storage_options)
     logger.debug("committed %s", url)
 
 
