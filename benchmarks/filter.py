@@ -28,8 +28,8 @@ Cases, each in a fresh process:
   memory, 16 MiB here). This is the target case. Then one worker is retired for the series'
   other point (on the recording's first quarter in the full suite).
 - **neurobatch, filter pipeline** (full suite only): the same cluster running
-  ``Pipeline.run`` of a ``filter`` pipeline on the file (ingest to Zarr, then filter), with
-  the engine's defaults: what a user runs.
+  ``Pipeline.run`` of a ``filter`` pipeline on the file (its filter stage reads the
+  ``.bin`` itself; no raw copy), with the engine's defaults: what a user runs.
 
 Peak memory is the driver, nannies and workers summed, sampled every 50 ms; the Dask task
 stream gives the share of the workers' time spent in tasks and the task kinds that take it.
@@ -230,7 +230,7 @@ def _case(
 
 
 def _pipeline_run(client: Any, path: str, folder: Path) -> dict[str, Any]:
-    """``Pipeline.run`` of a ``filter`` pipeline on the file: ingest to Zarr, then filter."""
+    """``Pipeline.run`` of a ``filter`` pipeline on the file (no raw copy: the filter reads it)."""
     from distributed import get_task_stream
 
     from neurobatch.engine.run import Pipeline
@@ -252,7 +252,7 @@ def _pipeline_run(client: Any, path: str, folder: Path) -> dict[str, Any]:
         raise RuntimeError(f"the filter pipeline did not finish its item:\n{summary}")
     shutil.rmtree(folder, ignore_errors=True)
     samples = Path(path).stat().st_size // 2
-    name = "neurobatch filter pipeline (ingest + filter)"
+    name = "neurobatch filter pipeline"
     return _case(name, workers, seconds, memory, samples, stream.data)
 
 
@@ -287,8 +287,8 @@ def neurobatch_case(
         chunk_memory = EngineConfig().chunk_budget(
             min(w["memory_limit"] // w["nthreads"] for w in workers)
         )
-        # the pipeline first: its outputs (ingested and filtered, ~3x the recording) are
-        # removed before the stage's are written
+        # the pipeline first: its output (the filtered traces, ~2x the recording) is
+        # removed before the stage's is written
         piped = None if not pipeline else _pipeline_run(client, path, Path(scratch) / "pipeline")
         runs.append(_stage_run(client, path, str(Path(scratch) / "filtered-2.zarr"), chunk_memory))
         if piped is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from distributed import Client, LocalCluster
 
 from neurobatch import synthetic
 from neurobatch.engine.run import Pipeline
+from neurobatch.engine.stages import stage
+from neurobatch.errors import ConfigError
 
 FS = 30_000.0
 
@@ -95,7 +99,7 @@ def test_filter_stays_within_worker_memory_on_a_recording_larger_than_it(
     record = Processing.model_validate_json(
         (tmp_path / "out" / "items" / "long" / "processing.json").read_text()
     )
-    assert record.process_names == ["ingest", "filter"]
+    assert record.process_names == ["filter"]  # no copy of the raw recording
     for process in record.data_processes:
         usage = process.resources
         assert usage is not None and usage.ram_usage
@@ -110,6 +114,137 @@ def test_filter_stays_within_worker_memory_on_a_recording_larger_than_it(
     got = filtered["traces"][4_300_000:4_600_000].to_numpy()
     middle = reference[300_000:600_000]
     assert np.abs(got - middle).max() <= 1e-5 * np.abs(middle).max()
+
+
+def _whole_array_filter(raw: np.ndarray, gain_uv: float, *, reference: str) -> np.ndarray:
+    """The filter pipeline's result written out with SciPy on the whole array (float64 µV)."""
+    uv = raw.astype(np.float64) * gain_uv
+    if reference == "median":
+        uv = uv - np.median(uv, axis=1, keepdims=True)
+    sos = scipy.signal.butter(3, [300.0, 6000.0], btype="bandpass", fs=FS, output="sos")
+    return np.asarray(scipy.signal.sosfiltfilt(sos, uv, axis=0))
+
+
+@pytest.mark.parametrize("chunk_memory", [96_000, 1_000_003])
+def test_filter_reads_the_raw_file_itself_and_equals_the_filter_of_a_copy(
+    ephys: tuple[Path, xr.Dataset], tmp_path: Path, local_client: Client, chunk_memory: int
+) -> None:
+    """By default no raw copy is written; ``copy_raw: true`` writes it, with the same result."""
+    data, recording = ephys
+    outputs = {}
+    for copy_raw in (False, True):
+        out = tmp_path / f"copy-{copy_raw}"
+        config = _filter_config(data, out, common_reference="median", copy_raw=copy_raw)
+        config["engine"] = {"chunk_memory": chunk_memory}
+        summary = Pipeline(config).run(client=local_client)
+        assert summary.n_done == 1, summary
+        item = out / "items" / "probe"
+        assert (item / "ingest").exists() is copy_raw
+        record = Processing.model_validate_json((item / "processing.json").read_text())
+        assert record.process_names == (["ingest", "filter"] if copy_raw else ["filter"])
+        outputs[copy_raw] = xr.open_zarr(item / "filter").load()
+    # the copy holds the raw samples as the file does
+    copied = xr.open_zarr(tmp_path / "copy-True" / "items" / "probe" / "ingest")
+    np.testing.assert_array_equal(copied["traces"].values, recording["traces"].values)
+    direct, from_copy = outputs[False], outputs[True]
+    np.testing.assert_array_equal(direct["traces"].values, from_copy["traces"].values)
+    np.testing.assert_array_equal(direct["time"].values, from_copy["time"].values)
+    np.testing.assert_array_equal(direct["channel"].values, from_copy["channel"].values)
+    assert json.loads(direct.attrs["filter"]) == json.loads(from_copy.attrs["filter"])
+    assert "copy_raw" not in json.loads(direct.attrs["filter"])
+    whole = _whole_array_filter(
+        recording["traces"].values, recording.attrs["gain_uv"], reference="median"
+    )
+    assert np.abs(direct["traces"].values - whole).max() <= 1e-9 * np.abs(whole).max()
+
+
+def test_filter_without_a_copy_skips_when_unchanged_and_redoes_on_a_meta_or_input_edit(
+    ephys: tuple[Path, xr.Dataset], tmp_path: Path, local_client: Client
+) -> None:
+    """The filter's key holds the input's fingerprint and the ``.meta``'s, as ingest's does."""
+    source, recording = ephys
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("probe.bin", "probe.meta"):
+        shutil.copy2(source / name, data / name)
+    out = tmp_path / "out"
+    config = _filter_config(data, out)
+    gain = recording.attrs["gain_uv"]
+    raw = recording["traces"].values
+
+    def run() -> tuple[pd.DataFrame, np.ndarray]:
+        summary = Pipeline(config).run(client=local_client)
+        assert summary.n_failed == 0, summary
+        filtered = xr.open_zarr(out / "items" / "probe" / "filter")["traces"].values
+        return summary.items.set_index("item_id"), filtered
+
+    def touch(path: Path) -> None:  # a later mtime, whatever the file system's resolution
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))
+
+    items, first = run()
+    assert items.loc["probe", "stages_run"] == "filter"
+    np.testing.assert_allclose(first, _whole_array_filter(raw, gain, reference="none"), atol=1e-9)
+    items, again = run()
+    assert items.loc["probe", "status"] == "skipped"
+    np.testing.assert_array_equal(again, first)
+
+    # the .meta halves the gain: the filter is redone, and its traces are halved
+    meta = data / "probe.meta"
+    text = meta.read_text()
+    assert "imAiRangeMax=0.6\n" in text
+    meta.write_text(text.replace("imAiRangeMax=0.6\n", "imAiRangeMax=0.3\n"))
+    touch(meta)
+    items, halved = run()
+    assert items.loc["probe", "stages_run"] == "filter"
+    np.testing.assert_allclose(halved, first / 2, rtol=1e-12, atol=1e-12)
+
+    # the samples negated in the .bin (same size): redone, negated
+    (data / "probe.bin").write_bytes((-raw).astype("<i2").tobytes())
+    touch(data / "probe.bin")
+    items, negated = run()
+    assert items.loc["probe", "stages_run"] == "filter"
+    np.testing.assert_array_equal(negated, -halved)
+    items, _ = run()
+    assert items.loc["probe", "status"] == "skipped"
+
+
+def test_filter_without_a_copy_draws_its_figure_and_builds_the_experiment_id(
+    ephys: tuple[Path, xr.Dataset], tmp_path: Path, local_client: Client
+) -> None:
+    """The raw panel of the figure is read from the input; ``id_builder`` sees the input."""
+    data, _ = ephys
+    out = tmp_path / "out"
+    config = _filter_config(data, out, snippet_s=(0.5, 0.6))
+    config["output"]["dashboards"] = "png"
+
+    def experiment(recording: xr.Dataset) -> str:
+        return f"probe-{recording.sizes['channel']}ch"
+
+    for status in ("done", "skipped"):
+        summary = Pipeline(config).run(client=local_client, hooks={"id_builder": experiment})
+        assert summary.items["status"].tolist() == [status], summary
+        assert summary.items["experiment_id"].tolist() == ["probe-12ch"]
+    assert not (out / "items" / "probe" / "ingest").exists()
+    figure = out / "dashboards" / "probe.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stage_that_needs_the_raw_copy_asks_for_copy_raw(
+    ephys: tuple[Path, xr.Dataset], tmp_path: Path
+) -> None:
+    data, _ = ephys
+    spikes = stage(lambda ingest: None, name="spikes", needs=["ingest"])
+    config = _filter_config(data, tmp_path / "out")
+    with pytest.raises(
+        ConfigError,
+        match=r"stage 'spikes' needs 'ingest', which does not run before it; expected one of "
+        r"filter; a filter pipeline stores the raw recording as 'ingest' only with "
+        r"filter.copy_raw: true",
+    ):
+        Pipeline(config, stages=[spikes])
+    copied = Pipeline(_filter_config(data, tmp_path / "out", copy_raw=True), stages=[spikes])
+    assert [s.name for s in copied.stages] == ["ingest", "filter", "spikes"]
 
 
 def _loop_sta(

@@ -115,6 +115,11 @@ class EphysFilterConfig(FilterConfig):
     snippet_s: tuple[float, float] | None = None
     """A ``[start, stop]`` window in seconds for the raw-versus-filtered figure (with
     ``output.dashboards``); by default the first 0.2 s."""
+    copy_raw: bool = False
+    """Also store the raw recording in each item's group (its ``ingest`` stage, as other
+    kinds do) before filtering, for stages of your own that need it. By default the filter
+    reads the raw file itself and writes only the filtered traces: the same result, without
+    writing (and storing) a copy of the raw samples."""
 
 
 class StaConfig(_Model):

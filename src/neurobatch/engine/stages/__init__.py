@@ -4,7 +4,8 @@ A :class:`Stage` is the engine's unit of work (:mod:`.base`); a :class:`Kind` is
 stages with what to draw of an item. The built-in kinds:
 
 - ``photometry``: ingest -> preprocess -> trials (:mod:`.photometry`);
-- ``filter``: ingest -> filter (:mod:`.ephys`);
+- ``filter``: filter, which reads the raw recording itself; ingest -> filter with
+  ``filter.copy_raw: true`` (:mod:`.ephys`);
 - ``sta``: ingest -> sta (:mod:`.sta`);
 - ``custom``: ingest, then the user's own stages.
 
@@ -30,7 +31,7 @@ from neurobatch.engine.stages.base import (
     stage,
     stale_reason,
 )
-from neurobatch.engine.stages.ephys import FILTER, filter_traces
+from neurobatch.engine.stages.ephys import FILTER, FILTER_FROM_COPY, RAW_COPY, filter_traces
 from neurobatch.engine.stages.ingest import INGEST
 from neurobatch.engine.stages.photometry import (
     CHANNELS,
@@ -79,7 +80,9 @@ KINDS = {
         figures=photometry.figures,
         trials="trials",
     ),
-    "filter": Kind("filter", (INGEST, FILTER), on_cluster=True, figures=ephys.figures),
+    "filter": Kind(
+        "filter", (RAW_COPY, FILTER_FROM_COPY, FILTER), on_cluster=True, figures=ephys.figures
+    ),
     "sta": Kind("sta", (INGEST, STA), on_cluster=True, figures=sta.figures),
     "custom": Kind("custom", (INGEST,)),
 }
@@ -135,11 +138,11 @@ def pipeline_stages(config: PipelineConfig, extra: Iterable[Stage] = ()) -> list
         else each
         for i, each in enumerate(stages)
     ]
-    _check_order(stages)
+    _check_order(stages, config)
     return stages
 
 
-def _check_order(stages: Sequence[Stage]) -> None:
+def _check_order(stages: Sequence[Stage], config: PipelineConfig) -> None:
     seen: list[str] = []
     for each in stages:
         if each.name in seen:
@@ -149,8 +152,15 @@ def _check_order(stages: Sequence[Stage]) -> None:
             )
         for need in each.needs:
             if need not in seen:
+                # the filter kind stores the raw recording (its ingest) only when asked to
+                hint = (
+                    "; a filter pipeline stores the raw recording as 'ingest' only with "
+                    "filter.copy_raw: true"
+                    if need == "ingest" and config.kind == "filter"
+                    else ""
+                )
                 raise ConfigError(
                     f"stage {each.name!r} needs {need!r}, which does not run before it; "
-                    f"expected one of {', '.join(seen)}"
+                    f"expected one of {', '.join(seen)}{hint}"
                 )
         seen.append(each.name)

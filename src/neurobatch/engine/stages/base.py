@@ -183,7 +183,10 @@ class Stage:
     run : callable
         ``run(context: StageContext) -> StageOutput``.
     needs : tuple of str
-        The stages whose outputs it reads, in the order it takes them.
+        The stages whose outputs it reads, in the order it takes them. A stage that needs
+        none reads the item's input itself (as ingest does, and the filter without a raw
+        copy): its key then has the input part, with the files it reports in
+        :attr:`StageOutput.sources`.
     parameters : callable
         ``parameters(config) -> dict``: what its output depends on in the pipeline file.
     hooks : tuple of str

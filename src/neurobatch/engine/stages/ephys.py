@@ -1,9 +1,17 @@
-"""The filter kind: ingest -> filter, for raw ephys recordings larger than memory."""
+"""The filter kind, for raw ephys recordings larger than memory.
+
+The filter stage reads the raw recording itself, lazily through its loader, and stores only
+the filtered traces: no copy of the raw samples is written. With ``filter.copy_raw: true``
+the kind is ingest -> filter instead: the raw recording is first stored in the item's group
+(its ``ingest`` stage), for stages of the user's own that need it, and the filter reads that
+copy. Both give the same filtered traces.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import dask.array as da
@@ -13,14 +21,16 @@ import xarray as xr
 from neurobatch.chunking import chunk_length, row_bytes
 from neurobatch.config import EphysFilterConfig, PipelineConfig
 from neurobatch.engine import blocked
+from neurobatch.engine.hooks import apply_hook
 from neurobatch.engine.stages.base import FigureContext, Stage, StageContext, StageOutput
 from neurobatch.engine.stages.base import source_of as _source
+from neurobatch.engine.stages.ingest import INGEST, read_input
 from neurobatch.errors import InputError
 from neurobatch.kernels import filters
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER", "filter_traces"]
+__all__ = ["FILTER", "FILTER_FROM_COPY", "RAW_COPY", "copies_raw", "filter_traces"]
 
 
 def filter_traces(
@@ -124,17 +134,60 @@ def filter_traces(
         attrs={
             **recording.attrs,
             "units": "uV" if gain is not None else "raw",
-            "filter": json.dumps(params.model_dump(mode="json")),
+            "filter": json.dumps(_settings(params)),
         },
     )
     out.attrs.pop("gain_uv", None)
     return out
 
 
+def _settings(params: EphysFilterConfig) -> dict[str, Any]:
+    """What the filtered traces depend on in the ``filter`` section (whether the raw
+    recording is also copied does not change them)."""
+    return params.model_dump(mode="json", exclude={"copy_raw"})
+
+
+def copies_raw(config: PipelineConfig) -> bool:
+    """Whether a ``filter`` pipeline stores a copy of the raw recording before filtering.
+
+    Only with ``filter.copy_raw: true``: by default the filter stage reads the input itself.
+
+    Examples
+    --------
+    >>> config = PipelineConfig.model_validate({"name": "f", "kind": "filter",
+    ...     "input": {"url": "d"}, "loader": {"format": "spikeglx"}, "output": {"url": "o"},
+    ...     "filter": {"copy_raw": True}})
+    >>> copies_raw(config)
+    True
+    """
+    return config.filter is not None and config.filter.copy_raw
+
+
+def _reads_input(config: PipelineConfig) -> bool:
+    return not copies_raw(config)
+
+
 def _run_filter(context: StageContext) -> StageOutput:
-    recording = context.inputs["ingest"]
     params = context.config.filter
     assert params is not None  # the config's cross-checks say so for kind filter
+    record: dict[str, Any] = {}
+    sources: list[str] = []
+    if "ingest" in context.inputs:
+        recording = context.inputs["ingest"]
+    else:  # no copy of the raw recording: read the input, lazily, as ingest would
+        logger.info("reading %s", context.url)
+        recording, sources = read_input(context)
+        recording = apply_hook(context.hooks, "post_load", recording)
+        # what the figure needs to read the raw traces again, and the item's experiment id
+        # (which would otherwise be built from the stored copy)
+        record = {
+            "input": context.url,
+            "format": context.format,
+            "loader_arguments": context.loader_arguments,
+        }
+        id_builder = context.hooks.get("id_builder")
+        if id_builder is not None:
+            record["experiment_id"] = str(id_builder(recording))
     logger.info(
         "filtering %d channels x %d samples at %g Hz",
         recording.sizes.get("channel", 1),
@@ -142,33 +195,59 @@ def _run_filter(context: StageContext) -> StageOutput:
         recording.attrs.get("sampling_rate", float("nan")),
     )
     filtered = filter_traces(recording, params, chunk_memory=context.chunk_memory)
-    return StageOutput(filtered, record={"shape": list(filtered["traces"].shape)})
+    record["shape"] = list(filtered["traces"].shape)
+    return StageOutput(filtered, record=record, sources=sources)
 
 
 def _filter_parameters(config: PipelineConfig) -> dict[str, Any]:
-    return {"filter": None if config.filter is None else config.filter.model_dump(mode="json")}
+    return {"filter": None if config.filter is None else _settings(config.filter)}
 
 
 #: Zero-phase band-pass (or low/high-pass) of every channel, with an optional median reference.
+#: It reads the raw recording itself (it needs no stage, so its key has the input part:
+#: the input's fingerprint, format and loader arguments, and the ``.meta``'s fingerprint).
 FILTER = Stage(
     "filter",
     run=_run_filter,
-    needs=("ingest",),
     parameters=_filter_parameters,
-    hooks=("post_load",),
+    hooks=("post_load", "id_builder"),
     chunk_dim="time",
     process="Ephys preprocessing",
     processing_stage="Processing",
+    enabled=_reads_input,
 )
+
+#: With ``filter.copy_raw: true``: the raw recording stored first (the ingest stage) ...
+RAW_COPY = replace(INGEST, enabled=copies_raw)
+#: ... and the filter reading that copy.
+FILTER_FROM_COPY = replace(FILTER, needs=("ingest",), hooks=("post_load",), enabled=copies_raw)
 
 
 def figures(context: FigureContext) -> None:
-    """Raw against filtered traces over the first ``filter.snippet_s`` seconds."""
-    from neurobatch import plots  # matplotlib: imported only when figures are asked for
+    """Raw against filtered traces over the first ``filter.snippet_s`` seconds.
 
-    raw, filtered = context.open("ingest"), context.open("filter")
+    The raw traces come from the stored copy when there is one; otherwise from the input
+    (only the window drawn is read), as its loader returns them, before ``post_load``.
+    """
+    from neurobatch import plots  # matplotlib: imported only when figures are asked for
+    from neurobatch.io.loaders import load_recording
+
+    filtered = context.open("filter")
     params = context.config.filter
-    assert raw is not None and filtered is not None and params is not None
+    assert filtered is not None and params is not None
+    if copies_raw(context.config):
+        raw = context.open("ingest")
+        assert raw is not None
+    else:
+        read = context.records["filter"]
+        raw = load_recording(
+            read["input"],
+            read["loader_arguments"],
+            format=read["format"],
+            storage_options=context.config.input.storage_options,
+        )
+        if "channel" in raw.coords and "channel" in filtered.coords:
+            raw = raw.sel(channel=filtered["channel"].values)  # those post_load kept
     path = context.path("")
     so = context.config.output.storage_options
     plots.trace_snippet(raw, filtered, path, seconds=params.snippet_s, storage_options=so)

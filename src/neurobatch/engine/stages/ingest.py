@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import logging
 
+import xarray as xr
+
 from neurobatch.engine.stages.base import Stage, StageContext, StageOutput
 from neurobatch.io.loaders import load_recording, recorded_reads
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INGEST"]
+__all__ = ["INGEST", "read_input"]
 
 
-def _run_ingest(context: StageContext) -> StageOutput:
-    logger.info("ingesting %s", context.url)
+def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
+    """The item's input, as its format's loader returns it, and the other files it read.
+
+    Lazy formats come back dask-backed, chunked along time (or frames) from
+    ``context.chunk_memory`` as the store chunks them. A stage that reads the input itself
+    (one that needs no other stage) returns the other files in its
+    :attr:`~neurobatch.engine.stages.StageOutput.sources`, so that their fingerprints join
+    its key.
+
+    Parameters
+    ----------
+    context : StageContext
+        The item: its URL, format and loader arguments, and the pipeline's storage options.
+
+    Returns
+    -------
+    recording : xarray.Dataset
+        The loaded input (no ``post_load`` hook applied).
+    read : list of str
+        The URLs of the other files the loader read (sidecars, SpikeGLX's ``.meta``).
+    """
     with recorded_reads() as read:
         recording = load_recording(
             context.url,
@@ -22,6 +43,12 @@ def _run_ingest(context: StageContext) -> StageOutput:
             storage_options=context.config.input.storage_options,
             chunk_memory=context.chunk_memory,
         )
+    return recording, read
+
+
+def _run_ingest(context: StageContext) -> StageOutput:
+    logger.info("ingesting %s", context.url)
+    recording, read = read_input(context)
     rate = recording.attrs.get("sampling_rate")
     return StageOutput(
         recording,
