@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
 import pytest
 
 from neurobatch import synthetic
@@ -91,10 +92,30 @@ def test_hooks_are_imported_only_when_the_file_names_them(
     assert "; hooks post_load found" in capsys.readouterr().out
 
 
-def test_the_cluster_listens_on_loopback_by_default() -> None:
-    with connect(LocalClusterConfig(n_workers=1, memory_limit="1GiB")) as client:
+@pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "in-process"])
+def test_the_cluster_listens_on_loopback_by_default(processes: bool) -> None:
+    """Every socket the cluster opens (scheduler, workers, dashboards) is on 127.0.0.1; an
+    in-process cluster's scheduler and worker talk through memory and open none."""
+    me = psutil.Process()
+
+    def listening() -> set[tuple[str, int]]:
+        return {
+            (c.laddr.ip, c.laddr.port)
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+
+    before = listening()
+    config = LocalClusterConfig(n_workers=1, memory_limit="1GiB", processes=processes)
+    with connect(config) as client:
+        opened = listening() - before
         info = client.scheduler_info()
+        dashboard = urlparse(client.dashboard_link)
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}
+    assert (dashboard.hostname, dashboard.port) in opened
+    if processes:
         hosts = {urlparse(address).hostname for address in [info["address"], *info["workers"]]}
-        dashboard = urlparse(client.dashboard_link).hostname
-    assert hosts == {"127.0.0.1"}
-    assert dashboard == "127.0.0.1"
+        assert hosts == {"127.0.0.1"}
+    else:
+        assert info["address"].startswith("inproc://")

@@ -19,9 +19,11 @@ __all__ = [
     "CHUNK_MEMORY",
     "IN_MEMORY_CHUNKS",
     "OPEN_CHUNK_MEMORY",
+    "TASK_INPUT_BYTES",
     "THREAD_SHARE",
     "TRIALS_BATCH_MEMORY",
     "TRIALS_CHUNK_MEMORY",
+    "TRIALS_HANDOFF_MEMORY",
     "chunk_budget",
     "chunk_length",
     "row_bytes",
@@ -45,6 +47,16 @@ TRIALS_CHUNK_MEMORY = 2 * 2**20
 
 #: Bytes of items' trials the driver gathers before one append to the combined trials store.
 TRIALS_BATCH_MEMORY = 32 * 2**20
+
+#: Items whose inputs are smaller than this go several to one task (up to this much input
+#: in all), so that a batch of small recordings pays the scheduler, and the shipping of the
+#: pipeline's settings to a worker, once per task instead of once per item.
+TASK_INPUT_BYTES = 16 * 2**20
+
+#: An item's trials up to this size travel back to the driver with its outcome, which
+#: appends them to the combined store without reading the item's store again (larger ones
+#: are read there, in chunks).
+TRIALS_HANDOFF_MEMORY = 8 * 2**20
 
 #: Bytes of one dask chunk of the 2-D variables of the combined trials store, read together
 #: (:func:`neurobatch.io.trials_store.open_trials`).

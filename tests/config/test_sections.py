@@ -20,7 +20,7 @@ def test_defaults() -> None:
     assert config.preprocess.fit.method == "irls"
     assert config.preprocess.correction == "dff"
     assert config.output.formats == ["zarr", "parquet"]
-    assert config.cluster.kind == "local"
+    assert config.cluster.kind == "auto"
     assert config.cluster.dashboard_address == "127.0.0.1:0"
 
 

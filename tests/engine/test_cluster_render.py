@@ -537,8 +537,10 @@ def test_override_keeps_the_file_settings_when_the_kind_matches() -> None:
     assert override(pbs, "pbs") == pbs
     kube = KubernetesClusterConfig(image="registry.example.org/nb:1", namespace="lab")
     assert override(kube, "kubernetes") == kube
-    local = LocalClusterConfig(n_workers=3, threads_per_worker=2)
+    local = LocalClusterConfig(kind="local", n_workers=3, threads_per_worker=2)
     assert override(local, "local") == local
+    # auto and local are one section: switching keeps its settings
+    assert override(local, "auto") == local.model_copy(update={"kind": "auto"})
 
 
 def test_override_to_another_kind_takes_its_defaults() -> None:
@@ -546,7 +548,8 @@ def test_override_to_another_kind_takes_its_defaults() -> None:
     pbs = override(slurm, "pbs")
     assert pbs == JobqueueClusterConfig(kind="pbs")
     assert (pbs.queue, pbs.account, pbs.cores) == (None, None, 1)
-    assert override(slurm, "local") == LocalClusterConfig()
+    assert override(slurm, "local") == LocalClusterConfig(kind="local")
+    assert override(slurm, "auto") == LocalClusterConfig()
     kube = override(LocalClusterConfig(n_workers=2), "kubernetes")
     assert kube == KubernetesClusterConfig()
     assert override(kube, "slurm") == JobqueueClusterConfig(kind="slurm")
@@ -682,7 +685,7 @@ def _local_client(environ: dict[str, str | None], **settings: Any) -> Iterator[C
                     patch.delenv(name, raising=False)
                 else:
                     patch.setenv(name, value)
-            config = LocalClusterConfig(n_workers=1, memory_limit="1GiB", **settings)
+            config = LocalClusterConfig(kind="local", n_workers=1, memory_limit="1GiB", **settings)
             client = stack.enter_context(connect(config))
         yield client
 
@@ -723,6 +726,23 @@ def test_local_workers_get_one_blas_thread_in_their_environment(local_blas_clien
 def test_local_workers_blas_runs_one_thread(local_blas_client: Client) -> None:
     pools = _worker_pools(local_blas_client)
     assert {pool["num_threads"] for pool in pools} == {1}, pools
+
+
+def test_workers_in_this_process_run_one_blas_thread_while_the_cluster_lives() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy.linalg  # noqa: F401 - loads the BLAS whose pools are looked at
+
+    def blas_threads() -> set[int]:
+        info = threadpoolctl.threadpool_info()
+        return {pool["num_threads"] for pool in info if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    config = LocalClusterConfig(n_workers=2, memory_limit="1GiB", processes=False)
+    with connect(config) as client:
+        [inside] = client.run(blas_threads).values()
+        assert client.nthreads() == {next(iter(client.nthreads())): 2}
+    assert inside == {1}
+    assert blas_threads() == before
 
 
 def _profiled_task_prefixes(client: Client) -> list[str]:

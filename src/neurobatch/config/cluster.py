@@ -30,15 +30,24 @@ __all__ = [
 
 
 class LocalClusterConfig(_Model):
-    """A ``distributed.LocalCluster`` on this machine, bound to 127.0.0.1."""
+    """A ``distributed.LocalCluster`` on this machine, bound to 127.0.0.1.
 
-    kind: Literal["local"] = "local"
+    ``kind: local`` starts worker processes (``processes: false`` runs the same workers as
+    threads of neurobatch's own process). ``kind: auto``, the default, chooses between the
+    two for each run: see :func:`neurobatch.engine.cluster.in_process`.
+    """
+
+    kind: Literal["auto", "local"] = "auto"
+    processes: bool | None = None
+    """Workers in processes of their own (``true``) or as threads of this process
+    (``false``); ``null``: ``local`` starts processes and ``auto`` chooses."""
     n_workers: int | None = Field(default=None, ge=1)
-    """The number of worker processes; ``null`` for as many as fit the machine's cores."""
+    """The number of workers; ``null`` for as many as fit the machine's cores."""
     threads_per_worker: int = Field(default=1, ge=1)
-    """Threads in each worker process."""
+    """Threads in each worker."""
     memory_limit: MemorySize | None = 2 * 2**30
-    """Memory per worker (``2GiB``); ``null`` for no limit."""
+    """Memory per worker (``2GiB``); ``null`` for no limit. Workers in this process share
+    one limit, their sum."""
     dashboard_address: str | None = "127.0.0.1:0"
     """Where the dashboard listens; ``null`` for no dashboard."""
 
@@ -176,17 +185,17 @@ _CLUSTER_MODELS: dict[str, type[BaseModel]] = {
 
 
 def _cluster_tag(value: Any) -> str | None:
-    kind = (
-        value.get("kind", "local") if isinstance(value, Mapping) else getattr(value, "kind", None)
-    )
-    return "@jobqueue" if kind in ("slurm", "pbs") else f"@{kind}"
+    kind = value.get("kind", "auto") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    if kind in ("slurm", "pbs"):
+        return "@jobqueue"
+    return "@local" if kind == "auto" else f"@{kind}"
 
 
-_CLUSTER_KINDS = ("local", "address", "slurm", "pbs", "kubernetes")
+_CLUSTER_KINDS = ("auto", "local", "address", "slurm", "pbs", "kubernetes")
 
 
 def _known_cluster_kind(value: Any) -> Any:
-    kind = value.get("kind", "local") if isinstance(value, Mapping) else None
+    kind = value.get("kind", "auto") if isinstance(value, Mapping) else None
     if kind is not None and kind not in _CLUSTER_KINDS:
         close = difflib.get_close_matches(str(kind), _CLUSTER_KINDS, n=1)
         raise PydanticCustomError(
@@ -208,8 +217,10 @@ ClusterConfig: TypeAlias = Annotated[
     Discriminator(
         _cluster_tag,
         custom_error_type="cluster_kind",
-        custom_error_message="expected kind 'local', 'address', 'slurm', 'pbs' or 'kubernetes'",
+        custom_error_message=(
+            "expected kind 'auto', 'local', 'address', 'slurm', 'pbs' or 'kubernetes'"
+        ),
     ),
     BeforeValidator(_known_cluster_kind),
 ]
-"""The Dask cluster a pipeline runs on, chosen by ``kind`` (``local`` when absent)."""
+"""The Dask cluster a pipeline runs on, chosen by ``kind`` (``auto`` when absent)."""

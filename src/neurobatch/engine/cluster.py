@@ -27,6 +27,7 @@ import dask
 from dask.utils import format_bytes
 from distributed import Client, LocalCluster, SpecCluster
 from distributed.security import Security
+from threadpoolctl import threadpool_limits
 
 from neurobatch.config import (
     AddressClusterConfig,
@@ -44,10 +45,12 @@ __all__ = [
     "ONE_BLAS_THREAD",
     "WORKER_PROFILER",
     "connect",
+    "in_process",
     "job_script",
     "kubernetes_spec",
     "override",
     "planned_threads",
+    "resolve_auto",
     "worker_environment",
 ]
 
@@ -64,7 +67,7 @@ ONE_BLAS_THREAD = {
 }
 
 #: What ``--cluster`` accepts besides a scheduler address.
-CLUSTER_CHOICES = ("local", "slurm", "pbs", "kubernetes")
+CLUSTER_CHOICES = ("auto", "local", "slurm", "pbs", "kubernetes")
 
 _SCHEME = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 
@@ -114,11 +117,98 @@ def override(config: ClusterConfig, choice: str) -> ClusterConfig:
         )
     if config.kind == choice:
         return config
-    if choice == "local":
-        return LocalClusterConfig()
+    if choice in ("auto", "local"):
+        if isinstance(config, LocalClusterConfig):
+            return config.model_copy(update={"kind": choice})
+        return LocalClusterConfig(kind=choice)
     if choice == "kubernetes":
         return KubernetesClusterConfig()
     return JobqueueClusterConfig(kind=choice)
+
+
+#: CPU seconds of Python an item costs the engine whatever its size (opening and writing
+#: its Zarr store, keys, records, logs): it holds the GIL, so in one process it runs on one
+#: core at a time. Measured on photometry items of 1.4 MB (``benchmarks.engine_cost``).
+ITEM_PYTHON_S = 0.25
+
+#: CPU seconds per input byte of the work that releases the GIL (parsing with pyarrow,
+#: NumPy and SciPy kernels, Zarr's codecs): about 3 s for a 222 MB hour of photometry.
+GIL_FREE_S_PER_BYTE = 15e-9
+
+#: Wall seconds to start the worker processes of a LocalCluster (each imports NumPy, SciPy,
+#: pandas, xarray, Zarr and Dask), which a cluster in this process does not spend.
+WORKER_START_S = 3.0
+
+
+def in_process(n_items: int, mean_bytes: float, threads: int) -> bool:
+    """Whether a batch runs faster on workers in this process than in processes of their own.
+
+    ``cluster.kind: auto`` asks this. Threads of one process share the GIL: the Python part
+    of each item (:data:`ITEM_PYTHON_S`) runs one at a time, while the rest
+    (:data:`GIL_FREE_S_PER_BYTE` per input byte) runs on every thread. Processes run both
+    in parallel but first spend :data:`WORKER_START_S` starting. So threads win unless the
+    batch's serialised Python outlasts what processes would save plus their start-up::
+
+        n_items * max(0, python - (python + gil_free) / threads) > WORKER_START_S
+
+    Parameters
+    ----------
+    n_items : int
+        Items to process (those whose stages must run).
+    mean_bytes : float
+        Their mean input size.
+    threads : int
+        Worker threads the cluster would have.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    100 recordings of 1000 s at 20 Hz (1.4 MB each) on 2 cores: processes pay.
+
+    >>> in_process(100, 1.4e6, threads=2)
+    False
+
+    Ten of them, or 50 hours of photometry at 1 kHz (222 MB each), or one core: threads.
+
+    >>> in_process(10, 1.4e6, 2), in_process(50, 222e6, 2), in_process(100, 1.4e6, 1)
+    (True, True, True)
+    """
+    gil_free = mean_bytes * GIL_FREE_S_PER_BYTE
+    serialised = max(0.0, ITEM_PYTHON_S - (ITEM_PYTHON_S + gil_free) / threads)
+    return n_items * serialised <= WORKER_START_S
+
+
+def resolve_auto(config: ClusterConfig, n_items: int, mean_bytes: float) -> ClusterConfig:
+    """The cluster a run starts: ``kind: auto`` becomes a LocalCluster in this process or in
+    processes, as :func:`in_process` says for the batch; other kinds are kept as they are.
+
+    Examples
+    --------
+    >>> from neurobatch.config import LocalClusterConfig
+    >>> resolve_auto(LocalClusterConfig(n_workers=2), 100, 1.4e6).processes
+    True
+    >>> resolve_auto(LocalClusterConfig(n_workers=2), 8, 36e6).processes
+    False
+    """
+    if not isinstance(config, LocalClusterConfig) or config.kind != "auto":
+        return config
+    if config.processes is not None:
+        return config
+    threads = config.threads_per_worker * (
+        config.n_workers or max(1, (os.cpu_count() or 1) // config.threads_per_worker)
+    )
+    processes = not in_process(n_items, mean_bytes, threads)
+    logger.info(
+        "cluster kind auto: %s for %d item(s) of %s on average on %d thread(s)",
+        "worker processes" if processes else "workers in this process",
+        n_items,
+        format_bytes(int(mean_bytes)),
+        threads,
+    )
+    return config.model_copy(update={"processes": processes})
 
 
 def planned_threads(config: ClusterConfig) -> int | None:
@@ -241,17 +331,26 @@ def _worker_environment_at_spawn() -> Iterator[None]:
     """
     variables = worker_environment()
     spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
-    # parsed as Dask parses it in a worker that reads it from its environment
-    parsed = dask.config.collect_env({WORKER_PROFILER: variables[WORKER_PROFILER]})
-    profile = parsed["distributed"]["worker"]["profile"]["enabled"]
     with (
         environment(variables),
-        dask.config.set(
-            {
-                "distributed.nanny.pre-spawn-environ": spawn | variables,
-                "distributed.worker.profile.enabled": profile,
-            }
-        ),
+        _profiler_setting(),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": spawn | variables}),
+    ):
+        yield
+
+
+@contextmanager
+def _profiler_setting() -> Iterator[None]:
+    """Dask's profiler setting of :func:`worker_environment`, for workers in this process."""
+    value = worker_environment()[WORKER_PROFILER]
+    # parsed as Dask parses it in a worker that reads it from its environment
+    parsed = dask.config.collect_env({WORKER_PROFILER: value})
+    with dask.config.set(
+        {
+            "distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"][
+                "enabled"
+            ]
+        }
     ):
         yield
 
@@ -284,25 +383,45 @@ def environment(variables: Mapping[str, str]) -> Iterator[None]:
 def _local(config: LocalClusterConfig) -> Iterator[Client]:
     threads = config.threads_per_worker
     n_workers = config.n_workers or max(1, (os.cpu_count() or 1) // threads)
+    processes = config.processes if config.processes is not None else config.kind == "local"
     with ExitStack() as stack:
-        with _worker_environment_at_spawn():
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=n_workers,
-                    threads_per_worker=threads,
-                    memory_limit=config.memory_limit,
-                    host="127.0.0.1",
-                    # no dashboard: its HTTP server still listens, on a free loopback port
-                    dashboard_address=config.dashboard_address or "127.0.0.1:0",
-                    scheduler_kwargs={"dashboard": config.dashboard_address is not None},
-                )
+        if processes:
+            stack.enter_context(_worker_environment_at_spawn())
+            size: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": threads}
+            size["host"] = "127.0.0.1"
+            memory_limit = config.memory_limit
+        else:
+            # one worker of every thread, in this process, talking to its scheduler through
+            # memory (inproc://: no port opens but the dashboard's). BLAS pools already
+            # exist here, so they are limited for the cluster's life instead of at a spawn.
+            stack.enter_context(threadpool_limits(limits=1))
+            stack.enter_context(_profiler_setting())
+            size = {"n_workers": 1, "threads_per_worker": n_workers * threads}
+            # its worker's own HTTP server too (every interface by default)
+            size["worker_dashboard_address"] = "127.0.0.1:0"
+            memory_limit = None if config.memory_limit is None else config.memory_limit * n_workers
+        # the link names the dashboard's own host, not the scheduler's (an inproc:// address
+        # carries the machine's IP)
+        dashboard_host = (config.dashboard_address or "127.0.0.1:0").rsplit(":", 1)[0]
+        link = f"{{scheme}}://{dashboard_host or '127.0.0.1'}:{{port}}/status"
+        stack.enter_context(dask.config.set({"distributed.dashboard.link": link}))
+        cluster = stack.enter_context(
+            LocalCluster(
+                processes=processes,
+                memory_limit=memory_limit,
+                # no dashboard: its HTTP server still listens, on a free loopback port
+                dashboard_address=config.dashboard_address or "127.0.0.1:0",
+                scheduler_kwargs={"dashboard": config.dashboard_address is not None},
+                **size,
             )
+        )
         client = stack.enter_context(Client(cluster))
         logger.info(
-            "LocalCluster of %d worker(s) x %d thread(s), %s each; dashboard %s",
-            n_workers,
-            threads,
-            "no limit" if config.memory_limit is None else format_bytes(config.memory_limit),
+            "LocalCluster of %d worker(s) x %d thread(s)%s, %s each; dashboard %s",
+            size["n_workers"],
+            size["threads_per_worker"],
+            "" if processes else " in this process",
+            "no limit" if memory_limit is None else format_bytes(memory_limit),
             client.dashboard_link,
         )
         yield client

@@ -85,9 +85,11 @@ class Combiner:
             return
         if self.started is None:
             self.started = time.time()
-        so = self.layout.storage_options
-        url = self.layout.stage(outcome.item_id, self.trials_stage)
-        trials = trials_store.open_trials(url, storage_options=so)
+        trials = outcome.trials
+        if trials is None:
+            url = self.layout.stage(outcome.item_id, self.trials_stage)
+            trials = trials_store.open_trials(url, storage_options=self.layout.storage_options)
+        outcome.trials = None  # the driver keeps no item's trials once appended
         rel_time = trials["rel_time"].to_numpy()
         if self.rel_time is None:
             self.rel_time, self.grid_item = rel_time, outcome.item_id

@@ -18,9 +18,9 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ import fsspec
 import xarray as xr
 from distributed import get_worker
 
+from neurobatch.chunking import TASK_INPUT_BYTES, TRIALS_HANDOFF_MEMORY
 from neurobatch.config import PipelineConfig
 from neurobatch.engine.hooks import apply_hook
 from neurobatch.engine.layout import OutputLayout
@@ -53,7 +54,15 @@ from neurobatch.redact import scrub, secrets_in
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLUSTER", "ItemJob", "ItemOutcome", "expected_keys", "process_item"]
+__all__ = [
+    "CLUSTER",
+    "ItemJob",
+    "ItemOutcome",
+    "expected_keys",
+    "process_item",
+    "process_items",
+    "task_groups",
+]
 
 #: The "worker" of a stage that ran on the whole cluster.
 CLUSTER = "cluster"
@@ -77,6 +86,8 @@ class ItemJob:
     reprocess: bool
     run_id: str
     """Stamped on every commit record, so that a retried task knows its own run's outputs."""
+    size: int = 0
+    """The input's size in bytes (the manifest's)."""
 
     @property
     def layout(self) -> OutputLayout:
@@ -108,6 +119,9 @@ class ItemOutcome:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each committed stage's facts (its record without the bookkeeping)."""
     seconds: float = 0.0
+    trials: xr.Dataset | None = field(default=None, repr=False, compare=False)
+    """The trials the item committed, in memory, when they are small
+    (:data:`~neurobatch.chunking.TRIALS_HANDOFF_MEMORY`); else read from its store."""
 
     @property
     def n_trials(self) -> int:
@@ -118,6 +132,14 @@ class ItemOutcome:
     def fit(self) -> dict[str, Any] | None:
         """The isosbestic fit, when the item has one."""
         return self.records.get("preprocess", {}).get("fit")
+
+    def summary(self) -> dict[str, Any]:
+        """The outcome's fields as JSON values, without its trials and traceback."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("trials", "traceback")
+        } | {"traceback": None}
 
     def row(self) -> dict[str, Any]:
         """The outcome as one flat row of the items table."""
@@ -378,6 +400,10 @@ class _ItemRun:
         if stage.store == "trials":
             if not dataset.sizes["trial"]:
                 return False
+            combined = stage.name == KINDS[self.job.config.kind].trials
+            if combined and dataset.nbytes <= TRIALS_HANDOFF_MEMORY:
+                dataset = dataset.load()
+                self.outcome.trials = dataset
             trials_store.append_trials(dataset, url, storage_options=self.so)
             return True
         # a user's output without a dimension (a summary of scalars) is one chunk
@@ -526,6 +552,59 @@ def process_item(job: ItemJob) -> ItemOutcome:
     secrets = secrets_in(job.config.model_dump())
     _finish_item(job, failed, scrub(so_far + f"{failed.error}\n", secrets), stage)
     return failed
+
+
+def process_items(jobs: Sequence[ItemJob]) -> list[ItemOutcome]:
+    """Run several items in turn (one task of small items, see :func:`task_groups`).
+
+    Returns
+    -------
+    list of ItemOutcome
+        One per job, in order (:func:`process_item`'s).
+    """
+    return [process_item(job) for job in jobs]
+
+
+def task_groups(jobs: Sequence[ItemJob], threads: int) -> list[list[ItemJob]]:
+    """The jobs in consecutive groups, one task each.
+
+    Items whose inputs are small share a task, up to
+    :data:`~neurobatch.chunking.TASK_INPUT_BYTES` of input together, and at most as many
+    as keep four tasks for each worker thread; an item of that size or larger is a task of
+    its own.
+
+    Parameters
+    ----------
+    jobs : sequence of ItemJob
+        In manifest order.
+    threads : int
+        The cluster's worker threads.
+
+    Returns
+    -------
+    list of list of ItemJob
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> small = [SimpleNamespace(size=2**20) for _ in range(100)]
+    >>> [len(group) for group in task_groups(small, threads=2)][:3]
+    [12, 12, 12]
+    >>> large = [SimpleNamespace(size=2**30) for _ in range(3)]
+    >>> [len(group) for group in task_groups(large, threads=2)]
+    [1, 1, 1]
+    """
+    most = max(1, len(jobs) // (4 * max(threads, 1)))
+    groups: list[list[ItemJob]] = []
+    group: list[ItemJob] = []
+    for job in jobs:
+        if group and (
+            len(group) == most or sum(j.size for j in group) + job.size > TASK_INPUT_BYTES
+        ):
+            groups.append(group)
+            group = []
+        group.append(job)
+    return groups + ([group] if group else [])
 
 
 def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemOutcome:

@@ -180,44 +180,54 @@ def resource_usage(
     >>> [u.usage for u in usage.cpu_usage], [u.usage for u in usage.ram_usage]
     ([50.0, 50.0], [25.0, 50.0])
     """
-    rows = samples[samples["worker"].isin(list(workers))]
-    if rows.empty:
+    # plain NumPy: this runs for every stage of every item, on the driver
+    times = samples["time"].to_numpy(dtype=float)
+    theirs = samples["worker"].isin(list(workers)).to_numpy()
+    if not theirs.any():
         return None
-    inside = rows[(rows["time"] >= start) & (rows["time"] <= end)]
-    if inside.empty:
-        later = rows[rows["time"] >= start]
-        nearest = later["time"].min() if len(later) else rows["time"].max()
-        inside = rows[rows["time"] == nearest]
+    inside = theirs & (times >= start) & (times <= end)
+    if not inside.any():
+        later = times[theirs & (times >= start)]
+        nearest = later.min() if later.size else times[theirs].max()
+        inside = theirs & (times == nearest)
+    rows = samples[inside]
     host_memory = {w: float(hosts.get(w, {}).get("system_memory") or np.nan) for w in workers}
-    limit = inside["memory_limit"].where(
-        inside["memory_limit"] > 0, inside["worker"].map(host_memory)
+    memory_limit = rows["memory_limit"].to_numpy(dtype=float)
+    limit = np.where(memory_limit > 0, memory_limit, rows["worker"].map(host_memory).to_numpy())
+    tick_times, tick = np.unique(rows["time"].to_numpy(dtype=float), return_inverse=True)
+
+    def per_tick(values: Any) -> Any:
+        return np.bincount(tick, weights=np.asarray(values, dtype=float))
+
+    nthreads = rows["nthreads"].to_numpy(dtype=float)
+    cpu = per_tick(rows["cpu"]) / per_tick(nthreads)  # psutil's percent: 100 per busy core
+    # as pandas sums: missing figures are skipped, a tick with none at all has no value
+    ram = np.where(
+        per_tick(np.isfinite(limit)) > 0,
+        100 * per_tick(np.nan_to_num(rows["memory"])) / per_tick(np.nan_to_num(limit)),
+        np.nan,
     )
-    ticks = (
-        inside.assign(limit=limit)
-        .groupby("time")[["cpu", "nthreads", "memory", "limit"]]
-        .sum(min_count=1)
-    )
-    cpu = ticks["cpu"] / ticks["nthreads"]  # psutil's percent: 100 per busy core
-    ram = 100 * ticks["memory"] / ticks["limit"]
-    last = inside.sort_values("time").groupby("worker").last()
+    # each worker's last sample (its threads, its memory limit)
+    order = np.argsort(rows["time"].to_numpy(), kind="stable")
+    last = np.array(list(dict(zip(rows["worker"].to_numpy()[order], order, strict=True)).values()))
     described = [hosts[w] for w in workers if w in hosts] or [machine()]
     distinct = {h["host"]: h for h in described}  # one description per host
     return ResourceUsage(
         os="; ".join(sorted({h["os"] for h in described})),
         architecture="; ".join(sorted({h["architecture"] for h in described})),
         cpu="; ".join(sorted({h["cpu"] for h in described if h.get("cpu")})) or None,
-        cpu_cores=int(last["nthreads"].sum()),
+        cpu_cores=int(nthreads[last].sum()),
         system_memory=round(sum(h["system_memory"] for h in distinct.values()) / _GB, 3),
         system_memory_unit=MemoryUnit.GB,
-        ram=round(float(limit.groupby(inside["worker"]).last().sum()) / _GB, 3),
+        ram=round(float(np.nansum(limit[last])) / _GB, 3),
         ram_unit=MemoryUnit.GB,
         cpu_usage=[
             ResourceTimestamped(timestamp=_timestamp(float(t)), usage=round(float(v), 2))
-            for t, v in zip(cpu.index, cpu, strict=True)
+            for t, v in zip(tick_times, cpu, strict=True)
         ],
         ram_usage=[
             ResourceTimestamped(timestamp=_timestamp(float(t)), usage=round(float(v), 2))
-            for t, v in zip(ram.index, ram, strict=True)
+            for t, v in zip(tick_times, ram, strict=True)
             if np.isfinite(v)
         ],
     )

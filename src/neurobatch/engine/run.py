@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from distributed import Client, Future, as_completed
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
-from neurobatch.engine.cluster import connect, planned_threads
+from neurobatch.engine.cluster import connect, planned_threads, resolve_auto
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
-from neurobatch.engine.item import ItemJob, ItemOutcome, process_item
+from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, process_items, task_groups
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
 from neurobatch.engine.logs import captured_log, one_line
@@ -237,6 +237,7 @@ class Pipeline:
                 hooks=resolved,
                 reprocess=reprocess,
                 run_id=run_id,
+                size=int(row.get("size") or 0),
             )
             for row in manifest.to_dict("records")
         ]
@@ -340,7 +341,9 @@ class Pipeline:
         kind = KINDS[config.kind]
         with ExitStack() as stack:
             if client is None:
-                client = stack.enter_context(connect(config.cluster))
+                sizes = manifest.set_index("item_id").loc[[job.item_id for job in jobs], "size"]
+                cluster = resolve_auto(config.cluster, len(jobs), float(sizes.mean() or 0))
+                client = stack.enter_context(connect(cluster))
             jobs = _with_chunk_budget(jobs, client)
             # the driver's own reads and appends (the combined outputs) compute locally, not
             # as tasks queued behind the items; set after the client, which makes itself the
@@ -451,7 +454,8 @@ class Pipeline:
     def _in_flight(
         self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
     ) -> None:
-        """One task per item, a bounded number in flight, handed back as they complete."""
+        """Items in tasks (several small ones to a task), a bounded number of tasks in
+        flight, each item handed back as its task completes."""
         engine = self.config.engine
         planned = planned_threads(self.config.cluster)
         threads = sum(client.nthreads().values()) or 1
@@ -462,32 +466,39 @@ class Pipeline:
             now = sum(client.nthreads().values())
             return engine.max_in_flight or 2 * max(now, planned or 0, 1)
 
+        groups = task_groups(jobs, max(threads, planned or 0))
         logger.info(
-            "%s: %d item(s) on %d worker thread(s)%s, at most %d in flight; dashboard %s",
+            "%s: %d item(s) in %d task(s) on %d worker thread(s)%s, at most %d in flight; "
+            "dashboard %s",
             self.config.name,
             len(jobs),
+            len(groups),
             threads,
             f" ({planned} planned)" if planned and planned != threads else "",
             in_flight_limit(),
             client.dashboard_link,
         )
-        pending = iter(jobs)
-        submitted: dict[Any, ItemJob] = {}
+        pending = iter(groups)
+        submitted: dict[Any, list[ItemJob]] = {}
 
-        def submit_next() -> Future[ItemOutcome] | None:
-            job = next(pending, None)
-            if job is None:
+        def submit_next() -> Future[list[ItemOutcome]] | None:
+            group = next(pending, None)
+            if group is None:
                 return None
-            key = f"item-{job.item_id}-{job.run_id}"
-            future = client.submit(process_item, job, key=key, pure=False, retries=engine.retries)
-            submitted[future.key] = job
+            first = group[0]
+            key = f"items-{first.item_id}-{len(group)}-{first.run_id}"
+            future = client.submit(
+                process_items, group, key=key, pure=False, retries=engine.retries
+            )
+            submitted[future.key] = group
             return future
 
         first = [f for f in (submit_next() for _ in range(in_flight_limit())) if f is not None]
         futures = as_completed(first, loop=client.loop)
         for future in futures:
-            job = submitted.pop(future.key)
-            finished(_outcome_of(future, job), job, str(future.key))
+            group = submitted.pop(future.key)
+            for job, outcome in zip(group, _outcomes_of(future, group), strict=True):
+                finished(outcome, job, str(future.key))
             future.release()
             while futures.count() < in_flight_limit():
                 following = submit_next()
@@ -517,7 +528,7 @@ class Pipeline:
             "n_items": len(items),
             "n_trials": combiner.n_trials,
             "seconds": round(seconds, 3),
-            "items": [asdict(o) | {"traceback": None} for o in outcomes],
+            "items": [o.summary() for o in outcomes],
         }
         text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
         files.write_text(layout.run_record, text, storage_options=so)
@@ -544,18 +555,21 @@ class Pipeline:
         return pd.concat([known, pd.DataFrame(missing)], ignore_index=True)
 
 
-def _outcome_of(future: Future[ItemOutcome], job: ItemJob) -> ItemOutcome:
-    """A finished item's outcome, or a failure when its task died (e.g. with its worker)."""
+def _outcomes_of(future: Future[list[ItemOutcome]], jobs: list[ItemJob]) -> list[ItemOutcome]:
+    """A finished task's outcomes, or failures when it died (e.g. with its worker)."""
     try:
         return future.result()
-    except Exception as error:  # noqa: BLE001 - one item's death never stops the others
-        return ItemOutcome(
-            item_id=job.item_id,
-            url=job.url,
-            status="failed",
-            error=f"the item's task failed: {one_line(error)}",
-            traceback=traceback.format_exc(),
-        )
+    except Exception as error:  # noqa: BLE001 - one task's death never stops the others
+        return [
+            ItemOutcome(
+                item_id=job.item_id,
+                url=job.url,
+                status="failed",
+                error=f"the item's task failed: {one_line(error)}",
+                traceback=traceback.format_exc(),
+            )
+            for job in jobs
+        ]
 
 
 @contextmanager
