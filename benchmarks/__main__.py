@@ -10,6 +10,9 @@ Suites (each a module of this package with ``run_suite(*, quick, scratch) -> dic
   (:mod:`benchmarks.sta`);
 - ``scaling``: time and memory against items, recording length and workers
   (:mod:`benchmarks.scaling`);
+- ``small``: many recordings the size of PhoPro's tutorial data, neurobatch against PhoPro,
+  the engine's CPU per item beyond the item's own computation, and time against items
+  (:mod:`benchmarks.small_batch`);
 - ``all``: each in turn, then ``all[-quick].md`` with every table.
 
 Each suite generates its inputs deterministically under a temporary folder (inside
@@ -45,6 +48,7 @@ SUITES = {
     "filter": "benchmarks.filter",
     "sta": "benchmarks.sta",
     "scaling": "benchmarks.scaling",
+    "small": "benchmarks.small_batch",
 }
 
 

@@ -3,6 +3,10 @@
 - :func:`measure` runs a case in a fresh spawned process (its own peak resident memory);
 - :class:`TreeSampler` samples the summed resident memory of a process and all its
   descendants (a driver and its Dask nannies and workers) every 50 ms, in a thread;
+  :class:`TreeCPU` also samples each one's CPU time;
+- :func:`run_measured` runs a command (``neurobatch run``, PhoPro's script) from its start
+  to its exit: wall time, the CPU of its whole process tree (``os.wait4``) and the peak of
+  its summed resident memory;
 - :func:`in_fresh_process` runs any function in a fresh spawned process, with extra
   environment variables (one BLAS thread, say), and returns its result or raises its error.
 """
@@ -14,10 +18,12 @@ import multiprocessing
 import os
 import queue as queues
 import resource
+import subprocess
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Self
 
 import psutil
@@ -160,6 +166,110 @@ class TreeSampler:
     def baseline_mb(self) -> float:
         """The sum on entry in MiB."""
         return self.baseline_bytes / 2**20
+
+
+class TreeCPU(TreeSampler):
+    """:class:`TreeSampler` that also samples each process's CPU time (user + system).
+
+    Attributes
+    ----------
+    cpu_s : dict of int to float
+        The last CPU seconds seen of each process of the tree, by pid (a process's last
+        < 50 ms before it exits are missed).
+    seen : dict of int to psutil.Process
+        Every process of the tree seen, by pid.
+    """
+
+    def __init__(self, pid: int, *, interval_s: float = 0.05) -> None:
+        super().__init__(pid, interval_s=interval_s)
+        self.cpu_s: dict[int, float] = {}
+        self.seen: dict[int, psutil.Process] = {}
+
+    def sample(self) -> int:
+        rss = super().sample()
+        try:
+            tree = [self.process, *self.process.children(recursive=True)]
+        except psutil.Error:
+            return rss
+        for p in tree:
+            try:
+                times = p.cpu_times()
+            except psutil.Error:
+                continue
+            self.cpu_s[p.pid] = times.user + times.system
+            self.seen.setdefault(p.pid, p)
+        return rss
+
+
+def run_measured(command: list[str], *, log: Path | None = None) -> dict[str, Any]:
+    """Run a command; return its wall time, and the CPU and peak memory of its process tree.
+
+    The clock runs from the start of the process to its exit, imports included, for every
+    tool alike: that is what a user waits for. Returned (seconds, MiB):
+
+    - ``seconds``: wall time; ``import_s`` too for a command that prints ``ready`` after
+      its imports (the PhoPro script of :mod:`benchmarks.photometry_batch`);
+    - ``peak_mb``: the peak of the tree's summed resident memory, sampled every 50 ms
+      (:class:`TreeCPU`);
+    - ``cpu_s`` (``cpu_user_s`` + ``cpu_system_s``): the CPU of the command and of every
+      descendant it waited for, from ``os.wait4`` (a ``LocalCluster``'s worker processes
+      are the driver's children, joined when it closes, so their CPU is reaped into it);
+      ``cpu_rusage_children_s``, the same from this process's ``RUSAGE_CHILDREN``, is the
+      check; ``cpu_sampled_s`` another: the last CPU time sampled of each process of the
+      tree, summed (it misses each process's last < 50 ms, so it reads a little low);
+    - ``processes_seen``; ``survivors``, the tree's processes still alive when the command
+      exited (not reaped by it, so not in ``cpu_s``; normally only multiprocessing's
+      resource tracker, which exits just after), and ``survivors_cpu_s``, their sampled CPU.
+
+    Parameters
+    ----------
+    command : list of str
+        The command and its arguments.
+    log : pathlib.Path, optional
+        Where to write the command's output (stdout and stderr), on success or failure.
+
+    Raises
+    ------
+    RuntimeError
+        If the command exits with a status other than 0 or 2 (``neurobatch run``'s "some
+        items failed"), with the end of its output.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    lines, import_s = [], None
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        with TreeCPU(proc.pid) as tree:
+            for line in proc.stdout:
+                if import_s is None and line.strip() == "ready":
+                    import_s = round(time.perf_counter() - start, 2)
+                lines.append(line)
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    output = "".join(lines)
+    if log is not None:
+        log.write_text(output)
+    if proc.returncode not in (0, 2):
+        raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{output[-3000:]}")
+    alive = [pid for pid, p in tree.seen.items() if pid != proc.pid and p.is_running()]
+    children = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = {
+        "seconds": round(seconds, 2),
+        "peak_mb": round(tree.peak_mb),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "cpu_user_s": round(usage.ru_utime, 2),
+        "cpu_system_s": round(usage.ru_stime, 2),
+        "cpu_rusage_children_s": round(children, 2),
+        "cpu_sampled_s": round(sum(tree.cpu_s.values()), 2),
+        "processes_seen": len(tree.seen),
+        "survivors": len(alive),
+        "survivors_cpu_s": round(sum(tree.cpu_s[p] for p in alive), 2),
+    }
+    return result | ({"import_s": import_s} if import_s is not None else {})
 
 
 # --- fresh processes --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ IRLS fit, dF/F, lever-press trials) with ``output.dashboards: null``, ``output.f
 ``python -m neurobatch run PIPELINE`` (``sys.executable``, the environment passed through,
 so ``PYTHONPATH`` decides which neurobatch runs).
 
-Measured per run:
+Measured per run (:func:`benchmarks._measure.run_measured`):
 
 - ``wall_s``: from the start of the command to its exit;
 - ``cpu_s``: user + system seconds of the command and every descendant it waited for, from
@@ -35,53 +35,26 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 if not __package__:  # run as a file: make ``benchmarks`` importable (PYTHONPATH first)
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._measure import TreeSampler
+from benchmarks._measure import run_measured
 from neurobatch import synthetic
 
 DURATION_S = 1000.0
 RATE_HZ = 20.0
 SEED = 0
 WORKERS = 2
-
-
-class TreeCPU(TreeSampler):
-    """:class:`~benchmarks._measure.TreeSampler` that also samples each process's CPU."""
-
-    def __init__(self, pid: int, *, interval_s: float = 0.05) -> None:
-        super().__init__(pid, interval_s=interval_s)
-        self.cpu_s: dict[int, float] = {}
-        self.seen: dict[int, psutil.Process] = {}
-
-    def sample(self) -> int:
-        rss = super().sample()
-        try:
-            tree = [self.process, *self.process.children(recursive=True)]
-        except psutil.Error:
-            return rss
-        for p in tree:
-            try:
-                times = p.cpu_times()
-            except psutil.Error:
-                continue
-            self.cpu_s[p.pid] = times.user + times.system
-            self.seen.setdefault(p.pid, p)
-        return rss
 
 
 def generated(scratch: Path, n_items: int) -> Path:
@@ -124,37 +97,18 @@ def run_once(scratch: Path, n_items: int) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)  # a first run each time: nothing skipped
     folder.mkdir(parents=True)
     command = [sys.executable, "-m", "neurobatch", "run", str(pipeline_file(folder, data))]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with (folder / "run.log").open("w") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        with TreeCPU(proc.pid) as tree:
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        tail = (folder / "run.log").read_text()[-3000:]
-        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{tail}")
+    measured = run_measured(command, log=folder / "run.log")
     out = folder / "out"
     run = json.loads((out / "run.json").read_text())
     done = sum(item["status"] == "done" for item in run["items"])
     if done != n_items:
         raise RuntimeError(f"{n_items} items asked, {done} done: see {folder / 'run.log'}")
-    alive = [pid for pid, p in tree.seen.items() if pid != proc.pid and p.is_running()]
-    children = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = ("cpu_s", "cpu_user_s", "cpu_system_s", "cpu_rusage_children_s", "cpu_sampled_s")
+    survivors = ("processes_seen", "survivors", "survivors_cpu_s")
     return {
         "items": n_items,
-        "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "cpu_user_s": round(usage.ru_utime, 2),
-        "cpu_system_s": round(usage.ru_stime, 2),
-        "cpu_rusage_children_s": round(children, 2),
-        "cpu_sampled_s": round(sum(tree.cpu_s.values()), 2),
-        "processes_seen": len(tree.seen),
-        "survivors": len(alive),
-        "survivors_cpu_s": round(sum(tree.cpu_s[p] for p in alive), 2),
-        "peak_mb": round(tree.peak_mb),
+        "wall_s": measured["seconds"],
+        **{key: measured[key] for key in (*cpu, *survivors, "peak_mb")},
         "files_items": n_files(out / "items"),
         "files_per_item": round(n_files(out / "items") / n_items, 2),
         "files_out": n_files(out),

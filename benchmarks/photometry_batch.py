@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from typing import Any
 import psutil
 import yaml
 
-from benchmarks._measure import TreeSampler
+from benchmarks._measure import run_measured
 from neurobatch import synthetic
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,31 +74,6 @@ print("trials", result.n_trials, flush=True)
 """
 
 
-def run_measured(command: list[str]) -> dict[str, Any]:
-    """Run a command; return its wall time and the peak RSS of its whole process tree.
-
-    The clock runs from the start of the process to its exit, imports included, for every
-    tool alike: that is what a user waits for. A command that prints ``ready`` after its
-    imports (the PhoPro script) also gets its import time, ``import_s``.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines, import_s = [], None
-    with TreeSampler(proc.pid) as memory:
-        for line in proc.stdout:
-            if import_s is None and line.strip() == "ready":
-                import_s = round(time.perf_counter() - start, 2)
-            lines.append(line)
-        proc.wait()
-        seconds = time.perf_counter() - start
-    output = "".join(lines)
-    if proc.returncode not in (0, 2):
-        raise RuntimeError(f"{command[:3]} exited {proc.returncode}:\n{output[-3000:]}")
-    result = {"seconds": round(seconds, 2), "peak_mb": round(memory.peak_bytes / 2**20)}
-    return result | ({"import_s": import_s} if import_s is not None else {})
-
-
 def stage_seconds(out: Path, stage: str) -> dict[str, float]:
     """Each item's time in ``stage`` (on its worker), from the run's ``run.json``."""
     run = json.loads((out / "run.json").read_text())
@@ -117,10 +91,17 @@ def unconverged_fits(out: Path) -> list[str]:
     return [i["item_id"] for i in run["items"] if i.get("fit") and not i["fit"].get("converged")]
 
 
-def _pipeline_file(
-    folder: Path, data: Path, *, trials: dict[str, Any], fit: str, workers: int
+def pipeline_file(
+    folder: Path, data: Path, *, trials: dict[str, Any], fit: str, workers: int | None
 ) -> Path:
-    config = {
+    """Write the benchmark's photometry pipeline (PhoPro's settings of :data:`PHOPRO_SCRIPT`).
+
+    3 Hz order-4 low-pass, the ``fit`` (``ols`` or ``irls``), dF/F, the ``trials``, the
+    same passed-down metadata, Zarr, Parquet and ``.h5ad`` out to ``folder/out``, no
+    dashboards; a local cluster of ``workers`` workers of one thread, or with ``workers``
+    None no ``cluster`` section (the pipeline's default cluster).
+    """
+    config: dict[str, Any] = {
         "name": "benchmark",
         "input": {"url": str(data), "pattern": "*.csv"},
         "loader": {"format": "photometry-csv", "event_cols": EVENTS, "annotation": "{stem}.json"},
@@ -128,8 +109,9 @@ def _pipeline_file(
         "trials": trials,
         "passdown_metadata": ["source", "subject"],
         "output": {"url": str(folder / "out"), "formats": ["zarr", "parquet", "h5ad"]},
-        "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1},
     }
+    if workers is not None:
+        config["cluster"] = {"kind": "local", "n_workers": workers, "threads_per_worker": 1}
     path = folder / f"pipeline-{fit}-{trials['bounds_s'][0]:g}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -179,14 +161,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         print("phopro", results["phopro"]["seconds"], "s", flush=True)
         (folder / "phopro").mkdir(exist_ok=True)
-        ols = _pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=args.workers)
+        ols = pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=args.workers)
         results["first_run"] = run_measured([*nb, str(ols)])
         ols_preprocess = stage_seconds(folder / "out", "preprocess")
-        changed = _pipeline_file(
+        changed = pipeline_file(
             folder, data, trials=CHANGED_TRIALS, fit="ols", workers=args.workers
         )
         results["rerun_changed_trials"] = run_measured([*nb, str(changed)])
-        irls = _pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
+        irls = pipeline_file(folder, data, trials=TRIALS, fit="irls", workers=args.workers)
         results["irls_rerun"] = run_measured([*nb, str(irls)])
         irls_preprocess = stage_seconds(folder / "out", "preprocess")
         unconverged = unconverged_fits(folder / "out")

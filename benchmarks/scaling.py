@@ -3,7 +3,7 @@
 ``run_suite(quick=..., scratch=...)`` runs ``neurobatch run`` (the photometry pipeline of
 :mod:`benchmarks.photometry_batch`: 3 Hz low-pass, OLS fit, dF/F, lever-press trials, no
 dashboards) as a separate process tree per case, measured by
-:func:`benchmarks.photometry_batch.run_measured` (wall time; peak of the summed resident
+:func:`benchmarks._measure.run_measured` (wall time; peak of the summed resident
 memory of the driver and every worker), along three axes:
 
 - items: 10, 50, 200 recordings of 1 min (quick: 4, 8, 16 of 2 min), on 2 workers;
@@ -43,12 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.photometry_batch import TRIALS, _pipeline_file, run_measured
+from benchmarks._measure import run_measured
+from benchmarks.photometry_batch import TRIALS, pipeline_file
 from neurobatch import synthetic
 
 RATE_HZ = 1000.0
 SEED = 0
-THREADS_PER_WORKER = 1  # what _pipeline_file asks for
+THREADS_PER_WORKER = 1  # what pipeline_file asks for
 
 #: The sizes of each mode. ``item_s``: the length on the items axis; ``lengths_s``: x1,
 #: x2, x4 of the length axis, at ``length_items`` items; the workers axis runs the longest
@@ -136,7 +137,7 @@ def _run_case(case: Case, data: Path, scratch: Path) -> dict[str, Any]:
     folder = scratch / "runs" / case.slug
     shutil.rmtree(folder, ignore_errors=True)  # a first run: nothing to skip
     folder.mkdir(parents=True)
-    config = _pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=case.workers)
+    config = pipeline_file(folder, data, trials=TRIALS, fit="ols", workers=case.workers)
     command = [
         sys.executable,
         "-m",
