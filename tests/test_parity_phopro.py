@@ -118,6 +118,7 @@ def test_same_trials_and_columns(both: tuple[Any, xr.Dataset, Path]) -> None:
         mine = ours.isel(trial=np.flatnonzero(ours["source"].values == source))
         rows = np.flatnonzero(obs["source"].to_numpy() == source)
         assert mine.sizes["trial"] == rows.size > 5
+        assert mine["dff"].dtype == np.float32  # preprocess.dtype, the default
         np.testing.assert_allclose(mine["dff"].values, theirs.X[rows], rtol=0, atol=1e-6)
         np.testing.assert_allclose(mine["rel_time"].values, theirs.ts, rtol=0, atol=1e-12)
         for column in ["trial_num", "start_time", "stop_time", *EVENTS, "subject", "age"]:

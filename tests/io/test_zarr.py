@@ -223,3 +223,48 @@ def test_is_damage_tells_codec_failures_from_other_errors() -> None:
     assert not is_damage(ValueError("cannot reshape array of size 3 into shape (2,)"))
     assert not is_damage(FileNotFoundError("memory://x.zarr/zarr.json"))
     assert not is_damage(RuntimeError("Zstd compression error"))
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    """Every zarr.json of a store (consolidated copies dropped), by path."""
+    found = {}
+    for file in sorted(path.rglob("zarr.json")):
+        meta = json.loads(file.read_text())
+        meta.pop("consolidated_metadata", None)
+        found[str(file.relative_to(path))] = meta
+    return found
+
+
+@pytest.mark.parametrize(
+    "ds",
+    [
+        recording(n=5000),
+        xr.Dataset(
+            {
+                "value": ("row", [1.5, np.nan, -2.0]),
+                "count": ("row", np.array([1, 2, 3], dtype=np.int64)),
+                "flag": ("row", [True, False, True]),
+                "label": ("row", np.array(["a", "", "ccc"], dtype=np.dtypes.StringDType())),
+                "mean": ((), 2.5),
+                "none": ("empty", np.zeros(0)),
+            },
+            coords={"row": [10, 20, 30], "note": ("row", np.array(["x", "y", "z"], dtype=object))},
+            attrs={"fit": {"slope": 1.0, "names": ["a", "b"]}, "n": 3},
+        ),
+    ],
+    ids=["recording", "mixed"],
+)
+def test_an_in_memory_dataset_is_stored_as_xarray_stores_it(ds: xr.Dataset, tmp_path: Path) -> None:
+    """write_dataset writes in-memory datasets without Dataset.to_zarr; the store is the
+    same: metadata (dtypes, fill values, dimension names, attributes, codecs) and values."""
+    ours = tmp_path / "ours.zarr"
+    write_dataset(ds, str(ours), chunk_memory=2**16, dim=None)
+    theirs = tmp_path / "theirs.zarr"
+    # the same dataset through xarray: dask-backed, so write_dataset hands it to to_zarr
+    write_dataset(ds.chunk(), str(theirs), chunk_memory=2**16, dim=None)
+    assert _metadata(ours) == _metadata(theirs)
+    back, reference = xr.open_zarr(ours).load(), xr.open_zarr(theirs).load()
+    xr.testing.assert_identical(back, reference)
+    for name in reference.variables:
+        fill = back[name].encoding.get("_FillValue")
+        assert str(fill) == str(reference[name].encoding.get("_FillValue")), name

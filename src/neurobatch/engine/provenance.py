@@ -193,7 +193,9 @@ def resource_usage(
     rows = samples[inside]
     host_memory = {w: float(hosts.get(w, {}).get("system_memory") or np.nan) for w in workers}
     memory_limit = rows["memory_limit"].to_numpy(dtype=float)
-    limit = np.where(memory_limit > 0, memory_limit, rows["worker"].map(host_memory).to_numpy())
+    workers_of_rows = rows["worker"].to_numpy()
+    unlimited = np.array([host_memory.get(w, np.nan) for w in workers_of_rows], dtype=float)
+    limit = np.where(memory_limit > 0, memory_limit, unlimited)
     tick_times, tick = np.unique(rows["time"].to_numpy(dtype=float), return_inverse=True)
 
     def per_tick(values: Any) -> Any:
@@ -209,7 +211,7 @@ def resource_usage(
     )
     # each worker's last sample (its threads, its memory limit)
     order = np.argsort(rows["time"].to_numpy(), kind="stable")
-    last = np.array(list(dict(zip(rows["worker"].to_numpy()[order], order, strict=True)).values()))
+    last = np.array(list(dict(zip(workers_of_rows[order], order, strict=True)).values()))
     described = [hosts[w] for w in workers if w in hosts] or [machine()]
     distinct = {h["host"]: h for h in described}  # one description per host
     return ResourceUsage(

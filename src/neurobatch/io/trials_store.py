@@ -60,6 +60,7 @@ from neurobatch.io.zarr import (
     _object_strings,
     _with_zarr_strings,
     damage_reported,
+    to_zarr,
     zarr_store,
 )
 
@@ -93,7 +94,8 @@ def _create_store(trials: xr.Dataset, store: Store, chunk_memory: int, url: str)
     prepared.attrs = to_json_safe(dict(trials.attrs), name=f"attrs of the trials for {url}")
     for name, variable in prepared.variables.items():
         variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of the trials for {url}")
-        if variable.dtype.kind in "iuf" and name != REL_TIME:  # int64 and float64 columns
+        if variable.dims == (TRIAL_DIM,) and variable.dtype.kind in "iuf":
+            # per-trial columns are int64 or float64; windows keep their type (float32)
             variable.values = variable.values.astype(_DTYPES[_kind(variable.dtype, str(name))])
     encoding = {
         str(name): {
@@ -102,8 +104,7 @@ def _create_store(trials: xr.Dataset, store: Store, chunk_memory: int, url: str)
         }
         for name, variable in prepared.variables.items()
     }
-    prepared.to_zarr(store, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
-    _consolidate(store)
+    to_zarr(prepared, store, encoding)
     logger.debug("created %s: %d trials, %d trials per chunk", url, trials.sizes[TRIAL_DIM], rows)
     return int(trials.sizes[TRIAL_DIM])
 

@@ -481,6 +481,7 @@ def _run_preprocess(context: StageContext) -> StageOutput:
     )
     processed = preprocess(recording, context.config.preprocess, persist=_persist(context))
     processed = apply_hook(context.hooks, "post_preprocess", processed)
+    processed = _stored_as(processed, context.config.preprocess.dtype)
     fit = processed.attrs.get("fit")
     if fit:
         logger.info(
@@ -491,6 +492,20 @@ def _run_preprocess(context: StageContext) -> StageOutput:
             fit["r_squared"],
         )
     return StageOutput(processed, record={"fit": fit})
+
+
+def _stored_as(ds: xr.Dataset, dtype: str) -> xr.Dataset:
+    """``ds`` with its floating-point signals (data variables along ``time`` or
+    ``rel_time``: channels, windows) cast to ``dtype``; coordinates (time, per-trial
+    columns) and other variables keep theirs."""
+    cast = {
+        name: variable.astype(dtype)
+        for name, variable in ds.data_vars.items()
+        if variable.dtype.kind == "f"
+        and variable.dtype != dtype
+        and {"time", "rel_time"} & set(map(str, variable.dims))
+    }
+    return ds.assign(cast)
 
 
 def _passdown(metadata: Mapping[str, Any], keys: list[str], item_id: str) -> dict[str, Any]:
@@ -520,6 +535,7 @@ def _run_trials(context: StageContext) -> StageOutput:
         passdown=_passdown(context.metadata, config.passdown_metadata, context.item_id),
     )
     trials = apply_hook(context.hooks, "post_trials", trials).compute()
+    trials = _stored_as(trials, config.preprocess.dtype)
     dropped = {str(number): reason for number, reason in plan.dropped.items()}
     for number, reason in dropped.items():
         logger.warning("trial candidate %s dropped: %s", number, reason)
