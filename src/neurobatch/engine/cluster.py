@@ -126,14 +126,18 @@ def override(config: ClusterConfig, choice: str) -> ClusterConfig:
     return JobqueueClusterConfig(kind=choice)
 
 
-#: CPU seconds of Python an item costs the engine whatever its size (opening and writing
-#: its Zarr store, keys, records, logs): it holds the GIL, so in one process it runs on one
-#: core at a time. Measured on photometry items of 1.4 MB (``benchmarks.engine_cost``).
-ITEM_PYTHON_S = 0.25
+#: CPU seconds an item costs whatever its size (opening and writing its Zarr store, keys,
+#: records, logs), measured on photometry items of 1.4 MB (``benchmarks.engine_cost``).
+ITEM_CPU_S = 0.2
 
-#: CPU seconds per input byte of the work that releases the GIL (parsing with pyarrow,
+#: The share of :data:`ITEM_CPU_S` that holds the GIL or waits on zarr's one event loop, so
+#: runs one item at a time in a process: at most a half, measured (100 such items take the
+#: same time on 2 threads of one process as on 2 worker processes, ``benchmarks small``).
+SERIAL_SHARE = 0.5
+
+#: CPU seconds per input byte of the work that runs on every thread (parsing with pyarrow,
 #: NumPy and SciPy kernels, Zarr's codecs): about 3 s for a 222 MB hour of photometry.
-GIL_FREE_S_PER_BYTE = 15e-9
+PARALLEL_S_PER_BYTE = 15e-9
 
 #: Wall seconds to start the worker processes of a LocalCluster (each imports NumPy, SciPy,
 #: pandas, xarray, Zarr and Dask), which a cluster in this process does not spend.
@@ -141,20 +145,23 @@ WORKER_START_S = 3.0
 
 
 def in_process(n_items: int, mean_bytes: float, threads: int) -> bool:
-    """Whether a batch runs faster on workers in this process than in processes of their own.
+    """Whether a batch runs at least as fast on workers in this process as in processes.
 
-    ``cluster.kind: auto`` asks this. Threads of one process share the GIL: the Python part
-    of each item (:data:`ITEM_PYTHON_S`) runs one at a time, while the rest
-    (:data:`GIL_FREE_S_PER_BYTE` per input byte) runs on every thread. Processes run both
-    in parallel but first spend :data:`WORKER_START_S` starting. So threads win unless the
-    batch's serialised Python outlasts what processes would save plus their start-up::
+    ``cluster.kind: auto`` asks this. An item costs ``cpu = ITEM_CPU_S + bytes *
+    PARALLEL_S_PER_BYTE``; in one process its serial part (``SERIAL_SHARE *
+    ITEM_CPU_S``, see :data:`SERIAL_SHARE`) runs one item at a time, so ``threads`` threads
+    take ``max(serial, cpu / threads)`` per item where processes take ``cpu / threads``
+    after :data:`WORKER_START_S` of start-up. Threads unless that start-up is repaid::
 
-        n_items * max(0, python - (python + gil_free) / threads) > WORKER_START_S
+        n_items * (max(serial, cpu / threads) - cpu / threads) > WORKER_START_S
+
+    On 2 cores the serial part never dominates: threads always. On 8, about 40 small
+    items (or more) run faster in processes.
 
     Parameters
     ----------
     n_items : int
-        Items to process (those whose stages must run).
+        Items to process.
     mean_bytes : float
         Their mean input size.
     threads : int
@@ -166,19 +173,15 @@ def in_process(n_items: int, mean_bytes: float, threads: int) -> bool:
 
     Examples
     --------
-    100 recordings of 1000 s at 20 Hz (1.4 MB each) on 2 cores: processes pay.
-
-    >>> in_process(100, 1.4e6, threads=2)
-    False
-
-    Ten of them, or 50 hours of photometry at 1 kHz (222 MB each), or one core: threads.
-
-    >>> in_process(10, 1.4e6, 2), in_process(50, 222e6, 2), in_process(100, 1.4e6, 1)
-    (True, True, True)
+    >>> in_process(100, 1.4e6, threads=2), in_process(50, 222e6, threads=2)
+    (True, True)
+    >>> in_process(30, 1.4e6, threads=8), in_process(100, 1.4e6, threads=8)
+    (True, False)
     """
-    gil_free = mean_bytes * GIL_FREE_S_PER_BYTE
-    serialised = max(0.0, ITEM_PYTHON_S - (ITEM_PYTHON_S + gil_free) / threads)
-    return n_items * serialised <= WORKER_START_S
+    cpu = ITEM_CPU_S + mean_bytes * PARALLEL_S_PER_BYTE
+    serial = SERIAL_SHARE * ITEM_CPU_S
+    per_item = max(serial, cpu / max(threads, 1)) - cpu / max(threads, 1)
+    return n_items * per_item <= WORKER_START_S
 
 
 def resolve_auto(config: ClusterConfig, n_items: int, mean_bytes: float) -> ClusterConfig:
@@ -189,9 +192,9 @@ def resolve_auto(config: ClusterConfig, n_items: int, mean_bytes: float) -> Clus
     --------
     >>> from neurobatch.config import LocalClusterConfig
     >>> resolve_auto(LocalClusterConfig(n_workers=2), 100, 1.4e6).processes
-    True
-    >>> resolve_auto(LocalClusterConfig(n_workers=2), 8, 36e6).processes
     False
+    >>> resolve_auto(LocalClusterConfig(n_workers=8), 100, 1.4e6).processes
+    True
     """
     if not isinstance(config, LocalClusterConfig) or config.kind != "auto":
         return config
