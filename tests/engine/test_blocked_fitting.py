@@ -82,10 +82,10 @@ def assert_irls_equal(fit: fitting.FitResult, whole: fitting.FitResult) -> None:
     assert fit.method == "irls" and fit.converged
 
 
-# IRLS computes ~2 passes per iteration; each pass is a round trip to the scheduler (0.1 to
-# 0.5 s on a loaded 2-core LocalCluster, more when unequal chunks are rechunked every pass),
-# so the hypothesis search runs on threads and the real cluster gets an explicit uneven
-# chunking (the OLS tests cover unequal chunks on both schedulers).
+# IRLS computes ~2 passes per iteration until a table takes over; each pass is a round trip
+# to the scheduler (0.1 to 0.5 s on a loaded 2-core LocalCluster, more when unequal chunks
+# are rechunked every pass), so the hypothesis search runs on threads and the real cluster
+# gets an explicit uneven chunking (the OLS tests cover unequal chunks on both schedulers).
 
 
 @settings(max_examples=5)

@@ -15,45 +15,50 @@ Partial results
 * Co-moments (:class:`~neurobatch.kernels.comoments.CoMoments`): the sum of weights and the
   weighted means and centred second moments of ``x`` (isosbestic) and ``y`` (signal),
   merged with Chan et al.'s parallel formula (:mod:`neurobatch.kernels.comoments`).
-* Exact-median partials (:class:`~neurobatch.kernels.median.MedianSearch`): counts of the
-  values' bit patterns, then the values of the bin that holds the middle order statistic(s),
-  so that the median is exact (:mod:`neurobatch.kernels.median`).
+* The robust fit's passes (:mod:`neurobatch.kernels.robust`): Tukey-weighted sums of the
+  residuals, and the deviance and exact median of ``|residual|``
+  (:class:`~neurobatch.kernels.median.MedianSearch` partials); once the line barely moves,
+  tables of monomial sums that answer the later iterations without passes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from neurobatch.kernels._validation import validate_finite, validate_same_length
 from neurobatch.kernels.comoments import (
-    _ZEROS,
     CoMoments,
     _check_moments,
     _r_squared,
     _solve_wls,
     _ssr,
-    _sum_product,
-    _tukey_comoments_chunk,
     comoments_chunk,
     comoments_combine,
 )
-from neurobatch.kernels.median import (
-    _SIGN,
-    MedianPartial,
-    MedianPlan,
-    MedianSearch,
-    _Gatherer,
-    _value_window,
-    median_combine,
+from neurobatch.kernels.reduction import Reducer, _as_block, local_reducer
+from neurobatch.kernels.robust import (
+    _EPS,
+    _SAMPLE_SIZE,
+    _TABLE_STEP,
+    MAD_NORMALIZATION,
+    Line,
+    _inverse_square,
+    _plan_table,
+    _residual_pass,
+    _Residuals,
+    _sample_chunk,
+    _sample_combine,
+    _Table,
+    sums_combine,
+    tukey_step,
+    tukey_sums_chunk,
 )
-from neurobatch.kernels.reduction import _TILE, Reducer, _as_block, local_reducer
 
 __all__ = [
     "MAD_NORMALIZATION",
@@ -66,9 +71,6 @@ __all__ = [
 ]
 
 Float64Array = NDArray[np.float64]
-
-#: ``scipy.stats.norm.ppf(0.75)``: the MAD of a unit normal, statsmodels' ``GAUSSIAN_3_4``.
-MAD_NORMALIZATION = 0.6744897501960817
 
 
 # --- results -----------------------------------------------------------------------------
@@ -252,125 +254,6 @@ def solve_ols(reduce: Reducer, *, intercept: bool = True) -> FitResult:
 # --- robust IRLS (Tukey's biweight) ------------------------------------------------------
 
 
-class _ResidualPartial(TypedDict):
-    """Partial of a residual pass: ``Σ q³`` of the deviance and the median partial."""
-
-    cubes: float
-    median: MedianPartial
-
-
-def _residual_chunk(
-    isosbestic: ArrayLike,
-    signal: ArrayLike,
-    *,
-    line: tuple[float, float],
-    plan: MedianPlan,
-    inv_cs2: float | None,
-) -> _ResidualPartial:
-    """Chunk function of an IRLS residual pass over ``r = y - b0 - b1 x``.
-
-    Gathers the median partial of ``|r|`` for ``plan`` and, when ``inv_cs2`` (``1 / (c s²)²``
-    for statsmodels' deviance ``Σ ρ(r / s²)``) is given, ``Σ q³`` with
-    ``q = max(1 - r² inv_cs2, 0)``, so that ``Σ ρ = c²/6 (n - Σ q³)``.
-    """
-    x, y = _as_block(isosbestic), _as_block(signal)
-    b0, b1 = line
-    n = x.size
-    gatherer = _Gatherer(plan, n)
-    cubes = 0.0
-    m0 = min(n, _TILE)
-    r_buf, p_buf, q_buf = (np.empty(m0) for _ in range(3))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, n, _TILE):
-            xt = x[start : start + _TILE]
-            yt = y[start : start + _TILE]
-            m = xt.size
-            r, p, q = r_buf[:m], p_buf[:m], q_buf[:m]
-            np.multiply(xt, b1, out=r)
-            r += b0
-            np.subtract(yt, r, out=r)
-            if inv_cs2 is not None:
-                np.multiply(r, r, out=p)
-                p *= -inv_cs2
-                p += 1.0
-                np.maximum(p, _ZEROS[:m], out=p)
-                np.multiply(p, p, out=q)
-                cubes += _sum_product(q, p, q)
-            # the key of |r|: clear the sign bit (abs), then set it (key of a float >= 0)
-            keys = r.view(np.uint64)
-            np.bitwise_or(keys, _SIGN, out=keys)
-            gatherer.add(keys)
-    return _ResidualPartial(cubes=cubes, median=gatherer.partial())
-
-
-def _residual_combine(parts: Sequence[_ResidualPartial]) -> _ResidualPartial:
-    """Combine function of an IRLS residual pass."""
-    return _ResidualPartial(
-        cubes=math.fsum(p["cubes"] for p in parts),
-        median=median_combine([p["median"] for p in parts]),
-    )
-
-
-@dataclass(frozen=True)
-class _Residuals:
-    """What a residual pass found: deviance, MAD scale, median of ``|r|``, passes."""
-
-    deviance: float
-    scale: float
-    median: float
-    passes: int
-
-
-def _residual_pass(
-    reduce: Reducer,
-    line: tuple[float, float],
-    *,
-    n: int,
-    c: float,
-    s2: float,
-    window: tuple[int, int] | None,
-) -> _Residuals:
-    """Deviance and MAD scale of the residuals of ``line``: one pass, more if needed."""
-    search = MedianSearch(n=n, window=window)
-    inv_cs2 = _inverse_square(c * s2)
-    first = reduce(
-        partial(_residual_chunk, line=line, plan=search.plan, inv_cs2=inv_cs2),
-        _residual_combine,
-    )
-    search.advance(first["median"])
-    while not search.done:
-        more = reduce(
-            partial(_residual_chunk, line=line, plan=search.plan, inv_cs2=None),
-            _residual_combine,
-        )
-        search.advance(more["median"])
-    lo, hi = search.order_statistics()
-    # statsmodels: np.median(|r| / 0.6745), i.e. the mean of the two middle quotients
-    lo_q, hi_q = lo / MAD_NORMALIZATION, hi / MAD_NORMALIZATION
-    return _Residuals(
-        deviance=c * c / 6.0 * (n - first["cubes"]),
-        scale=lo_q if n % 2 else (lo_q + hi_q) / 2.0,
-        median=search.median(),
-        passes=search.passes,
-    )
-
-
-def _inverse_square(v: float) -> float:
-    """``1 / v²``, infinite for 0 (and for squares that underflow)."""
-    with np.errstate(divide="ignore", over="ignore", under="ignore"):
-        return float(np.float64(1.0) / np.float64(v) ** 2)
-
-
-def _next_window(current: _Residuals, previous: _Residuals | None) -> tuple[int, int]:
-    """Where the next iteration's median of ``|r|`` probably lies: around this one, by
-    4 times the last relative change (0.1 % to 30 %; 30 % after the first step from OLS)."""
-    rel = 0.3
-    if previous is not None and current.median > 0.0:
-        change = abs(current.median - previous.median) / current.median
-        rel = min(max(4.0 * change, 1e-3), 0.3)
-    return _value_window(current.median, rel)
-
-
 def _validate_irls_options(c: float, maxiter: int, tol: float) -> None:
     if not (isinstance(c, int | float) and math.isfinite(c) and c > 0):
         raise ValueError(f"c must be a finite number > 0 (Tukey's tuning constant), got {c!r}.")
@@ -378,6 +261,91 @@ def _validate_irls_options(c: float, maxiter: int, tol: float) -> None:
         raise ValueError(f"maxiter must be an integer >= 1, got {maxiter!r}.")
     if not (isinstance(tol, int | float) and tol >= 0 and not math.isnan(tol)):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}.")
+
+
+#: A table that answered fewer iterations than this before the line left it cost more than
+#: it saved: the next is built only after an eight times smaller step.
+_TABLE_CALLS = 2
+
+
+class _Passes:
+    """The passes of the IRLS iterations over the data, spared by a table when one answers."""
+
+    def __init__(self, reduce: Reducer, moments: CoMoments, *, n: int, c: float, p: int) -> None:
+        self.reduce, self.n, self.c, self.p = reduce, n, c, p
+        self.x0 = moments["mean_x"]
+        step = max(1, n // _SAMPLE_SIZE)
+        self.sample = reduce(partial(_sample_chunk, step=step), _sample_combine)
+        # the isosbestic's range as sampled, until a table measures it
+        self.x_range = (float(self.sample.x.min()), float(self.sample.x.max()))
+        spread = max(abs(v - self.x0) for v in self.x_range)
+        self.x_exp = math.frexp(spread or abs(self.x0) or 1.0)[1]
+        self.x_abs = max(abs(v) for v in self.x_range)
+        self.y_abs = float(np.abs(self.sample.y).max())
+        self.table: _Table | None = None
+        # tables built so far: a table's sums round differently from a pass's and another
+        # table's, so an iteration's state includes which table answers it
+        self.tables = 0
+        # the step after which to build a table; smaller after a table that hardly served
+        self.table_step = _TABLE_STEP
+
+    def first_residuals(self, line: Line, s2: float) -> _Residuals:
+        """The residuals of the OLS line."""
+        window = self.sample.median_window(line)
+        found, _ = _residual_pass(self.reduce, line, n=self.n, c=self.c, s2=s2, window=window)
+        return found
+
+    def weighted(self, line: Line, scale: float) -> tuple[Line, float]:
+        """The next line and its weighted residual variance σ², from ``line`` and ``s``."""
+        cs = self.c * scale
+        sums = None if self.table is None else self.table.tukey_sums(line, cs)
+        if sums is None:
+            chunk = partial(tukey_sums_chunk, line=line, inv_cs2=_inverse_square(cs), x0=self.x0)
+            sums = self.reduce(chunk, sums_combine)
+        (d0, d1), ssr = tukey_step(sums, x0=self.x0, intercept=self.p == 2)
+        return (line[0] + d0, line[1] + d1), ssr / (self.n - self.p)
+
+    def residuals(
+        self,
+        line: Line,
+        s2: float,
+        *,
+        last: tuple[Line, float, _Residuals],
+    ) -> _Residuals:
+        """The residuals of ``line``; ``last``: the line, σ² and residuals before it."""
+        found = None if self.table is None else self.table.residuals(line, s2)
+        if found is not None:
+            return found
+        if self.table is not None and self.table.calls < _TABLE_CALLS:
+            self.table_step /= 8.0
+        previous, previous_s2, resid = last
+        rounding = _EPS * (self.x_abs * abs(line[1]) + abs(line[0]) + self.y_abs)
+        spec = _plan_table(
+            line=line,
+            previous=previous,
+            x_range=self.x_range,
+            x0=self.x0,
+            x_exp=self.x_exp,
+            residuals=resid,
+            c=self.c,
+            dev_cut=self.c * s2,
+            previous_dev_cut=self.c * previous_s2,
+            rounding=rounding,
+            limit=self.table_step,
+        )
+        found, self.table = _residual_pass(
+            self.reduce,
+            line,
+            n=self.n,
+            c=self.c,
+            s2=s2,
+            window=self.sample.median_window(line),
+            table=spec,
+        )
+        if self.table is not None:
+            self.x_range = self.table.x_range
+            self.tables += 1
+        return found
 
 
 def solve_irls(
@@ -402,10 +370,14 @@ def solve_irls(
        weighted least squares; new ``r``, ``s`` and deviance; ``iteration += 1``; stop once
        the deviance changed by at most ``tol`` or ``iteration == maxiter``.
 
-    Each iteration is one pass of weighted co-moments (:func:`comoments_combine`) and one
-    pass over the residuals that gathers the deviance and the exact median of ``|r|`` at
-    once (collecting a window around the previous median; more passes only if the median
-    moved out of it).
+    Each iteration is one pass of Tukey-weighted sums of the residuals (the weighted fit of
+    the residuals on the isosbestic is the step to the next line) and one pass over the
+    new residuals that gathers the deviance and the exact median of ``|r|`` at once
+    (collecting a window around the previous median; more passes only if the median moved
+    out of it). Once a step moves no residual by more than 0.2 % of the median of ``|r|``,
+    a residual pass also builds a table of monomial sums (:mod:`neurobatch.kernels.robust`),
+    from which the later iterations are computed exactly, without passes, for as long as
+    the line stays within its margin.
 
     The iteration count of statsmodels is reproduced as long as rounding does not decide
     the stopping test: on millions of samples the deviance is a sum of millions of terms,
@@ -413,9 +385,9 @@ def solve_irls(
     iterations can differ; the coefficients then still agree to ~1e-12.
 
     Rounding can also keep a fit going round a few states for good, each deviance change
-    above ``tol`` (4 of 50 synthetic hours at 1 kHz). Such a fit runs to ``maxiter``; once
-    it is back in a state it was in, its state at ``maxiter`` is read off the cycle instead
-    of iterating on: the same result, with ``n_iter = maxiter`` and ``converged`` False.
+    above ``tol``. Such a fit runs to ``maxiter``; once it is back in a state it was in,
+    its state at ``maxiter`` is read off the cycle instead of iterating on: the same
+    result, with ``n_iter = maxiter`` and ``converged`` False.
 
     Parameters
     ----------
@@ -462,27 +434,24 @@ def solve_irls(
     n = _check_moments(moments, min_samples=p + 1, what="fit_irls")
     line = _solve_wls(moments, intercept=intercept)
     s2 = _ssr(moments, *line) / (n - p)
-    resid = _residual_pass(reduce, line, n=n, c=c, s2=s2, window=None)
-    previous: _Residuals | None = None
+    passes = _Passes(reduce, moments, n=n, c=c, p=p)
+    resid = passes.first_residuals(line, s2)
     iteration, converged = 1, False
-    # every iteration's state, and the iteration of each: the line and scale decide every
-    # later iteration, and with the deviance the stopping tests too, so a state seen before
-    # (all four numbers) starts a cycle
+    # every iteration's state, and the iteration of each: the line, scale and σ² (and the
+    # table that answers) decide every later iteration, and with the deviance the stopping
+    # tests too, so a state seen before starts a cycle
     states = [(line, resid)]
-    seen = {_state_key(line, resid): 1}
+    seen = {_state_key(line, s2, resid, passes.tables): 1}
     while resid.scale != 0.0:  # statsmodels stops (with a warning) on a zero scale
-        tukey = (line[0], line[1], _inverse_square(c * resid.scale))
-        weighted = reduce(partial(_tukey_comoments_chunk, tukey=tukey), comoments_combine)
-        line = _solve_wls(weighted, intercept=intercept, weighted=True)
-        s2 = _ssr(weighted, *line) / (n - p)
-        window = _next_window(resid, previous)
-        previous, resid = resid, _residual_pass(reduce, line, n=n, c=c, s2=s2, window=window)
+        new_line, new_s2 = passes.weighted(line, resid.scale)
+        new = passes.residuals(new_line, new_s2, last=(line, s2, resid))
+        line, s2, previous, resid = new_line, new_s2, resid, new
         iteration += 1
         change = abs(resid.deviance - previous.deviance)
         if not (change > tol and iteration < maxiter):
             converged = not change > tol
             break
-        first = seen.setdefault(_state_key(line, resid), iteration)
+        first = seen.setdefault(_state_key(line, s2, resid, passes.tables), iteration)
         if first < iteration:
             # rounding keeps the fit going round the same states, each deviance change above
             # tol: it would stop at maxiter, in the state the cycle holds then
@@ -503,9 +472,10 @@ def solve_irls(
     )
 
 
-def _state_key(line: tuple[float, float], resid: _Residuals) -> tuple[float, ...]:
-    """What an IRLS iteration ends in: its line, and the scale and deviance of its residuals."""
-    return (*line, resid.scale, resid.deviance)
+def _state_key(line: Line, s2: float, resid: _Residuals, tables: int) -> tuple[float, ...]:
+    """What an IRLS iteration ends in: its line, σ², the scale and deviance of its
+    residuals, and the number of tables built so far."""
+    return (*line, s2, resid.scale, resid.deviance, tables)
 
 
 # --- whole-array entry points ------------------------------------------------------------
