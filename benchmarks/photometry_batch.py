@@ -98,8 +98,9 @@ def pipeline_file(
 
     3 Hz order-4 low-pass, the ``fit`` (``ols`` or ``irls``), dF/F, the ``trials``, the
     same passed-down metadata, Zarr, Parquet and ``.h5ad`` out to ``folder/out``, no
-    dashboards; a local cluster of ``workers`` workers of one thread, or with ``workers``
-    None no ``cluster`` section (the pipeline's default cluster).
+    dashboards; the default cluster (``kind: auto``: in this process or in processes, as
+    :func:`neurobatch.engine.cluster.in_process` decides) of ``workers`` worker threads,
+    or with ``workers`` None no ``cluster`` section at all.
     """
     config: dict[str, Any] = {
         "name": "benchmark",
@@ -111,7 +112,7 @@ def pipeline_file(
         "output": {"url": str(folder / "out"), "formats": ["zarr", "parquet", "h5ad"]},
     }
     if workers is not None:
-        config["cluster"] = {"kind": "local", "n_workers": workers, "threads_per_worker": 1}
+        config["cluster"] = {"n_workers": workers, "threads_per_worker": 1}
     path = folder / f"pipeline-{fit}-{trials['bounds_s'][0]:g}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
