@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import xarray as xr
+import yaml
 
 from neurobatch.cli import main
 
@@ -67,3 +73,36 @@ def test_check_passes_as_shipped(capsys: pytest.CaptureFixture[str]) -> None:
     assert "FAIL" not in out
     steps = [line.split()[1] for line in out.splitlines() if line.startswith("ok")]
     assert "spike-triggered" in steps and len(steps) >= 5, out
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "in-process"])
+def test_no_process_outlives_the_command(
+    photometry_demo: Path, tmp_path: Path, processes: bool
+) -> None:
+    """Every process a run starts (nannies, workers, multiprocessing's resource tracker)
+    has exited when ``neurobatch run`` does; in this process, it starts none."""
+    pipeline = yaml.safe_load(photometry_demo.read_text())
+    pipeline["input"]["url"] = str(photometry_demo.parent / "data")
+    pipeline["output"] |= {"url": str(tmp_path / "out"), "dashboards": None}
+    pipeline["cluster"] = {"n_workers": 2, "processes": processes, "memory_limit": "1GiB"}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    run = subprocess.Popen([sys.executable, "-m", "neurobatch", "run", str(path)])
+    command = psutil.Process(run.pid)
+    seen: dict[int, float] = {}
+    while run.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            for child in command.children(recursive=True):
+                seen[child.pid] = child.create_time()
+        time.sleep(0.02)
+    assert run.returncode == 0
+
+    def alive(pid: int, created: float) -> bool:
+        try:
+            process = psutil.Process(pid)
+            return process.create_time() == created and process.status() != "zombie"
+        except psutil.NoSuchProcess:
+            return False
+
+    assert [pid for pid, created in seen.items() if alive(pid, created)] == []
+    assert (len(seen) >= 2) if processes else (seen == {})

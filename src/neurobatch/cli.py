@@ -66,7 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        _stop_resource_tracker()
     return status
+
+
+def _stop_resource_tracker() -> None:
+    """Wait for multiprocessing's resource tracker, which worker processes start, to exit:
+    it would otherwise outlive the command by a moment. Only once no child process is
+    left (a caller's own cluster keeps it)."""
+    import multiprocessing
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None and not multiprocessing.active_children():
+        stop()
 
 
 def _terminated(signum: int, frame: object) -> None:
