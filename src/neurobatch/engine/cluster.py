@@ -15,6 +15,7 @@ the batch, unless the driver's environment sets that variable.
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import os
 import shlex
@@ -342,6 +343,30 @@ def _worker_environment_at_spawn() -> Iterator[None]:
         yield
 
 
+#: glibc's ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _return_freed_memory() -> None:
+    """Make this process give freed memory back to the system, as Dask's worker processes do.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+    which arrays of an item (an hour at 1 kHz is 29 MB a channel) come from its heaps and
+    stay there when freed: workers in this process would keep the high-water mark of every
+    item they ran. A fixed 1 MiB threshold maps each large array and unmaps it when freed
+    (Dask starts its worker processes with ``MALLOC_TRIM_THRESHOLD_=65536`` for the same
+    reason). Settings of the process, kept after the cluster closes; nothing elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 2**20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**16)
+    except (OSError, AttributeError):  # another C library (musl): it has no such tuning
+        logger.debug("mallopt is not available; freed memory stays with the process")
+
+
 @contextmanager
 def _profiler_setting() -> Iterator[None]:
     """Dask's profiler setting of :func:`worker_environment`, for workers in this process."""
@@ -399,6 +424,7 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
             # exist here, so they are limited for the cluster's life instead of at a spawn.
             stack.enter_context(threadpool_limits(limits=1))
             stack.enter_context(_profiler_setting())
+            _return_freed_memory()
             size = {"n_workers": 1, "threads_per_worker": n_workers * threads}
             # its worker's own HTTP server too (every interface by default)
             size["worker_dashboard_address"] = "127.0.0.1:0"

@@ -147,8 +147,8 @@ class Combiner:
                 if fmt not in formats:
                     continue
                 url = layout.combined(name, staging=self.run_id)
-                if fmt == "h5ad":
-                    export.write_h5ad(trials, url, storage_options=so)
+                if fmt == "h5ad":  # opened again, in the export's smaller blocks
+                    export.write_h5ad(self.staged, url, storage_options=so)
                 else:
                     table = cast(Literal["parquet", "csv"], fmt)
                     export.write_obs(trials, url, format=table, storage_options=so)

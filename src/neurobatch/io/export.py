@@ -1,8 +1,8 @@
 """Exports of the combined trials: obs tables (Parquet, CSV) and AnnData ``.h5ad`` for PhoPro.
 
 The ``.h5ad`` file is what PhoPro users read (``PhotometryData.read_h5ad``): ``X`` is trials
-x ``rel_time`` (the processed variable, float64), ``obs`` the per-trial columns, ``var`` the
-relative time ``t`` and ``uns`` the dataset's attributes. ``X`` is streamed from the trials
+x ``rel_time`` (the processed variable, of its stored type), ``obs`` the per-trial columns,
+``var`` the relative time ``t`` and ``uns`` the dataset's attributes. ``X`` is streamed from the trials
 store into the file in blocks of trials, so writing it needs a block's memory, not the whole
 matrix's.
 """
@@ -317,10 +317,12 @@ def _write_local(
     n_trials, n_rel = (int(s) for s in data.shape)
     ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path, convert_strings_to_categoricals=False)
     with h5py.File(path, "r+") as f:
-        x = f.create_dataset("X", shape=(n_trials, n_rel), dtype=np.float64)
+        # the trials' own type (float32 windows: half the file; PhoPro reads either)
+        dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
+        x = f.create_dataset("X", shape=(n_trials, n_rel), dtype=dtype)
         x.attrs["encoding-type"] = "array"
         x.attrs["encoding-version"] = "0.2.0"
         for start in range(0, n_trials, rows):
             stop = min(start + rows, n_trials)
             block = data.isel({TRIAL_DIM: slice(start, stop)}).values
-            x[start:stop] = np.asarray(block, dtype=np.float64)
+            x[start:stop] = np.asarray(block, dtype=dtype)
