@@ -159,6 +159,18 @@ def test_write_h5ad_from_a_dataset_to_a_url(store: str) -> None:
         write_h5ad(store, "memory://export-test/h5/other.h5ad", variable="dF")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_write_h5ad_keeps_the_stored_type(store: str, dtype: Any) -> None:
+    """float32 windows (preprocess.dtype's default) give a float32 X, equal value for value."""
+    trials = open_trials(store).load()
+    trials["dff"] = trials["dff"].astype(dtype)
+    url = f"memory://export-test/h5/{np.dtype(dtype).name}.h5ad"
+    write_h5ad(trials, url)
+    with fsspec.open(url, "rb") as f, h5py.File(f, "r") as h5:
+        assert h5["X"].dtype == dtype
+        np.testing.assert_array_equal(h5["X"][:], trials["dff"].values)
+
+
 def test_write_h5ad_streams_x_in_blocks(tmp_path: Path) -> None:
     url = str(tmp_path / "big.zarr")
     n_rel = 3000
