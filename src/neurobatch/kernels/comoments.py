@@ -75,29 +75,12 @@ def _sum_product(a: Float64Array, b: Float64Array, out: Float64Array) -> float:
     return float(out.sum())
 
 
-_TukeyParams = tuple[float, float, float]  # (intercept, slope, 1 / (c * scale)²)
 #: ``np.maximum(a, zeros)`` is twice as fast as ``np.maximum(a, 0.0)``.
 _ZEROS = np.zeros(_TILE)
 _ZEROS.flags.writeable = False
 
 
-def _tukey_weights(
-    x: Float64Array, y: Float64Array, params: _TukeyParams, out: Float64Array
-) -> Float64Array:
-    """Tukey biweights ``(1 - (r / (c s))²)²`` (0 beyond ``c s``) of ``r = y - b0 - b1 x``."""
-    b0, b1, inv_cs2 = params
-    np.multiply(x, b1, out=out)
-    out += b0
-    np.subtract(y, out, out=out)
-    np.multiply(out, out, out=out)
-    out *= -inv_cs2
-    out += 1.0
-    np.maximum(out, _ZEROS[: out.size], out=out)
-    np.multiply(out, out, out=out)
-    return out
-
-
-def _moments_chunk(x: Float64Array, y: Float64Array, tukey: _TukeyParams | None) -> CoMoments:
+def _moments_chunk(x: Float64Array, y: Float64Array) -> CoMoments:
     """Co-moments of a block, tile by tile, merged with Chan et al.'s formula."""
     n = x.size
     if y.size != n:
@@ -107,7 +90,7 @@ def _moments_chunk(x: Float64Array, y: Float64Array, tukey: _TukeyParams | None)
     if n == 0:
         return CoMoments(weight=0.0, mean_x=0.0, mean_y=0.0, cxx=0.0, cxy=0.0, cyy=0.0)
     m0 = min(n, _TILE)
-    w_buf, wd_buf, dx_buf, dy_buf, p_buf = (np.empty(m0) for _ in range(5))
+    dx_buf, dy_buf, p_buf = (np.empty(m0) for _ in range(3))
     parts = np.empty((6, -(-n // _TILE)))
     with np.errstate(over="ignore", invalid="ignore"):
         for i, start in enumerate(range(0, n, _TILE)):
@@ -115,38 +98,14 @@ def _moments_chunk(x: Float64Array, y: Float64Array, tukey: _TukeyParams | None)
             yt = y[start : start + _TILE]
             m = xt.size
             dx, dy, p = dx_buf[:m], dy_buf[:m], p_buf[:m]
-            if tukey is None:
-                total = float(m)
-                mean_x = float(xt.sum()) / total
-                mean_y = float(yt.sum()) / total
-                np.subtract(xt, mean_x, out=dx)
-                np.subtract(yt, mean_y, out=dy)
-                cxx = _sum_product(dx, dx, p)
-                cxy = _sum_product(dx, dy, p)
-                cyy = _sum_product(dy, dy, p)
-            else:
-                # Sums shifted by the tile's first sample, then centred: no separate pass
-                # for the means. A sample of the tile is within a few tile standard
-                # deviations of its mean, which costs at most a few bits of 53.
-                w = _tukey_weights(xt, yt, tukey, w_buf[:m])
-                total = float(w.sum())
-                if total == 0.0:
-                    parts[:, i] = 0.0
-                    continue
-                x0, y0 = float(xt[0]), float(yt[0])
-                np.subtract(xt, x0, out=dx)
-                np.subtract(yt, y0, out=dy)
-                wd = wd_buf[:m]
-                np.multiply(w, dx, out=wd)
-                sx = float(wd.sum())
-                sxx = _sum_product(wd, dx, p)
-                sxy = _sum_product(wd, dy, p)
-                np.multiply(w, dy, out=wd)
-                sy = float(wd.sum())
-                syy = _sum_product(wd, dy, p)
-                mean_dx, mean_dy = sx / total, sy / total
-                mean_x, mean_y = x0 + mean_dx, y0 + mean_dy
-                cxx, cxy, cyy = sxx - sx * mean_dx, sxy - sx * mean_dy, syy - sy * mean_dy
+            total = float(m)
+            mean_x = float(xt.sum()) / total
+            mean_y = float(yt.sum()) / total
+            np.subtract(xt, mean_x, out=dx)
+            np.subtract(yt, mean_y, out=dy)
+            cxx = _sum_product(dx, dx, p)
+            cxy = _sum_product(dx, dy, p)
+            cyy = _sum_product(dy, dy, p)
             parts[:, i] = (total, mean_x, mean_y, cxx, cxy, cyy)
     return _merge(*parts)
 
@@ -180,14 +139,7 @@ def comoments_chunk(isosbestic: ArrayLike, signal: ArrayLike) -> CoMoments:
     >>> m["weight"], m["mean_x"], m["cxx"], m["cxy"]
     (3.0, 1.0, 2.0, 4.0)
     """
-    return _moments_chunk(_as_block(isosbestic), _as_block(signal), None)
-
-
-def _tukey_comoments_chunk(
-    isosbestic: ArrayLike, signal: ArrayLike, *, tukey: _TukeyParams
-) -> CoMoments:
-    """Chunk function of one IRLS step: co-moments under the Tukey weights of a fit."""
-    return _moments_chunk(_as_block(isosbestic), _as_block(signal), tukey)
+    return _moments_chunk(_as_block(isosbestic), _as_block(signal))
 
 
 def comoments_combine(parts: Sequence[CoMoments]) -> CoMoments:
