@@ -7,9 +7,9 @@ tutorial data (1000 s at 20 Hz, two channels and four event columns, PhoPro's CS
 with JSON sidecars: :func:`neurobatch.synthetic.write_photometry_batch`, seed 0), writes
 the demo's pipeline (:data:`neurobatch.synthetic.DEMO_PIPELINE`: 3 Hz order-4 low-pass,
 IRLS fit, dF/F, lever-press trials) with ``output.dashboards: null``, ``output.formats:
-[zarr, parquet]`` and a local cluster of 2 workers x 1 thread, and times a fresh
-``python -m neurobatch run PIPELINE`` (``sys.executable``, the environment passed through,
-so ``PYTHONPATH`` decides which neurobatch runs).
+[zarr, parquet]`` and the default cluster (``kind: auto``) of 2 worker threads, and times
+a fresh ``python -m neurobatch run PIPELINE`` (``sys.executable``, the environment passed
+through, so ``PYTHONPATH`` decides which neurobatch runs).
 
 Measured per run (:func:`benchmarks._measure.run_measured`):
 
@@ -79,7 +79,7 @@ def pipeline_file(folder: Path, data: Path) -> Path:
     config["input"]["url"] = str(data)
     config["output"] |= {"url": str(folder / "out"), "formats": ["zarr", "parquet"]}
     config["output"]["dashboards"] = None
-    config["cluster"] |= {"kind": "local", "n_workers": WORKERS, "threads_per_worker": 1}
+    config["cluster"] = {"n_workers": WORKERS, "threads_per_worker": 1}
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
