@@ -30,6 +30,20 @@ Cases, each in a fresh process:
 - **neurobatch, filter pipeline** (full suite only): the same cluster running
   ``Pipeline.run`` of a ``filter`` pipeline on the file (its filter stage reads the
   ``.bin`` itself; no raw copy), with the engine's defaults: what a user runs.
+- **spikeinterface against neurobatch, whole processes** (on 60 s; in the full suite on
+  20 min too): spikeinterface 0.105.3 in a virtual environment of its own (it pins
+  ``zarr < 3``; :func:`spikeinterface_python` makes it on first use, with our NumPy and
+  SciPy), running :mod:`benchmarks.peers.spikeinterface_filter` (``scale_to_uV``,
+  ``common_reference(reference="global", operator="median")``, ``bandpass_filter`` with the
+  same band, order, Butterworth sections and forward-backward direction, float32, then
+  ``save(format="zarr", n_jobs=2, chunk_duration="1s")``), against ``neurobatch run`` of a
+  ``filter`` pipeline with ``common_reference: median`` on 2 workers x 1 thread (of the
+  cluster kind the engine picks by default), no raw copy: each timed
+  from its process's start to its exit, imports, cluster and all
+  (:func:`benchmarks._measure.run_measured`), alternately, the median of 3 runs (one in
+  the full suite on 20 min). Both apply the same operations in the same order: samples
+  to µV, the median over channels subtracted, the band-pass, float32 stored. The target:
+  neurobatch at least 1.5x faster.
 
 Peak memory is the driver, nannies and workers summed, sampled every 50 ms; the Dask task
 stream gives the share of the workers' time spent in tasks and the task kinds that take it.
@@ -37,25 +51,36 @@ stream gives the share of the workers' time spent in tasks and the task kinds th
 Check: the stored result against ``sosfiltfilt`` on the recording's first and last
 seconds (where block edges and both true ends of the recording fall), beyond the
 filter's settling depth from the slices' cut ends: the maximum absolute deviation in µV
-and relative to the signal's peak (float32 storage rounds at about 6e-8 relative).
+and relative to the signal's peak (float32 storage rounds at about 6e-8 relative). The two
+tools' outputs are compared on 10 s in the middle of the recording (away from its ends,
+where both pad as ``sosfiltfilt`` does), each against the whole-array reference (median
+reference, then ``sosfiltfilt``) and against each other: spikeinterface filters each 1-s
+chunk with a margin of 5 periods of the low cutoff (500 samples) on each side and drops
+it, so its result is off the whole-array one near its chunk edges by what the filter's
+response still holds after 500 samples; neurobatch's overlap is where that response has
+decayed to 1e-12 (:func:`neurobatch.kernels.filters.overlap_depth`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import math
 import os
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
+import yaml
 
-from benchmarks._measure import ONE_THREAD, TreeSampler, in_fresh_process
+from benchmarks._measure import ONE_THREAD, TreeSampler, in_fresh_process, run_measured
 
 CHANNELS = 64
 FS = 30_000.0
@@ -66,6 +91,21 @@ DURATION_S = {True: 60.0, False: 1200.0}
 BASE_S = 60.0
 SCIPY_REPEATS = 3
 TARGET_SHARE = 0.70
+#: spikeinterface in its own environment, with the NumPy and SciPy of ours.
+SPIKEINTERFACE = "spikeinterface==0.105.3"
+PEER_SCRIPT = Path(__file__).parent / "peers" / "spikeinterface_filter.py"
+#: Both tools' jobs: spikeinterface's processes, neurobatch's workers (1 thread each).
+PEER_JOBS = 2
+#: spikeinterface's chunks: its default, ``chunk_duration="1s"``.
+PEER_CHUNK_S = 1.0
+PEER_CHUNK = f"{PEER_CHUNK_S:g}s"
+#: The peer comparison's sizes: 60 s (``--quick``), and 20 min in the full suite.
+PEER_DURATIONS_S = {True: (60.0,), False: (60.0, 1200.0)}
+#: Runs of each tool, alternately, per size (the median counts).
+PEER_REPEATS = {60.0: 3, 1200.0: 1}
+#: The seconds in the middle of the recording where the two outputs are compared.
+PEER_CHECK_S = 10.0
+TARGET_SPEEDUP = 1.5
 
 
 def _sos() -> np.ndarray:
@@ -274,8 +314,13 @@ def neurobatch_case(
     from neurobatch.engine import cluster
 
     start = time.perf_counter()
+    # worker processes (kind local): the default kind may run the workers in this process
     config = LocalClusterConfig(
-        n_workers=2, threads_per_worker=1, memory_limit=worker_memory, dashboard_address=None
+        kind="local",
+        n_workers=2,
+        threads_per_worker=1,
+        memory_limit=worker_memory,
+        dashboard_address=None,
     )
     runs: list[dict[str, Any]] = []
     with cluster.connect(config) as client:
@@ -341,6 +386,222 @@ def check(path: str, out: str, gain_uv: float, rows: int) -> dict[str, Any]:
     }
 
 
+# --- spikeinterface against neurobatch, whole processes ---------------------------------------
+
+
+def spikeinterface_python() -> Path:
+    """The Python of spikeinterface's own virtual environment, made on first use.
+
+    spikeinterface pins ``zarr < 3`` (neurobatch needs Zarr 3), so it lives in a virtual
+    environment of its own, under ``$XDG_CACHE_HOME/neurobatch-benchmarks/`` (``~/.cache``
+    by default): :data:`SPIKEINTERFACE` with ``zarr < 3``, and the NumPy and SciPy versions
+    of this environment (the same ``sosfiltfilt`` on both sides), installed with ``uv``
+    (this environment's, else the one on ``PATH``; pip without either). A marker file names
+    what was installed; an environment without it, or with another list, is made again.
+    """
+    wanted = [
+        SPIKEINTERFACE,
+        "zarr<3",
+        *(f"{name}=={importlib.metadata.version(name)}" for name in ("numpy", "scipy")),
+    ]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = cache / "neurobatch-benchmarks" / SPIKEINTERFACE.replace("==", "-")
+    python = root / "bin" / "python"
+    marker = root / "neurobatch-installed.txt"
+    if marker.exists() and marker.read_text().split() == wanted:
+        return python
+    print(f"filter: making spikeinterface's environment in {root}", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    install = (
+        [uv, "pip", "install", "--quiet", "--python", str(python)]
+        if uv
+        else [str(python), "-m", "pip", "install", "--quiet"]
+    )
+    subprocess.run([*install, *wanted], check=True)
+    marker.write_text("\n".join(wanted) + "\n")
+    return python
+
+
+def _pipeline_file(folder: Path, data: Path, out: Path) -> Path:
+    """The ``filter`` pipeline of the comparison: the suite's filter with a median reference."""
+    config = {
+        "name": "filter-vs-spikeinterface",
+        "kind": "filter",
+        "input": {"url": str(data), "pattern": "*.ap.bin"},
+        "loader": {"format": "spikeglx"},
+        "filter": {
+            "type": "bandpass",
+            "cutoff_hz": list(BAND),
+            "order": ORDER,
+            "common_reference": "median",
+            "dtype": "float32",
+        },
+        "output": {"url": str(out)},
+        "cluster": {"n_workers": PEER_JOBS, "threads_per_worker": 1},
+    }
+    path = folder / "filter-vs-spikeinterface.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _window(n: int) -> tuple[int, int]:
+    """The rows compared: :data:`PEER_CHECK_S` seconds in the middle of ``n`` samples."""
+    rows = min(n // 2, round(PEER_CHECK_S * FS))
+    start = (n - rows) // 2
+    return start, start + rows
+
+
+def stored_window(url: str, variable: str) -> np.ndarray:
+    """The compared rows of a stored ``(time, channel)`` array, as float64.
+
+    Zarr 3 reads both tools' stores: neurobatch's (v3) and spikeinterface's (v2).
+    """
+    import zarr
+
+    array = zarr.open_array(f"{url}/{variable}", mode="r")
+    a, b = _window(array.shape[0])
+    return np.asarray(array[a:b], dtype=np.float64)
+
+
+def reference_window(path: str, gain_uv: float) -> np.ndarray:
+    """The compared rows as the whole array would give them: µV, median reference, sosfiltfilt.
+
+    Filtered over the rows and the filter's settling depth on each side, then trimmed:
+    equal to the whole-array result to about 1e-12 of the signal.
+    """
+    import scipy.signal
+
+    from neurobatch.kernels import filters
+
+    sos = _sos()
+    depth = filters.overlap_depth(sos)
+    n = os.path.getsize(path) // (2 * CHANNELS)
+    a, b = _window(n)
+    raw = np.memmap(path, dtype="<i2", mode="r", shape=(n, CHANNELS))
+    uv = np.asarray(raw[a - depth : b + depth], dtype=np.float64) * gain_uv
+    uv -= np.median(uv, axis=1, keepdims=True)
+    return np.asarray(scipy.signal.sosfiltfilt(sos, uv, axis=0, padtype="odd")[depth:-depth])
+
+
+def _agreement(folder: Path, path: str, gain_uv: float) -> dict[str, Any]:
+    """Deviations of the two tools' windows from the whole-array result and each other, µV."""
+    ours = np.load(folder / "neurobatch.npy")
+    theirs = np.load(folder / "spikeinterface.npy")
+    exact = reference_window(path, gain_uv)
+    start, _ = _window(os.path.getsize(path) // (2 * CHANNELS))
+    chunk = round(PEER_CHUNK_S * FS)
+    worst = start + int(np.abs(theirs - exact).max(axis=1).argmax())
+    return {
+        "neurobatch_vs_exact_uv": float(np.abs(ours - exact).max()),
+        "spikeinterface_vs_exact_uv": float(np.abs(theirs - exact).max()),
+        "spikeinterface_vs_neurobatch_uv": float(np.abs(theirs - ours).max()),
+        "signal_peak_uv": float(np.abs(exact).max()),
+        "spikeinterface_worst_from_chunk_edge": min(worst % chunk, chunk - worst % chunk),
+        "channel_samples_compared": int(exact.size),
+    }
+
+
+def peer_comparison(path: str, gain_uv: float, folder: Path, duration: float) -> dict[str, Any]:
+    """spikeinterface's script and ``neurobatch run``, alternately, on one recording.
+
+    Each run is a whole process (:func:`benchmarks._measure.run_measured`); after each
+    tool's first run the compared window of its output is kept (as ``.npy``) and the
+    output removed, so that only one output is ever on disk.
+    """
+    python = spikeinterface_python()
+    folder.mkdir(parents=True)
+    outputs = {"neurobatch": folder / "neurobatch", "spikeinterface": folder / "si.zarr"}
+    pipeline = _pipeline_file(folder, Path(path).parent, outputs["neurobatch"])
+    commands = {
+        "neurobatch": [sys.executable, "-m", "neurobatch", "run", str(pipeline)],
+        "spikeinterface": [
+            str(python),
+            str(PEER_SCRIPT),
+            path,
+            str(outputs["spikeinterface"]),
+            *("--channels", str(CHANNELS), "--fs", str(FS), "--gain-uv", repr(gain_uv)),
+            *("--band", *map(str, BAND), "--order", str(ORDER)),
+            *("--n-jobs", str(PEER_JOBS), "--chunk-duration", PEER_CHUNK),
+        ],
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
+    for i in range(PEER_REPEATS[duration]):
+        for name in sorted(commands, reverse=bool(i % 2)):  # alternately first
+            runs[name].append(run_measured(commands[name], log=folder / f"{name}-{i}.log"))
+            if i == 0:
+                stored = (
+                    str(next((outputs[name] / "items").glob("*/filter")))
+                    if name == "neurobatch"
+                    else str(outputs[name])
+                )
+                variable = "traces" if name == "neurobatch" else "traces_seg0"
+                np.save(folder / f"{name}.npy", stored_window(stored, variable))
+            shutil.rmtree(outputs[name])
+    seconds = {name: statistics.median(r["seconds"] for r in runs[name]) for name in runs}
+    return {
+        "duration_s": duration,
+        "runs": runs,
+        "seconds": seconds,
+        "speedup": seconds["spikeinterface"] / seconds["neurobatch"],
+        "agreement": _agreement(folder, path, gain_uv),
+    }
+
+
+def _peer_cases(peers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The comparison's cases (one per tool and size) and targets (one per size)."""
+    cases, targets = [], []
+    for peer in peers:
+        size = f"{CHANNELS} ch x {_duration(peer['duration_s'])}"
+        for name, label in (
+            ("spikeinterface", f"{SPIKEINTERFACE} (n_jobs={PEER_JOBS}), {size}"),
+            ("neurobatch", f"neurobatch run ({PEER_JOBS} workers), {size}"),
+        ):
+            runs = peer["runs"][name]
+            cases.append(
+                {
+                    "name": label,
+                    "seconds": peer["seconds"][name],
+                    "peak_mb": max(r["peak_mb"] for r in runs),
+                    "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+                    "msamples_per_s": peer["duration_s"]
+                    * FS
+                    * CHANNELS
+                    / peer["seconds"][name]
+                    / 1e6,
+                    "note": "whole process; "
+                    + ("median of " if len(runs) > 1 else "")
+                    + ", ".join(f"{r['seconds']:.2f}" for r in runs)
+                    + " s"
+                    + (f"; imports {runs[0]['import_s']:.1f} s" if "import_s" in runs[0] else ""),
+                }
+            )
+        check = peer["agreement"]
+        targets.append(
+            {
+                "name": f"filter + median reference to Zarr against spikeinterface, {size}",
+                "value": peer["speedup"],
+                "unit": "x",
+                "target": f">= {TARGET_SPEEDUP:g}x",
+                "met": peer["speedup"] >= TARGET_SPEEDUP,
+                "why": f"spikeinterface {peer['seconds']['spikeinterface']:.2f} s, neurobatch "
+                f"{peer['seconds']['neurobatch']:.2f} s (whole processes); outputs agree to "
+                f"{check['spikeinterface_vs_neurobatch_uv']:.2g} µV of a "
+                f"{check['signal_peak_uv']:.0f} µV peak (neurobatch to "
+                f"{check['neurobatch_vs_exact_uv']:.2g} µV of the whole-array result, "
+                f"spikeinterface to {check['spikeinterface_vs_exact_uv']:.2g} µV, worst "
+                f"{check['spikeinterface_worst_from_chunk_edge']} samples from one of its "
+                "chunk edges)",
+            }
+        )
+    return cases, targets
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 120 else f"{seconds:g} s"
+
+
 # --- the suite --------------------------------------------------------------------------------
 
 
@@ -386,6 +647,23 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
         check, path=made["path"], out=main["out"], gain_uv=made["gain_uv"], rows=rows
     )
     shutil.rmtree(main["out"], ignore_errors=True)
+    peers = []
+    for seconds in PEER_DURATIONS_S[quick]:
+        source = (
+            made
+            if seconds == duration
+            else in_fresh_process(generate, folder=str(scratch / "peer-data"), duration_s=seconds)
+        )
+        peer = peer_comparison(
+            source["path"], source["gain_uv"], scratch / f"peers-{seconds:g}", seconds
+        )
+        print(
+            f"filter: {_duration(seconds)}: spikeinterface {peer['seconds']['spikeinterface']:.2f}"
+            f" s, neurobatch run {peer['seconds']['neurobatch']:.2f} s: "
+            f"{peer['speedup']:.2f}x",
+            flush=True,
+        )
+        peers.append(peer)
 
     ideal = one_core * 2
     share = main["rate"] / ideal
@@ -425,6 +703,13 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
                 "task_seconds": run["task_seconds"],
             }
         )
+    peer_cases, peer_targets = _peer_cases(peers)
+    cases += peer_cases
+    labels += [
+        f"{tool}, {_duration(peer['duration_s'])}"
+        for peer in peers
+        for tool in ("spikeinterface", "neurobatch run")
+    ]
     memory_ratio = made["bytes"] / WORKER_MEMORY
     targets = [
         {
@@ -448,6 +733,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             f"{checked['signal_peak_uv']:.0f} µV peak, over "
             f"{checked['samples_checked']:,} channel-samples at both ends",
         },
+        *peer_targets,
     ]
     series = [
         {
@@ -483,11 +769,17 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "generate_s": made["seconds"],
             "cluster_start_s": measured["cluster_start_s"],
             "worker_base_mb": measured["worker_base_mb"],
+            "spikeinterface": SPIKEINTERFACE,
+            "spikeinterface_chunk": PEER_CHUNK,
         },
         "cases": cases,
         "targets": targets,
         "series": series,
         "check": checked,
+        "peers": [
+            {"duration_s": peer["duration_s"], "runs": peer["runs"], **peer["agreement"]}
+            for peer in peers
+        ],
         "notes": [
             (
                 f"SciPy runs on the first {scipy_seconds:.1f} s (a float64 copy of "
@@ -506,6 +798,17 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
                 "stream); task_seconds: the task kinds that took the most of it; "
                 "sys_pct: the share of CPU time spent in the kernel, the workers' for neurobatch "
                 "(mostly page faults of new memory)."
+            ),
+            (
+                f"spikeinterface ({SPIKEINTERFACE}, its own virtual environment with zarr < 3 "
+                "and our NumPy and SciPy) and neurobatch run as whole processes, timed from "
+                "start to exit, imports, worker start-up and writing included, alternately "
+                f"(the median of each): spikeinterface with n_jobs={PEER_JOBS} and "
+                f"chunk_duration={PEER_CHUNK!r} (its default), neurobatch on {PEER_JOBS} "
+                "workers of 1 thread with its default chunk memory. read_binary with the "
+                ".meta's gain stands in for read_spikeglx, whose reader needs a probe part "
+                "number the synthetic .meta does not have. Both store float32 µV, compressed "
+                "(spikeinterface: Blosc zstd; neurobatch: Blosc lz4, with a CRC-32C per chunk)."
             ),
         ],
     }

@@ -1,0 +1,1 @@
+"""Scripts the benchmarks run in the peers' own environments (never imported by neurobatch)."""
