@@ -754,6 +754,19 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "x": labels,
             "lines": {"peak MB": [c["peak_mb"] for c in cases]},
         },
+        {
+            "name": "against spikeinterface (whole processes)",
+            "x_label": f"recording ({CHANNELS} channels)",
+            "y_label": "seconds, start to exit",
+            "x": [_duration(peer["duration_s"]) for peer in peers],
+            "lines": {
+                tool: [peer["seconds"][name] for peer in peers]
+                for name, tool in (
+                    ("spikeinterface", SPIKEINTERFACE),
+                    ("neurobatch", "neurobatch run"),
+                )
+            },
+        },
     ]
     return {
         "suite": "filter",
