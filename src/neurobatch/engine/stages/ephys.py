@@ -40,12 +40,13 @@ __all__ = [
 ]
 
 #: The most bytes of one float64 copy of a filter task's block, its overlap included. The
-#: kernel's temporaries are copies of the block: kept this small, malloc reuses them from
-#: task to task (glibc maps anything larger than its threshold, at most 32 MiB, afresh, and
-#: every page of it faults) and they stay nearer the caches. Filtering 64 channels x 60 s
-#: at 30 kHz (median reference) into 32 MiB chunks on one thread (AMD EPYC, 32 MiB of L3):
-#: 6.8 CPU-s (1.6 of them system time) in blocks of one chunk (65 MB of float64),
-#: 4.7-5.0 (0.3-0.7) in blocks of 16 MiB of float64 that the write joins.
+#: kernel makes a few such copies: smaller ones stay nearer the caches (and, under glibc's
+#: default dynamic mmap threshold, up to 32 MiB, malloc reuses them instead of mapping them
+#: afresh, every page faulting). Filtering 64 channels x 60 s at 30 kHz (median reference)
+#: into 32 MiB chunks on one thread (AMD EPYC, 32 MiB of L3), in CPU-s: blocks of one chunk
+#: (65 MB of float64) 6.6-6.9 with Dask workers' malloc settings (a fixed trim threshold:
+#: every large array mapped afresh), 6.1-6.4 with glibc's defaults; blocks of 16 MiB that
+#: the write joins 5.5-6.1 and 4.5-4.8.
 WORK_MEMORY = 16 * 2**20
 
 #: A block is never cut shorter than this many overlap depths (the overlap is filtered by
