@@ -342,7 +342,9 @@ class Pipeline:
         with ExitStack() as stack:
             if client is None:
                 sizes = manifest.set_index("item_id").loc[[job.item_id for job in jobs], "size"]
-                cluster = resolve_auto(config.cluster, len(jobs), float(sizes.mean() or 0))
+                cluster = resolve_auto(
+                    config.cluster, len(jobs), float(sizes.mean() or 0), blocked=kind.on_cluster
+                )
                 client = stack.enter_context(connect(cluster))
             jobs = _with_chunk_budget(jobs, client)
             # the driver's own reads and appends (the combined outputs) compute locally, not

@@ -42,7 +42,7 @@ output:
   url: output
   formats: [zarr, parquet, h5ad]
   dashboards: png
-cluster: {kind: local, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}
+cluster: {kind: auto, n_workers: 2, threads_per_worker: 1, memory_limit: 2GiB}
 """
 
 
