@@ -5,7 +5,8 @@ Suites (each a module of this package with ``run_suite(*, quick, scratch) -> dic
 - ``photometry``: a batch of photometry recordings, neurobatch against PhoPro
   (:mod:`benchmarks.photometry_batch`);
 - ``filter``: the blocked zero-phase band-pass of a SpikeGLX recording four times larger
-  than a worker's memory, against whole-array SciPy on one core (:mod:`benchmarks.filter`);
+  than a worker's memory, against whole-array SciPy on one core, and ``neurobatch run`` of
+  a filter pipeline against spikeinterface in its own environment (:mod:`benchmarks.filter`);
 - ``sta``: spike-triggered averages against a per-spike loop and pynapple
   (:mod:`benchmarks.sta`);
 - ``scaling``: time and memory against items, recording length and workers

@@ -138,6 +138,8 @@ def test_filter_reads_the_raw_file_itself_and_equals_the_filter_of_a_copy(
         config["engine"] = {"chunk_memory": chunk_memory}
         summary = Pipeline(config).run(client=local_client)
         assert summary.n_done == 1, summary
+        # the items table has the rate either way (from ingest, or from the filter's read)
+        assert summary.items["sampling_rate"].tolist() == [recording.attrs["sampling_rate"]]
         item = out / "items" / "probe"
         assert (item / "ingest").exists() is copy_raw
         record = Processing.model_validate_json((item / "processing.json").read_text())

@@ -161,7 +161,11 @@ class ItemOutcome:
             "n_trials": self.n_trials,
             "n_dropped": len(dropped),
             "dropped": json.dumps(dropped),
-            "sampling_rate": self.records.get("ingest", {}).get("sampling_rate"),
+            # the stage that read the input records it (ingest, or a filter without a copy)
+            "sampling_rate": next(
+                (r["sampling_rate"] for r in self.records.values() if r.get("sampling_rate")),
+                None,
+            ),
             "fit_method": fit.get("method"),
             "fit_intercept": fit.get("intercept"),
             "fit_slope": fit.get("slope"),

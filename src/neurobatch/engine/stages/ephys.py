@@ -226,10 +226,12 @@ def _run_filter(context: StageContext) -> StageOutput:
         recording = apply_hook(context.hooks, "post_load", recording)
         # what the figure needs to read the raw traces again, and the item's experiment id
         # (which would otherwise be built from the stored copy)
+        rate = recording.attrs.get("sampling_rate")
         record = {
             "input": context.url,
             "format": context.format,
             "loader_arguments": context.loader_arguments,
+            "sampling_rate": None if rate is None else float(rate),
         }
         id_builder = context.hooks.get("id_builder")
         if id_builder is not None:
