@@ -117,6 +117,40 @@ def test_raw_counts_scaled_referenced_and_cast_match_sosfiltfilt_of_microvolts(
         assert np.abs(got - expected).max() <= rtol * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("raw_type", [np.int16, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize("n_channels", [1, 2, 3, 8, 9, 64])
+def test_median_reference_of_integers_is_bitwise_that_of_numpy_on_floats(
+    raw_type, n_channels
+) -> None:
+    rng = np.random.default_rng(n_channels)
+    info = np.iinfo(raw_type)
+    lo, hi = int(info.min), int(info.max)
+    counts = rng.integers(lo, hi, size=(900, n_channels), endpoint=True, dtype=raw_type)
+    # the extremes, alone, paired as the two middle values, and on every channel at once
+    counts[rng.random(counts.shape) < 0.05] = lo
+    counts[rng.random(counts.shape) < 0.05] = hi
+    counts[:40] = lo
+    counts[40:80] = hi
+    counts[80:120, : n_channels // 2] = lo
+    counts[80:120, n_channels // 2 :] = hi
+    counts[120:160] = rng.integers(-3, 3, size=(40, n_channels), endpoint=True) + hi // 2
+    floats = counts.astype(np.float64)
+    referenced = floats - np.median(floats, axis=1, keepdims=True)
+    sos = filters.butter_sos("bandpass", (300.0, 6000.0), fs=30000.0, order=3)
+    for scale in (None, 0.195, 1.0, 3.7e-3, 12.5):
+        expected = filters.zero_phase_filter(referenced, sos, scale=scale)
+        for x in (counts, floats):
+            got = filters.zero_phase_filter(x, sos, scale=scale, common_reference="median")
+            np.testing.assert_array_equal(got, expected)
+        # in uneven pieces, a one-sample one among them
+        cuts = [[0, 1], [0, 399], [0, 500]]
+        pieces = (counts[:1], counts[1:400], counts[400:])
+        got = filters.zero_phase_from_pieces(
+            sos, cuts, (30, 7), *pieces, scale=scale, common_reference="median"
+        )
+        np.testing.assert_array_equal(got, expected[30:-7])
+
+
 def test_median_reference_leaves_the_input_alone() -> None:
     x = np.random.default_rng(5).standard_normal((600, 4))
     before = x.copy()
