@@ -164,7 +164,8 @@ def zero_phase_filter(
         the product is taken after filtering).
     common_reference : {"none", "median"}, default "none"
         ``median``: subtract from every sample the median over all other axes (the
-        channels), after scaling and before filtering.
+        channels), before filtering (and before scaling, which is linear: the same to
+        rounding); on integer samples it is taken exactly in their own type.
     dtype : data-type, optional
         The result's type; by default float64 (or the wider of the input and float64).
 
