@@ -282,6 +282,6 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     with pytest.raises(
         ConfigError,
         match=r"<config>: preprocess\.zzz: unknown key; expected one of "
-        r"'filter', 'fit', 'correction', 'normalization'$",
+        r"'filter', 'fit', 'correction', 'normalization', 'dtype'$",
     ):
         validate_config(minimal(preprocess={"zzz": 1}))
