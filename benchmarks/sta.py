@@ -16,11 +16,15 @@ Cases, each in a fresh process, on the same movie and spikes:
   ``TsdFrame`` (timestamps rounded to the nanosecond, the movie's span as the epoch) and a
   ``TsGroup`` of the units, with a window of ``(n_lags - 1) / fps`` before each spike
   (one core, in memory; its numba functions are compiled before the clock starts);
-- **neurobatch, sta stage**: on a ``LocalCluster`` of 2 workers x 1 thread (started and
-  warmed up before the clock starts), the movie in a Zarr store of equal chunks of at most
-  16 MiB, as many as a multiple of the workers (:func:`~neurobatch.synthetic.write_movie`): :func:`neurobatch.engine.stages.
-  spike_triggered_average` then :func:`neurobatch.io.zarr.write_dataset` of the result, as
-  the ``sta`` pipeline does; reading the movie is timed, the others' loading is not;
+- **neurobatch, sta stage**: on the cluster the ``sta`` pipeline starts for one movie on
+  2 worker threads (``cluster.kind: auto`` with 2 workers x 1 thread, resolved by
+  :func:`neurobatch.engine.cluster.resolve_auto`: workers in the driver's process), started
+  and warmed up before the clock starts; the movie in a Zarr store of equal chunks of at
+  most 16 MiB, as many as a multiple of the workers
+  (:func:`~neurobatch.synthetic.write_movie`):
+  :func:`neurobatch.engine.stages.spike_triggered_average` then
+  :func:`neurobatch.io.zarr.write_dataset` of the result, as the ``sta`` pipeline does;
+  reading the spikes and the movie is timed, the others' loading is not;
 - **neurobatch kernel, in memory**: :func:`neurobatch.kernels.sta.spike_triggered_average`
   on the in-memory movie, one core: the per-block kernel alone.
 
@@ -150,7 +154,7 @@ def pynapple_sta(
     frames: np.ndarray, times: np.ndarray, units: np.ndarray, *, fps: float, onset: float
 ) -> np.ndarray:
     """pynapple's event-triggered average of the flattened movie, as ``(unit, lag, y, x)``."""
-    import pynapple as nap
+    import pynapple as nap  # type: ignore[import-untyped]
 
     n = frames.shape[0]
     stamps = np.round(onset + np.arange(n) / fps, 9)
@@ -212,19 +216,25 @@ def reference_case(
 
 
 def neurobatch_case(folder: str, everies: list[int]) -> list[dict[str, Any]]:
-    """The sta stage on a LocalCluster of 2 x 1, the movie read from Zarr, per spike share."""
+    """The sta stage on the pipeline's cluster for one movie, the movie read from Zarr, per
+    spike share."""
     from distributed import get_task_stream
 
     from neurobatch.config import LocalClusterConfig, StaConfig
     from neurobatch.engine import cluster, stages
     from neurobatch.io.zarr import open_dataset, write_dataset
 
-    config = LocalClusterConfig(
-        n_workers=N_WORKERS,
-        threads_per_worker=1,
-        memory_limit=WORKER_MEMORY,
-        dashboard_address=None,
+    config = cluster.resolve_auto(
+        LocalClusterConfig(
+            n_workers=N_WORKERS,
+            threads_per_worker=1,
+            memory_limit=WORKER_MEMORY,
+            dashboard_address=None,
+        ),
+        n_items=1,
+        mean_bytes=sum(f.stat().st_size for f in (Path(folder) / "movie.zarr").rglob("*")),
     )
+    assert isinstance(config, LocalClusterConfig)
     results = []
     with cluster.connect(config) as client:
         for module in ("neurobatch.engine.blocked", "neurobatch.io.zarr", "scipy.sparse"):
@@ -254,6 +264,7 @@ def neurobatch_case(folder: str, everies: list[int]) -> list[dict[str, Any]]:
                     "tasks": len(stream.data),
                     "busy_share": busy / (2 * seconds),
                     "out": out,
+                    "cluster": "worker processes" if config.processes else "in the driver",
                 }
             )
     return results
@@ -294,7 +305,9 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
     size = SIZE[quick]
     folder = scratch / "sta"
     folder.mkdir(parents=True, exist_ok=True)
-    made = in_fresh_process(generate, folder=str(folder), **size)
+    made = in_fresh_process(
+        generate, folder=str(folder), n_frames=size["n_frames"], n_units=size["n_units"]
+    )
     print(
         f"sta: generated {size['n_frames']:,} frames of {HEIGHT}x{WIDTH}, "
         f"{size['n_units']} units, {made['n_spikes']:,} spikes in {made['seconds']:.0f} s",
@@ -348,7 +361,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "vs_neurobatch": pyn / ours,
         },
         {
-            "name": "neurobatch sta stage, 2 workers (movie read from Zarr)",
+            "name": "neurobatch sta stage, 2 worker threads (movie read from Zarr)",
             "seconds": ours,
             "peak_mb": runs[1]["peak_mb"],
             "spikes": runs[1]["spikes"],
@@ -417,7 +430,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "lines": {
                 "per-spike loop": [refs["loop"][e]["seconds"] for e in FRACTIONS],
                 "pynapple": [refs["pynapple"][e]["seconds"] for e in FRACTIONS],
-                "neurobatch (2 workers)": [runs[e]["seconds"] for e in FRACTIONS],
+                "neurobatch (2 worker threads)": [runs[e]["seconds"] for e in FRACTIONS],
             },
         },
         {
@@ -444,7 +457,7 @@ def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
             "spikes": made["n_spikes"],
             "spikes_dropped": made["n_dropped"],
             "n_lags": N_LAGS,
-            "workers": f"{N_WORKERS} x 1 thread, 1 GiB each",
+            "workers": f"{N_WORKERS} x 1 thread, 1 GiB each ({runs[1]['cluster']})",
             "movie_chunk_frames": movie_chunk_frames(size["n_frames"]),
             "generate_s": made["seconds"],
             "cpus": os.cpu_count(),

@@ -10,6 +10,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -149,14 +150,51 @@ def test_float32_movie_chunked_equals_whole_to_float32_precision(
     np.testing.assert_allclose(out, exact.sta, rtol=0, atol=tolerance)
 
 
-def test_small_chunks_reach_back_without_rechunking(caplog: pytest.LogCaptureFixture) -> None:
+def test_each_leaf_reads_one_chunk_of_the_movie(caplog: pytest.LogCaptureFixture) -> None:
+    """Chunks shorter than the window work without rechunking or halos: each leaf depends on
+    its own chunk alone (its counts reach past it instead)."""
     movie = da.from_array(MOVIE, chunks=(2, 3, 4))
     times, units = make_spikes(4, seed=1)
     with caplog.at_level(logging.DEBUG, logger="neurobatch.engine.blocked"):
         result = blocked.blocked_sta(movie, times, units, fps=FPS, n_lags=7, onset=ONSET)
-    assert "overlap of 6 frame(s) reaching up to 3 block(s) back" in caplog.text
+    assert "frame blocks in their windows, each read by one task" in caplog.text
+    graph = dict(result.sta.__dask_graph__())
+    leaves = leaf_tasks(result)
+    assert f"{len(leaves)} of 20 frame blocks in their windows" in caplog.text
+    for key in leaves:
+        assert dask.core.get_dependencies(graph, key) == {(movie.name, key[2], 0, 0)}
     assert not any("rechunk" in str(layer) for layer in result.sta.dask.layers)
     assert movie.chunks[0] == (2,) * 20
+
+
+def leaf_tasks(result: blocked.BlockedSta) -> dict[Any, Any]:
+    """The leaf tasks of the STA's tree, by key."""
+    graph = dict(result.sta.__dask_graph__())
+    prefix = f"{result.sta.name}-partial"
+    return {k: v for k, v in graph.items() if isinstance(k, tuple) and k[:2] == (prefix, 0)}
+
+
+@pytest.mark.parametrize(
+    ("every", "n_units", "kind"),
+    [(1, 1, np.ndarray), (9, 50, scipy.sparse.sparray)],
+    ids=["a-spike-every-frame", "a-spike-every-9-frames-of-50-units"],
+)
+def test_dense_blocks_carry_dense_counts(every: int, n_units: int, kind: type) -> None:
+    """A block's counts travel as one byte a cell when that is smaller than sparse."""
+    movie = da.from_array(MOVIE, chunks=(10, 3, 4))
+    times = ONSET + (np.arange(0, N_FRAMES, every) + 0.5) / FPS
+    units = np.zeros(times.size, int)
+    args: dict[str, Any] = {"fps": FPS, "n_lags": 3, "onset": ONSET, "unit_ids": range(n_units)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyUnitWarning)
+        result = blocked.blocked_sta(movie, times, units, **args)
+        whole = sta.spike_triggered_average(times, units, MOVIE, **args)
+    carried = [task[2] for task in leaf_tasks(result).values()]
+    assert len(carried) == 4
+    assert all(isinstance(counts, kind) for counts in carried)
+    if kind is np.ndarray:
+        assert all(counts.dtype == np.uint8 for counts in carried)
+    np.testing.assert_allclose(result.sta.compute(), whole.sta, rtol=TOL, atol=TOL)
 
 
 def test_tree_honours_split_every() -> None:
@@ -173,10 +211,11 @@ def test_tree_honours_split_every() -> None:
         if key[0] == name or (key[0] == f"{name}-partial" and key[1] != 0):
             deps = dask.core.get_dependencies(graph, key)
             fan_ins.append(len(deps))
-    # 38 blocks hold usable spikes, added pairwise (38 -> 19 -> 10 -> 5 -> 3 -> 2 -> 1; a
-    # group of one moves up as it is): 37 additions, none of more than 2 partials.
+    # the windows of the spikes in frames 2 .. 39 reach all 40 blocks, added pairwise
+    # (40 -> 20 -> 10 -> 5 -> 3 -> 2 -> 1; a group of one moves up as it is): 39 additions,
+    # none of more than 2 partials.
     assert max(fan_ins) == 2
-    assert len(fan_ins) == 37
+    assert len(fan_ins) == 39
     np.testing.assert_array_equal(result.bins.n_used, [N_FRAMES - 2])
 
 
@@ -190,7 +229,7 @@ def test_blocks_without_spikes_are_not_read() -> None:
     whole = sta.spike_triggered_average(times, [0, 0, 1], MOVIE, fps=FPS, n_lags=3, onset=ONSET)
     np.testing.assert_allclose(result.sta.compute(), whole.sta, rtol=TOL, atol=TOL)
 
-    poisoned[19] = np.nan  # in the overlap of block 4
+    poisoned[19] = np.nan  # in block 3, which the window of the spike in frame 20 reaches
     movie = da.from_array(poisoned, chunks=(5, 3, 4))
     result = blocked.blocked_sta(movie, times, [0, 0, 1], fps=FPS, n_lags=3, onset=ONSET)
     with pytest.raises(ValueError, match="frames_block must be finite, got 12 NaN"):

@@ -55,3 +55,26 @@ def test_sta_stage_equals_the_kernel(tmp_path: Path, local_client: Client, persi
     np.testing.assert_allclose(
         out["sta"].to_numpy(), whole.sta, rtol=0, atol=1e-6 * np.abs(frames).max()
     )
+
+
+@pytest.mark.parametrize("spike_chunks", [1, 7, 1000], ids=["1", "7", "1000"])
+def test_spikes_in_several_chunks_are_read_whole(spike_chunks: int) -> None:
+    """Spikes stored in chunks of any size (one spike, uneven, one chunk) give the kernel's STA;
+    the movie in chunks shorter than the window."""
+    planted = synthetic.receptive_field_movie(
+        n_frames=300, height=2, width=3, n_units=2, n_lags=N_LAGS, seed=5
+    )
+    expected = planted.movie.load()
+    movie = expected.chunk(frame=3, spike=spike_chunks)
+    out = stages.spike_triggered_average(movie, StaConfig(n_lags=N_LAGS)).compute(scheduler="sync")
+    whole = sta.spike_triggered_average(
+        expected["spike_time"].to_numpy(),
+        expected["unit"].to_numpy(),
+        expected["frames"].to_numpy(),
+        fps=expected.attrs["fps"],
+        n_lags=N_LAGS,
+        onset=expected.attrs["stimulus_onset"],
+        unit_ids=expected["unit_ids"].to_numpy(),
+    )
+    assert out["n_spikes"].to_numpy().tolist() == whole.bins.n_used.tolist()
+    np.testing.assert_allclose(out["sta"].to_numpy(), whole.sta, rtol=0, atol=1e-6)

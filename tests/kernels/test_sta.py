@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -97,7 +98,9 @@ def test_sta_equals_per_spike_loop(rec: dict[str, Any]) -> None:
 
 @given(rec=recordings(), data=st.data())
 def test_blocks_combined_equal_the_whole(rec: dict[str, Any], data: st.DataObject) -> None:
-    """Cutting the usable frames anywhere and adding the partials gives the whole sum."""
+    """Cutting the movie anywhere (blocks of one frame, empty blocks) and adding the partials
+    of the blocks, each with its own frames and the counts reaching n_lags - 1 frames past
+    them, gives the whole sum; dense counts give what sparse ones give."""
     frames, n_lags = rec["frames"], rec["n_lags"]
     bins = binning.bin_spikes(
         rec["spike_times"],
@@ -107,17 +110,26 @@ def test_blocks_combined_equal_the_whole(rec: dict[str, Any], data: st.DataObjec
         n_frames=frames.shape[0],
         n_lags=n_lags,
     )
-    lo = n_lags - 1
-    cuts = sorted(data.draw(st.sets(st.integers(lo, frames.shape[0]), max_size=5)))
-    edges = [lo, *cuts, frames.shape[0]]
+    counts = sta._pad_counts(bins.counts, n_lags)
+    cuts = sorted(data.draw(st.lists(st.integers(0, frames.shape[0]), max_size=5)))
+    edges = [0, *cuts, frames.shape[0]]
     parts = [
-        sta.sta_chunk(bins.counts[:, a:b], frames[a - lo : b], n_lags=n_lags)
+        sta.sta_chunk(counts[:, a : b + n_lags - 1], frames[a:b], n_lags=n_lags)
         for a, b in itertools.pairwise(edges)
     ]
-    whole = sta.sta_chunk(bins.counts[:, lo:], frames, n_lags=n_lags)
-    combined = sta.sta_combine(parts)
-    np.testing.assert_allclose(combined["total"], whole["total"], rtol=TOL, atol=TOL)
-    np.testing.assert_array_equal(combined["n"], bins.n_used)
+    dense = [
+        sta.sta_chunk(counts[:, a : b + n_lags - 1].toarray(), frames[a:b], n_lags=n_lags)
+        for a, b in itertools.pairwise(edges)
+    ]
+    whole = sta.sta_chunk(counts, frames, n_lags=n_lags)
+    _, expected, _ = reference_sta(**rec)
+    for combined in (sta.sta_combine(parts), sta.sta_combine(dense)):
+        np.testing.assert_allclose(combined["total"], whole["total"], rtol=TOL, atol=TOL)
+        np.testing.assert_array_equal(combined["n"], bins.n_used)
+        used = bins.n_used > 0
+        np.testing.assert_allclose(
+            sta.sta_agg(combined, warn=False)[used], expected[used], rtol=TOL, atol=TOL
+        )
     np.testing.assert_array_equal(whole["n"], bins.n_used)
 
 
@@ -255,13 +267,18 @@ def test_bad_arguments_are_value_errors(kwargs: dict[str, Any], message: str) ->
 
 def test_sta_chunk_checks_its_layout() -> None:
     counts = np.array([[1, 0, 2]])
-    with pytest.raises(ValueError, match=r"frames_block must hold the 1 frame\(s\) before"):
+    with pytest.raises(
+        ValueError, match=r"counts_block must hold the block's 3 frame\(s\) and the 1 after"
+    ):
         sta.sta_chunk(counts, np.zeros((3, 1, 1)), n_lags=2)
-    with pytest.raises(ValueError, match="counts_block must hold spike counts >= 0, got -1"):
-        sta.sta_chunk(np.array([[1, -1, 0]]), np.zeros((4, 1, 1)), n_lags=2)
+    for negative in (np.array([[1, -1, 0]]), scipy.sparse.csc_array(np.array([[1, -1, 0]]))):
+        with pytest.raises(ValueError, match="counts_block must hold spike counts >= 0, got -1"):
+            sta.sta_chunk(negative, np.zeros((2, 1, 1)), n_lags=2)
+    with pytest.raises(ValueError, match=r"counts_block must be 2-D .*got shape \(3,\)"):
+        sta.sta_chunk(np.array([1, 0, 2]), np.zeros((2, 1, 1)), n_lags=2)
     with pytest.raises(ValueError, match="n_lags must be an integer >= 1, got 0"):
-        sta.sta_chunk(counts, np.zeros((2, 1, 1)), n_lags=0)
+        sta.sta_chunk(counts, np.zeros((4, 1, 1)), n_lags=0)
     with pytest.raises(ValueError, match="frames_block must be finite"):
-        sta.sta_chunk(counts, np.full((4, 1, 1), np.inf), n_lags=2)
+        sta.sta_chunk(counts, np.full((2, 1, 1), np.inf), n_lags=2)
     with pytest.raises(ValueError, match="parts must hold at least one partial"):
         sta.sta_combine([])

@@ -19,10 +19,11 @@ The STA is a reduction over frames, written as a chunk/combine/aggregate trio:
 - :func:`~neurobatch.kernels.binning.bin_spikes` turns spike times into sparse
   per-(unit, frame) spike counts (a ``scipy.sparse.csc_array``, so a range of frames slices
   cheaply) plus the exclusion counts;
-- :func:`sta_chunk` multiplies a block of counts with the block's frames (and the
-  ``n_lags - 1`` frames before it): matrix products (dense BLAS products with the lags
-  stacked, or sparse products for blocks with few spikes), never a Python loop over
-  spikes; it returns ``{"total", "n"}``;
+- :func:`sta_chunk` multiplies a block of frames with the counts of the spikes whose
+  windows reach into it (those in its frames and the ``n_lags - 1`` frames after them):
+  matrix products (dense BLAS products with the lags stacked, or sparse products for
+  blocks with few spikes), never a Python loop over spikes; it returns ``{"total", "n"}``.
+  A block needs no frame of another block: the blocks' counts overlap, not their frames;
 - :func:`sta_combine` adds partials and :func:`sta_agg` divides, giving NaN and an
   :class:`~neurobatch.errors.EmptyUnitWarning` for a unit without usable spikes.
 
@@ -89,14 +90,30 @@ class StaResult:
     bins: SpikeBins
 
 
+#: Values per step of the finiteness check (its boolean buffer is reused by every step).
+_CHECK_STEP = 2**16
+
+
 def _validate_movie(frames: ArrayLike, name: str) -> NDArray[Any]:
-    """Return ``frames`` as a finite, real, 3-D array ``(frame, y, x)``, or raise."""
+    """Return ``frames`` as a finite, real, 3-D array ``(frame, y, x)``, or raise.
+
+    Checked a step of frames at a time, with one small buffer: no array of the movie's size
+    is allocated (fresh memory costs a page fault every 4 KiB on workers that hand freed
+    memory back to the system).
+    """
     arr = np.asarray(frames)
     if arr.ndim != 3:
         raise ValueError(f"{name} must be 3-D (frame, y, x), got shape {arr.shape}.")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
-    return validate_finite(arr, name)
+    if arr.dtype.kind == "f" and arr.size:
+        rows = max(1, _CHECK_STEP // max(1, arr[0].size))
+        buffer = np.empty((rows, *arr.shape[1:]), dtype=bool)
+        for r0 in range(0, arr.shape[0], rows):
+            part = arr[r0 : r0 + rows]
+            if not np.isfinite(part, out=buffer[: part.shape[0]]).all():
+                validate_finite(arr, name)  # raises, counting and locating the values
+    return arr
 
 
 #: A block whose spike counts fill at least this share of its (spiking unit x frame) cells is
@@ -118,81 +135,103 @@ def _work_dtype(frames: NDArray[Any]) -> type[np.floating[Any]]:
     return np.float64
 
 
-def _dense_sums(counts: Any, movie: NDArray[Any], n_lags: int) -> NDArray[np.float64]:
-    """``total[u, k] = sum_j counts[u, j] * movie[j + n_lags - 1 - k]`` as dense products.
+def _dense_sums(weights: NDArray[Any], movie: NDArray[Any], n_lags: int) -> NDArray[np.float64]:
+    """``total[u, k] = sum_i weights[u, i + k] * movie[i]`` as dense products.
 
-    ``counts`` is sparse ``(U, F)``, ``movie`` is ``(F + n_lags - 1, P)``. The lags are
-    stacked into the rows of one weight matrix, ``W[u, k, s] = counts[u, s - n_lags + 1 + k]``,
-    so that ``W @ movie`` is a single matrix product per step of frames (BLAS, in the movie's
-    precision: float32 for a float32 movie, with no float64 copy of the frames); the steps'
-    ``(U * n_lags, P)`` results are added in float64.
+    ``weights`` is dense ``(U, F + n_lags - 1)`` in the movie's working precision, ``movie``
+    is ``(F, P)``. The lags are stacked into the rows of one weight matrix per step of
+    frames, ``W[u, k, i] = weights[u, i + k]`` (copied from a sliding-window view), so that
+    ``W @ movie[step]`` is a single matrix product (BLAS, in the movie's precision: float32
+    for a float32 movie, with no float64 copy of the frames); the steps' ``(U * n_lags, P)``
+    results are added in float64. The steps reuse one buffer for ``W``, one for the product
+    and, for an integer movie, one for its frames in float64: no fresh memory per step.
     """
-    n_units, n_cols = counts.shape
-    span, n_pixels = movie.shape
-    dtype = _work_dtype(movie)
-    halo = n_lags - 1
+    n_units = weights.shape[0]
+    n_frames, n_pixels = movie.shape
+    dtype = weights.dtype
     total = np.zeros((n_units * n_lags, n_pixels), dtype=np.float64)
     budget = max(_STACK_BYTES, total.nbytes // 4)
-    step = min(max(budget // (n_units * n_lags * np.dtype(dtype).itemsize), 1), _MAX_STEP)
-    columns = scipy.sparse.csc_array(counts)
-    for s0 in range(0, span, step):
-        s1 = min(span, s0 + step)
-        # counts columns s0 - halo .. s1 - 1 feed the stacked rows of movie[s0:s1]
-        c0, c1 = max(s0 - halo, 0), min(s1, n_cols)
-        block = columns[:, c0:c1].toarray().astype(dtype, copy=False)
-        stacked = np.zeros((n_units, n_lags, s1 - s0), dtype=dtype)
-        for lag in range(n_lags):
-            j0 = s0 - halo + lag  # counts column of stacked[:, lag, 0]
-            a, b = max(j0, c0), min(j0 + s1 - s0, c1)
-            if a < b:
-                stacked[:, lag, a - j0 : b - j0] = block[:, a - c0 : b - c0]
-        product = stacked.reshape(n_units * n_lags, s1 - s0) @ movie[s0:s1].astype(
-            dtype, copy=False
-        )
+    step = min(max(budget // (n_units * n_lags * dtype.itemsize), 1), _MAX_STEP, n_frames)
+    # windows[u, k, i] = weights[u, k + i]: the weight of frame i at lag k
+    windows = np.lib.stride_tricks.sliding_window_view(weights, n_frames, axis=1)
+    stacked = np.empty((n_units, n_lags, step), dtype=dtype)
+    product = np.empty((n_units * n_lags, n_pixels), dtype=dtype)
+    frames = None if movie.dtype == dtype else np.empty((step, n_pixels), dtype=dtype)
+    for s0 in range(0, n_frames, step):
+        n = min(n_frames, s0 + step) - s0
+        np.copyto(stacked[:, :, :n], windows[:, :, s0 : s0 + n])
+        if frames is None:
+            right = movie[s0 : s0 + n]
+        else:
+            right = frames[:n]
+            np.copyto(right, movie[s0 : s0 + n])
+        np.matmul(stacked[:, :, :n].reshape(n_units * n_lags, n), right, out=product)
         total += product
     return total.reshape(n_units, n_lags, n_pixels)
 
 
-def _sparse_sums(counts: Any, movie: NDArray[Any], n_lags: int) -> NDArray[np.float64]:
+def _sparse_sums(weights: Any, movie: NDArray[Any], n_lags: int) -> NDArray[np.float64]:
     """The same sums as :func:`_dense_sums`, one sparse-times-dense product per lag (float64).
 
-    For blocks with few spikes per cell, where touching only the non-zero counts beats BLAS.
+    ``weights`` is a sparse ``(U, F + n_lags - 1)`` array. For blocks with few spikes per
+    cell, where touching only the non-zero counts beats BLAS.
     """
-    n_units, n_cols = counts.shape
-    weights = scipy.sparse.csr_array(counts).astype(np.float64)
+    n_frames = movie.shape[0]
+    columns = scipy.sparse.csc_array(weights).astype(np.float64)
     frames = movie.astype(np.float64, copy=False)
-    total = np.empty((n_units, n_lags, movie.shape[1]), dtype=np.float64)
+    total = np.empty((weights.shape[0], n_lags, movie.shape[1]), dtype=np.float64)
     for lag in range(n_lags):
-        start = n_lags - 1 - lag
-        total[:, lag] = weights @ frames[start : start + n_cols]
+        total[:, lag] = scipy.sparse.csr_array(columns[:, lag : lag + n_frames]) @ frames
     return total
 
 
+def _validate_counts(counts_block: Any) -> Any:
+    """Return the counts as a 2-D sparse array or NumPy array of integers, or raise."""
+    if scipy.sparse.issparse(counts_block):
+        counts = scipy.sparse.csr_array(counts_block)
+        counts.sum_duplicates()
+        values = counts.data
+    else:
+        counts = values = np.asarray(counts_block)
+    if counts.ndim != 2:
+        raise ValueError(
+            f"counts_block must be 2-D (n_units, F + n_lags - 1), got shape {counts.shape}."
+        )
+    if values.size and values.min() < 0:
+        raise ValueError(f"counts_block must hold spike counts >= 0, got {values.min()}.")
+    return counts
+
+
 def sta_chunk(counts_block: Any, frames_block: ArrayLike, *, n_lags: int) -> StaPartial:
-    """Sum the movie windows of the spikes in one block of frames.
+    """Add up what one block of frames gives to the windows of the spikes.
 
-    Layout contract: ``counts_block`` covers ``F`` consecutive frames ``a .. a + F - 1``
-    (the block's own frames); ``frames_block`` holds the ``n_lags - 1`` frames before them
-    followed by those ``F`` frames, i.e. movie frames ``a - n_lags + 1 .. a + F - 1``. Then
-    for each lag ``k``
+    Layout contract: ``frames_block`` holds ``F`` consecutive frames ``a .. a + F - 1`` (a
+    block of the movie); ``counts_block`` covers the same frames and the ``n_lags - 1``
+    frames after them, ``a .. a + F + n_lags - 2``: the spikes whose window reaches into the
+    block. Frame ``a + i`` is lag ``k`` of the spikes in frame ``a + i + k``, so for each
+    lag ``k``
 
-        total[:, k] = counts_block @ frames_block[n_lags - 1 - k : n_lags - 1 - k + F]
+        total[:, k] = counts_block[:, k : k + F] @ frames_block
 
-    over the pixels flattened, so each spike counted in ``counts_block`` adds
-    ``frames[N - k]`` at lag ``k``. Assigning every spike to exactly one block and adding the
-    partials gives the whole-movie sum. The lags are stacked into one dense product per step
-    of frames (BLAS) when the spiking units' counts fill at least 1/32 of their cells, else
-    each lag is a sparse-times-dense product. A float32 movie is multiplied in float32 (see
-    the module's note on precision), any other in float64.
+    over the pixels flattened. Each block needs no frame but its own. ``n`` counts the
+    spikes in the block's own frames (the first ``F`` columns), whose lag 0 it holds.
+    Cutting the movie into blocks (the counts of each overlapping the next block's first
+    ``n_lags - 1`` frames) and adding the partials gives the whole-movie sum; the columns
+    past the movie's end hold no spike (zeros).
+
+    The lags are stacked into one dense product per step of frames (BLAS) when the spiking
+    units' counts fill at least 1/32 of their cells, else each lag is a sparse-times-dense
+    product. A float32 movie is multiplied in float32 (see the module's note on precision),
+    any other in float64.
 
     Parameters
     ----------
     counts_block : scipy.sparse array or array_like
-        Shape ``(n_units, F)``: non-negative spike counts per unit and frame of the block
-        (e.g. ``SpikeBins.counts[:, a:a + F]``).
+        Shape ``(n_units, F + n_lags - 1)``: non-negative spike counts per unit and frame
+        (e.g. ``SpikeBins.counts[:, a:a + F + n_lags - 1]``), sparse or dense integers.
     frames_block : array_like
-        Shape ``(F + n_lags - 1, y, x)``, real and finite: the block's frames preceded by the
-        ``n_lags - 1`` frames before it. Not copied to float64 when float32.
+        Shape ``(F, y, x)``, real and finite: the block's frames. Not copied to float64 when
+        float32.
     n_lags : int
         Number of lags; >= 1.
 
@@ -204,8 +243,8 @@ def sta_chunk(counts_block: Any, frames_block: ArrayLike, *, n_lags: int) -> Sta
     Raises
     ------
     ValueError
-        If ``n_lags < 1``, ``frames_block`` is not 3-D, has the wrong number of frames or
-        holds NaN or infinity, or ``counts_block`` is not 2-D or holds a negative count.
+        If ``n_lags < 1``, ``frames_block`` is not 3-D or holds NaN or infinity, or
+        ``counts_block`` is not 2-D, has the wrong number of frames or holds a negative count.
 
     See Also
     --------
@@ -214,44 +253,82 @@ def sta_chunk(counts_block: Any, frames_block: ArrayLike, *, n_lags: int) -> Sta
 
     Examples
     --------
-    Two units, a block of 3 frames with one frame of history (``n_lags=2``):
+    Two units, a block of 3 frames, ``n_lags=2`` (so the counts reach one frame further):
 
-    >>> frames = np.arange(4.0).reshape(4, 1, 1)  # movie frames a-1, a, a+1, a+2
-    >>> counts = np.array([[0, 1, 0], [2, 0, 1]])  # unit 1: 2 spikes at a, 1 at a+2
+    >>> frames = np.arange(1.0, 4.0).reshape(3, 1, 1)  # movie frames a, a+1, a+2
+    >>> counts = np.array([[1, 0, 0, 0], [0, 2, 0, 1]])  # unit 1: 2 spikes at a+1, 1 at a+3
     >>> part = sta_chunk(counts, frames, n_lags=2)
-    >>> part["total"][:, :, 0, 0]
-    array([[2., 1.],
-           [5., 2.]])
-    >>> part["n"]
-    array([1, 3])
+    >>> part["total"][:, :, 0, 0]  # the spike at a+3 (next block) gets frame a+2 at lag 1
+    array([[1., 0.],
+           [4., 5.]])
+    >>> part["n"]  # spikes in frames a .. a+2
+    array([1, 2])
     """
     n_lags = _validate_n_lags(n_lags)
-    counts = scipy.sparse.csr_array(counts_block)
-    if counts.ndim != 2:
-        raise ValueError(f"counts_block must be 2-D (n_units, F), got shape {counts.shape}.")
-    counts.sum_duplicates()
-    if counts.nnz and counts.data.min() < 0:
-        raise ValueError(f"counts_block must hold spike counts >= 0, got {counts.data.min()}.")
+    counts = _validate_counts(counts_block)
     frames = _validate_movie(frames_block, "frames_block")
     n_units, n_cols = counts.shape
-    if frames.shape[0] != n_cols + n_lags - 1:
+    n_frames = frames.shape[0]
+    if n_cols != n_frames + n_lags - 1:
         raise ValueError(
-            f"frames_block must hold the {n_lags - 1} frame(s) before the block and its "
-            f"{n_cols} frame(s) ({n_cols + n_lags - 1} in all), got {frames.shape[0]}."
+            f"counts_block must hold the block's {n_frames} frame(s) and the {n_lags - 1} "
+            f"after them ({n_frames + n_lags - 1} in all), got {n_cols}."
         )
     ny, nx = frames.shape[1:]
     total = np.zeros((n_units, n_lags, ny * nx), dtype=np.float64)
-    n = np.asarray(counts.sum(axis=1)).reshape(n_units).astype(np.int64)
-    active = np.flatnonzero(np.diff(counts.indptr))
-    if active.size:
-        # Only the units that spike in this block: the products skip the others' rows.
+    n = np.asarray(counts[:, :n_frames].sum(axis=1)).reshape(n_units).astype(np.int64)
+    # non-zero cells per unit (a stored zero of a sparse block counts as one: no harm)
+    spiking = (
+        np.diff(counts.indptr)
+        if scipy.sparse.issparse(counts)
+        else np.count_nonzero(counts, axis=1)
+    )
+    active = np.flatnonzero(spiking)
+    if active.size and n_frames:
+        # Only the units that spike near this block: the products skip the others' rows.
         rows: slice | NDArray[np.intp] = slice(None) if active.size == n_units else active
-        weights = counts[rows]
-        if weights.nnz >= _DENSE_MIN_DENSITY * active.size * n_cols:
-            total[rows] = _dense_sums(weights, frames.reshape(frames.shape[0], -1), n_lags)
+        movie = frames.reshape(n_frames, -1)
+        if spiking.sum() >= _DENSE_MIN_DENSITY * active.size * n_cols:
+            dtype = _work_dtype(frames)
+            weights = counts[rows]
+            dense = weights.toarray() if scipy.sparse.issparse(weights) else weights
+            total[rows] = _dense_sums(dense.astype(dtype, copy=False), movie, n_lags)
         else:
-            total[rows] = _sparse_sums(weights, frames.reshape(frames.shape[0], -1), n_lags)
+            total[rows] = _sparse_sums(scipy.sparse.csr_array(counts[rows]), movie, n_lags)
     return {"total": total.reshape(n_units, n_lags, ny, nx), "n": n}
+
+
+def _pad_counts(counts: Any, n_lags: int) -> Any:
+    """The sparse counts with ``n_lags - 1`` columns of zeros after the last frame.
+
+    So that ``padded[:, a:b + n_lags - 1]`` is the ``counts_block`` of :func:`sta_chunk`
+    for the frames ``a .. b - 1`` of the movie, its last block included.
+
+    Parameters
+    ----------
+    counts : scipy.sparse.csc_array
+        Shape ``(n_units, n_frames)``, e.g. :attr:`SpikeBins.counts`.
+    n_lags : int
+        Number of lags; >= 1.
+
+    Returns
+    -------
+    scipy.sparse.csc_array
+        Shape ``(n_units, n_frames + n_lags - 1)``, sharing ``counts``' values.
+
+    Examples
+    --------
+    >>> bins = bin_spikes([0.5, 2.5], [0, 0], fps=1.0, n_frames=3, n_lags=2)
+    >>> _pad_counts(bins.counts, 2).toarray()
+    array([[0, 0, 1, 0]], dtype=int32)
+    """
+    n_lags = _validate_n_lags(n_lags)
+    columns = scipy.sparse.csc_array(counts)
+    indptr = np.concatenate([columns.indptr, np.repeat(columns.indptr[-1:], n_lags - 1)])
+    n_units, n_frames = columns.shape
+    return scipy.sparse.csc_array(
+        (columns.data, columns.indices, indptr), shape=(n_units, n_frames + n_lags - 1)
+    )
 
 
 def sta_combine(parts: Sequence[StaPartial]) -> StaPartial:
@@ -275,11 +352,11 @@ def sta_combine(parts: Sequence[StaPartial]) -> StaPartial:
 
     Examples
     --------
-    >>> a = sta_chunk(np.array([[1, 0]]), np.ones((3, 1, 1)), n_lags=2)
-    >>> b = sta_chunk(np.array([[0, 2]]), np.full((3, 1, 1), 3.0), n_lags=2)
+    >>> a = sta_chunk(np.array([[1, 0, 0]]), np.ones((2, 1, 1)), n_lags=2)
+    >>> b = sta_chunk(np.array([[0, 2, 0]]), np.full((2, 1, 1), 3.0), n_lags=2)
     >>> both = sta_combine([a, b])
     >>> both["total"].ravel().tolist(), both["n"].tolist()
-    ([7.0, 7.0], [3])
+    ([7.0, 6.0], [3])
     """
     if not parts:
         raise ValueError("parts must hold at least one partial, got an empty sequence.")
@@ -444,9 +521,7 @@ def spike_triggered_average(
         onset=onset,
         unit_ids=unit_ids,
     )
-    # Frames 0 .. n_lags - 2 hold no usable spike, so the block starting at frame n_lags - 1
-    # with the whole movie as frames_block covers every spike without padding.
-    partial = sta_chunk(bins.counts[:, bins.n_lags - 1 :], movie, n_lags=bins.n_lags)
+    partial = sta_chunk(_pad_counts(bins.counts, bins.n_lags), movie, n_lags=bins.n_lags)
     sta = sta_agg(partial, warn=False)
     _warn_empty_units(bins.unit_ids, partial["n"], stacklevel=2)
     return StaResult(sta=sta, bins=bins)

@@ -54,32 +54,22 @@ def _sta_split_every(split_every: int | None) -> int:
     return int(validate_split_every(split_every))  # type: ignore[arg-type]
 
 
-def _sta_frames(block: NDArray[Any], start: int, stop: int) -> NDArray[Any]:
-    """Frames ``start:stop`` of one movie chunk: a halo piece for a later block."""
-    return block[start:stop]
+def _compact_counts(counts: Any) -> Any:
+    """A block's sparse counts, or the same as a dense array of small integers if smaller.
 
-
-def _sta_block(n_lags: int, counts: Any, *pieces: NDArray[Any]) -> sta_kernels.StaPartial:
-    """One block's partial STA: its frames preceded by the ``n_lags - 1`` before them.
-
-    ``pieces`` are those frames in order, the last from the block's own chunk. That chunk is
-    never copied: the spikes whose window reaches into the earlier pieces are multiplied with
-    those pieces joined to the chunk's first ``n_lags - 1`` frames, the others with the
-    chunk alone.
+    What a leaf task carries: one byte a (unit, frame) cell when the counts are dense enough
+    and below 256 (the sparse form takes 8 bytes a non-zero cell).
     """
-    if len(pieces) == 1:
-        return sta_kernels.sta_chunk(counts, pieces[0], n_lags=n_lags)
-    own = pieces[-1]
-    before = counts.shape[1] + n_lags - 1 - own.shape[0]  # frames in the earlier pieces
-    if counts.shape[1] <= before:
-        return sta_kernels.sta_chunk(counts, np.concatenate(pieces, axis=0), n_lags=n_lags)
-    head = np.concatenate([*pieces[:-1], own[: n_lags - 1]], axis=0)
-    return sta_kernels.sta_combine(
-        [
-            sta_kernels.sta_chunk(counts[:, :before], head, n_lags=n_lags),
-            sta_kernels.sta_chunk(counts[:, before:], own, n_lags=n_lags),
-        ]
-    )
+    peak = int(counts.data.max()) if counts.nnz else 0
+    dtype = np.min_scalar_type(peak)
+    dense_bytes = counts.shape[0] * counts.shape[1] * dtype.itemsize
+    sparse_bytes = counts.nnz * 8 + 4 * (counts.shape[1] + 1)
+    return counts.toarray().astype(dtype) if dense_bytes < sparse_bytes else counts
+
+
+def _sta_block(n_lags: int, counts: Any, frames: NDArray[Any]) -> sta_kernels.StaPartial:
+    """One block's partial STA: its frames and the counts reaching ``n_lags - 1`` past them."""
+    return sta_kernels.sta_chunk(counts, frames, n_lags=n_lags)
 
 
 def _sta_combine(*parts: sta_kernels.StaPartial) -> sta_kernels.StaPartial:
@@ -114,53 +104,18 @@ def _validate_movie(movie: da.Array | ArrayLike) -> da.Array:
     return x
 
 
-def _sta_leaves(
-    dsk: dict[Any, Any],
-    name: str,
-    x: da.Array,
-    bins: binning.SpikeBins,
-    tiles: list[tuple[int, int]],
-) -> tuple[list[int], int]:
-    """Add a leaf task per frame block holding usable spikes and pixel tile to ``dsk``.
-
-    Leaf ``b`` of tile ``(ty, tx)`` is ``(f"{name}-partial", 0, b, ty, tx)``: a
-    :func:`_sta_block` of the block's counts, its frames and the ``n_lags - 1`` frames
-    before them (sliced out of earlier chunks by ``_sta_frames`` tasks where a chunk is
-    not taken whole). Returns the leaves' blocks and how many blocks back the overlap
-    reaches at most.
-    """
-    halo = bins.n_lags - 1
+def _sta_blocks(x: da.Array, bins: binning.SpikeBins) -> dict[int, Any]:
+    """The counts each frame block's task carries, by block, for the blocks some usable
+    spike's window reaches: the counts of the block's frames and of the ``n_lags - 1``
+    frames after them (:func:`~neurobatch.kernels.sta.sta_chunk`), compacted."""
+    counts = sta_kernels._pad_counts(bins.counts, bins.n_lags)
     offsets = np.cumsum((0, *x.chunks[0]))
-    leaves: list[int] = []
-    reach = 0
+    carried: dict[int, Any] = {}
     for b in range(len(x.chunks[0])):
-        # The block's own frames: spikes in frames < n_lags - 1 were excluded when binning,
-        # so the first blocks start there and the overlap never reaches before frame 0.
-        lo, hi = max(int(offsets[b]), halo), int(offsets[b + 1])
-        if lo >= hi:
-            continue
-        counts = bins.counts[:, lo:hi]
-        if counts.nnz == 0:
-            continue
-        first = int(np.searchsorted(offsets, lo - halo, side="right")) - 1
-        reach = max(reach, b - first)
-        for ty, tx in tiles:
-            pieces: list[tuple[Any, ...]] = []
-            for c in range(first, b + 1):
-                start = max(lo - halo, int(offsets[c])) - int(offsets[c])
-                stop = min(hi, int(offsets[c + 1])) - int(offsets[c])
-                source = (x.name, c, ty, tx)
-                if start == 0 and stop == x.chunks[0][c]:
-                    pieces.append(source)
-                else:
-                    piece = (f"{name}-frames", b, c, ty, tx)
-                    dsk[piece] = (_sta_frames, source, start, stop)
-                    pieces.append(piece)
-            # The block's counts travel inside its task: no task of their own to run on some
-            # worker and fetch from there.
-            dsk[(f"{name}-partial", 0, b, ty, tx)] = (_sta_block, bins.n_lags, counts, *pieces)
-        leaves.append(b)
-    return leaves, reach
+        block = counts[:, int(offsets[b]) : int(offsets[b + 1]) + bins.n_lags - 1]
+        if block.nnz:
+            carried[b] = _compact_counts(block)
+    return carried
 
 
 def blocked_sta(
@@ -178,20 +133,21 @@ def blocked_sta(
 
     The same result as :func:`neurobatch.kernels.sta.spike_triggered_average` (to rounding),
     computed as a tree reduction over the movie's frame blocks. The spikes are binned
-    eagerly (:func:`~neurobatch.kernels.binning.bin_spikes`); each spike's frame ``N`` belongs
-    to exactly one block, the one whose frames hold ``N``. The task of block ``b`` gets the
-    block's spike counts, the block's frames and a one-sided overlap: the ``n_lags - 1``
-    frames before the block, sliced out of as many earlier chunks as that reaches (so chunks
-    shorter than ``n_lags - 1`` work, and nothing is rechunked); it returns a partial
-    ``{"total", "n"}`` (:func:`~neurobatch.kernels.sta.sta_chunk`). Partials are added
-    ``split_every`` at a time, and the root divides.
+    eagerly (:func:`~neurobatch.kernels.binning.bin_spikes`). Frame ``i`` is lag ``k`` of
+    the spikes in frame ``i + k``, so the task of block ``b`` gets the block's frames, and
+    nothing else of the movie, with the counts of its frames and of the ``n_lags - 1``
+    frames after it: the blocks' counts overlap, not their frames (so each chunk is read
+    by one task, chunks of any length work, and nothing is rechunked). It returns a partial
+    ``{"total", "n"}`` (:func:`~neurobatch.kernels.sta.sta_chunk`); partials are added
+    ``split_every`` at a time, and the root divides. A block's counts travel in its task,
+    as a sparse array or, when smaller, a dense one of small integers.
 
-    Blocks holding no usable spike contribute nothing and are not read at all. Any chunking
-    along ``y`` and ``x`` works: each pixel tile is reduced on its own, and the output is
-    chunked like the movie along ``y`` and ``x``. A task holds its block, the overlap and one
-    partial of ``n_units * n_lags * tile_y * tile_x`` float64 values, so memory does not
-    depend on the movie's length; chunk ``y``/``x`` to shrink the partials when there are
-    many units.
+    Blocks that no usable spike's window reaches contribute nothing and are not read at
+    all. Any chunking along ``y`` and ``x`` works: each pixel tile is reduced on its own,
+    and the output is chunked like the movie along ``y`` and ``x``. A task holds its block,
+    its counts and one partial of ``n_units * n_lags * tile_y * tile_x`` float64 values, so
+    memory does not depend on the movie's length; chunk ``y``/``x`` to shrink the partials
+    when there are many units.
 
     Parameters
     ----------
@@ -271,23 +227,28 @@ def blocked_sta(
     sta_kernels._warn_empty_units(bins.unit_ids, bins.n_used, stacklevel=2)
 
     tiles = list(itertools.product(range(len(x.chunks[1])), range(len(x.chunks[2]))))
-    name = f"sta-{tokenize(x, bins.counts, bins.n_lags, fan_in)}"
-    dsk: dict[Any, Any] = {}
-    leaves, reach = _sta_leaves(dsk, name, x, bins, tiles)
+    carried = _sta_blocks(x, bins)
+    name = f"sta-{tokenize(x, carried, bins.n_lags, fan_in)}"
+    # Leaf b of tile (ty, tx): the movie's chunk b alone and its counts, which travel inside
+    # the task (no task of their own to run on some worker and fetch from there).
+    dsk: dict[Any, Any] = {
+        (f"{name}-partial", 0, b, ty, tx): (_sta_block, bins.n_lags, counts, (x.name, b, ty, tx))
+        for b, counts in carried.items()
+        for ty, tx in tiles
+    }
+    leaves = list(carried)
     keys, level = tree_levels(dsk, f"{name}-partial", leaves, tiles, fan_in, _sta_combine)
     for ty, tx in tiles:
         shape = (bins.n_units, bins.n_lags, x.chunks[1][ty], x.chunks[2][tx])
         dsk[(name, 0, 0, ty, tx)] = (_sta_aggregate, shape, *((*key, ty, tx) for key in keys))
 
     logger.debug(
-        "blocked_sta: %d usable spikes of %d units in %d of %d frame blocks; overlap of %d "
-        "frame(s) reaching up to %d block(s) back; tree of depth %d (split_every=%d)",
+        "blocked_sta: %d usable spikes of %d units; %d of %d frame blocks in their windows, "
+        "each read by one task; tree of depth %d (split_every=%d)",
         int(bins.n_used.sum()),
         bins.n_units,
         len(leaves),
         len(x.chunks[0]),
-        bins.n_lags - 1,
-        reach,
         level + 1,
         fan_in,
     )

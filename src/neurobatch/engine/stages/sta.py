@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from typing import Any
@@ -82,11 +83,7 @@ def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
     names = ["spike_time", "unit"]
     if params.units is None and "unit_ids" in movie:
         names.append("unit_ids")
-    arrays = [movie[name].data for name in names]
-    # The spikes are binned here, so they are read here, straight from storage: no round trip
-    # through a worker, unless they were persisted on a cluster.
-    local = {} if futures_of(arrays) else {"scheduler": "sync"}
-    spikes = da.compute(*arrays, **local)
+    spikes = _read_spikes([movie[name].data for name in names])
     unit_ids: Any = params.units if len(spikes) == 2 else spikes[2]
     fps = float(movie.attrs["fps"])
     onset = float(movie.attrs.get("stimulus_onset", 0.0))
@@ -126,6 +123,24 @@ def spike_triggered_average(movie: xr.Dataset, params: StaConfig) -> xr.Dataset:
             "delay_frames": delay,
         },
     )
+
+
+def _read_spikes(arrays: list[Any]) -> list[Any]:
+    """The spike arrays, computed here for the binning.
+
+    Read straight from storage: no round trip through a worker, unless they were persisted
+    on a cluster. A stored array comes back chunk by chunk (as delayed objects), so that a
+    single chunk is not copied once more, as dask copies the only chunk of a computed array
+    (two copies of 36 MB for 4.5 M spikes).
+    """
+    if futures_of(arrays):
+        return list(da.compute(*arrays))
+    chunks = [x.to_delayed().ravel().tolist() if isinstance(x, da.Array) else [x] for x in arrays]
+    read = iter(da.compute(*itertools.chain.from_iterable(chunks), scheduler="sync"))
+    return [
+        next(read) if len(parts) == 1 else np.concatenate([next(read) for _ in parts])
+        for parts in chunks
+    ]
 
 
 def _run_sta(context: StageContext) -> StageOutput:
