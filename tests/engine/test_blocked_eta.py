@@ -434,7 +434,7 @@ def test_the_graph_is_lazy_and_the_signal_is_not_rechunked(
         result = blocked.event_triggered_average(
             signal, times, labels, sampling_rate=100.0, window_s=(-0.05, 0.04)
         )
-    assert "overlap of 9 frame(s) reaching up to 5 block(s) back" in caplog.text
+    assert "32 of 32 frame blocks in their windows, each read by one task" in caplog.text
     assert re.search(r"event_triggered_average: \d+ of 30 events used", caplog.text)
     assert not any("rechunk" in str(name) for name in result.eta.dask.layers)
     assert result.eta.chunks == ((3,), (10,), (3, 1))

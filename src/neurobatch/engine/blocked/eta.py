@@ -279,8 +279,9 @@ def event_triggered_average(
     ``(time, 1, 1)``), each event is moved ``n_after`` samples later so that the STA's
     lags ``0 .. n_before + n_after`` before it cover the offsets ``n_after .. -n_before``,
     and the lag axis is reversed. So it is one tree reduction over the signal's time
-    blocks, with a one-sided overlap of ``n_before + n_after`` samples; blocks holding no
-    event are not read; the signal is never rechunked and no loop runs over events.
+    blocks, each read by one task of its own (the events' counts reach ``n_before +
+    n_after`` samples past its block instead); blocks holding no event are not read; the
+    signal is never rechunked and no loop runs over events.
 
     With ``edges="zeros"`` (pynapple's behaviour) the signal is taken as zero outside its
     ends: every event inside the signal is used, and a window reaching past an end adds
