@@ -248,6 +248,19 @@ def _spread(values: list[float]) -> float:
     return max(values) / min(values) - 1
 
 
+def _per_size(
+    name: str, y_label: str, field: str, sizes: list[int], runs: dict[str, dict[int, Any]]
+) -> dict[str, Any]:
+    """A plot series of one measured field against the number of items, a line per tool."""
+    return {
+        "name": name,
+        "x_label": "items",
+        "y_label": y_label,
+        "x": sizes,
+        "lines": {k: [r[n][field] if n in r else None for n in sizes] for k, r in runs.items()},
+    }
+
+
 def run_suite(*, quick: bool, scratch: Path) -> dict[str, Any]:
     """Run the small-batch suite; see the module's docstring.
 
@@ -463,16 +476,7 @@ def summarise(
         "notes": notes,
         "runs": {"neurobatch": ours, "phopro": theirs, "item_computation": own},
         "series": [
-            {
-                "name": "wall time",
-                "x_label": "items",
-                "y_label": "seconds",
-                "x": sizes,
-                "lines": {
-                    k: [r[n]["seconds"] if n in r else None for n in sizes]
-                    for k, r in labels.items()
-                },
-            },
+            _per_size("wall time", "seconds", "seconds", sizes, labels),
             {
                 "name": "wall time per item",
                 "x_label": "items",
@@ -484,24 +488,7 @@ def summarise(
                     "PhoPro": [theirs[n]["seconds"] / n if n in theirs else None for n in sizes],
                 },
             },
-            {
-                "name": "CPU (process tree)",
-                "x_label": "items",
-                "y_label": "CPU seconds",
-                "x": sizes,
-                "lines": {
-                    k: [r[n]["cpu_s"] if n in r else None for n in sizes] for k, r in labels.items()
-                },
-            },
-            {
-                "name": "peak memory (process tree)",
-                "x_label": "items",
-                "y_label": "MB",
-                "x": sizes,
-                "lines": {
-                    k: [r[n]["peak_mb"] if n in r else None for n in sizes]
-                    for k, r in labels.items()
-                },
-            },
+            _per_size("CPU (process tree)", "CPU seconds", "cpu_s", sizes, labels),
+            _per_size("peak memory (process tree)", "MB", "peak_mb", sizes, labels),
         ],
     }
