@@ -99,7 +99,7 @@ def pipeline_file(
     3 Hz order-4 low-pass, the ``fit`` (``ols`` or ``irls``), dF/F, the ``trials``, the
     same passed-down metadata, Zarr, Parquet and ``.h5ad`` out to ``folder/out``, no
     dashboards; the default cluster (``kind: auto``: in this process or in processes, as
-    :func:`neurobatch.engine.cluster.in_process` decides) of ``workers`` worker threads,
+    :func:`neurobatch.engine.placement.in_process` decides) of ``workers`` worker threads,
     or with ``workers`` None no ``cluster`` section at all.
     """
     config: dict[str, Any] = {

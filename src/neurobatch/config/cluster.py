@@ -34,7 +34,7 @@ class LocalClusterConfig(_Model):
 
     ``kind: local`` starts worker processes (``processes: false`` runs the same workers as
     threads of neurobatch's own process). ``kind: auto``, the default, chooses between the
-    two for each run: see :func:`neurobatch.engine.cluster.in_process`.
+    two for each run: see :func:`neurobatch.engine.placement.in_process`.
     """
 
     kind: Literal["auto", "local"] = "auto"

@@ -27,7 +27,7 @@ from distributed import Client, Future, as_completed
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
-from neurobatch.engine.cluster import connect, planned_threads, resolve_auto
+from neurobatch.engine.cluster import connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, process_items, task_groups
@@ -35,6 +35,7 @@ from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
 from neurobatch.engine.logs import captured_log, one_line
 from neurobatch.engine.monitor import Recorder
+from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
 from neurobatch.errors import ConfigError, NeurobatchError
