@@ -56,13 +56,12 @@ from neurobatch.io.commit import to_json_safe
 from neurobatch.io.zarr import (
     _CheckedGetter,
     _compressors,
-    _consolidate,
     _object_strings,
     _with_zarr_strings,
     damage_reported,
-    to_zarr,
     zarr_store,
 )
+from neurobatch.io.zarr_writer import _consolidate, to_zarr
 
 __all__ = [
     "REL_TIME",

@@ -23,12 +23,9 @@ of the commit marker instead (:mod:`neurobatch.io.commit`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
-import threading
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,18 +35,14 @@ import xarray as xr
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 from numpy.typing import ArrayLike, NDArray
-from xarray import conventions
-from xarray.backends.zarr import FillValueCoder, encode_zarr_attr_value, encode_zarr_variable
-from xarray.coding.strings import check_vlen_dtype
 from zarr.abc.store import Store
-from zarr.api import asynchronous as zarr_async
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-from zarr.core.sync import sync as zarr_sync
 from zarr.storage import FsspecStore, LocalStore
 
 from neurobatch.chunking import chunk_length, row_bytes
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import _fs, _remove_marker, to_json_safe
+from neurobatch.io.zarr_writer import to_zarr
 
 __all__ = [
     "damage_reported",
@@ -64,7 +57,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STRING = np.dtypes.StringDType()
-_CONSOLIDATE_LOCK = threading.Lock()
 
 # --- stores ----------------------------------------------------------------------------------
 
@@ -102,20 +94,6 @@ def zarr_store(
     return FsspecStore.from_url(
         url, storage_options=dict(storage_options or {}), read_only=read_only
     )
-
-
-def _consolidate(store: Store) -> None:
-    """Consolidate the store's metadata, silencing zarr's "not in the v3 spec" notice.
-
-    Consolidated metadata is what ``xarray.open_zarr`` reads in one request; zarr-python
-    warns that it is not (yet) part of the v3 specification, which is known and intended.
-    ``catch_warnings`` is process-global, hence the lock around it.
-    """
-    with _CONSOLIDATE_LOCK, warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
-        )
-        zarr.consolidate_metadata(store)
 
 
 # --- strings ---------------------------------------------------------------------------------
@@ -304,100 +282,6 @@ def write_dataset(
     _remove_marker(url, storage_options)
     logger.debug("writing %s: %d samples per %r chunk", url, n, dim)
     to_zarr(prepared, store, encoding)
-
-
-def to_zarr(ds: xr.Dataset, store: Store, encoding: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write a dataset as a new Zarr v3 group that ``xarray.open_zarr`` reads, consolidated.
-
-    A dataset in memory has every array created and written at once, in one pass of
-    zarr's event loop: ``Dataset.to_zarr`` goes back and forth to that loop several times
-    per variable (a few ms each, and one loop serves every thread of the process), which
-    costs more than the writing itself for the small datasets of a small item. The
-    variables are encoded as ``to_zarr`` encodes them (CF conventions, coordinates, fill
-    values), so the stores are the same. A dask-backed dataset goes through ``to_zarr``,
-    which computes and writes it chunk by chunk.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Strings as ``StringDType`` and attributes as JSON values (as :func:`write_dataset`
-        prepares them).
-    store : zarr.abc.store.Store
-        Where the group goes; whatever is there is overwritten.
-    encoding : mapping
-        Per variable: ``compressors`` and ``chunks`` (absent for a scalar).
-
-    Examples
-    --------
-    >>> ds = xr.Dataset({"x": ("time", np.arange(3.0))}, coords={"time": [0.0, 0.1, 0.2]})
-    >>> to_zarr(ds, zarr_store("memory://doc/to-zarr.zarr"),
-    ...         {"x": {"compressors": _compressors(ds.x.dtype), "chunks": (2,)},
-    ...          "time": {"compressors": _compressors(ds.time.dtype), "chunks": (3,)}})
-    >>> xr.open_zarr("memory://doc/to-zarr.zarr").x.values
-    array([0., 1., 2.])
-    """
-    if any(variable.chunks is not None for variable in ds.variables.values()):
-        ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
-    else:
-        variables, attributes = conventions.encode_dataset_coordinates(ds)
-        zarr_sync(_write_group(store, variables, attributes, encoding))
-    _consolidate(store)
-
-
-async def _write_group(
-    store: Store,
-    variables: Mapping[Any, xr.Variable],
-    attributes: Mapping[str, Any],
-    encoding: Mapping[str, Mapping[str, Any]],
-) -> None:
-    group = await zarr_async.open_group(
-        store=store,
-        mode="w",
-        zarr_format=3,
-        attributes=_encoded_attributes(attributes),
-    )
-    await asyncio.gather(
-        *(
-            _write_variable(group, str(name), variable, encoding.get(str(name), {}))
-            for name, variable in variables.items()
-        )
-    )
-
-
-def _encoded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        key: encode_zarr_attr_value(value)  # type: ignore[no-untyped-call]  # xarray's own
-        for key, value in attributes.items()
-    }
-
-
-async def _write_variable(
-    group: Any, name: str, variable: xr.Variable, encoding: Mapping[str, Any]
-) -> None:
-    """One variable as ``Dataset.to_zarr`` stores it in a new Zarr v3 group."""
-    encoded = encode_zarr_variable(variable, name=name, zarr_format=3)
-    attrs = dict(encoded.attrs)
-    # xarray's default fill value of floats is NaN (zarr's is 0); an explicit _FillValue
-    # attribute is stored encoded
-    fill_value = encoded.encoding.get("fill_value")
-    if fill_value is None and encoded.dtype.kind == "f":
-        fill_value = np.nan
-    explicit = attrs.pop("_FillValue", None)
-    if explicit is not None:
-        attrs["_FillValue"] = FillValueCoder.encode(explicit, encoded.dtype)
-    vlen = check_vlen_dtype(encoded.dtype)  # type: ignore[no-untyped-call]  # xarray's own
-    dtype = str if vlen is str else encoded.dtype
-    array = await group.create_array(
-        name,
-        shape=encoded.shape,
-        dtype=dtype,
-        chunks=encoding.get("chunks") or "auto",
-        fill_value=fill_value,
-        compressors=encoding.get("compressors", "auto"),
-        dimension_names=encoded.dims,
-        attributes=_encoded_attributes(attrs),
-    )
-    await array.setitem(Ellipsis, encoded.values)
 
 
 def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
