@@ -272,6 +272,79 @@ def test_no_credential_is_written_anywhere(
     assert "with key ***" in (tmp_path / "out" / "logs" / "run.log").read_text()
 
 
+#: An Azure connection string, as ``adlfs`` takes it in ``storage_options``.
+AZURE_KEY = "c2VjcmV0LWF6dXJlLWtleQ=="
+CONNECTION_STRING = (
+    f"DefaultEndpointsProtocol=https;AccountName=lab;AccountKey={AZURE_KEY};"
+    "EndpointSuffix=core.windows.net"
+)
+
+
+def test_credentials_are_hidden_by_value_wherever_they_appear(
+    small_batch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection string, a credential from the environment, one quoted in an error."""
+    environment_secret = "wJalrXUtnFEMI-environment"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", environment_secret)
+    config = _config(str(small_batch), tmp_path / "out")
+    # local files ignore the option; its value must still not be written
+    config["input"]["storage_options"] = {"connection_string": CONNECTION_STRING}
+
+    def leaky(ds: Any) -> Any:
+        raise ValueError(f"denied: {environment_secret} / AccountKey={AZURE_KEY}")
+
+    Pipeline(config).run(progress=False)  # the default cluster: in this process
+    with pytest.raises(RunError):
+        Pipeline(config).run(progress=False, hooks={"post_trials": leaky}, reprocess=True)
+
+    secrets = [environment_secret.encode(), AZURE_KEY.encode()]
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        content = path.read_bytes()
+        assert not any(secret in content for secret in secrets), path
+    assert "denied: *** / AccountKey=***" in (tmp_path / "out" / "logs" / "run.log").read_text()
+    processing = _read(tmp_path / "out" / "processing.json")
+    parameters = processing.pipelines[0].parameters.model_dump()  # type: ignore[index, union-attr]
+    assert parameters["input"]["storage_options"]["connection_string"] == REDACTED
+
+
+def test_a_job_prologue_export_is_not_written(tmp_path: Path) -> None:
+    """What the README advises for SLURM/PBS credentials stays out of processing.json."""
+    config = _config("s3://lab/data", tmp_path / "out")
+    config["cluster"] = {
+        "kind": "slurm",
+        "job_script_prologue": [
+            "module load python",
+            "export AWS_ACCESS_KEY_ID=AKIAPROLOGUEKEY",
+            "export AWS_SECRET_ACCESS_KEY='prologue/secret+value'",
+        ],
+    }
+    parameters = Pipeline(config).config.model_dump(mode="json")
+    now = time.time()
+    record = StageRecord("ingest", now, now + 1, [], {"cluster": parameters["cluster"]}, "items")
+    url = str(tmp_path / "processing.json")
+    processing = build_processing(
+        [record],
+        pipeline_name="p",
+        pipeline_parameters=parameters,
+        samples=pd.DataFrame(),
+        hosts={},
+        notes="the key was 'prologue/secret+value'",
+    )
+    append_processing(url, processing)
+    text = Path(url).read_text()
+    assert "AKIAPROLOGUEKEY" not in text and "prologue/secret+value" not in text
+    stored = _read(Path(url))
+    prologue = stored.pipelines[0].parameters.model_dump()["cluster"]["job_script_prologue"]  # type: ignore[index, union-attr]
+    assert prologue == [
+        "module load python",
+        "export AWS_ACCESS_KEY_ID=***",
+        "export AWS_SECRET_ACCESS_KEY=***",
+    ]
+    assert stored.notes == "the key was '***'"
+
+
 def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path) -> None:
     """SIGTERM (a batch system's time limit) ends the run through its cleanups."""
     hook = tmp_path / "slow.py"

@@ -17,7 +17,7 @@ import os
 import platform
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,7 @@ from aind_data_schema_models.units import MemoryUnit
 from neurobatch import __version__
 from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.io import files
-from neurobatch.redact import redact
+from neurobatch.redact import environment_secrets, redact, secrets_in
 
 __all__ = [
     "SOURCE_URL",
@@ -240,6 +240,7 @@ def _code(
     parameters: Mapping[str, Any],
     inputs: Sequence[str] = (),
     code_version: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> Code:
     return Code(
         url=SOURCE_URL,
@@ -247,8 +248,8 @@ def _code(
         version=code_version or __version__,
         language="Python",
         language_version=platform.python_version(),
-        parameters=redact(dict(parameters)),
-        input_data=[DataAsset(url=redact(url)) for url in inputs] or None,
+        parameters=redact(dict(parameters), secrets=secrets),
+        input_data=[DataAsset(url=redact(url, secrets=secrets)) for url in inputs] or None,
     )
 
 
@@ -271,7 +272,8 @@ def build_processing(
     pipeline_name : str
         The pipeline file's ``name``.
     pipeline_parameters : mapping
-        The whole validated pipeline file (redacted here).
+        The whole validated pipeline file. Its credentials, and the environment's, are
+        hidden wherever they appear in the record (:func:`neurobatch.redact.redact`).
     samples : pandas.DataFrame
         The monitor's samples over the run.
     hosts : mapping
@@ -299,6 +301,7 @@ def build_processing(
     ('combine', {'combine': []})
     """
     people = list(experimenters) or [getpass.getuser()]
+    secrets = secrets_in(dict(pipeline_parameters)) | environment_secrets()
     processes = []
     for record in records:
         processes.append(
@@ -307,14 +310,18 @@ def build_processing(
                 name=record.stage,
                 stage=ProcessStage(record.processing_stage),
                 code=_code(
-                    f"neurobatch.{record.stage}", record.parameters, record.inputs, record.version
+                    f"neurobatch.{record.stage}",
+                    record.parameters,
+                    record.inputs,
+                    record.version,
+                    secrets,
                 ),
                 experimenters=people,
                 pipeline_name=pipeline_name,
                 start_date_time=_timestamp(record.start),
                 end_date_time=_timestamp(record.end),
                 output_path=record.output_path,
-                output_parameters=redact(record.outputs),
+                output_parameters=redact(record.outputs, secrets=secrets),
                 resources=(
                     resource_usage(samples, record.workers, record.start, record.end, hosts)
                     if len(samples)
@@ -326,9 +333,9 @@ def build_processing(
     graph = {r.stage: [u for u in r.upstream if u in names] for r in records}
     return Processing(
         data_processes=processes,
-        pipelines=[_code(pipeline_name, pipeline_parameters)],
+        pipelines=[_code(pipeline_name, pipeline_parameters, secrets=secrets)],
         dependency_graph=graph,
-        notes=notes,
+        notes=None if notes is None else redact(notes, secrets=secrets),
     )
 
 
