@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from neurobatch.config import (
     validate_config,
     validate_loader,
 )
+from neurobatch.config.files import MAX_PIPELINE_FILE_BYTES, MAX_PIPELINE_VALUES
 from neurobatch.errors import ConfigError
 from neurobatch.io.loaders import LOADERS
 from pipeline_files import EXAMPLE, EXAMPLE_TOML, edited, minimal, write
@@ -109,6 +111,75 @@ def test_load_errors(tmp_path: Path) -> None:
         load_config(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match=r"key 'name' appears twice in one mapping"):
         load_config(write(tmp_path, "name: a\nname: b\n"))
+
+
+def test_a_file_over_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    assert MAX_PIPELINE_FILE_BYTES == 2**20
+    valid = minimal()
+    filler = "# " + "x" * 78 + "\n"
+    # a valid pipeline file padded with comments to just over 1 MiB ...
+    text = yaml.safe_dump(valid)
+    text += filler * ((MAX_PIPELINE_FILE_BYTES - len(text)) // len(filler) + 1)
+    big = write(tmp_path, text)
+    size = big.stat().st_size
+    assert size == len(text) > MAX_PIPELINE_FILE_BYTES
+    with pytest.raises(ConfigError) as error:
+        load_config(big)
+    assert str(error.value) == (
+        f"{big}: the file is {size / 2**20:.3g} MiB ({size} bytes), over the 1 MiB "
+        "(1048576 bytes) limit of a pipeline file (a pipeline file takes a few KiB); is it "
+        "the right file?"
+    )
+    # ... and the same text cut to the limit is read
+    at_limit = text[: MAX_PIPELINE_FILE_BYTES - 1] + "\n"
+    assert load_config(write(tmp_path, at_limit)).name == valid["name"]
+    # 50 MB, as in the attack: refused in one line, whatever it holds
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as f:
+        f.truncate(50 * 10**6)
+    with pytest.raises(
+        ConfigError, match=r"^\S+huge\.yaml: the file is 47\.7 MiB \(50000000 bytes\)"
+    ):
+        load_config(huge)
+
+
+def test_yaml_aliases_that_expand_beyond_the_limit_are_refused(tmp_path: Path) -> None:
+    # a billion laughs in a storage option, which takes any value: 600 bytes, 10**8 values
+    levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 8):
+        levels.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    data = yaml.safe_dump(minimal()) + "\n"
+    text = data.replace(
+        "input:\n", "input:\n  storage_options:\n" + "".join(f"    {line}\n" for line in levels), 1
+    )
+    path = write(tmp_path, text)
+    assert path.stat().st_size < 1000
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    line = re.fullmatch(
+        rf"{re.escape(str(path))}: its anchors and aliases expand to (\d+) values, over the "
+        rf"limit of {MAX_PIPELINE_VALUES} \(a pipeline file holds a few hundred\); expected "
+        "aliases that are not nested in one another",
+        str(error.value),
+    )
+    assert line is not None, str(error.value)
+    assert int(line[1]) > 10**8  # a7 alone is 10**8 strings
+    # a few aliases are fine: they expand to what they stand for
+    shared = data.replace("input:\n", "input:\n  storage_options: {a: &o [1, 2], b: *o}\n", 1)
+    assert load_config(write(tmp_path, shared)).input.storage_options == {"a": [1, 2], "b": [1, 2]}
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_bytes(yaml.safe_dump(minimal()).encode("utf-16"))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path}: byte 0 (b'\\xff') is not UTF-8; expected a UTF-8 text file"
+    )
+    # a UTF-8 byte-order mark (Windows editors write one) is read
+    path.write_bytes(yaml.safe_dump(minimal()).encode("utf-8-sig"))
+    assert load_config(path).name == minimal()["name"]
 
 
 def test_yaml_is_loaded_safely(tmp_path: Path) -> None:

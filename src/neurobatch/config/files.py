@@ -20,6 +20,8 @@ from neurobatch.config.pipeline import PipelineConfig
 from neurobatch.errors import ConfigError
 
 __all__ = [
+    "MAX_PIPELINE_FILE_BYTES",
+    "MAX_PIPELINE_VALUES",
     "dump_config",
     "load_config",
     "loader_arguments",
@@ -28,6 +30,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The largest pipeline file read: 1 MiB. A real one is a few KiB; a larger file is refused
+#: before it is parsed, so that a wrong or hostile file costs neither minutes nor gigabytes.
+MAX_PIPELINE_FILE_BYTES = 1 << 20
+
+#: The most values a YAML pipeline file may stand for once its aliases are expanded.
+MAX_PIPELINE_VALUES = 1_000_000
 
 
 def validate_config(data: Mapping[str, Any], *, source: str = "<config>") -> PipelineConfig:
@@ -177,10 +186,36 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once its aliases are expanded (memoised)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
 def _parse_yaml(text: str, source: str) -> Any:
+    # a SafeLoader subclass: only plain data, never Python objects
+    loader = _UniqueKeyLoader(text)
     try:
-        # a SafeLoader subclass: only plain data, never Python objects
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        # aliases of aliases make a few hundred bytes stand for billions of values
+        values = _expanded_size(node, {})
+        if values > MAX_PIPELINE_VALUES:
+            raise ConfigError(
+                f"{source}: its anchors and aliases expand to {values} values, over the "
+                f"limit of {MAX_PIPELINE_VALUES} (a pipeline file holds a few hundred); "
+                "expected aliases that are not nested in one another"
+            )
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -188,6 +223,8 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def _parse_toml(text: str, source: str) -> Any:
@@ -236,6 +273,29 @@ def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _read_text(file: Path, source: str) -> str:
+    """The file's text; a file over the size limit is refused after reading only the limit."""
+    with file.open("rb") as f:
+        raw = f.read(MAX_PIPELINE_FILE_BYTES + 1)
+        size = max(os.fstat(f.fileno()).st_size, len(raw))
+    if len(raw) > MAX_PIPELINE_FILE_BYTES:
+        raise ConfigError(
+            f"{source}: the file is {_mib(size)}, over the {_mib(MAX_PIPELINE_FILE_BYTES)} "
+            "limit of a pipeline file (a pipeline file takes a few KiB); is it the right file?"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{source}: byte {e.start} ({raw[e.start : e.start + 1]!r}) is not UTF-8; "
+            "expected a UTF-8 text file"
+        ) from None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.3g} MiB ({size} bytes)"
+
+
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a pipeline file (``.yaml``, ``.yml`` or ``.toml``).
 
@@ -258,9 +318,11 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     FileNotFoundError
         If the file does not exist.
     ConfigError
-        If the file cannot be parsed or does not validate: one line per problem, each naming
-        the file, the dotted field path, what was wrong and, for unknown names, the closest
-        known one.
+        If the file is larger than :data:`MAX_PIPELINE_FILE_BYTES` (1 MiB; refused after
+        reading no more than that), is not UTF-8, has YAML aliases that expand to more than
+        :data:`MAX_PIPELINE_VALUES` values, cannot be parsed or does not validate: one line
+        per problem, each naming the file, the dotted field path, what was wrong and, for
+        unknown names, the closest known one.
 
     See Also
     --------
@@ -291,7 +353,7 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
             f"{source}: unsupported pipeline file type {file.suffix!r}; "
             "expected .yaml, .yml or .toml"
         )
-    text = file.read_text(encoding="utf-8")
+    text = _read_text(file, source)
     data = _parse_toml(text, source) if suffix == ".toml" else _parse_yaml(text, source)
     if not isinstance(data, Mapping):
         raise ConfigError(
