@@ -146,9 +146,9 @@ def test_an_invalid_record_is_one_line_and_exit_1(
 ) -> None:
     (tmp_path / "processing.json").write_text('{"data_processes": [{"name": "x"}]}')
     assert main(["provenance", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "not a valid processing record" in err
-    assert len(err.strip().splitlines()) == 1
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert "not a valid processing record" in warning and "read 0 of the 1" in warning
+    assert error.startswith("neurobatch provenance: error: no readable processing record")
 
 
 def test_a_long_run_is_drawn_in_minutes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,3 +164,43 @@ def test_a_long_run_is_drawn_in_minutes(tmp_path: Path, capsys: pytest.CaptureFi
     assert "20:00.0" in capsys.readouterr().out  # ingest's duration, minutes:seconds
     text = svg.read_text()
     assert "(min)" in text and "over 25.0 min" in text
+
+
+def test_a_damaged_record_is_read_as_far_as_it_goes(
+    out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record cut short inside its third process (a full disk, a killed copy)."""
+    text = (out / "processing.json").read_text()
+    (out / "processing.json").write_text(text[: text.index('"name": "trials"')])
+    assert main(["provenance", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "2 data process(es)" in printed.out
+    assert "│ ingest" in printed.out and "│ preprocess" in printed.out
+    assert "│ trials" not in printed.out
+    [warning] = printed.err.splitlines()
+    assert str(out / "processing.json") in warning
+    assert "read 2 of the 2 data process(es)" in warning
+
+
+def test_a_record_moved_aside_by_a_run_is_still_read(
+    out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (out / "processing.json").read_text()
+    aside = out / "processing.json.damaged-20260101T000000000000Z"
+    aside.write_text(text.replace('"stage": "Processing"', '"stage": 12', 1))
+    later = Processing(data_processes=[_process("trials", ProcessName.ANALYSIS, 99.0, 100.0)])
+    (out / "processing.json").write_text(later.model_dump_json())
+    assert main(["provenance", str(out)]) == 0
+    printed = capsys.readouterr()
+    # the first process of the old record is damaged; its other two, and the new one, are read
+    assert "3 data process(es)" in printed.out
+    [warning] = printed.err.splitlines()
+    assert aside.name in warning and "read 2 of the 3" in warning
+
+
+def test_nothing_readable_is_one_line(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (out / "processing.json").write_bytes(b"\x00\xff not json")
+    assert main(["provenance", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2  # what was damaged, then why nothing can be shown
+    assert err[-1].startswith("neurobatch provenance: error: no readable processing record")

@@ -510,17 +510,21 @@ def _provenance(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from neurobatch.engine.layout import OutputLayout
-    from neurobatch.engine.provenance_summary import read_processing, summary
+    from neurobatch.engine.provenance_summary import read_records, summary
     from neurobatch.errors import InputNotFoundError
 
     layout = OutputLayout(str(args.out).rstrip("/"))
     url = layout.processing
-    processing = read_processing(url)
-    if processing is None:
+    records, problems = read_records(url)
+    for problem in problems:
+        print(f"neurobatch provenance: warning: {problem}", file=sys.stderr)
+    if not records:
         raise InputNotFoundError(
-            f"no processing record at {url}: expected the output folder of a neurobatch run"
+            f"no {'readable ' if problems else ''}processing record at {url}: expected the "
+            "output folder of a neurobatch run"
         )
-    table = summary(processing)
+    table = pd.concat([summary(record) for record in records], ignore_index=True)
+    processing = records[-1]
 
     def number(value: float, spec: str) -> str:
         return "-" if math.isnan(value) else format(value, spec)

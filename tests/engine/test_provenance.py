@@ -345,6 +345,24 @@ def test_a_job_prologue_export_is_not_written(tmp_path: Path) -> None:
     assert stored.notes == "the key was '***'"
 
 
+def test_a_damaged_record_is_moved_aside_and_a_new_one_started(
+    small_batch: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    config = _config(str(small_batch), out)
+    Pipeline(config).run(progress=False)
+    damaged = (out / "processing.json").read_text()[:-200]  # cut short
+    (out / "processing.json").write_text(damaged)
+    with caplog.at_level("WARNING", logger="neurobatch"):
+        Pipeline(config).run(progress=False, reprocess=True)
+    [aside] = out.glob("processing.json.damaged-*")
+    assert aside.read_text() == damaged
+    [warning] = [r.getMessage() for r in caplog.records if "moved it to" in r.getMessage()]
+    assert str(out / "processing.json") in warning and str(aside) in warning
+    record = _read(out / "processing.json")  # valid: this run's processes only
+    assert [p.name for p in record.data_processes] == ["ingest", "preprocess", "trials", "combine"]
+
+
 def test_a_terminated_run_records_what_it_did(small_batch: Path, tmp_path: Path) -> None:
     """SIGTERM (a batch system's time limit) ends the run through its cleanups."""
     hook = tmp_path / "slow.py"

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import functools
 import getpass
+import logging
 import os
 import platform
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import psutil
@@ -37,7 +39,8 @@ from aind_data_schema.core.processing import (
 from aind_data_schema_models.units import MemoryUnit
 
 from neurobatch import __version__
-from neurobatch.engine.provenance_summary import read_processing
+from neurobatch.engine.provenance_summary import DAMAGED_SUFFIX, read_processing
+from neurobatch.errors import InputError
 from neurobatch.io import files
 from neurobatch.redact import environment_secrets, redact, secrets_in
 
@@ -48,7 +51,10 @@ __all__ = [
     "build_processing",
     "machine",
     "resource_usage",
+    "set_aside",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Where neurobatch's code lives (the ``url`` of every ``Code`` in the record).
 SOURCE_URL = "https://github.com/neurobatch/neurobatch"
@@ -352,6 +358,36 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def set_aside(url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Move a damaged record out of the way, beside itself, and return where it went.
+
+    Parameters
+    ----------
+    url : str
+        The record, any fsspec URL.
+    storage_options : mapping, optional
+        For fsspec.
+
+    Returns
+    -------
+    str
+        ``<url>.damaged-<UTC time>`` (``YYYYmmddTHHMMSSffffffZ``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> url = f"{tempfile.mkdtemp()}/processing.json"
+    >>> _ = open(url, "w").write("{cut sh")
+    >>> aside = set_aside(url)
+    >>> os.path.exists(url), open(aside).read(), DAMAGED_SUFFIX in aside
+    (False, '{cut sh', True)
+    """
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    fs.mv(path, f"{path}{DAMAGED_SUFFIX}{stamp}")
+    return f"{url}{DAMAGED_SUFFIX}{stamp}"
+
+
 def append_processing(
     url: str,
     processing: Processing,
@@ -361,7 +397,9 @@ def append_processing(
 ) -> Processing:
     """Add a run's processes to the record at ``url`` and write it atomically.
 
-    The earlier record's entries are kept as they are. A repeated stage is renamed the way
+    The earlier record's entries are kept as they are. A record that cannot be read (cut
+    short, edited by hand) is moved aside (:func:`set_aside`) with a warning, and a new one
+    is started: ``neurobatch provenance`` still reads what it can of the old one. A repeated stage is renamed the way
     ``Processing.__add__`` does (``trials`` -> ``trials_1``), and each new process depends on
     its upstream stages from this run or, for one that did not run (its output was
     reused), on the latest earlier process of that stage.
@@ -399,7 +437,12 @@ def append_processing(
     {'ingest': [], 'preprocess': ['ingest'], 'trials': ['preprocess'], 'trials_1': ['preprocess']}
     """
     so = dict(storage_options or {})
-    existing = read_processing(url, storage_options=so)
+    try:
+        existing = read_processing(url, storage_options=so)
+    except InputError as error:
+        aside = set_aside(url, storage_options=so)
+        logger.warning("%s; moved it to %s and started a new record", error, aside)
+        existing = None
     if existing is None:
         merged = processing
     else:

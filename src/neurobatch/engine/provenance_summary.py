@@ -5,6 +5,7 @@ The records are written by :mod:`neurobatch.engine.provenance`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from neurobatch.errors import InputError
 
 __all__ = [
     "read_processing",
+    "read_records",
+    "salvage_processing",
     "summary",
 ]
 
@@ -84,6 +87,137 @@ def read_processing(
         raise InputError(
             f"{url}: not a valid processing record: {_first_problem(error)}"
         ) from error
+
+
+#: The suffix of a damaged record moved aside (:func:`neurobatch.engine.provenance.set_aside`):
+#: ``processing.json.damaged-<UTC time>``.
+DAMAGED_SUFFIX = ".damaged-"
+
+
+def read_records(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[Processing], list[str]]:
+    """Everything that can be read of an output folder's provenance, damaged or not.
+
+    Parameters
+    ----------
+    url : str
+        The ``processing.json``, any fsspec URL.
+    storage_options : mapping, optional
+        For fsspec.
+
+    Returns
+    -------
+    tuple of (list of Processing, list of str)
+        The records, oldest first: the readable processes of each damaged record moved
+        aside by an earlier run (``processing.json.damaged-*``), then the record itself (in
+        whole, or what :func:`salvage_processing` reads of it); and one line for each
+        record read only in part or not at all (which file, what was lost).
+
+    Examples
+    --------
+    >>> records, problems = read_records("memory://docs/nothing-here/processing.json")
+    >>> records, problems
+    ([], [])
+    """
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    aside = sorted(fs.glob(f"{path}{DAMAGED_SUFFIX}*"))
+    records: list[Processing] = []
+    problems: list[str] = []
+    for name in [*aside, path]:
+        shown = url if name == path else f"{url}{name[len(path) :]}"
+        try:
+            raw = fs.cat_file(name)
+        except FileNotFoundError:
+            continue
+        try:
+            records.append(Processing.model_validate_json(raw))
+            continue
+        except pydantic.ValidationError as error:
+            problem = _first_problem(error)
+        record, held = salvage_processing(raw)
+        kept = 0 if record is None else len(record.data_processes)
+        problems.append(
+            f"{shown}: not a valid processing record ({problem}); read {kept} of the "
+            f"{held} data process(es) it holds before the damage"
+        )
+        if record is not None:
+            records.append(record)
+    return records, problems
+
+
+def salvage_processing(raw: bytes) -> tuple[Processing | None, int]:
+    """What can be read of a damaged ``processing.json``: its valid data processes.
+
+    A record that is cut short (a full disk, a killed copy), holds a process that does not
+    validate, or is not a record at all still holds its earlier processes: each is read on
+    its own, in order, until the text stops parsing.
+
+    Parameters
+    ----------
+    raw : bytes
+        The file's content.
+
+    Returns
+    -------
+    tuple of (Processing or None, int)
+        A record of the processes that validate (its dependency graph limited to them, its
+        pipelines and notes when they validate too), or None when none does; and how many
+        processes the text held in all, readable or not (those after a cut are not
+        counted).
+
+    Examples
+    --------
+    >>> good = '{"name": "ingest", "process_type": "Other", "stage": "Processing", '
+    >>> good += '"experimenters": ["ann"], "code": {"url": "x", "version": "1"}, '
+    >>> good += '"start_date_time": "2026-01-01T00:00:00Z"}'
+    >>> text = '{"data_processes": [' + good + ', {"name": 1}, ' + good[:40]
+    >>> record, held = salvage_processing(text.encode())
+    >>> [p.name for p in record.data_processes], held
+    (['ingest'], 2)
+    """
+    text = raw.decode("utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    found = text.find('"data_processes"')
+    position = text.find("[", found) + 1 if found >= 0 else 0
+    entries: list[Any] = []
+    while 0 < position < len(text):
+        position = len(text) - len(text[position:].lstrip(" \t\r\n,"))
+        if text.startswith("]", position):
+            break
+        try:
+            entry, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            break
+        entries.append(entry)
+    processes = []
+    for entry in entries:
+        try:
+            processes.append(DataProcess.model_validate(entry))
+        except pydantic.ValidationError:
+            continue
+    if not processes:
+        return None, len(entries)
+    names = {p.name for p in processes}
+    rest: dict[str, Any] = {}
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = {}
+    graph = whole.get("dependency_graph") if isinstance(whole, dict) else None
+    if isinstance(graph, dict):
+        rest["dependency_graph"] = {
+            name: [u for u in upstream if u in names]
+            for name, upstream in graph.items()
+            if name in names and isinstance(upstream, list)
+        }
+    for field in ("pipelines", "notes"):
+        if isinstance(whole, dict) and whole.get(field) is not None:
+            rest[field] = whole[field]
+    try:
+        return Processing(data_processes=processes, **rest), len(entries)
+    except pydantic.ValidationError:
+        return Processing(data_processes=processes), len(entries)
 
 
 def _first_problem(error: pydantic.ValidationError) -> str:
