@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import psutil
 import pytest
 import xarray as xr
 import yaml
 
 from neurobatch.cli import main
+from neurobatch.engine.ledger import write_manifest
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +110,52 @@ def test_no_process_outlives_the_command(
 
     assert [pid for pid, created in seen.items() if alive(pid, created)] == []
     assert (len(seen) >= 2) if processes else (seen == {})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run"], ["--bogus"], ["demo", "--items", "-3"], ["status", "OUT", "--nonsense"]],
+    ids=["missing", "unknown", "invalid", "unknown-option"],
+)
+def test_argument_errors_exit_1_not_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """2 means "some items failed": a usage error is 1, as for a bad pipeline file."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("neurobatch")
+
+
+def test_status_of_an_s3_folder_takes_storage_options(
+    s3_options: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = "s3://lab/cli-status/out"
+    items = pd.DataFrame(
+        {"item_id": ["a"], "url": ["s3://lab/in/a.bin"], "fingerprint": ["1"], "format": ["x"]}
+    )
+    write_manifest(items, out, kind="filter", stages=["filter"], storage_options=s3_options)
+    # no credentials anywhere but where the command is told
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint_only = json.dumps({"client_kwargs": s3_options["client_kwargs"]})
+    assert main(["status", out, "--storage-options", endpoint_only]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        (
+            f"neurobatch status: error: cannot reach {out}: Unable to locate credentials "
+            "(NoCredentialsError); expected credentials in the environment or --storage-options"
+        )
+    ]
+    options_file = tmp_path / "s3.yaml"
+    options_file.write_text(yaml.safe_dump(s3_options))
+    assert main(["status", out, "--storage-options", str(options_file)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{out}: filter pipeline, stages filter"
+    assert printed[-1] == "1 items: 0 done, 0 stale, 0 failed, 1 pending"
+    assert main(["status", out, "--storage-options", str(tmp_path / "missing.yaml")]) == 1
+    assert "--storage-options: cannot read" in capsys.readouterr().err

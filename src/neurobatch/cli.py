@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from neurobatch import __version__
 from neurobatch.errors import NeurobatchError
@@ -63,11 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a busy output folder (OutputLockedError) among them: one line, exit 1
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if not _from_storage_library(error):
+            raise
+        # an object store's client refused before any I/O (no credentials, a bad region)
+        where = getattr(args, "out", None) or getattr(args, "file", None) or "the storage"
+        print(
+            f"neurobatch {args.command}: error: cannot reach {where}: {error} "
+            f"({type(error).__name__}); expected credentials in the environment or "
+            "--storage-options",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
         _stop_resource_tracker()
     return status
+
+
+#: Client libraries of object stores whose errors are not OSErrors (botocore's
+#: NoCredentialsError, azure-core's ClientAuthenticationError, google-auth's errors).
+_STORAGE_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "google.auth", "adlfs", "azure")
+
+
+def _from_storage_library(error: BaseException) -> bool:
+    module = type(error).__module__
+    return any(module == name or module.startswith(f"{name}.") for name in _STORAGE_LIBRARIES)
 
 
 def _stop_resource_tracker() -> None:
@@ -93,8 +115,17 @@ EXIT_SOME_FAILED = 2
 EXIT_ALL_FAILED = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error exits 1, the status of unusable arguments (2 is
+    "some items failed")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neurobatch",
         description="Dask-parallel batch processing of neuroscience recordings.",
         epilog=(
@@ -263,6 +294,7 @@ def add_provenance(commands: Any) -> None:
         ),
     )
     provenance.add_argument("out", metavar="OUT", help="the output folder (any fsspec URL)")
+    _storage_options_argument(provenance)
     provenance.add_argument(
         "--plot",
         nargs="?",
@@ -291,7 +323,48 @@ def add_status(commands: Any) -> None:
         metavar="OUT|FILE",
         help="the output folder (any fsspec URL), or the pipeline file that writes to it",
     )
+    _storage_options_argument(status)
     status.set_defaults(run=_status)
+
+
+def _storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        metavar="FILE|JSON",
+        help=(
+            "fsspec options to reach OUT: a YAML or JSON file, or inline JSON such as "
+            "'{\"anon\": true}' (credentials are better left to the environment: "
+            "AWS_ACCESS_KEY_ID, AWS_PROFILE, ...); a pipeline file given instead of OUT "
+            "brings its own"
+        ),
+    )
+
+
+def _storage_options(spec: str | None) -> dict[str, Any]:
+    """``--storage-options``: inline JSON, or the path of a YAML or JSON file."""
+    if spec is None:
+        return {}
+    import yaml
+
+    from neurobatch.errors import ConfigError
+
+    source = "--storage-options"
+    if not spec.lstrip().startswith("{"):
+        try:
+            with open(spec, encoding="utf-8") as file:
+                spec, source = file.read(), spec
+        except OSError as error:
+            raise ConfigError(
+                f"--storage-options: cannot read {spec} ({error.strerror}); expected inline "
+                "JSON or a YAML/JSON file"
+            ) from error
+    try:
+        options = yaml.safe_load(spec)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not YAML or JSON ({' '.join(str(error).split())})") from error
+    if not isinstance(options, dict):
+        raise ConfigError(f"{source}: expected a mapping of fsspec options, got {spec!r}")
+    return options
 
 
 def _cluster_arguments(parser: argparse.ArgumentParser, workers_default: int | None) -> None:
@@ -515,7 +588,7 @@ def _provenance(args: argparse.Namespace) -> int:
 
     layout = OutputLayout(str(args.out).rstrip("/"))
     url = layout.processing
-    records, problems = read_records(url)
+    records, problems = read_records(url, storage_options=_storage_options(args.storage_options))
     for problem in problems:
         print(f"neurobatch provenance: warning: {problem}", file=sys.stderr)
     if not records:
@@ -572,8 +645,8 @@ def _status(args: argparse.Namespace) -> int:
 
     from neurobatch.engine.ledger import counts, item_states
 
-    out, expected = _status_target(str(args.out))
-    states = item_states(out, expected=expected)
+    out, options, expected = _status_target(str(args.out), _storage_options(args.storage_options))
+    states = item_states(out, options, expected=expected)
     stages = list(states.attrs["stages"])
     styles = {"done": "green", "stale": "magenta", "failed": "bold red", "pending": "yellow"}
     print(f"{out}: {states.attrs['kind']} pipeline, stages {', '.join(stages)}")
@@ -597,10 +670,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_target(target: str) -> tuple[str, Any]:
-    """The output folder, and the keys its pipeline file expects when given the file."""
+def _status_target(target: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], Any]:
+    """The output folder, its storage options (``options`` over the pipeline file's), and
+    the keys its pipeline file expects when given the file."""
     if not target.endswith((".yaml", ".yml", ".toml")):
-        return target.rstrip("/"), None
+        return target.rstrip("/"), options, None
     from neurobatch.engine.item import expected_keys
     from neurobatch.engine.ledger import read_records
     from neurobatch.engine.run import Pipeline
@@ -620,7 +694,7 @@ def _status_target(target: str) -> tuple[str, Any]:
         )
         for job in jobs
     }
-    return pipeline.layout.url, expected
+    return pipeline.layout.url, {**pipeline.layout.storage_options, **options}, expected
 
 
 def _positive_int(text: str) -> int:
