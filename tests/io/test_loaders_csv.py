@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib
+import io
 import json
 import logging
+import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -313,6 +317,92 @@ def test_csv_bad_input(tmp_path: Path, text: str, match: str) -> None:
     path = write_text(tmp_path / "bad.csv", text)
     with pytest.raises(InputError, match=match):
         load_photometry_csv(str(path), {"event_cols": ["cue"]})
+
+
+def _zipped(text: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("sheet.csv", text)
+    return buffer.getvalue()
+
+
+#: Files that are not UTF-8 text, as Excel, a rig's software or a wrong export write them:
+#: the file's bytes (from the good CSV's text) and what the error says it is.
+EXCEL_SAVE = "save it again as UTF-8 \\(in Excel: 'CSV UTF-8'\\)"
+NOT_UTF8 = {
+    "utf-16-bom": (
+        lambda text: text.encode("utf-16"),
+        r"UTF-16 text \(it starts with a UTF-16 byte-order mark\)",
+        EXCEL_SAVE,
+    ),
+    "utf-16-be-bom": (
+        lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+        r"UTF-16 text \(it starts with a UTF-16 byte-order mark\)",
+        EXCEL_SAVE,
+    ),
+    "utf-16-no-bom": (
+        lambda text: text.encode("utf-16-le"),
+        r"UTF-16 text \(little-endian, without a byte-order mark\)",
+        EXCEL_SAVE,
+    ),
+    "utf-32-bom": (
+        lambda text: text.encode("utf-32"),
+        r"UTF-32 text \(it starts with a UTF-32 byte-order mark\)",
+        EXCEL_SAVE,
+    ),
+    "latin-1": (
+        lambda text: text.replace("signal", "r\xe9ponse").encode("latin-1"),
+        r"text that is not UTF-8 \(byte 0xe9 at offset 7: Latin-1 or Windows-1252\?\)",
+        EXCEL_SAVE,
+    ),
+    "binary": (
+        lambda text: np.random.default_rng(5).bytes(4096),
+        r"binary data \(byte 0x[0-9a-f]{2} at offset \d+\)",
+        "",
+    ),
+    "gzip-without-gz": (
+        lambda text: gzip.compress(text.encode()),
+        "gzip-compressed data",
+        "name a gzipped CSV '.csv.gz'",
+    ),
+    "zip": (
+        _zipped,
+        r"a ZIP archive \(an Excel \.xlsx workbook\?\)",
+        "export the sheet as CSV UTF-8",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_UTF8))
+def test_a_csv_that_is_not_utf8_text_is_one_line_naming_it(tmp_path: Path, case: str) -> None:
+    encode, found, hint = NOT_UTF8[case]
+    text = HEADER + _rows(5)
+    path = tmp_path / "recording.csv"
+    path.write_bytes(encode(text))
+    with pytest.raises(InputError) as error:
+        load_photometry_csv(str(path), {"event_cols": ["cue"]})
+    expected = rf"'{re.escape(str(path))}' is {found}; expected a UTF-8 CSV in PhoPro's layout"
+    assert re.fullmatch(expected + (f": {hint}" if hint else ""), str(error.value)), str(
+        error.value
+    )
+
+
+def test_a_utf8_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    text = HEADER + _rows(5)
+    plain = write_text(tmp_path / "plain.csv", text)
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(text.encode("utf-8-sig"))
+    assert marked.read_bytes().startswith(codecs.BOM_UTF8)
+    ours = load_photometry_csv(str(marked), {"event_cols": ["cue"]})
+    reference = load_photometry_csv(str(plain), {"event_cols": ["cue"]})
+    xr.testing.assert_identical(ours.drop_attrs(), reference.drop_attrs())
+    # a gzipped one too: the mark is inside the stream
+    packed = tmp_path / "marked.csv.gz"
+    packed.write_bytes(gzip.compress(text.encode("utf-8-sig")))
+    xr.testing.assert_identical(
+        load_photometry_csv(str(packed), {"event_cols": ["cue"]}).drop_attrs(),
+        reference.drop_attrs(),
+    )
 
 
 def test_csv_missing_event_column(tmp_path: Path) -> None:

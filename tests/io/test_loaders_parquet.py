@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from photometry_files import (
     events_of,
     recording_frame,
     write_csv,
-    write_text,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -117,10 +117,64 @@ def test_parquet_bad_input(tmp_path: Path, columns: dict[str, Any], match: str) 
         load_photometry_parquet(str(path), {"isosbestic_col": None, "event_cols": ["cue"]})
 
 
-def test_parquet_not_parquet(tmp_path: Path) -> None:
-    path = write_text(tmp_path / "fake.parquet", "time,signal\n0,1\n")
-    with pytest.raises(InputError, match=r"^'.*fake\.parquet' is not a Parquet file: "):
+EXPECTED = "expected Parquet with PhoPro's columns \\(its first and last bytes 'PAR1'\\)"
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        pytest.param(
+            b"time,signal\n0,1\n",
+            r"UTF-8 text \(it starts 'time,signal'\); "
+            + EXPECTED
+            + "; for a CSV, use format photometry-csv",
+            id="csv",
+        ),
+        pytest.param(
+            "time,signal\n0,1\n".encode("utf-16"),
+            r"UTF-16 text \(it starts with a UTF-16 byte-order mark\); " + EXPECTED,
+            id="utf-16",
+        ),
+        pytest.param(
+            b"\x00\x01\x02" + bytes(range(256)) * 4,
+            r"binary data \(byte 0x00 at offset 0\); " + EXPECTED,
+            id="binary",
+        ),
+        pytest.param(b"", "an empty file; " + EXPECTED, id="empty"),
+    ],
+)
+def test_a_file_that_is_not_parquet_is_one_line(tmp_path: Path, content: bytes, found: str) -> None:
+    path = tmp_path / "fake.parquet"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as error:
         load_photometry_parquet(str(path), {})
+    expected = rf"'{re.escape(str(path))}' is not a Parquet file: it is {found}"
+    assert re.fullmatch(expected, str(error.value)), str(error.value)
+
+
+def test_a_truncated_or_damaged_parquet_file_is_one_line(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(pa.table({"time": [0.0, 0.1, 0.2], "signal": [1.0, 1.1, 1.2]}), whole)
+    content = whole.read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(content[: len(content) // 2])
+    with pytest.raises(InputError) as error:
+        load_photometry_parquet(str(cut), {"isosbestic_col": None})
+    assert re.fullmatch(
+        rf"'{re.escape(str(cut))}' is truncated or damaged: it starts as Parquet but has no "
+        r"Parquet footer \(.+\); expected a complete Parquet file",
+        str(error.value),
+    ), str(error.value)
+    # both marks in place, the metadata between them zeroed
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(content[:4] + bytes(len(content) - 8) + content[-4:])
+    with pytest.raises(InputError) as error:
+        load_photometry_parquet(str(damaged), {"isosbestic_col": None})
+    assert re.fullmatch(
+        rf"'{re.escape(str(damaged))}' is truncated or damaged: it starts as Parquet but "
+        r"cannot be read \(.+\); expected a complete Parquet file",
+        str(error.value),
+    ), str(error.value)
 
 
 def test_parquet_memory_url_with_sidecar() -> None:

@@ -29,6 +29,7 @@ from neurobatch.config.arguments import PhotometryCSVArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import coerce_arguments
 from neurobatch.io.loaders._photometry import recording_from_table, resolve_columns
+from neurobatch.io.loaders._sniff import not_utf8_text
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ _TRUE = ["1", "1.0", "True", "true", "TRUE"]
 _FALSE = ["0", "0.0", "False", "false", "FALSE"]
 _FLAG_SPELLINGS = "True/False, true/false, 1/0, 1.0/0.0 or empty"
 _HEADER_LIMIT = 1 << 24
+_SNIFF_BYTES = 1 << 16
 
 _CONVERSION = re.compile(
     r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): invalid value '(.*)'",
@@ -86,6 +88,10 @@ def _read_header(fs: Any, path: str, url: str) -> list[str]:
             if not chunk:
                 break
             head += chunk
+    found = not_utf8_text(head[:_SNIFF_BYTES])
+    if found is not None:
+        hint = f": {found.hint}" if found.hint else ""
+        raise InputError(f"{url!r} is {found.what}; expected a UTF-8 CSV in PhoPro's layout{hint}")
     first = head.lstrip(b"\r\n").split(b"\n", 1)[0]
     if not head.strip():
         raise InputError(f"{url!r} is empty; expected a CSV header and data rows")

@@ -22,6 +22,7 @@ from neurobatch.config.arguments import PhotometryParquetArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import coerce_arguments
 from neurobatch.io.loaders._photometry import recording_from_table, resolve_columns
+from neurobatch.io.loaders._sniff import describe_bytes
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,35 @@ logger = logging.getLogger(__name__)
 __all__ = ["FORMAT", "load_photometry_parquet"]
 
 FORMAT = "photometry-parquet"
+
+_MAGIC = b"PAR1"
+_SNIFF_BYTES = 1 << 12
+
+
+def _not_parquet(fs: Any, path: str, url: str, error: Exception) -> InputError:
+    """A file pyarrow cannot open as Parquet, as one line: what it is instead."""
+    try:
+        size = int(fs.size(path))
+        with fs.open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+            f.seek(max(size - len(_MAGIC), 0))
+            tail = f.read()
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        return InputError(f"{url!r} cannot be read: {reason}; expected a readable Parquet file")
+    if head.startswith(_MAGIC):
+        found = "has no Parquet footer" if not tail.endswith(_MAGIC) else "cannot be read"
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return InputError(
+            f"{url!r} is truncated or damaged: it starts as Parquet but {found} ({reason}); "
+            "expected a complete Parquet file"
+        )
+    found = describe_bytes(head)
+    hint = "; for a CSV, use format photometry-csv" if found.startswith("UTF-8 text") else ""
+    return InputError(
+        f"{url!r} is not a Parquet file: it is {found}; expected Parquet with PhoPro's "
+        f"columns (its first and last bytes 'PAR1'){hint}"
+    )
 
 
 def load_photometry_parquet(
@@ -101,7 +131,7 @@ def load_photometry_parquet(
         except FileNotFoundError:
             raise InputNotFoundError(f"input {url!r} does not exist") from None
         except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"{url!r} is not a Parquet file: {e}") from e
+            raise _not_parquet(fs, path, url, e) from e
         header = list(parquet.schema_arrow.names)
         isosbestic = resolve_columns(header, args, source=url)
         metadata, sidecar_url = load_annotation(
