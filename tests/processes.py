@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 
 @dataclass
@@ -112,3 +113,32 @@ def dask_processes(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class WorkerCPU:
+    """The share of a core each worker process of a client really used over a block, as
+    the kernel counted it (user + system time of the process over wall time), with which
+    a sampled CPU figure is compared: on a loaded machine a busy worker gets less than a
+    core, and both the samples and this reference show it."""
+
+    def __init__(self, client: Any) -> None:
+        import psutil
+
+        self._processes = {
+            address: psutil.Process(pid) for address, pid in client.run(os.getpid).items()
+        }
+        self.share: dict[str, float] = {}
+
+    def __enter__(self) -> Self:
+        self._start = time.monotonic(), {a: _cpu_s(p) for a, p in self._processes.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        started, cpu = self._start
+        wall = time.monotonic() - started
+        self.share = {a: (_cpu_s(p) - cpu[a]) / wall for a, p in self._processes.items()}
+
+
+def _cpu_s(process: Any) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)

@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 
 from neurobatch.engine.monitor import DRIVER, HANDLER, Recorder, ResourceMonitor
 from neurobatch.errors import NeurobatchError
+from processes import WorkerCPU
 
 
 @pytest.fixture
@@ -36,8 +37,9 @@ BURN = (sum, range(100_000_000))
 
 def test_samples_every_worker_with_its_limit_and_threads(local_client: Client) -> None:
     with Recorder(local_client) as recorder:
-        futures = [local_client.submit(*BURN, key=f"burn-{i}", pure=False) for i in range(2)]
-        local_client.gather(futures)
+        with WorkerCPU(local_client) as measured:
+            futures = [local_client.submit(*BURN, key=f"burn-{i}", pure=False) for i in range(2)]
+            local_client.gather(futures)
         time.sleep(1.0)  # the last heartbeats
         samples, tasks = recorder.poll()
     info = local_client.scheduler_info()["workers"]
@@ -47,8 +49,10 @@ def test_samples_every_worker_with_its_limit_and_threads(local_client: Client) -
         assert (rows["nthreads"] == info[address]["nthreads"]).all()
         assert (rows["memory_limit"] == info[address]["memory_limit"]).all()
         assert (rows["memory"] > 0).all()
-        # each worker kept one core busy for about a second: a heartbeat shows it
-        assert rows["cpu"].max() > 50
+        # each worker kept one core busy for about a second (less of it on a loaded
+        # machine): a heartbeat shows most of what the kernel counted
+        assert measured.share[address] > 0.2
+        assert rows["cpu"].max() > 60 * measured.share[address]
     # the driver samples itself alongside
     assert (samples["worker"] == DRIVER).sum() >= 2
     # at about the interval: at least one sample per worker per second

@@ -25,7 +25,7 @@ from neurobatch.engine.provenance import StageRecord, append_processing, build_p
 from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.engine.run import Pipeline, RunError
 from neurobatch.redact import REDACTED
-from processes import dask_processes, wait_for
+from processes import WorkerCPU, dask_processes, wait_for
 
 EVENTS = list(synthetic.EVENT_NAMES)
 
@@ -68,7 +68,8 @@ def test_a_run_leaves_a_valid_record_with_measured_resources(
     out = tmp_path / "out"
     config = _config(str(long_batch), out, preprocess={"fit": {"method": "irls"}})
     before = datetime.now().astimezone()
-    summary = Pipeline(config).run(client=local_client)
+    with WorkerCPU(local_client) as measured:
+        summary = Pipeline(config).run(client=local_client)
     after = datetime.now().astimezone()
 
     processing = _read(out / "processing.json")  # validates
@@ -112,13 +113,16 @@ def test_a_run_leaves_a_valid_record_with_measured_resources(
             assert usage.ram == pytest.approx(2.0 * len(outputs["workers"]))  # GiB limits
     by_name = {p.name: p for p in processing.data_processes}
     # parsing, filtering and fitting are CPU-heavy: a worker ran flat out while the items
-    # ran (the stages of a 30 min item are now shorter than a second each: all of them)
+    # ran (the stages of a 30 min item are now shorter than a second each: all of them),
+    # as far as the machine let it: the busiest sample shows at least most of the share
+    # of a core the busiest worker had over the whole run, as the kernel counted it
     busiest = max(
         u.usage
         for name in ("ingest", "preprocess", "trials")
         for u in by_name[name].resources.cpu_usage or []  # type: ignore[union-attr]
     )
-    assert busiest > 50
+    assert max(measured.share.values()) > 0.2
+    assert busiest > 60 * max(measured.share.values())
     ingest = by_name["ingest"].code
     assert ingest.input_data is not None
     assert sorted(a.url for a in ingest.input_data) == sorted(
