@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 import yaml
 from distributed import Client
 
@@ -292,6 +294,73 @@ def test_the_sampling_limit_is_a_loader_argument() -> None:
         assert ds.sizes["time"] == 20
     with pytest.raises(InputError, match=r"\(max_sampling_deviation 4900\.00%\)"):
         load_photometry_csv(str(path), {**arguments, "max_sampling_deviation": 49.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that are not what they seem: a time column in milliseconds, UTF-16, binary
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_time_column_in_milliseconds_fails_its_item_and_time_unit_fixes_it(
+    local_client: Client, tmp_path: Path
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    good_recordings(folder, 2, seed=51, duration_s=60.0, fs=100.0)
+    # the attack: a 1 kHz recording whose time column is in milliseconds (read as 1 Hz)
+    (recording,) = good_recordings(tmp_path / "fast", 1, seed=52, duration_s=40.0, fs=1000.0)
+    frame = pd.read_csv(recording, index_col=0)
+    frame["time"] = (frame["time"] * 1000).round().astype("int64")
+    frame.to_csv(folder / "in_ms.csv")
+    shutil.copy(recording.with_suffix(".json"), folder / "in_ms.json")
+    # a UTF-16 export and a binary file named .csv, each with its sidecar
+    text = (folder / "good_experiment_001.csv").read_text()
+    (folder / "utf16.csv").write_bytes(text.encode("utf-16"))
+    (folder / "binary.csv").write_bytes(np.random.default_rng(53).bytes(2048))
+    for name in ("utf16", "binary"):
+        shutil.copy(folder / "good_experiment_001.json", folder / f"{name}.json")
+
+    config = pipeline_config({"url": str(folder), "pattern": "*.csv"}, tmp_path / "out")
+    items = Pipeline(config).run(client=local_client, progress=False).items.set_index("item_id")
+    assert items["status"].to_dict() == {
+        "binary": "failed",
+        "good_experiment_001": "done",
+        "good_experiment_002": "done",
+        "in_ms": "failed",
+        "utf16": "failed",
+    }
+    assert (items.loc[["good_experiment_001", "good_experiment_002"], "n_trials"] > 0).all()
+    errors = items["error"].dropna().to_dict()
+    assert errors["in_ms"] == (
+        f"{str(folder / 'in_ms.csv')!r}: sampling rate 1 Hz is implausible for a photometry "
+        "recording (expected 5 Hz to 100 kHz); set loader.time_unit: ms if the time column is "
+        "in milliseconds, or loader.plausible_rate_hz: [low, high] if 1 Hz is right"
+    )
+    assert errors["utf16"] == (
+        f"{str(folder / 'utf16.csv')!r} is UTF-16 text (it starts with a UTF-16 byte-order "
+        "mark); expected a UTF-8 CSV in PhoPro's layout: save it again as UTF-8 (in Excel: "
+        "'CSV UTF-8')"
+    )
+    assert re.fullmatch(
+        rf"{re.escape(repr(str(folder / 'binary.csv')))} is binary data \(byte 0x[0-9a-f]{{2}} "
+        r"at offset \d+\); expected a UTF-8 CSV in PhoPro's layout",
+        errors["binary"],
+    ), errors["binary"]
+    trials = open_trials(str(tmp_path / "out" / "trials.zarr"))
+    assert sorted(set(trials["item_id"].values.tolist())) == [
+        "good_experiment_001",
+        "good_experiment_002",
+    ]
+
+    # the fix: the recording's own batch with time_unit: ms runs at 1 kHz
+    alone = pipeline_config({"url": str(folder), "pattern": "in_ms.csv"}, tmp_path / "out-ms")
+    alone["loader"]["time_unit"] = "ms"
+    fixed = Pipeline(alone).run(client=local_client, progress=False).items.set_index("item_id")
+    assert fixed.loc["in_ms", "status"] == "done", fixed.loc["in_ms", "error"]
+    assert fixed.loc["in_ms", "n_trials"] > 0
+    ingest = xr.open_zarr(tmp_path / "out-ms" / "items" / "in_ms" / "ingest")
+    assert ingest.attrs["sampling_rate"] == pytest.approx(1000.0, rel=1e-9)
+    np.testing.assert_allclose(ingest["time"].values, frame["time"].to_numpy() / 1000, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------

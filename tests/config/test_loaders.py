@@ -60,3 +60,40 @@ def test_loader_resolver_reference() -> None:
         ConfigError, match=r"loader\[0\]: expected a mapping with a 'format' key, got 'x'"
     ):
         validate_config(minimal(loader=["x"]))
+
+
+def test_time_unit_and_plausible_rates_are_loader_arguments() -> None:
+    loader = {"format": "photometry-csv", "time_unit": "ms", "plausible_rate_hz": [0.5, 20]}
+    config = validate_config(minimal(loader=loader))
+    assert config.loader.time_unit == "ms"  # type: ignore[union-attr]
+    assert config.loader.plausible_rate_hz == (0.5, 20.0)  # type: ignore[union-attr]
+    defaults = validate_config(minimal()).loader
+    assert defaults.time_unit == "s" and defaults.plausible_rate_hz is None  # type: ignore[union-attr]
+    with pytest.raises(
+        ConfigError,
+        match=r"^<config>: loader\.time_unit: got 'min'; expected 's', 'ms', 'us' or 'ns'$",
+    ):
+        validate_config(minimal(loader={"format": "photometry-csv", "time_unit": "min"}))
+    for bounds in ([20, 5], [0, 5], [1, float("inf")]):
+        with pytest.raises(
+            ConfigError,
+            match=r"loader\.plausible_rate_hz: expected \[low, high\] in Hz with 0 < low < high",
+        ):
+            validate_config(
+                minimal(loader={"format": "photometry-csv", "plausible_rate_hz": bounds})
+            )
+    # every format takes plausible_rate_hz; only the column formats have a time column
+    spikeglx = validate_config(
+        minimal(
+            kind="filter",
+            filter={},
+            loader={"format": "spikeglx", "plausible_rate_hz": [1000, 50000]},
+        )
+    )
+    assert spikeglx.loader.plausible_rate_hz == (1000.0, 50000.0)  # type: ignore[union-attr]
+    with pytest.raises(
+        ConfigError, match=r"loader\.time_unit: unknown argument of loader format 'spikeglx'"
+    ):
+        validate_config(
+            minimal(kind="filter", filter={}, loader={"format": "spikeglx", "time_unit": "ms"})
+        )

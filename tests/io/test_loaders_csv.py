@@ -129,6 +129,30 @@ def test_csv_multi_block_file_matches_pandas(tmp_path: Path) -> None:
     assert ds.attrs["sampling_rate"] == pytest.approx(1000.0, rel=1e-9)
 
 
+@pytest.mark.parametrize(("unit", "per_second"), [("ms", 10**3), ("us", 10**6), ("ns", 10**9)])
+def test_csv_time_unit_converts_to_seconds(tmp_path: Path, unit: str, per_second: int) -> None:
+    # integer milliseconds, as a rig writes them: 1 kHz, starting at 1 min 12.5 s
+    ms = 72_500 + np.arange(3000)
+    frame, _ = recording_frame(n=ms.size, fs=1000.0, seed=8)
+    # the reference: the same recording in seconds (pandas writes repr: an exact round trip)
+    frame["time"] = ms / 1000
+    seconds = load_photometry_csv(str(write_csv(tmp_path / "s.csv", frame)), {"event_cols": EVENTS})
+    frame["time"] = ms * (per_second // 1000)
+    path = write_csv(tmp_path / f"{unit}.csv", frame)
+    assert pd.read_csv(path)["time"].dtype == np.int64  # integers in the file
+    arguments = {"event_cols": EVENTS, "time_unit": unit}
+    converted = load_photometry_csv(str(path), arguments)
+    np.testing.assert_array_equal(converted.time.values, seconds.time.values)
+    assert converted.sizes["event"] == seconds.sizes["event"] > 0
+    for name in EVENTS:
+        np.testing.assert_array_equal(events_of(converted, name), events_of(seconds, name))
+    assert converted.attrs["sampling_rate"] == seconds.attrs["sampling_rate"]
+    assert converted.attrs["sampling_rate"] == pytest.approx(1000.0, rel=1e-9)
+    # read as seconds, the same file is 1000 (10**6, 10**9) times slower
+    as_seconds = load_photometry_csv(str(path), {**arguments, "time_unit": "s"})
+    assert as_seconds.attrs["sampling_rate"] == pytest.approx(1000.0 / per_second, rel=1e-9)
+
+
 def test_csv_single_channel(
     tmp_path: Path, phopro: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,6 +47,27 @@ def test_parquet_equals_csv(tmp_path: Path) -> None:
         np.testing.assert_array_equal(events_of(from_parquet, name), planted[name])
 
 
+def test_parquet_time_unit_converts_to_seconds(tmp_path: Path) -> None:
+    # a rig's integer nanosecond stamps, 1 kHz
+    ns = 5 * 10**9 + np.arange(2000, dtype=np.int64) * 10**6
+    frame, _ = recording_frame(n=ns.size, fs=1000.0, seed=12)
+    frame["time"] = ns / 10**9
+    seconds = load_photometry_parquet(
+        _parquet(frame, tmp_path / "s.parquet"), {"event_cols": EVENTS}
+    )
+    frame["time"] = ns
+    path = _parquet(frame, tmp_path / "ns.parquet")
+    assert pq.read_schema(path).field("time").type == pa.int64()
+    converted = load_photometry_parquet(path, {"event_cols": EVENTS, "time_unit": "ns"})
+    xr.testing.assert_identical(converted.drop_attrs(), seconds.drop_attrs())
+    assert converted.attrs["sampling_rate"] == pytest.approx(1000.0, rel=1e-9)
+
+
+def _parquet(frame: Any, path: Path) -> str:
+    frame.to_parquet(path)
+    return str(path)
+
+
 def test_parquet_flag_types_and_index(tmp_path: Path) -> None:
     n = 50
     t = np.arange(n) / 10.0

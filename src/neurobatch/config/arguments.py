@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "PLAUSIBLE_RATES_HZ",
+    "TIME_UNITS",
     "ColumnArguments",
     "LoaderArguments",
     "PhotometryCSVArguments",
@@ -25,6 +27,21 @@ __all__ = [
 
 _TEMPLATE_FIELDS = ("stem", "name", "parent")
 _SIDECAR_SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+#: The units a time column may be in, with how many of each make a second.
+TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+#: The sampling rates (Hz, ``(low, high)``) a recording of each kind may have; an item whose
+#: rate is outside fails at ingest (``loader.plausible_rate_hz`` sets other bounds).
+#: Photometry rigs sample at 10 Hz to ~20 kHz per channel (Neurophotometrics 10-160 Hz,
+#: pyPhotometry up to 1 kHz, TDT's ~1017 Hz, Doric up to 12 kHz): 5 Hz to 100 kHz takes
+#: them all, and fails a 1 kHz or slower recording whose time column is in milliseconds
+#: (read as 1 Hz or less). Extracellular recordings: 20-50 kHz raw, 1-2.5 kHz LFP; 100 Hz to
+#: 1 MHz takes those and fails a rate given in kHz (30 for 30 kHz).
+PLAUSIBLE_RATES_HZ: dict[str, tuple[float, float]] = {
+    "photometry": (5.0, 1e5),
+    "ephys": (100.0, 1e6),
+}
 
 
 class LoaderArguments(BaseModel):
@@ -70,6 +87,15 @@ class LoaderArguments(BaseModel):
             "before a NonUniformSamplingWarning."
         ),
     )
+    plausible_rate_hz: tuple[float, float] | None = Field(
+        None,
+        description=(
+            "Sampling rates in Hz, [low, high], that ingest accepts (before downsampling); "
+            "null = the recording's kind's: photometry 5 Hz to 100 kHz, ephys 100 Hz to "
+            "1 MHz. Set it for a recording outside them on purpose (a 1 Hz circadian "
+            "photometry recording)."
+        ),
+    )
 
     @field_validator("annotation")
     @classmethod
@@ -89,6 +115,13 @@ class LoaderArguments(BaseModel):
                 + ", ".join("{" + f + "}" for f in _TEMPLATE_FIELDS)
                 + " are known"
             )
+        return value
+
+    @field_validator("plausible_rate_hz")
+    @classmethod
+    def _check_bounds(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] < value[1] < float("inf"):
+            raise ValueError(f"expected [low, high] in Hz with 0 < low < high, got {list(value)!r}")
         return value
 
     @model_validator(mode="after")
@@ -121,7 +154,14 @@ class LoaderArguments(BaseModel):
 class ColumnArguments(LoaderArguments):
     """Arguments of column formats (CSV, Parquet): PhoPro's ``CSVLoader`` columns."""
 
-    time_col: str = Field("time", description="Column of sample times, in seconds.")
+    time_col: str = Field("time", description="Column of sample times, in time_unit.")
+    time_unit: Literal["s", "ms", "us", "ns"] = Field(
+        "s",
+        description=(
+            "Unit of the time column: s, ms, us or ns; times (and event times) are converted "
+            "to seconds."
+        ),
+    )
     signal_col: str = Field("signal", description="Column of the signal channel.")
     isosbestic_col: str | None = Field(
         "isosbestic",
@@ -208,7 +248,9 @@ class PhotometryCSVArguments(ColumnArguments):
     Attributes
     ----------
     time_col, signal_col : str
-        Columns of the sample times (seconds) and of the signal.
+        Columns of the sample times and of the signal.
+    time_unit : {"s", "ms", "us", "ns"}, default "s"
+        Unit of the time column; times are converted to seconds.
     isosbestic_col : str or None
         Column of the isosbestic channel; None, or a column the file lacks, loads a
         single-channel recording.
@@ -219,7 +261,7 @@ class PhotometryCSVArguments(ColumnArguments):
         the file is rejected (a gap or a burst would misplace trial windows); None only
         warns (beyond ``sampling_tolerance``).
     label, annotation, annotation_format, annotation_key, downsample, downsample_method,
-    sampling_tolerance
+    sampling_tolerance, plausible_rate_hz
         As every loader (see :class:`~neurobatch.io.loaders.LoaderArguments`).
 
     Examples

@@ -6,6 +6,7 @@ import logging
 
 import xarray as xr
 
+from neurobatch.engine.rates import check_sampling_rate
 from neurobatch.engine.stages.base import Stage, StageContext, StageOutput
 from neurobatch.io.loaders import load_recording, recorded_reads
 
@@ -34,6 +35,12 @@ def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
         The loaded input (no ``post_load`` hook applied).
     read : list of str
         The URLs of the other files the loader read (sidecars, SpikeGLX's ``.meta``).
+
+    Raises
+    ------
+    neurobatch.errors.InputError
+        What the loader raises, and a sampling rate implausible for the recording's kind
+        (:func:`~neurobatch.engine.rates.check_sampling_rate`).
     """
     with recorded_reads() as read:
         recording = load_recording(
@@ -43,6 +50,7 @@ def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
             storage_options=context.config.input.storage_options,
             chunk_memory=context.chunk_memory,
         )
+    check_sampling_rate(recording, source=context.url, arguments=context.loader_arguments)
     return recording, read
 
 

@@ -20,7 +20,7 @@ import scipy.signal
 import xarray as xr
 from numpy.typing import NDArray
 
-from neurobatch.config.arguments import ColumnArguments, LoaderArguments
+from neurobatch.config.arguments import TIME_UNITS, ColumnArguments, LoaderArguments
 from neurobatch.errors import InputError
 from neurobatch.io.loaders._common import Locate, _check_finite, check_time, closest
 
@@ -365,6 +365,7 @@ def recording_from_table(
     """Turn a pyarrow table of PhoPro's columns into the Recording Dataset.
 
     Event times are the times of the rows whose flag is true (before any downsampling).
+    Times are converted to seconds from ``arguments.time_unit``.
     Columns are converted one at a time and dropped from the table as they go, so that
     peak memory is the table plus one column, provided nothing else holds the table: pass
     a function that reads it, and this one holds the only reference.
@@ -420,6 +421,9 @@ def recording_from_table(
     for role, name in roles:
         arrays[role] = _numbers(table.column(name), source=source, what=f"column {name!r}")
         table = table.drop_columns([name])
+        if role == "time" and arguments.time_unit != "s":
+            # a division, not a product with 1e-3: exactly rounded, as if written in seconds
+            np.divide(arrays["time"], TIME_UNITS[arguments.time_unit], out=arrays["time"])
         if role == "time":
             # check time first: fail fast, and its intervals are freed before the channels
             intervals = check_time(

@@ -1,9 +1,9 @@
 """Photometry CSV in PhoPro's layout (format ``photometry-csv``), parsed with pyarrow.
 
-The layout: an optional leading unnamed index column, a time column (seconds), the signal,
-optionally the isosbestic channel, and one column per event holding a per-sample flag
-(``True``/``False``, ``true``/``false``, ``1``/``0``, ``1.0``/``0.0``; empty = false). The
-event times are the times of the rows whose flag is true.
+The layout: an optional leading unnamed index column, a time column (seconds, or the unit
+``time_unit`` names), the signal, optionally the isosbestic channel, and one column per event
+holding a per-sample flag (``True``/``False``, ``true``/``false``, ``1``/``0``,
+``1.0``/``0.0``; empty = false). The event times are the times of the rows whose flag is true.
 
 Only the named columns are parsed (``include_columns``), with explicit types, in one
 ``pyarrow.csv.read_csv`` call on one thread: measured on a 1-hour 1 kHz file it is as fast as
