@@ -1,0 +1,355 @@
+"""The arguments models of the acquisition-system formats (Doric, Neurophotometrics, pyPhotometry).
+
+These loaders read what a photometry rig writes and return the same Recording as the column
+formats: ``signal(time)``, ``isosbestic(time)``, events. Their arguments name the rig's own
+channels (a Doric channel, a Neurophotometrics region and LED, a pyPhotometry analog input)
+and where the events come from (digital inputs as rising edges, or a separate event file).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from neurobatch.config.arguments import LoaderArguments
+
+__all__ = [
+    "AcquisitionArguments",
+    "DoricArguments",
+    "NeurophotometricsArguments",
+    "PyPhotometryArguments",
+]
+
+
+def _event_mapping(value: Any) -> Any:
+    """A list of channels names each event after its channel; a mapping is kept."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {value: value}
+    if isinstance(value, list | tuple):
+        return {str(channel): channel for channel in value}
+    return value
+
+
+def _check_event_names(names: list[str]) -> None:
+    for name in names:
+        if not name.strip():
+            raise ValueError("an event name is empty")
+        if "/" in name:
+            raise ValueError(
+                f"event name {name!r} has a '/', which output tables (h5ad) cannot hold; "
+                f"give a mapping of event names to channels instead, e.g. {{ttl: {name!r}}}"
+            )
+
+
+class AcquisitionArguments(LoaderArguments):
+    """Arguments every acquisition-system format takes, besides those of every loader.
+
+    Examples
+    --------
+    >>> AcquisitionArguments().max_sampling_deviation
+    0.5
+    """
+
+    max_sampling_deviation: float | None = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Largest relative deviation of a sampling interval from the median interval "
+            "before the input is rejected (dropped frames: trial windows would be "
+            "misplaced); null = never rejected, only the sampling_tolerance warning."
+        ),
+    )
+
+
+class DoricArguments(AcquisitionArguments):
+    """Arguments of the ``doric`` loader: Doric ``.doric`` files (HDF5) and Doric CSV exports.
+
+    A channel is named by its path in the file, or by any tail of that path after a ``/``:
+    in the V6 layout ``AIN01xAOUT01-LockIn`` (the lock-in group
+    ``DataAcquisition/FPConsole/Signals/Series0001/AIN01xAOUT01-LockIn``, whose ``Values``
+    are read), ``AnalogIn/AIN01``, ``DigitalIO/DIO01`` or just ``DIO01``; in the older layout
+    the channel's group under ``Traces/Console`` (``AIn-1 - Dem (AOut-1)``, ``DI--O-1``); in
+    a CSV export the column (``AIn-1 - Dem (AOut-1)``, ``DI/O-1``, or
+    ``AIN01xAOUT01-LockIn`` for ``AIN01xAOUT01-LockIn/Values``). A name that fits several
+    channels is an error naming them.
+
+    Examples
+    --------
+    >>> args = DoricArguments(signal_channel="AIN01xAOUT02-LockIn",
+    ...                       isosbestic_channel="AIN01xAOUT01-LockIn",
+    ...                       event_channels={"cue": "DIO01", "lever": "DIO02"})
+    >>> args.event_names(), args.event_threshold
+    (['cue', 'lever'], 0.5)
+    >>> DoricArguments(signal_channel="AIn-1 - Raw", isosbestic_channel=None,
+    ...                event_channels=["DIO01"]).event_channels
+    {'DIO01': 'DIO01'}
+    """
+
+    signal_channel: str = Field(description="The channel of the signal (see the class notes).")
+    isosbestic_channel: str | None = Field(
+        description="The channel of the isosbestic control; null = single-channel."
+    )
+    event_channels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Digital (or TTL) channels whose rising edges are events: a mapping of event "
+            "name to channel, or a list of channels (each event named as its channel)."
+        ),
+    )
+    event_threshold: float = Field(
+        0.5,
+        allow_inf_nan=False,
+        description=(
+            "A digital channel is high where its value is above this; an event is a sample "
+            "that is high after one that is not (a rising edge)."
+        ),
+    )
+
+    @field_validator("event_channels", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        return _event_mapping(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> DoricArguments:
+        _check_event_names(list(self.event_channels))
+        if self.isosbestic_channel is not None and self.isosbestic_channel == self.signal_channel:
+            raise ValueError(
+                f"signal_channel and isosbestic_channel are both {self.signal_channel!r}; "
+                "each needs its own channel"
+            )
+        return self
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides: the keys of ``event_channels``.
+
+        Returns
+        -------
+        list of str
+            Event names, in order.
+
+        Examples
+        --------
+        >>> DoricArguments(signal_channel="a", isosbestic_channel=None,
+        ...                event_channels={"cue": "DIO01"}).event_names()
+        ['cue']
+        """
+        return list(self.event_channels)
+
+
+class NeurophotometricsArguments(AcquisitionArguments):
+    """Arguments of the ``neurophotometrics`` loader: Neurophotometrics (FP3001/FP3002) CSV.
+
+    The signal is column ``region + color`` (``Region0G``) on the frames lit by
+    ``signal_led``, the isosbestic channel the same column on the frames lit by
+    ``isosbestic_led``. Events come from a separate event file (Bonsai's CSV of timestamps,
+    optionally with a state column), named by the template ``events_file``.
+
+    Examples
+    --------
+    >>> args = NeurophotometricsArguments(region=1, events_file="{stem}_ttl.csv",
+    ...                                   event_states={"cue": 1, "ttl": "*"})
+    >>> args.column(), args.event_states, args.event_names()
+    ('Region1G', {'cue': '1', 'ttl': '*'}, ['cue', 'ttl'])
+    """
+
+    region: str = Field(
+        "Region0",
+        description="The region (fiber): 'Region0', 'Region1', ... or its number.",
+    )
+    color: Literal["G", "R"] = Field(
+        "G", description="The emission colour of the region's column: G (green) or R (red)."
+    )
+    signal_led: Literal[415, 470, 560] = Field(
+        470, description="Excitation LED (nm) of the signal frames: 415, 470 or 560."
+    )
+    isosbestic_led: Literal[415, 470, 560] | None = Field(
+        415, description="Excitation LED (nm) of the isosbestic frames; null = single-channel."
+    )
+    time_col: str | None = Field(
+        None,
+        description=(
+            "Column of frame times; null = the first of Timestamp, SystemTimestamp and "
+            "ComputerTimestamp the file has."
+        ),
+    )
+    time_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto",
+        description="Unit of the time column; auto = ms for ComputerTimestamp, else s.",
+    )
+    led_col: str | None = Field(
+        None, description="Column of the LED states; null = LedState, or Flags in older files."
+    )
+    events_file: str | None = Field(
+        None,
+        description=(
+            "The event (TTL) file, a template with {stem}, {name} and {parent}, relative to "
+            "the input's folder; null = no events."
+        ),
+    )
+    event_states: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Event name -> the value of the event file's state column whose rows are that "
+            "event ('*' = every row, for a file without a state column)."
+        ),
+    )
+    events_time_col: str | None = Field(
+        None, description="Column of the event file's times (by header); null = its first."
+    )
+    events_state_col: str | None = Field(
+        None, description="Column of the event file's states (by header); null = its second."
+    )
+    events_clock: str | None = Field(
+        None,
+        description=(
+            "Column of the data file whose clock the event times are on (e.g. "
+            "ComputerTimestamp), when not the time column's: event times are mapped to the "
+            "time column's clock by linear interpolation between frames; null = the same."
+        ),
+    )
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"Region{value}"
+        if isinstance(value, str) and value.strip().isdigit():
+            return f"Region{value.strip()}"
+        return value
+
+    @field_validator("events_file")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        # the same template as a sidecar's: {stem}, {name}, {parent}
+        return LoaderArguments._check_template(value)
+
+    @field_validator("event_states", mode="before")
+    @classmethod
+    def _states(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return value
+        # a state as YAML gives it: 1, true, "Lever"; compared with the file's text later
+        return {
+            name: ("True" if state else "False") if isinstance(state, bool) else str(state)
+            for name, state in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _check(self) -> NeurophotometricsArguments:
+        _check_event_names(list(self.event_states))
+        if self.isosbestic_led is not None and self.isosbestic_led == self.signal_led:
+            raise ValueError(
+                f"signal_led and isosbestic_led are both {self.signal_led} nm; each channel "
+                "needs its own LED"
+            )
+        if self.event_states and self.events_file is None:
+            raise ValueError("event_states names events, but events_file (the event file) is null")
+        if self.events_file is not None and not self.event_states:
+            raise ValueError(
+                "events_file is set, but event_states names no event; e.g. {ttl: '*'} for "
+                "every row, or {cue: 1} for the rows whose state is 1"
+            )
+        return self
+
+    def column(self) -> str:
+        """The data column read: ``region + color``.
+
+        Returns
+        -------
+        str
+            E.g. ``"Region0G"``.
+
+        Examples
+        --------
+        >>> NeurophotometricsArguments(region="Region2", color="R").column()
+        'Region2R'
+        """
+        return self.region + self.color
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides: the keys of ``event_states``.
+
+        Returns
+        -------
+        list of str
+            Event names, in order.
+
+        Examples
+        --------
+        >>> NeurophotometricsArguments(events_file="{stem}_ttl.csv",
+        ...                            event_states={"ttl": "*"}).event_names()
+        ['ttl']
+        """
+        return list(self.event_states)
+
+
+class PyPhotometryArguments(AcquisitionArguments):
+    """Arguments of the ``pyphotometry`` loader: pyPhotometry ``.ppd`` files.
+
+    Channels are named as pyPhotometry's ``import_ppd`` names them: ``analog_1``,
+    ``analog_2`` (and ``analog_3`` in the 3-excitation mode), ``digital_1``, ``digital_2``.
+
+    Examples
+    --------
+    >>> args = PyPhotometryArguments(event_channels={"cue": "digital_1"})
+    >>> args.signal_channel, args.isosbestic_channel, args.event_names()
+    ('analog_1', 'analog_2', ['cue'])
+    """
+
+    signal_channel: str = Field(
+        "analog_1", pattern=r"^analog_[1-9]$", description="The analog input of the signal."
+    )
+    isosbestic_channel: str | None = Field(
+        "analog_2",
+        pattern=r"^analog_[1-9]$",
+        description="The analog input of the isosbestic control; null = single-channel.",
+    )
+    event_channels: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Digital inputs whose rising edges are events: a mapping of event name to input "
+            "(digital_1, digital_2), or a list of inputs (each event named as its input)."
+        ),
+    )
+
+    @field_validator("event_channels", mode="before")
+    @classmethod
+    def _mapping(cls, value: Any) -> Any:
+        return _event_mapping(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> PyPhotometryArguments:
+        _check_event_names(list(self.event_channels))
+        for name, channel in self.event_channels.items():
+            if not channel.startswith("digital_") or not channel[8:].isdigit():
+                raise ValueError(
+                    f"event {name!r}: {channel!r} is not a digital input; expected "
+                    "digital_1 or digital_2"
+                )
+        if self.isosbestic_channel == self.signal_channel:
+            raise ValueError(
+                f"signal_channel and isosbestic_channel are both {self.signal_channel!r}; "
+                "each needs its own analog input"
+            )
+        return self
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides: the keys of ``event_channels``.
+
+        Returns
+        -------
+        list of str
+            Event names, in order.
+
+        Examples
+        --------
+        >>> PyPhotometryArguments(event_channels=["digital_2"]).event_names()
+        ['digital_2']
+        """
+        return list(self.event_channels)
