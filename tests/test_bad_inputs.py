@@ -364,6 +364,30 @@ def test_a_time_column_in_milliseconds_fails_its_item_and_time_unit_fixes_it(
 
 
 # ---------------------------------------------------------------------------------------------
+# An output folder inside the input folder
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_output_inside_a_recursive_input_is_refused_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
+    folder = tmp_path / "data"
+    good_recordings(folder, 1, seed=61, duration_s=20.0, fs=50.0)
+    out = folder / "results"
+    path = pipeline_file(tmp_path, {"url": str(folder), "pattern": "*.csv", "recursive": True}, out)
+    status, stdout, stderr = cli([command, str(path)])
+    assert status == 1, stdout
+    assert stderr == (
+        f"neurobatch {command}: error: {path}: output.url: {str(out)!r} is inside input.url "
+        f"{str(folder)!r}, which is searched recursively: the next run would take its files "
+        "as inputs; expected an output folder outside the input folder (put output.url "
+        "elsewhere)\n"
+    )
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # Inputs that are not there
 # ---------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pydantic_core import InitErrorDetails
 from neurobatch.config.base import Kind, NameList, _Model, _problem, _raise_problems, _suggest
 from neurobatch.config.cluster import ClusterConfig, LocalClusterConfig
 from neurobatch.config.loaders import LOADER_FORMATS, LoaderField
+from neurobatch.config.locations import output_reach
 from neurobatch.config.sections import (
     EngineConfig,
     EphysFilterConfig,
@@ -171,8 +172,28 @@ class PipelineConfig(_Model):
                     _event_problems(self.trials, mapping, where=where, prefix=("trials",))
                 )
         problems.extend(self._kind_problems())
+        problems.extend(self._output_problems())
         _raise_problems("PipelineConfig", problems)
         return self
+
+    def _output_problems(self) -> list[InitErrorDetails]:
+        """The output folder must lie where the input's search does not reach."""
+        how = output_reach(
+            self.input.url,
+            self.output.url,
+            pattern=self.input.pattern,
+            recursive=self.input.recursive,
+            target=self.input.target,
+            input_options=self.input.storage_options,
+            output_options=self.output.storage_options,
+        )
+        if how is None:
+            return []
+        message = (
+            f"{self.output.url!r} {how}: the next run would take its files as inputs; "
+            "expected an output folder outside the input folder (put output.url elsewhere)"
+        )
+        return [_problem(("output", "url"), "output_inside_input", message, self.output.url)]
 
     def _kind_problems(self) -> list[InitErrorDetails]:
         """Each kind needs its own section and takes no other kind's."""
