@@ -1,18 +1,30 @@
-"""What a pipeline file, a sidecar or an input can make neurobatch do: nothing it does not say.
+"""What a pipeline file, a sidecar, an input or another user can make neurobatch do: nothing.
 
 YAML is loaded safely, nothing from a file is evaluated, user code is imported only when the
-file names it, and the cluster listens on loopback unless asked otherwise. (Pickles:
-tests/io/test_loaders_pickle.py; secrets: tests/test_redact.py and the provenance tests;
-item ids that would leave OUT: tests/test_bad_inputs.py.)
+file names it, the cluster listens on loopback unless asked otherwise, and another user of
+the machine cannot run code on it. (Pickles: tests/io/test_loaders_pickle.py; secrets:
+tests/test_redact.py and the provenance tests; item ids that would leave OUT:
+tests/test_bad_inputs.py; the cluster sections' security rules: tests/engine/test_cluster_security.py.)
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import psutil
 import pytest
+from distributed import Client, LocalCluster
 
 from neurobatch import synthetic
 from neurobatch.cli import main
@@ -92,30 +104,158 @@ def test_hooks_are_imported_only_when_the_file_names_them(
     assert "; hooks post_load found" in capsys.readouterr().out
 
 
+def _listening() -> set[tuple[str, int]]:
+    """The (address, port) of every socket this process and its children listen on."""
+    me = psutil.Process()
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for p in [me, *me.children(recursive=True)]
+        for c in p.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def _serves_http(port: int) -> bool:
+    """Whether 127.0.0.1:port is a Dask HTTP server (its /health page says ok)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+        return bool(answer.status == 200 and answer.read() == b"ok")
+
+
 @pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "in-process"])
 def test_the_cluster_listens_on_loopback_by_default(processes: bool) -> None:
-    """Every socket the cluster opens (scheduler, workers, dashboards) is on 127.0.0.1; an
-    in-process cluster's scheduler and worker talk through memory and open none."""
-    me = psutil.Process()
-
-    def listening() -> set[tuple[str, int]]:
-        return {
-            (c.laddr.ip, c.laddr.port)
-            for p in [me, *me.children(recursive=True)]
-            for c in p.net_connections("inet")
-            if c.status == psutil.CONN_LISTEN
-        }
-
-    before = listening()
+    """Every socket the cluster opens (scheduler, workers, nannies, HTTP servers) is on
+    127.0.0.1, its scheduler, workers and nannies over TLS; an in-process cluster's
+    scheduler and worker talk through memory: it opens only HTTP servers (its dashboard,
+    its worker's health and metrics), where no Dask client can connect."""
+    before = _listening()
     config = LocalClusterConfig(n_workers=1, memory_limit="1GiB", processes=processes)
     with connect(config) as client:
-        opened = listening() - before
+        opened = _listening() - before
         info = client.scheduler_info()
         dashboard = urlparse(client.dashboard_link)
+        if not processes:
+            assert all(_serves_http(port) for _, port in opened), opened
     assert {ip for ip, _ in opened} == {"127.0.0.1"}
     assert (dashboard.hostname, dashboard.port) in opened
     if processes:
-        hosts = {urlparse(address).hostname for address in [info["address"], *info["workers"]]}
-        assert hosts == {"127.0.0.1"}
+        nannies = [worker["nanny"] for worker in info["workers"].values()]
+        addresses = [info["address"], *info["workers"], *nannies]
+        assert {urlparse(address).scheme for address in addresses} == {"tls"}
+        assert {urlparse(address).hostname for address in addresses} == {"127.0.0.1"}
     else:
         assert info["address"].startswith("inproc://")
+        assert len(opened) == 2  # the dashboard and the worker's HTTP server
+
+
+FOREIGN_CLIENT = Path(__file__).with_name("foreign_client.py")
+
+#: How another user tries to connect (see foreign_client.py).
+MODES = ("tcp", "tls-without-certificate", "tls-own-certificate")
+
+
+def _another_user() -> list[str]:
+    """The command prefix that runs a program as user nobody (skips if there is none)."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no user nobody to attack from")
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        ids = [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+        return ["setpriv", *ids]
+    sudo = shutil.which("sudo")
+    if (
+        sudo
+        and subprocess.run([sudo, "-n", "true"], capture_output=True, check=False).returncode == 0
+    ):
+        return [sudo, "-n", "-u", "nobody"]
+    pytest.skip("cannot run a program as another user (not root, no passwordless sudo)")
+
+
+@pytest.fixture
+def attack_folders() -> Iterator[tuple[Path, Path]]:
+    """A folder everyone can read, holding the attacker's script, and the target folder:
+    this user's alone (mode 0700), so only code running as this user can write in it."""
+    script_folder = Path(tempfile.mkdtemp(prefix="neurobatch-attacker-"))
+    target = Path(tempfile.mkdtemp(prefix="neurobatch-target-"))
+    try:
+        script_folder.chmod(0o755)
+        shutil.copy(FOREIGN_CLIENT, script_folder / FOREIGN_CLIENT.name)
+        (script_folder / FOREIGN_CLIENT.name).chmod(0o644)
+        yield script_folder, target
+    finally:
+        shutil.rmtree(script_folder)
+        shutil.rmtree(target)
+
+
+def _attack(
+    folders: tuple[Path, Path], modes: tuple[str, ...], addresses: dict[str, str]
+) -> dict[str, Any]:
+    """Run foreign_client.py as user nobody against ``addresses``; its JSON answer."""
+    script_folder, target = folders
+    command = [
+        *_another_user(),
+        sys.executable,
+        "-B",
+        str(script_folder / FOREIGN_CLIENT.name),
+        str(target),
+        ",".join(modes),
+        *(f"{name}={address}" for name, address in addresses.items()),
+    ]
+    environment = {"PATH": os.environ["PATH"], "HOME": str(script_folder)}
+    environment["PYTHONWARNINGS"] = "ignore"
+    result = subprocess.run(
+        command,
+        cwd=script_folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0 and "Permission denied" in result.stderr:
+        pytest.skip(f"user nobody cannot run {sys.executable}: {result.stderr.strip()[-200:]}")
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["uid"] == pwd.getpwnam("nobody").pw_uid
+    return answer
+
+
+def test_another_user_cannot_run_code_on_the_local_cluster(
+    attack_folders: tuple[Path, Path],
+) -> None:
+    _, target = attack_folders
+    # the attack works on a Dask cluster without credentials, as neurobatch's were
+    with (
+        LocalCluster(
+            n_workers=1,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as plain,
+        Client(plain, set_as_default=False) as client,
+    ):
+        [worker] = client.scheduler_info()["workers"]
+        answer = _attack(
+            attack_folders, ("tcp",), {"scheduler": plain.scheduler_address, "worker": worker}
+        )
+    assert answer["attempts"] == {"scheduler-tcp": "ran", "worker-tcp": "ran"}
+    assert sorted(p.name for p in target.iterdir()) == ["scheduler-tcp", "worker-tcp"]
+    for made in target.iterdir():
+        made.unlink()
+
+    # neurobatch's worker processes: every way in is refused, and nothing is written
+    config = LocalClusterConfig(kind="local", n_workers=1, memory_limit="1GiB")
+    with connect(config) as client:
+        info = client.scheduler_info()
+        [(worker, about)] = info["workers"].items()
+        addresses = {"scheduler": info["address"], "worker": worker, "nanny": about["nanny"]}
+        answer = _attack(attack_folders, MODES, addresses)
+        # the cluster still works for its owner
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+    # each one closed by the cluster's side: no certificate, or one it did not sign
+    attempts = answer["attempts"]
+    assert len(attempts) == len(addresses) * len(MODES)
+    for name, text in attempts.items():
+        assert text.startswith("refused: ") and "CommClosedError" in text, (name, text)
+    assert list(target.iterdir()) == []

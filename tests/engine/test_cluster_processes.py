@@ -2,12 +2,14 @@
 
 The same pipeline file must give the same results on a separately started cluster as on a
 LocalCluster, and a worker killed mid-run (its nanny too, so its capacity is gone) must
-cost nothing: Dask reruns its task elsewhere, and no item is lost or combined twice.
+cost nothing: Dask reruns its task elsewhere, and no item is lost or combined twice. These
+schedulers speak plain ``tcp://``, which a pipeline file must accept in so many words.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -49,11 +51,24 @@ def test_the_demo_by_address_equals_a_local_cluster(
     text = text.replace("url: output", f"url: {out}").replace("dashboards: png", "")
     pipeline_file.write_text(text)
     with dask_processes(tmp_path) as cluster:
+        # an unencrypted scheduler: refused in one line, before anything runs
+        refused = main(["run", str(pipeline_file), "--cluster", cluster.address])
+        [error] = capsys.readouterr().err.strip().splitlines()
+        # accepted when the file says so (--cluster keeps the file's address section)
+        cluster_section = "kind: address, address: tcp://replaced:1, allow_insecure: true"
+        pipeline_file.write_text(
+            re.sub(r"(?m)^cluster: .*$", f"cluster: {{{cluster_section}}}", text)
+        )
         status = main(["run", str(pipeline_file), "--cluster", cluster.address, "--workers", "2"])
         with Client(cluster.address, set_as_default=False) as client:
             workers = set(client.scheduler_info()["workers"])
+    assert refused == 1
+    assert f"the scheduler at {cluster.address} is not encrypted" in error
+    assert error.endswith("or allow_insecure: true to accept it")
     assert status == 0, capsys.readouterr().err
-    assert f"scheduler {cluster.address}: 2 worker(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"cluster: the scheduler at {cluster.address} is not encrypted" in printed
+    assert f"scheduler {cluster.address}: 2 worker(s)" in printed
     assert_same_results(out, photometry_reference)
     # every item ran on one of the two worker processes, none in the driver
     ran_on = {item["worker"] for item in json.loads((out / "run.json").read_text())["items"]}
@@ -148,6 +163,8 @@ def test_a_tls_scheduler_by_address(tmp_path: Path) -> None:
     # a scheduler that is not there
     with (
         pytest.raises(OSError, match=r"cannot reach the scheduler at tcp://127\.0\.0\.1:9"),
-        connect(AddressClusterConfig(address="tcp://127.0.0.1:9", timeout_s=2)),
+        connect(
+            AddressClusterConfig(address="tcp://127.0.0.1:9", timeout_s=2, allow_insecure=True)
+        ),
     ):
         pass

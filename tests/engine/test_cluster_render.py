@@ -442,12 +442,20 @@ def _check_job_script(
     workers: int,
     worker_memory: int,
 ) -> list[str]:
-    """Check the worker command and the BLAS exports; return the directive lines."""
+    """Check the worker command, its TLS and the BLAS exports; return the directive lines."""
     lines = script.splitlines()
     index, argv = _worker_line(script)
     assert argv[:3] == [python, "-m", "distributed.cli.dask_worker"]
     assert not REMOVED.search(script)
-    assert argv[3] == "tcp://SCHEDULER:8786"
+    assert argv[3] == "tls://SCHEDULER:8786"
+    # TLS, with files of the run's private folder: paths only, never a key
+    assert _option(argv, "--protocol") == "tls://"
+    folder = os.path.dirname(_option(argv, "--tls-key"))
+    assert re.fullmatch(r"neurobatch-X{8}", os.path.basename(folder)), folder
+    assert _option(argv, "--tls-cert") == _option(argv, "--tls-ca-file") == f"{folder}/cert.pem"
+    assert "PRIVATE KEY" not in script and "BEGIN" not in script
+    # the worker's HTTP server (metrics, health, its dashboard) on its node's loopback only
+    assert _option(argv, "--dashboard-address") == "127.0.0.1:0"
     assert int(_option(argv, "--nthreads")) == threads
     assert int(_option(argv, "--nworkers")) == workers
     assert parse_bytes(_option(argv, "--memory-limit")) == worker_memory

@@ -34,7 +34,10 @@ class LocalClusterConfig(_Model):
 
     ``kind: local`` starts worker processes (``processes: false`` runs the same workers as
     threads of neurobatch's own process). ``kind: auto``, the default, chooses between the
-    two for each run: see :func:`neurobatch.engine.placement.in_process`.
+    two for each run: see :func:`neurobatch.engine.placement.in_process`. Worker processes
+    and their scheduler speak TLS with a certificate made for the run and kept in memory,
+    and accept only connections that present it; workers in this process talk to their
+    scheduler through memory and open no port.
     """
 
     kind: Literal["auto", "local"] = "auto"
@@ -49,7 +52,12 @@ class LocalClusterConfig(_Model):
     """Memory per worker (``2GiB``); ``null`` for no limit. Workers in this process share
     one limit, their sum."""
     dashboard_address: str | None = "127.0.0.1:0"
-    """Where the dashboard listens; ``null`` for no dashboard."""
+    """Where the dashboard listens (``HOST:PORT``); ``null`` for no dashboard. A host other
+    than loopback needs ``allow_insecure``."""
+    allow_insecure: bool = False
+    """Let the dashboard listen beyond loopback (``0.0.0.0:8787``): it has no
+    authentication, so whoever reaches it sees the tasks, the workers and their logs. The
+    run logs a warning and prints the address it is really reached at."""
 
 
 class TlsConfig(_Model):
@@ -68,9 +76,13 @@ class AddressClusterConfig(_Model):
 
     kind: Literal["address"] = "address"
     address: Annotated[str, Field(pattern=r"^(tcp|tls|inproc|ucx|ws|wss)://.+")]
-    """The scheduler's address, such as ``tcp://10.0.0.5:8786``."""
+    """The scheduler's address, such as ``tls://10.0.0.5:8786``."""
     tls: TlsConfig | None = None
-    """Client certificates; required by ``tls://`` schedulers that ask for them."""
+    """Client certificates of a ``tls://`` scheduler (or Dask's ``distributed.comm.tls``
+    configuration)."""
+    allow_insecure: bool = False
+    """Connect to an unencrypted scheduler (``tcp://``, ``ws://``, ``ucx://``): anyone who
+    reaches it can run code on its workers. Refused unless set; the run logs a warning."""
     n_workers: int = Field(default=1, ge=1)
     """Wait until this many workers are connected before starting."""
     timeout_s: float = Field(default=60.0, gt=0)
@@ -125,15 +137,26 @@ class JobqueueClusterConfig(_Model):
     python: str | None = None
     """The workers' Python; the driver's own interpreter by default."""
     interface: str | None = None
-    """The network interface the scheduler and workers listen on (``ib0``)."""
+    """The network interface the scheduler and workers listen on (``ib0``). With neither
+    this nor ``scheduler_host`` (nor dask-jobqueue's ``interface`` setting) the scheduler
+    listens on 127.0.0.1 only, which workers on other nodes cannot reach."""
     scheduler_host: str | None = None
     """The address the scheduler binds to, when not that of ``interface``."""
+    shared_temp_directory: str | None = None
+    """A folder this machine and the compute nodes share, where the workers' TLS
+    certificate and key (made for the run) are written in files of mode 0600, deleted when
+    the cluster closes; ``~`` is expanded on each node. Default: dask-jobqueue's
+    ``shared-temp-directory`` setting, else ``~/.neurobatch/tls``."""
     local_directory: str | None = None
     """Workers' spill and scratch folder on the compute nodes."""
     log_directory: str | None = None
     """Where the jobs' output and error files go."""
     dashboard_address: str | None = "127.0.0.1:0"
-    """Where the scheduler's dashboard listens; ``null`` for no dashboard."""
+    """Where the scheduler's dashboard listens; ``null`` for no dashboard. A host other
+    than loopback needs ``allow_insecure``."""
+    allow_insecure: bool = False
+    """Let the dashboard listen beyond loopback: it has no authentication (the scheduler
+    and workers still speak TLS). The run logs a warning."""
     timeout_s: float = Field(default=600.0, gt=0)
     """How long to wait for the first worker to start (jobs may queue)."""
 
@@ -148,7 +171,13 @@ class JobqueueClusterConfig(_Model):
 
 
 class KubernetesClusterConfig(_Model):
-    """A ``DaskCluster`` resource run by the Dask Kubernetes operator (``KubeCluster``)."""
+    """A ``DaskCluster`` resource run by the Dask Kubernetes operator (``KubeCluster``).
+
+    The operator's scheduler, workers and controller speak plain ``tcp://`` (it has no TLS
+    setting), so any pod that reaches the scheduler's service can run code on the workers,
+    with their credentials: ``allow_insecure: true`` says so, and a NetworkPolicy such as
+    ``deploy/kubernetes/networkpolicy.yaml`` keeps other pods out.
+    """
 
     kind: Literal["kubernetes"] = "kubernetes"
     name: str = "neurobatch"
@@ -173,6 +202,9 @@ class KubernetesClusterConfig(_Model):
     (object-store credentials: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ...)."""
     timeout_s: float = Field(default=600.0, gt=0)
     """How long to wait for the cluster and its first worker."""
+    allow_insecure: bool = False
+    """Run on the operator's unencrypted cluster (see above); refused unless set, and the
+    run logs a warning."""
 
 
 #: The cluster models by their union tag (``@`` tags stay out of error paths).

@@ -5,30 +5,33 @@ dask-jobqueue and on Kubernetes through the Dask operator; only its ``cluster:``
 ``--cluster`` on the command line) changes. neurobatch starts no scheduler of its own: each
 kind is the Dask ecosystem's own deployer.
 
-Every worker gets one BLAS/OpenMP thread per worker thread (:data:`ONE_BLAS_THREAD`), so
-that a worker of four threads calling NumPy's linear algebra does not start four thread
-pools of as many threads as the node has cores. The workers neurobatch starts also run
-without Dask's statistical profiler (:data:`WORKER_PROFILER`), whose call trees grow with
-the batch, unless the driver's environment sets that variable.
+Every worker it starts runs with one BLAS thread per worker thread and without Dask's
+statistical profiler (:mod:`neurobatch.engine.workers`, whose names are exported here too).
+
+Before anything starts, :func:`check_cluster` refuses a cluster larger than the machine
+(or absurdly large on a batch system) unless forced, and one that others could reach
+without credentials unless its section allows it (:mod:`neurobatch.engine.security`).
+Worker processes speak TLS with credentials made for the run; a cluster is closed in order
+(client, then workers with time to exit, then scheduler), so a successful run ends quietly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
-import ctypes
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dask
+from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 from distributed import Client, LocalCluster, SpecCluster
 from distributed.security import Security
-from threadpoolctl import threadpool_limits
 
 from neurobatch.config import (
     AddressClusterConfig,
@@ -37,33 +40,42 @@ from neurobatch.config import (
     KubernetesClusterConfig,
     LocalClusterConfig,
 )
+from neurobatch.engine.security import (
+    check_security,
+    credentials_directory,
+    dashboard_link,
+    is_loopback,
+    placeholder_credentials,
+    worker_credentials,
+)
+from neurobatch.engine.workers import (
+    ONE_BLAS_THREAD,
+    WORKER_PROFILER,
+    environment,
+    for_worker_processes,
+    for_workers_in_this_process,
+    worker_environment,
+)
 from neurobatch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLUSTER_CHOICES",
+    "MAX_WORKERS",
     "ONE_BLAS_THREAD",
+    "WORKER_CLOSE_TIMEOUT_S",
     "WORKER_PROFILER",
+    "check_cluster",
+    "check_cluster_size",
     "connect",
+    "environment",
     "job_script",
     "kubernetes_spec",
     "override",
     "planned_threads",
     "worker_environment",
 ]
-
-#: Environment that limits the BLAS and OpenMP pools to one thread in each worker thread.
-ONE_BLAS_THREAD = {
-    name: "1"
-    for name in (
-        "OMP_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "VECLIB_MAXIMUM_THREADS",
-        "NUMEXPR_NUM_THREADS",
-    )
-}
 
 #: What ``--cluster`` accepts besides a scheduler address.
 CLUSTER_CHOICES = ("auto", "local", "slurm", "pbs", "kubernetes")
@@ -149,7 +161,7 @@ def planned_threads(config: ClusterConfig) -> int | None:
 
 
 @contextmanager
-def connect(config: ClusterConfig) -> Iterator[Client]:
+def connect(config: ClusterConfig, *, force: bool = False) -> Iterator[Client]:
     """Start (or join) the cluster a pipeline file asks for and yield a client connected to it.
 
     Parameters
@@ -157,14 +169,18 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
     config : neurobatch.config.ClusterConfig
         - ``local``: a ``LocalCluster`` of ``n_workers`` processes (as many as fit the
           machine's cores when None) with ``threads_per_worker`` threads and
-          ``memory_limit`` each, on 127.0.0.1, its dashboard on ``dashboard_address``;
+          ``memory_limit`` each, on 127.0.0.1 over TLS with credentials made for the run,
+          its dashboard on ``dashboard_address``;
         - ``address``: the scheduler at ``address``, with client certificates from
           ``tls``; waits for ``n_workers`` workers;
         - ``slurm``, ``pbs``: dask-jobqueue's ``SLURMCluster`` / ``PBSCluster``, scaled to
-          ``n_workers`` or adaptive, the scheduler in this process;
+          ``n_workers`` or adaptive, the scheduler in this process, over TLS with
+          credentials made for the run (see :func:`~neurobatch.engine.security.worker_credentials`);
         - ``kubernetes``: the Dask operator's ``KubeCluster`` from :func:`kubernetes_spec`.
 
         Clusters that submit jobs or pods wait up to ``timeout_s`` for their first worker.
+    force : bool, default False
+        Start a cluster larger than :func:`check_cluster_size` allows.
 
     Yields
     ------
@@ -173,6 +189,8 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
 
     Raises
     ------
+    neurobatch.errors.ConfigError
+        If :func:`check_cluster` refuses the section (nothing is started).
     TimeoutError
         If no worker joined within the section's ``timeout_s`` (the message says where to
         look).
@@ -184,6 +202,8 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
     ...     len(client.scheduler_info()["workers"])
     1
     """
+    for warning in check_cluster(config, force=force):
+        logger.warning("%s", warning)
     with ExitStack() as stack:
         if isinstance(config, LocalClusterConfig):
             client = stack.enter_context(_local(config))
@@ -200,156 +220,146 @@ def connect(config: ClusterConfig) -> Iterator[Client]:
                 cluster.scale(config.n_workers)
             _wait_for_workers(client, 1, config.timeout_s, _where_to_look(config))
             logger.info(
-                "%s cluster: %s; %d worker(s) started so far; dashboard %s",
+                "%s cluster: %s; scheduler %s; %d worker(s) started so far; dashboard %s",
                 config.kind,
                 _scale_text(config),
+                client.scheduler_info()["address"],
                 len(client.scheduler_info()["workers"]),
                 client.dashboard_link,
             )
         yield client
 
 
-#: The variable that turns Dask's statistical profiler in a worker on or off. It samples
-#: every thread's stack every 10 ms and keeps the call trees of each task prefix and of the
-#: last hour (3,600 cycles): memory that grows with the batch (about 0.35 MB per item of a
-#: photometry run, 80 MB per worker over 200 items) and CPU taken from the tasks.
-WORKER_PROFILER = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+#: The most workers a ``slurm``, ``pbs`` or ``kubernetes`` section may ask for (its
+#: ``n_workers`` or adaptive ``maximum``) unless forced: more is a typo, not a batch.
+MAX_WORKERS = 10_000
 
 
-def worker_environment() -> dict[str, str]:
-    """The environment variables of every worker neurobatch starts.
+def _local_size(config: LocalClusterConfig) -> tuple[int, int]:
+    """A local section's workers (as many as fit the machine's cores when None) and threads."""
+    threads = config.threads_per_worker
+    return config.n_workers or max(1, CPU_COUNT // threads), threads
 
-    :data:`ONE_BLAS_THREAD`, and :data:`WORKER_PROFILER` "False" unless the driver's
-    environment sets it (then its value: set it to "True" for the dashboard's Profile page).
+
+def check_cluster_size(config: ClusterConfig, *, force: bool = False) -> None:
+    """Refuse a cluster larger than where it would run, unless forced.
+
+    A local cluster may have as many threads in all (``n_workers x threads_per_worker``) as
+    the machine has cores (``dask.system.CPU_COUNT``, which counts the process's CPU
+    affinity and cgroup quota); a ``slurm``, ``pbs`` or ``kubernetes`` one at most
+    :data:`MAX_WORKERS` workers (``n_workers``, and ``adaptive.maximum``). An existing
+    scheduler (``address``) has the workers it has.
+
+    Parameters
+    ----------
+    config : neurobatch.config.ClusterConfig
+        A ``cluster`` section.
+    force : bool, default False
+        Accept any size (``--force``).
+
+    Raises
+    ------
+    neurobatch.errors.ConfigError
+        One line: the size asked for, the limit, and ``--force``.
 
     Examples
     --------
-    >>> with environment({WORKER_PROFILER: "True"}):
-    ...     worker_environment()[WORKER_PROFILER]
-    'True'
-    >>> worker_environment()["OMP_NUM_THREADS"]
-    '1'
+    >>> from neurobatch.config import JobqueueClusterConfig, LocalClusterConfig
+    >>> check_cluster_size(LocalClusterConfig(n_workers=1))
+    >>> check_cluster_size(JobqueueClusterConfig(kind="slurm", n_workers=100_000))
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.ConfigError: cluster: n_workers 100000 is more than 10000 workers; ...
+    >>> check_cluster_size(JobqueueClusterConfig(kind="slurm", n_workers=100_000), force=True)
     """
-    return ONE_BLAS_THREAD | {WORKER_PROFILER: os.environ.get(WORKER_PROFILER, "False")}
-
-
-@contextmanager
-def _worker_environment_at_spawn() -> Iterator[None]:
-    """Spawn worker processes with :func:`worker_environment`.
-
-    BLAS pools are sized when NumPy is imported, before a Nanny's ``env`` reaches the
-    worker; only ``pre-spawn-environ`` is set before the process starts, and there the
-    driver's own environment wins over the configuration, so both are set while the
-    nannies are made (they keep the values for restarts). A Nanny hands the driver's Dask
-    configuration to its worker, so the profiler's setting goes there too.
-    """
-    variables = worker_environment()
-    spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
-    with (
-        environment(variables),
-        _profiler_setting(),
-        dask.config.set({"distributed.nanny.pre-spawn-environ": spawn | variables}),
-    ):
-        yield
-
-
-#: glibc's ``mallopt`` parameter M_TRIM_THRESHOLD (malloc.h).
-_M_TRIM_THRESHOLD = -1
-
-
-def _return_freed_memory() -> None:
-    """Make this process give freed memory back to the system, as Dask's worker processes do.
-
-    Dask starts its worker processes with ``MALLOC_TRIM_THRESHOLD_=65536``, so that memory
-    freed at the top of glibc's heap goes back to the system instead of staying with the
-    process; workers in this process get the same setting (10 x 1 h of photometry on 2
-    threads: peak 1.2 GB instead of 1.5). A fixed mmap threshold was measured too: no
-    lower, and it costs the filter a page fault per block. A setting of the process, kept
-    after the cluster closes.
-    """
-    if not sys.platform.startswith("linux"):
+    if force or isinstance(config, AddressClusterConfig):
         return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_TRIM_THRESHOLD, 2**16)
-    except (OSError, AttributeError):  # another C library (musl): it has no such tuning
-        logger.debug("mallopt is not available; freed memory stays with the process")
+    if isinstance(config, LocalClusterConfig):
+        n_workers, threads = _local_size(config)
+        if n_workers * threads > CPU_COUNT:
+            raise ConfigError(
+                f"cluster: {n_workers} worker(s) x {threads} thread(s) is "
+                f"{n_workers * threads} threads, more than this machine's {CPU_COUNT} "
+                f"core(s); expected at most {CPU_COUNT} threads in all, or --force "
+                "(force=True) to start them anyway"
+            )
+        return
+    sizes = {"n_workers": config.n_workers}
+    if config.adaptive is not None:
+        sizes["adaptive.maximum"] = config.adaptive.maximum
+    for field, n_workers in sizes.items():
+        if n_workers > MAX_WORKERS:
+            raise ConfigError(
+                f"cluster: {field} {n_workers} is more than {MAX_WORKERS} workers; expected "
+                f"at most {MAX_WORKERS}, or --force (force=True) to start them anyway"
+            )
 
 
-@contextmanager
-def _profiler_setting() -> Iterator[None]:
-    """Dask's profiler setting of :func:`worker_environment`, for workers in this process."""
-    value = worker_environment()[WORKER_PROFILER]
-    # parsed as Dask parses it in a worker that reads it from its environment
-    parsed = dask.config.collect_env({WORKER_PROFILER: value})
-    with dask.config.set(
-        {
-            "distributed.worker.profile.enabled": parsed["distributed"]["worker"]["profile"][
-                "enabled"
-            ]
-        }
-    ):
-        yield
+def check_cluster(config: ClusterConfig, *, force: bool = False) -> list[str]:
+    """What :func:`connect` checks before it starts anything: the size, then who can reach it.
 
+    :func:`check_cluster_size`, then :func:`neurobatch.engine.security.check_security`.
 
-@contextmanager
-def environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (processes spawned in it inherit them).
+    Parameters
+    ----------
+    config : neurobatch.config.ClusterConfig
+        A ``cluster`` section.
+    force : bool, default False
+        Accept any size.
+
+    Returns
+    -------
+    list of str
+        Warning lines for what the section allows with ``allow_insecure: true``.
+
+    Raises
+    ------
+    neurobatch.errors.ConfigError
+        One line saying what was refused and what is expected.
 
     Examples
     --------
-    >>> with environment({"NEUROBATCH_EXAMPLE": "1"}):
-    ...     os.environ["NEUROBATCH_EXAMPLE"]
-    '1'
-    >>> "NEUROBATCH_EXAMPLE" in os.environ
-    False
+    >>> from neurobatch.config import AddressClusterConfig
+    >>> check_cluster(AddressClusterConfig(address="tcp://10.0.0.5:8786", allow_insecure=True))
+    ['cluster: the scheduler at tcp://10.0.0.5:8786 is not encrypted: anyone who reaches it can run code on its workers (allow_insecure: true)']
     """
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    check_cluster_size(config, force=force)
+    return check_security(config)
 
 
 @contextmanager
 def _local(config: LocalClusterConfig) -> Iterator[Client]:
-    threads = config.threads_per_worker
-    n_workers = config.n_workers or max(1, (os.cpu_count() or 1) // threads)
+    n_workers, threads = _local_size(config)
     processes = config.processes if config.processes is not None else config.kind == "local"
     with ExitStack() as stack:
         if processes:
-            stack.enter_context(_worker_environment_at_spawn())
+            stack.enter_context(for_worker_processes())
             size: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": threads}
-            size["host"] = "127.0.0.1"
+            # TLS with a certificate made here and kept in memory (the nannies hand it to
+            # their workers): only clients that present it can connect
+            size |= {"host": "127.0.0.1", "security": Security.temporary()}
             memory_limit = config.memory_limit
         else:
             # one worker of every thread, in this process, talking to its scheduler through
-            # memory (inproc://: no port opens but the dashboard's). BLAS pools already
-            # exist here, so they are limited for the cluster's life instead of at a spawn.
-            stack.enter_context(threadpool_limits(limits=1))
-            stack.enter_context(_profiler_setting())
-            _return_freed_memory()
+            # memory (inproc://: no port opens but the HTTP servers')
+            stack.enter_context(for_workers_in_this_process())
             size = {"n_workers": 1, "threads_per_worker": n_workers * threads}
             # its worker's own HTTP server too (every interface by default)
             size["worker_dashboard_address"] = "127.0.0.1:0"
             memory_limit = None if config.memory_limit is None else config.memory_limit * n_workers
-        # the link names the dashboard's own host, not the scheduler's (an inproc:// address
-        # carries the machine's IP)
-        dashboard_host = (config.dashboard_address or "127.0.0.1:0").rsplit(":", 1)[0]
-        link = f"{{scheme}}://{dashboard_host or '127.0.0.1'}:{{port}}/status"
+        # no dashboard: its HTTP server still listens, on a free loopback port
+        dashboard_address = config.dashboard_address or "127.0.0.1:0"
+        link = dashboard_link(dashboard_address)
         stack.enter_context(dask.config.set({"distributed.dashboard.link": link}))
         cluster = stack.enter_context(
-            LocalCluster(
-                processes=processes,
-                memory_limit=memory_limit,
-                # no dashboard: its HTTP server still listens, on a free loopback port
-                dashboard_address=config.dashboard_address or "127.0.0.1:0",
-                scheduler_kwargs={"dashboard": config.dashboard_address is not None},
-                **size,
+            _closed_in_order(
+                LocalCluster(
+                    processes=processes,
+                    memory_limit=memory_limit,
+                    dashboard_address=dashboard_address,
+                    scheduler_kwargs={"dashboard": config.dashboard_address is not None},
+                    **size,
+                )
             )
         )
         client = stack.enter_context(Client(cluster))
@@ -364,19 +374,40 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
         yield client
 
 
+#: How long a worker neurobatch started gets to exit when its cluster closes before it is
+#: killed (after 80 % of it) with a warning. A worker process that has imported the
+#: scientific stack takes seconds to exit on a loaded machine, more than Dask's 4 s.
+WORKER_CLOSE_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def _closed_in_order(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """Close a LocalCluster's workers (and nannies) first, with time to exit, then the rest.
+
+    The client, entered after the cluster, is closed before. Closing the workers here,
+    rather than by retiring them from the scheduler, leaves no worker unknown to its
+    scheduler that would log heartbeat failures; a worker still alive after
+    :data:`WORKER_CLOSE_TIMEOUT_S` is killed with Dask's own warning.
+    """
+    try:
+        yield cluster
+    finally:
+        try:
+            workers = list(cluster.workers.values())
+            cluster.sync(_close_workers, workers, WORKER_CLOSE_TIMEOUT_S)
+        finally:
+            cluster.close()
+
+
+async def _close_workers(workers: list[Any], timeout: float) -> None:
+    await asyncio.gather(
+        *(worker.close(timeout=timeout, reason="neurobatch-cluster-close") for worker in workers)
+    )
+
+
 @contextmanager
 def _address(config: AddressClusterConfig) -> Iterator[Client]:
     security = None
-    if (
-        config.tls is None
-        and config.address.startswith("tls://")
-        and dask.config.get("distributed.comm.tls.ca-file", None) is None
-    ):
-        raise ConfigError(
-            f"cluster: the scheduler at {config.address} speaks TLS; expected a "
-            "'tls' section with ca_file and cert (and key), or Dask's "
-            "distributed.comm.tls configuration"
-        )
     if config.tls is not None:
         security = Security(
             tls_ca_file=config.tls.ca_file,
@@ -408,8 +439,13 @@ def _address(config: AddressClusterConfig) -> Iterator[Client]:
         yield client
 
 
-def _jobqueue_arguments(config: JobqueueClusterConfig) -> dict[str, Any]:
-    """dask-jobqueue's job settings: set ones only, so the user's jobqueue config fills in."""
+def _jobqueue_arguments(config: JobqueueClusterConfig, security: Security) -> dict[str, Any]:
+    """dask-jobqueue's job settings: set ones only, so the user's jobqueue config fills in.
+
+    The workers speak TLS with ``security``'s files, and their own HTTP servers (metrics,
+    health, worker dashboards) listen on their node's loopback only.
+    """
+    extra = dask.config.get(f"jobqueue.{config.kind}.worker-extra-args", None) or []
     arguments: dict[str, Any] = {
         "cores": config.cores,
         "processes": config.processes,
@@ -421,6 +457,9 @@ def _jobqueue_arguments(config: JobqueueClusterConfig) -> dict[str, Any]:
             *config.job_script_prologue,
             *(f"export {name}={value}" for name, value in worker_environment().items()),
         ],
+        "protocol": "tls://",
+        "security": security,
+        "worker_extra_args": [*extra, "--dashboard-address", "127.0.0.1:0"],
     }
     optional = {
         "queue": config.queue,
@@ -446,9 +485,12 @@ def _jobqueue_classes(kind: str) -> tuple[type[Any], type[Any]]:
 
 
 def job_script(
-    config: JobqueueClusterConfig, scheduler_address: str = "tcp://SCHEDULER:8786"
+    config: JobqueueClusterConfig, scheduler_address: str = "tls://SCHEDULER:8786"
 ) -> str:
     """The batch script that ``connect`` submits for each job, rendered without submitting.
+
+    The TLS files it names are those :func:`~neurobatch.engine.security.worker_credentials`
+    makes for a run, with ``XXXXXXXX`` for their folder's random part; none is made here.
 
     Parameters
     ----------
@@ -477,8 +519,11 @@ def job_script(
     while folder is not None and not os.path.exists(folder):
         missing.append(folder)
         folder = os.path.dirname(folder)
+    security = placeholder_credentials(credentials_directory(config))
     try:
-        job = job_class(scheduler=scheduler_address, name="WORKER", **_jobqueue_arguments(config))
+        job = job_class(
+            scheduler=scheduler_address, name="WORKER", **_jobqueue_arguments(config, security)
+        )
     finally:
         for made in missing:  # innermost first
             if os.path.isdir(made) and not os.listdir(made):
@@ -487,17 +532,35 @@ def job_script(
     return script
 
 
+def _scheduler_host(config: JobqueueClusterConfig) -> str | None:
+    """Where a batch cluster's scheduler listens: ``scheduler_host``; None for the address
+    of ``interface`` (the section's or dask-jobqueue's setting); else loopback only."""
+    if config.scheduler_host is not None:
+        return config.scheduler_host
+    if config.interface or dask.config.get(f"jobqueue.{config.kind}.interface", None):
+        return None
+    return "127.0.0.1"
+
+
 @contextmanager
 def _jobqueue(config: JobqueueClusterConfig) -> Iterator[SpecCluster]:
     cluster_class, _ = _jobqueue_classes(config.kind)
-    scheduler_options: dict[str, Any] = {"dashboard_address": config.dashboard_address}
-    if config.scheduler_host is not None:
-        scheduler_options["host"] = config.scheduler_host
-    if config.dashboard_address is None:
-        scheduler_options = {"dashboard": False}
-    with cluster_class(
-        scheduler_options=scheduler_options, **_jobqueue_arguments(config)
-    ) as cluster:
+    # no dashboard: its HTTP server still listens, on a free loopback port
+    dashboard_address = config.dashboard_address or "127.0.0.1:0"
+    scheduler_options: dict[str, Any] = {
+        "dashboard_address": dashboard_address,
+        "dashboard": config.dashboard_address is not None,
+    }
+    host = _scheduler_host(config)
+    if host is not None:
+        scheduler_options["host"] = host
+    with (
+        worker_credentials(credentials_directory(config)) as security,
+        dask.config.set({"distributed.dashboard.link": dashboard_link(dashboard_address)}),
+        cluster_class(
+            scheduler_options=scheduler_options, **_jobqueue_arguments(config, security)
+        ) as cluster,
+    ):
         logger.debug("%s job script:\n%s", config.kind, cluster.job_script())
         yield cluster
 
@@ -598,7 +661,14 @@ def _where_to_look(config: JobqueueClusterConfig | KubernetesClusterConfig) -> s
         return f"see `kubectl describe daskcluster {config.name}` and its pods' events"
     queue = "squeue --me" if config.kind == "slurm" else "qstat -u $USER"
     logs = config.log_directory or "the jobs' output files"
-    return f"the jobs may still be queued ({queue}) or have failed (see {logs})"
+    where = f"the jobs may still be queued ({queue}) or have failed (see {logs})"
+    host = _scheduler_host(config)
+    if host is not None and is_loopback(host):
+        where += (
+            f"; the scheduler listens on {host} only, which workers on other nodes cannot "
+            "reach: set interface (such as ib0) or scheduler_host"
+        )
+    return where
 
 
 def _scale_text(config: JobqueueClusterConfig | KubernetesClusterConfig) -> str:
