@@ -15,6 +15,7 @@ __all__ = [
     "NeurobatchError",
     "NonUniformSamplingWarning",
     "OutputLockedError",
+    "StorageError",
     "StoreDamagedError",
 ]
 
@@ -44,6 +45,19 @@ class StoreDamagedError(NeurobatchError, OSError):
 
     The message names the store, the array (and the chunk when known) and the fix: the
     store's bytes changed after it was written, so it must be rewritten, not read again.
+    """
+
+
+class StorageError(NeurobatchError, OSError):
+    """Reading or writing the output folder failed: which path, why, and what to do.
+
+    Raised for a fault of the storage rather than of an item: a full disk or quota
+    (``ENOSPC``, ``EDQUOT``), a read-only or forbidden output (``EROFS``, ``EACCES``), a
+    device error (``EIO``), or an endpoint still unreachable after the transient errors
+    were retried. The message is one line, e.g. ``no space left on device writing
+    OUT/trials_obs.parquet; free space or choose another output.url``; ``errno`` is the
+    cause's when it had one. Nothing is left half-written: a re-run once the fault is fixed
+    finishes the batch.
     """
 
 

@@ -10,15 +10,23 @@ cover every committed item of the manifest. At the end the obs table, the AnnDat
 items table are written beside it, and each output then takes the place of its old
 version in one step (:mod:`neurobatch.io.files`): a run killed at any moment leaves the
 previous complete outputs readable, and the next run rebuilds them.
+
+Storage faults. Every read and write of the combiner retries transient errors
+(:func:`neurobatch.io.files.retried`). An item's rows are never dropped because its trials
+could not be read: if the storage keeps failing the read, or any write, the combined
+outputs are not built at all (:class:`~neurobatch.errors.StorageError`, naming the path):
+what this run staged is removed, and the outputs of the last complete run stay in place.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal, cast
 
 import numpy as np
@@ -28,6 +36,7 @@ import xarray as xr
 from neurobatch.chunking import TRIALS_BATCH_MEMORY
 from neurobatch.engine.item import ItemOutcome
 from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
+from neurobatch.errors import StorageError
 from neurobatch.io import export, files, trials_store
 from neurobatch.io.commit import remove
 from neurobatch.io.trials_store import TRIAL_DIM
@@ -69,26 +78,36 @@ class Combiner:
         self.grid_item: str | None = None
         self.n_trials = 0
         self.n_items = 0
+        self.n_staged = 0
+        """Trials in the staged store (appended; :attr:`batch` holds the others)."""
         self.started: float | None = None
         self.batch: list[xr.Dataset] = []
         remove(layout.staging(), storage_options=layout.storage_options)
 
     def add(self, outcome: ItemOutcome) -> None:
-        """An item finished (or was carried over): append every item now in order."""
+        """An item finished (or was carried over): append every item now in order.
+
+        Raises
+        ------
+        neurobatch.errors.StorageError
+            If an item's committed trials cannot be read, or the staged store written, after
+            the retries: the run's staged outputs are discarded.
+        """
         self.outcomes[outcome.item_id] = outcome
-        while self.next < len(self.order) and self.order[self.next] in self.outcomes:
-            self._append(self.outcomes[self.order[self.next]])
-            self.next += 1
+        with self._discarded_on_failure():
+            while self.next < len(self.order) and self.order[self.next] in self.outcomes:
+                self._append(self.outcomes[self.order[self.next]])
+                self.next += 1
 
     def _append(self, outcome: ItemOutcome) -> None:
-        if self.trials_stage is None or outcome.status == "failed" or not outcome.n_trials:
+        stage = self.trials_stage
+        if stage is None or outcome.status == "failed" or not outcome.n_trials:
             return
         if self.started is None:
             self.started = time.time()
         trials = outcome.trials
         if trials is None:
-            url = self.layout.stage(outcome.item_id, self.trials_stage)
-            trials = trials_store.open_trials(url, storage_options=self.layout.storage_options)
+            trials = self._read(outcome.item_id, stage)
         outcome.trials = None  # the driver keeps no item's trials once appended
         rel_time = trials["rel_time"].to_numpy()
         if self.rel_time is None:
@@ -115,12 +134,45 @@ class Combiner:
         self.n_trials += outcome.n_trials
         self.n_items += 1
 
+    def _read(self, item_id: str, stage: str) -> xr.Dataset:
+        """An item's committed trials, in memory (transient errors retried)."""
+        url = self.layout.stage(item_id, stage)
+        so = self.layout.storage_options
+        try:
+            with files.translated(url, action="reading"):
+                return files.retried(
+                    lambda: trials_store.open_trials(url, storage_options=so).load(),
+                    url=url,
+                    action="reading",
+                )
+        except FileNotFoundError as error:
+            raise StorageError(
+                f"the committed trials of {item_id} are gone from {url} ({error}); the "
+                "combined outputs were left as they were: re-run to redo the item"
+            ) from error
+
     def _flush(self) -> None:
         """Append the batched items' trials in one go (they share columns and attributes)."""
         if not self.batch:
             return
         trials = self.batch[0] if len(self.batch) == 1 else xr.concat(self.batch, dim=TRIAL_DIM)
-        trials_store.append_trials(trials, self.staged, storage_options=self.layout.storage_options)
+        so = self.layout.storage_options
+        after = self.n_staged + int(trials.sizes[TRIAL_DIM])
+        attempts = 0
+
+        def append() -> None:
+            nonlocal attempts
+            attempts += 1
+            # an append that ended before its error (an answer lost) is not made twice
+            if (
+                attempts > 1
+                and trials_store.stored_trials(self.staged, storage_options=so) == after
+            ):
+                return
+            trials_store.append_trials(trials, self.staged, storage_options=so)
+
+        files.retried(append, url=self.staged, action="writing")
+        self.n_staged = after
         self.batch = []
 
     def finish(self, items: pd.DataFrame, formats: Sequence[str]) -> None:
@@ -132,7 +184,18 @@ class Combiner:
             The items table, one row per item of the manifest.
         formats : sequence of str
             ``output.formats``: which of the obs tables and the AnnData to write.
+
+        Raises
+        ------
+        neurobatch.errors.StorageError
+            If an output cannot be written after the retries (a full disk, an unreachable
+            endpoint): the staged outputs are discarded; those not yet put in place keep
+            their previous version.
         """
+        with self._discarded_on_failure():
+            self._finish(items, formats)
+
+    def _finish(self, items: pd.DataFrame, formats: Sequence[str]) -> None:
         self._flush()
         layout, so = self.layout, self.layout.storage_options
         names = [ITEMS_TABLE]
@@ -142,13 +205,21 @@ class Combiner:
             storage_options=so,
         )
         if self.n_trials:
-            trials = trials_store.open_trials(self.staged, storage_options=so)
+            with files.translated(self.staged, action="reading"):
+                trials = files.retried(
+                    lambda: trials_store.open_trials(self.staged, storage_options=so),
+                    url=self.staged,
+                    action="reading",
+                )
             for fmt, name in _TABLES.items():
                 if fmt not in formats:
                     continue
                 url = layout.combined(name, staging=self.run_id)
                 if fmt == "h5ad":  # opened again, in the export's smaller blocks
-                    export.write_h5ad(self.staged, url, storage_options=so)
+                    write = functools.partial(
+                        export.write_h5ad, self.staged, url, storage_options=so
+                    )
+                    files.retried(write, url=url, action="writing")
                 else:
                     table = cast(Literal["parquet", "csv"], fmt)
                     export.write_obs(trials, url, format=table, storage_options=so)
@@ -164,6 +235,23 @@ class Combiner:
                 storage_options=so,
             )
         remove(layout.staging(self.run_id), storage_options=so)
+
+    def discard(self) -> None:
+        """Remove what this run staged (after a failure): the outputs in place stay as they
+        are. Nothing is tried where the storage cannot be reached."""
+        try:
+            remove(self.layout.staging(self.run_id), storage_options=self.layout.storage_options)
+        except StorageError as failure:
+            logger.warning("could not remove the staged outputs: %s", failure)
+
+    @contextmanager
+    def _discarded_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:
+            if not files.is_transient(error):
+                self.discard()
+            raise
 
 
 def _schema(trials: xr.Dataset) -> str:

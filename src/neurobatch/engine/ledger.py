@@ -127,6 +127,8 @@ def read_manifest(
         If the folder has no ``manifest.parquet``.
     neurobatch.errors.InputError
         If it is not a manifest written by :func:`write_manifest`.
+    neurobatch.errors.StorageError
+        If it cannot be read (transient errors are retried first).
 
     Examples
     --------
@@ -139,13 +141,15 @@ output folder: no manifest.parquet; expected the output.url of a run
     url = _manifest_url(out_url)
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     try:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        with files.translated(url, action="reading"):
+            content = files.retried(lambda: fs.cat_file(path), url=url, action="reading")
     except FileNotFoundError:
         raise InputNotFoundError(
             f"{out_url} is not a neurobatch output folder: no {MANIFEST}; "
             "expected the output.url of a run"
         ) from None
+    try:
+        table = pq.read_table(pa.BufferReader(content))
     except (pa.ArrowInvalid, OSError) as error:
         raise InputError(
             f"{url}: not readable as Parquet ({' '.join(str(error).split())}); "
@@ -179,27 +183,41 @@ def _committed_since(commit: dict[str, Any] | None, failure: Mapping[str, Any]) 
     return failed_in >= 0 and _run_order(commit.get("run")) >= failed_in
 
 
-def _read_all(fs: Any, paths: list[str]) -> dict[str, dict[str, Any]]:
+def _read_all(fs: Any, paths: list[str], where: str) -> dict[str, dict[str, Any]]:
     """The JSON objects at ``paths`` that exist, read in one batch.
 
     A byte-range read from 0 is one GET per path, concurrent on object stores; a plain
     ``cat`` would first ask each object's size (a HEAD, and a listing when it is missing).
+    Paths whose read met a transient error are read again (:func:`~neurobatch.io.files.retried`);
+    a read that keeps failing raises :class:`~neurobatch.errors.StorageError` (naming
+    ``where``, or the path), never "absent".
     """
-    if not paths:
-        return {}
     found: dict[str, dict[str, Any]] = {}
-    contents = fs.cat_ranges(paths, 0, None, on_error="return")
-    for path, content in zip(paths, contents, strict=True):
-        if isinstance(content, FileNotFoundError):
-            continue
-        if isinstance(content, BaseException):
-            raise OSError(f"cannot read {path}: {' '.join(str(content).split())}") from content
-        try:
-            value = json.loads(content)
-        except (ValueError, UnicodeDecodeError):
-            continue  # a marker that is not JSON counts as absent, as in read_commit
-        if isinstance(value, dict):
-            found[path] = value
+    pending = list(paths)
+
+    def read_pending() -> None:
+        contents = fs.cat_ranges(pending, 0, None, on_error="return") if pending else []
+        failed: list[tuple[str, BaseException]] = []
+        for path, content in zip(pending, contents, strict=True):
+            if isinstance(content, FileNotFoundError):
+                continue
+            if isinstance(content, BaseException):
+                if not files.is_transient(content):
+                    raise files.storage_error(content, path, action="reading") from content
+                failed.append((path, content))
+                continue
+            try:
+                value = json.loads(content)
+            except (ValueError, UnicodeDecodeError):
+                continue  # a marker that is not JSON counts as absent, as in read_commit
+            if isinstance(value, dict):
+                found[path] = value
+        pending[:] = [path for path, _ in failed]
+        if failed:
+            raise failed[0][1]
+
+    with files.translated(where, action="reading"):
+        files.retried(read_pending, url=where, action="reading")
     return found
 
 
@@ -214,7 +232,9 @@ def read_records(
 
     Cheap for thousands of items: one listing of ``OUT/items`` (items without a folder
     have no record, and cost nothing more), then one GET per record of the others, all in
-    one batch (concurrent on object stores). The stores' own keys are never listed.
+    one batch (concurrent on object stores). The stores' own keys are never listed. A
+    transient error of the storage is retried: a record that cannot be read is never taken
+    for one that does not exist.
 
     Parameters
     ----------
@@ -229,11 +249,22 @@ def read_records(
     -------
     dict of (item, stage) to dict
         The records that exist.
+
+    Raises
+    ------
+    neurobatch.errors.StorageError
+        If the folder or a record cannot be read (after the retries).
     """
-    fs, root = fsspec.core.url_to_fs(layout.path("items"), **dict(layout.storage_options))
-    fs.invalidate_cache(root)
+    where = layout.path("items")
+    fs, root = fsspec.core.url_to_fs(where, **dict(layout.storage_options))
+
+    def listing() -> list[str]:
+        fs.invalidate_cache(root)
+        return list(fs.ls(root, detail=False))
+
     try:
-        listed = fs.ls(root, detail=False)
+        with files.translated(where, action="listing"):
+            listed = files.retried(listing, url=where, action="listing")
     except FileNotFoundError:
         listed = []
     present = {str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed}
@@ -246,7 +277,7 @@ def read_records(
         if item in present
         for stage, name in names.items()
     }
-    found = _read_all(fs, list(wanted))
+    found = _read_all(fs, list(wanted), where)
     return {wanted[path]: record for path, record in found.items()}
 
 
@@ -287,6 +318,9 @@ def item_states(
     ------
     neurobatch.errors.InputNotFoundError
         If the folder has no ``manifest.parquet``.
+    neurobatch.errors.StorageError
+        If the manifest or a record cannot be read (after retrying transient errors): a
+        state is never guessed from a failed read.
 
     See Also
     --------

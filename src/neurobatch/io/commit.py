@@ -30,13 +30,14 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
 
-from neurobatch.io.files import write_text
+from neurobatch.io.files import retried, translated, write_text
 
 __all__ = [
     "COMMIT_MARKER",
@@ -121,8 +122,8 @@ def _marker_path(url: str, storage_options: Mapping[str, Any] | None) -> tuple[A
 
 def _remove_marker(url: str, storage_options: Mapping[str, Any] | None) -> None:
     fs, marker = _marker_path(url, storage_options)
-    if fs.exists(marker):
-        fs.rm(marker)
+    with suppress(FileNotFoundError):
+        fs.rm_file(marker)
 
 
 def commit(
@@ -191,6 +192,10 @@ def read_commit(
 ) -> dict[str, Any] | None:
     """Return the commit marker of the output at ``url``, or None if it is not committed.
 
+    A transient error of the storage is retried (:func:`neurobatch.io.files.retried`):
+    an output that cannot be read now is never taken for one that is not done, which
+    would have it redone, or its item failed.
+
     Parameters
     ----------
     url : str
@@ -204,19 +209,27 @@ def read_commit(
         The marker written by :func:`commit`; None when there is none or it is unreadable
         (not JSON, not an object), which both mean "not done".
 
+    Raises
+    ------
+    neurobatch.errors.StorageError
+        If the marker cannot be read: the storage is unreachable for longer than the
+        retries last, or refuses the read.
+
     Examples
     --------
     >>> read_commit("memory://doc/never-written") is None
     True
     """
     fs, path = _marker_path(url, storage_options)
+    where = f"{url.rstrip('/')}/{COMMIT_MARKER}"
     try:
-        content = fs.cat_file(path)
-        marker = json.loads(content)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        with translated(where, action="reading"):
+            content = retried(lambda: fs.cat_file(path), url=where, action="reading")
+    except (FileNotFoundError, NotADirectoryError):  # a file where the output's folder goes
         return None
-    except OSError as e:
-        logger.debug("cannot read the commit marker of %s: %s", url, e)
+    try:
+        marker = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
         return None
     return marker if isinstance(marker, dict) else None
 
@@ -225,7 +238,7 @@ def remove(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Non
     """Delete the output at ``url`` (a store or folder, recursively); nothing if it is absent.
 
     The commit marker goes first, so that an interrupted removal never leaves a marked,
-    half-deleted output.
+    half-deleted output. Transient errors are retried.
 
     Parameters
     ----------
@@ -234,6 +247,11 @@ def remove(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Non
     storage_options : mapping, optional
         Options for the fsspec filesystem.
 
+    Raises
+    ------
+    neurobatch.errors.StorageError
+        If it cannot be removed.
+
     Examples
     --------
     >>> commit("memory://doc/stale", {"params": "old"})
@@ -241,11 +259,16 @@ def remove(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Non
     >>> read_commit("memory://doc/stale") is None
     True
     """
-    _remove_marker(url, storage_options)
     fs, path = _fs(url, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-        logger.debug("removed %s", url)
+
+    def delete() -> None:
+        _remove_marker(url, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+            logger.debug("removed %s", url)
+
+    with translated(url, action="removing"):
+        retried(delete, url=url, action="removing")
 
 
 # --- inventories and their verification ----------------------------------------------------
@@ -276,8 +299,17 @@ def _scan(
     """Every array of the store from one recursive listing and one batched metadata read.
 
     Returns the arrays by path (``"signal"``, ``"group/signal"``) and the problems met: the
-    paths of ``zarr.json`` documents that are not readable JSON.
+    paths of ``zarr.json`` documents that are not readable JSON, or listed but gone. A
+    storage that cannot be read is no problem of the store's: the scan is retried after a
+    transient error, and a :class:`~neurobatch.errors.StorageError` raised after any other.
     """
+    with translated(url, action="listing"):
+        return retried(lambda: _scan_once(url, storage_options), url=url, action="listing")
+
+
+def _scan_once(
+    url: str, storage_options: Mapping[str, Any] | None
+) -> tuple[dict[str, _Array], list[str]]:
     fs, root = _fs(url, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache(root)  # fsspec caches listings per filesystem instance
@@ -297,8 +329,11 @@ def _scan(
         if prefix + key not in contents:
             try:
                 contents[prefix + key] = fs.cat_file(prefix + key)
-            except OSError as e:
+            except FileNotFoundError as e:
                 contents[prefix + key] = e
+    for content in contents.values():
+        if isinstance(content, BaseException) and not isinstance(content, FileNotFoundError):
+            raise content  # the storage's fault, not the store's
     arrays: dict[str, _Array] = {}
     problems: list[str] = []
     for key in documents:

@@ -9,13 +9,16 @@ matrix's.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import posixpath
+import re
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import fsspec
@@ -27,6 +30,7 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 from pandas.api.types import infer_dtype
 
+from neurobatch.io import files
 from neurobatch.io.commit import to_json_safe
 from neurobatch.io.trials_store import REL_TIME, TRIAL_DIM, open_trials
 
@@ -101,6 +105,9 @@ def write_obs(
 ) -> None:
     """Write the per-trial table (:func:`trials_obs`) as Parquet or CSV to any fsspec URL.
 
+    The file is written whole (:func:`neurobatch.io.files.write_bytes`): a reader sees the
+    old file or the new one, never part of one.
+
     Parameters
     ----------
     trials : xarray.Dataset or str
@@ -117,6 +124,8 @@ def write_obs(
     ------
     ValueError
         If ``format`` is not "parquet" or "csv".
+    neurobatch.errors.StorageError
+        If the file cannot be written (a full disk, say): nothing is left of it.
 
     Examples
     --------
@@ -131,16 +140,13 @@ def write_obs(
     if format not in ("parquet", "csv"):
         raise ValueError(f"format must be 'parquet' or 'csv', got {format!r}")
     table = trials_obs(_open(trials, storage_options))
-    fs, path = _fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if format == "parquet":
-        arrow = pa.Table.from_pandas(table, preserve_index=False)
-        with fs.open(path, "wb") as f:
-            pq.write_table(arrow, f)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buffer)
+        content = buffer.getvalue()
     else:
-        with fs.open(path, "w", newline="") as f:
-            table.to_csv(f, index=False)
+        content = table.to_csv(index=False).encode()
+    files.write_bytes(url, content, storage_options=storage_options)
     logger.debug("wrote %d trials to %s", len(table), url)
 
 
@@ -225,7 +231,9 @@ def write_h5ad(
 
     ``obs``, ``var`` and ``uns`` are written by AnnData; ``X`` is then filled block by block
     of trials straight from the (lazy) dataset, so the whole matrix is never in memory. The
-    file is written under a temporary name and moved into place at the end.
+    file is written under a temporary name and moved into place at the end (on an object
+    store: written locally, then uploaded in one piece), and the temporary file is removed
+    if anything fails.
 
     Parameters
     ----------
@@ -245,6 +253,8 @@ def write_h5ad(
     ------
     ValueError
         If no variable for ``X`` can be chosen.
+    neurobatch.errors.StorageError
+        If the file cannot be written (a full disk, say): nothing is left of it.
 
     See Also
     --------
@@ -284,22 +294,38 @@ def write_h5ad(
 
     url = os.fspath(path)
     fs, target = _fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(os.path.abspath(target))
-        os.makedirs(folder, exist_ok=True)
-        temporary = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
-        try:
-            _write_local(temporary, obs, var, uns, data, rows)
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-    else:
-        with tempfile.TemporaryDirectory() as folder:
-            local = os.path.join(folder, posixpath.basename(target) or "trials.h5ad")
-            _write_local(local, obs, var, uns, data, rows)
-            fs.put_file(local, target)
+    with files.translated(url, action="writing"):
+        if isinstance(fs, LocalFileSystem):
+            folder = os.path.dirname(os.path.abspath(target))
+            os.makedirs(folder, exist_ok=True)
+            aside = f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"
+            temporary = os.path.join(folder, aside)
+            try:
+                _write_local(temporary, obs, var, uns, data, rows)
+                os.replace(temporary, target)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                local = os.path.join(folder, posixpath.basename(target) or "trials.h5ad")
+                _write_local(local, obs, var, uns, data, rows)
+                files.retried(lambda: fs.put_file(local, target), url=url, action="writing")
     logger.debug("wrote %d x %d %r to %s in blocks of %d trials", n_trials, n_rel, name, url, rows)
+
+
+@contextmanager
+def _hdf5_errors() -> Iterator[None]:
+    """HDF5 reports a failed write as a ``RuntimeError`` or an ``OSError`` without errno,
+    the C errno in its text (``errno = 28``): raise it as the ``OSError`` it is."""
+    try:
+        yield
+    except (RuntimeError, OSError) as error:
+        found = re.search(r"\berrno = (\d+)", str(error))
+        if found is None or getattr(error, "errno", None):
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from error
 
 
 def _write_local(
@@ -315,8 +341,11 @@ def _write_local(
     import h5py
 
     n_trials, n_rel = (int(s) for s in data.shape)
-    ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(path, convert_strings_to_categoricals=False)
-    with h5py.File(path, "r+") as f:
+    with _hdf5_errors():
+        ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(
+            path, convert_strings_to_categoricals=False
+        )
+    with _hdf5_errors(), h5py.File(path, "r+") as f:
         # the trials' own type (float32 windows: half the file; PhoPro reads either)
         dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
         x = f.create_dataset("X", shape=(n_trials, n_rel), dtype=dtype)

@@ -53,6 +53,7 @@ from neurobatch.io._trial_columns import (
     _validate_trials,
 )
 from neurobatch.io.commit import to_json_safe
+from neurobatch.io.files import translated
 from neurobatch.io.zarr import (
     _CheckedGetter,
     _compressors,
@@ -61,7 +62,7 @@ from neurobatch.io.zarr import (
     damage_reported,
     zarr_store,
 )
-from neurobatch.io.zarr_writer import _consolidate, to_zarr
+from neurobatch.io.zarr_writer import _consolidate, new_store, to_zarr
 
 __all__ = [
     "REL_TIME",
@@ -69,6 +70,7 @@ __all__ = [
     "append_trials",
     "open_trials",
     "resample_trials",
+    "stored_trials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,6 +187,10 @@ def append_trials(
     neurobatch.errors.StoreDamagedError
         If a chunk of the store read by the append (``rel_time``, the last partial chunks)
         fails its checksum.
+    neurobatch.errors.StorageError
+        If the storage fails the append (a full disk, say). A store it was creating is
+        removed; an append to an existing store is undone by the next append (see
+        :func:`open_trials`: only appends that ended are read).
 
     Examples
     --------
@@ -204,7 +210,8 @@ def append_trials(
     """
     columns = _validate_trials(trials, url)
     item = trials.compute()
-    with damage_reported(url):  # an append reads the store's rel_time and partial last chunks
+    # an append reads the store's rel_time and partial last chunks
+    with translated(url, action="writing"), damage_reported(url):
         return _append_item(
             item, columns, url, storage_options=storage_options, chunk_memory=chunk_memory
         )
@@ -227,7 +234,8 @@ def _append_item(
         committed = None
     if committed is None or committed.metadata.consolidated_metadata is None:
         # no store, or the first append was interrupted before its consolidation
-        return _create_store(item, store, chunk_memory, url)
+        with new_store(url, storage_options=storage_options):
+            return _create_store(item, store, chunk_memory, url)
     metadata = dict(committed.metadata.consolidated_metadata.flattened_metadata)
     group = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=3)
     stored = _stored_columns(metadata, committed.attrs)
@@ -462,6 +470,46 @@ def open_trials(
     coords = {k: v for k, v in columns.items() if k in opened.coords}
     data = {k: v for k, v in columns.items() if k not in opened.coords}
     return _object_strings(cast(xr.Dataset, opened.assign_coords(coords).assign(data)))
+
+
+def stored_trials(url: str, *, storage_options: Mapping[str, Any] | None = None) -> int:
+    """How many trials the store at ``url`` holds: those of the appends that ended.
+
+    Reads the consolidated metadata only (one request).
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of a store written by :func:`append_trials`.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+
+    Returns
+    -------
+    int
+        0 when there is no store, or its first append never ended.
+
+    Examples
+    --------
+    >>> stored_trials("memory://doc/stored-trials.zarr")
+    0
+    >>> one = xr.Dataset({"dff": (("trial", "rel_time"), np.ones((3, 2)))},
+    ...                  coords={"rel_time": [0.0, 0.5]})
+    >>> append_trials(one, "memory://doc/stored-trials.zarr")
+    3
+    >>> stored_trials("memory://doc/stored-trials.zarr")
+    3
+    """
+    store = zarr_store(url, storage_options=storage_options, read_only=True)
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+    except FileNotFoundError:
+        return 0
+    consolidated = group.metadata.consolidated_metadata
+    if consolidated is None:
+        return 0
+    metadata = dict(consolidated.flattened_metadata)
+    return _committed_length(metadata, _stored_columns(metadata, group.attrs))
 
 
 def _open_rows(group: zarr.Group, chunk_memory: int) -> int:

@@ -42,7 +42,8 @@ from zarr.storage import FsspecStore, LocalStore
 from neurobatch.chunking import chunk_length, row_bytes
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import _fs, _remove_marker, to_json_safe
-from neurobatch.io.zarr_writer import to_zarr
+from neurobatch.io.files import translated
+from neurobatch.io.zarr_writer import new_store, to_zarr
 
 __all__ = [
     "damage_reported",
@@ -219,6 +220,8 @@ def write_dataset(
         If ``ds`` has no dimension ``dim`` or ``chunk_memory`` is not a positive integer.
     TypeError
         If an attribute is not a JSON value.
+    neurobatch.errors.StorageError
+        If the storage fails the write (a full disk, say); what was written is removed.
 
     See Also
     --------
@@ -279,9 +282,10 @@ def write_dataset(
         else:
             prepared[name] = rechunked
     store = zarr_store(url, storage_options=storage_options)
-    _remove_marker(url, storage_options)
     logger.debug("writing %s: %d samples per %r chunk", url, n, dim)
-    to_zarr(prepared, store, encoding)
+    with new_store(url, storage_options=storage_options):
+        _remove_marker(url, storage_options)
+        to_zarr(prepared, store, encoding)
 
 
 def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -294,8 +298,10 @@ def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     3
     """
     fs, path = _fs(url, storage_options)
-    if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
-        zarr.open_group(zarr_store(url, storage_options=storage_options), mode="a", zarr_format=3)
+    with translated(url, action="writing"):
+        if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
+            store = zarr_store(url, storage_options=storage_options)
+            zarr.open_group(store, mode="a", zarr_format=3)
 
 
 def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:

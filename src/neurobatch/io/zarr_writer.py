@@ -1,15 +1,19 @@
 """Writing a whole dataset as a new Zarr v3 group, in one pass of zarr's event loop.
 
 :func:`neurobatch.io.zarr.write_dataset` and the trials store prepare a dataset (strings,
-attributes, chunks, codecs); :func:`to_zarr` writes it and consolidates the metadata.
+attributes, chunks, codecs); :func:`to_zarr` writes it and consolidates the metadata, inside
+:func:`new_store`, which turns a fault of the storage into one line naming the store and
+removes what was written of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -22,7 +26,13 @@ from zarr.abc.store import Store
 from zarr.api import asynchronous as zarr_async
 from zarr.core.sync import sync as zarr_sync
 
-__all__ = ["to_zarr"]
+from neurobatch.errors import StorageError
+from neurobatch.io.commit import remove
+from neurobatch.io.files import is_transient, translated
+
+__all__ = ["new_store", "to_zarr"]
+
+logger = logging.getLogger(__name__)
 
 _CONSOLIDATE_LOCK = threading.Lock()
 
@@ -39,6 +49,49 @@ def _consolidate(store: Store) -> None:
             "ignore", message="Consolidated metadata is currently not part", category=UserWarning
         )
         zarr.consolidate_metadata(store)
+
+
+@contextmanager
+def new_store(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """The block writes a new store at ``url``: if the storage fails it, no part of it is left.
+
+    A fault of the storage (a full disk, a quota, a read-only folder, an unreachable
+    endpoint) is raised as :class:`~neurobatch.errors.StorageError` naming ``url``, and what
+    was written of the store is removed, which gives back the space it took. Where the
+    storage cannot be reached, there is nothing to remove with: the store stays without
+    its commit record, so that no reader takes it for a complete one.
+
+    Parameters
+    ----------
+    url : str
+        The store the block writes.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+
+    Examples
+    --------
+    >>> import errno, fsspec
+    >>> try:
+    ...     with new_store("memory://doc/partial.zarr"):
+    ...         fsspec.filesystem("memory").pipe("/doc/partial.zarr/zarr.json", b"{}")
+    ...         raise OSError(errno.ENOSPC, "No space left on device")
+    ... except StorageError as error:
+    ...     print(error)
+    no space left on device writing memory://doc/partial.zarr; free space or choose another \
+output.url
+    >>> fsspec.filesystem("memory").exists("/doc/partial.zarr")
+    False
+    """
+    try:
+        with translated(url, action="writing"):
+            yield
+    except StorageError as error:
+        if error.__cause__ is None or not is_transient(error.__cause__):
+            try:
+                remove(url, storage_options=storage_options)
+            except StorageError as failure:
+                logger.debug("could not remove what was written of %s: %s", url, failure)
+        raise
 
 
 def to_zarr(ds: xr.Dataset, store: Store, encoding: Mapping[str, Mapping[str, Any]]) -> None:
