@@ -14,8 +14,6 @@ import xarray as xr
 from distributed import Client
 from numpy.typing import NDArray
 
-from neurobatch.engine.run import Pipeline
-
 
 @dataclass
 class Planted:
@@ -102,6 +100,8 @@ def run_both(
     client: Client,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Run the same pipeline on the native files and on their PhoPro-layout CSVs."""
+    from neurobatch.engine.run import Pipeline  # only the end-to-end tests need the engine
+
     trials = []
     for data, pat, load, name in (
         (native, pattern, loader, "native"),

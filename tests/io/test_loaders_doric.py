@@ -351,7 +351,10 @@ def test_an_unused_channel_of_nan_is_named(tmp_path: Path, rec: Planted) -> None
     channels = older_channels(rec)
     channels["AIn-1 - Dem (AOut-2)"] = np.full(rec.time.size, np.nan)
     path = write_doric_older(tmp_path / "a.doric", rec.time, channels)
-    with pytest.raises(InputError, match=r"the channels has no finite value .*an unused channel"):
+    with pytest.raises(
+        InputError,
+        match=r"no sample of channels 'Console/AIn-1 - Dem \(AOut-2\)' and 'Console/AIn-1 - Dem \(AOut-1\)' is finite .*an unused channel",
+    ):
         load_doric(
             str(path),
             {

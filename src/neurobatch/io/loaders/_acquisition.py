@@ -347,7 +347,7 @@ def trim_nonfinite(*arrays: NDArray[np.float64], source: str, what: str) -> slic
     kept = np.flatnonzero(finite)
     if kept.size == 0:
         raise InputError(
-            f"{source!r}: {what} has no finite value (all NaN or inf: an unused channel?); "
+            f"{source!r}: no sample of {what} is finite (all NaN or inf: an unused channel?); "
             "expected a recorded channel"
         )
     first, last = int(kept[0]), int(kept[-1]) + 1

@@ -375,7 +375,9 @@ def load_doric(
     if iso_key is not None:
         iso_time, isosbestic = streams[iso_key]
         if iso_time.shape == time.shape and np.array_equal(iso_time, time):
-            keep = trim_nonfinite(signal, isosbestic, source=url, what="the channels")
+            keep = trim_nonfinite(
+                signal, isosbestic, source=url, what=f"channels {signal_key!r} and {iso_key!r}"
+            )
             time, signal, isosbestic = time[keep], signal[keep], isosbestic[keep]
         else:
             keep = trim_nonfinite(signal, source=url, what=f"channel {signal_key!r}")

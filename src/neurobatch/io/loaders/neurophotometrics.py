@@ -116,9 +116,8 @@ def _column(
     )
 
 
-def _read_table(fs: Any, path: str, url: str, columns: list[str], led: str) -> Any:
+def _read_table(fs: Any, path: str, url: str, columns: list[str]) -> Any:
     types = {name: pa.float64() for name in columns}
-    types[led] = pa.int64()
     try:
         with open_input(fs, path, url, FORMAT) as f:
             return pacsv.read_csv(
@@ -354,13 +353,20 @@ def load_neurophotometrics(
     events_url, event_times = _read_events(url, args, so)
 
     columns = [time_col, led_col, value_col, *([clock_col] if clock_col else [])]
-    table = _read_table(fs, path, url, columns, led_col)
+    table = _read_table(fs, path, url, columns)
     if table.num_rows == 0:
         raise InputError(f"{url!r} has a header but no frames; expected rows of frames")
     time = _numbers(table, time_col, url).astype(np.float64) / _seconds_per_unit(
         time_col, args.time_unit
     )
-    led = _numbers(table, led_col, url).astype(np.int64)
+    led_values = _numbers(table, led_col, url)
+    led = led_values.astype(np.int64)
+    if np.any(led != led_values):
+        row = int(np.flatnonzero(led != led_values)[0])
+        raise InputError(
+            f"{url!r}: column {led_col!r} holds {float(led_values[row])!r} at line {row + 2}; "
+            "expected an LED state (an integer)"
+        )
     values = _numbers(table, value_col, url).astype(np.float64)
 
     signal_rows = _frames(led, args.signal_led, args.isosbestic_led)
