@@ -30,6 +30,9 @@ def test_registry() -> None:
         "photometry-csv": "file",
         "photometry-parquet": "file",
         "tdt": "folder",
+        "doric": "file",
+        "neurophotometrics": "file",
+        "pyphotometry": "file",
         "spikeglx": "file",
         "raw-binary": "file",
         "nwb": "file",
@@ -80,6 +83,7 @@ def test_config_style_subclass_round_trip() -> None:
         model: type[BaseModel] = create_model("Tagged", __base__=spec.arguments, format=(tag, ...))
         required: dict[str, dict[str, Any]] = {
             "tdt": {"box": "A", "signal_label": "_465", "isosbestic_label": "_405"},
+            "doric": {"signal_channel": "AIN01xAOUT02-LockIn", "isosbestic_channel": None},
             "raw-binary": {"n_channels": 4, "dtype": "int16", "sampling_rate": 30000.0},
             "npy": {"kind": "traces", "sampling_rate": 1000.0},
         }

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from acquisition_files import Planted, planted
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.doric import load_doric
 from photometry_files import check_recording_shape, events_of
 
@@ -438,3 +439,10 @@ def test_bad_arguments_are_config_errors() -> None:
         )
     with pytest.raises(ConfigError, match=r"signal_channel and isosbestic_channel are both 'a'"):
         load_doric("x.doric", {"signal_channel": "a", "isosbestic_channel": "a"})
+
+
+def test_registered_as_format_doric(tmp_path: Path, rec: Planted) -> None:
+    path = write_doric_v6(tmp_path / "mouse1.doric", v6_groups(rec))
+    assert LOADERS["doric"].target == "file" and not LOADERS["doric"].chunked
+    ds = load_recording(str(path), {"format": "doric", **V6_ARGS}, format="doric")
+    xr.testing.assert_identical(ds, load_doric(str(path), V6_ARGS))

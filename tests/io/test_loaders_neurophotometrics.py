@@ -22,9 +22,11 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from numpy.typing import NDArray
 
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.neurophotometrics import load_neurophotometrics
 from photometry_files import check_recording_shape, events_of
 
@@ -360,3 +362,14 @@ def test_bad_arguments_are_config_errors() -> None:
         load_neurophotometrics(
             "x.csv", {"events_file": "{sterm}_ttl.csv", "event_states": {"a": 1}}
         )
+
+
+def test_registered_as_format_neurophotometrics(tmp_path: Path) -> None:
+    path = write_npm(tmp_path / "fp.csv", frames(500))
+    spec = LOADERS["neurophotometrics"]
+    assert spec.target == "file" and not spec.chunked
+    args = {"region": 1, "color": "R", "isosbestic_led": None}
+    ds = load_recording(
+        str(path), {"format": "neurophotometrics", **args}, format="neurophotometrics"
+    )
+    xr.testing.assert_identical(ds, load_neurophotometrics(str(path), args))

@@ -20,9 +20,11 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
+import xarray as xr
 from numpy.typing import NDArray
 
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.pyphotometry import load_pyphotometry
 from photometry_files import check_recording_shape, events_of
 
@@ -208,3 +210,12 @@ def test_missing_file_and_bad_arguments(tmp_path: Path) -> None:
         load_pyphotometry("x.ppd", {"signal_channel": "analog1"})
     with pytest.raises(ConfigError, match=r"event 'cue': 'analog_2' is not a digital input"):
         load_pyphotometry("x.ppd", {"event_channels": {"cue": "analog_2"}})
+
+
+def test_registered_as_format_pyphotometry(tmp_path: Path) -> None:
+    adc, _, digital = planted_adc(1000, 2, seed=1)
+    path = write_ppd(tmp_path / "m1.ppd", ppd_header("2EX_2EM_continuous"), samples(adc, digital))
+    assert LOADERS["pyphotometry"].target == "file" and not LOADERS["pyphotometry"].chunked
+    args = {"event_channels": {"cue": "digital_1"}}
+    ds = load_recording(str(path), {"format": "pyphotometry", **args}, format="pyphotometry")
+    xr.testing.assert_identical(ds, load_pyphotometry(str(path), args))

@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, TypeAlias
 
 from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, create_model
 
+from neurobatch.config.acquisition_arguments import (
+    DoricArguments,
+    NeurophotometricsArguments,
+    PyPhotometryArguments,
+)
 from neurobatch.config.arguments import (
     LoaderArguments,
     PhotometryCSVArguments,
@@ -53,6 +58,9 @@ LOADER_FORMATS: dict[str, LoaderFormat] = {
     "photometry-csv": LoaderFormat(PhotometryCSVArguments, "file"),
     "photometry-parquet": LoaderFormat(PhotometryParquetArguments, "file"),
     "tdt": LoaderFormat(TDTArguments, "folder"),
+    "doric": LoaderFormat(DoricArguments, "file"),
+    "neurophotometrics": LoaderFormat(NeurophotometricsArguments, "file"),
+    "pyphotometry": LoaderFormat(PyPhotometryArguments, "file"),
     "spikeglx": LoaderFormat(SpikeGLXArguments, "file"),
     "raw-binary": LoaderFormat(RawBinaryArguments, "file"),
     "nwb": LoaderFormat(NWBArguments, "file"),

@@ -10,7 +10,12 @@ Photometry recordings (``signal(time)``, ``isosbestic(time)``, events), read int
 
 - ``photometry-csv`` (files): PhoPro's CSV layout, parsed with pyarrow;
 - ``photometry-parquet`` (files): the same columns in Parquet;
-- ``tdt`` (folders): TDT block folders, through the ``tdt`` package.
+- ``tdt`` (folders): TDT block folders, through the ``tdt`` package;
+- ``doric`` (files): Doric ``.doric`` files (HDF5, V6 and older layouts) and Doric CSV
+  exports (:mod:`.doric`);
+- ``neurophotometrics`` (files): Neurophotometrics CSV, LED-interleaved frames
+  demultiplexed, with its event file (:mod:`.neurophotometrics`);
+- ``pyphotometry`` (files): pyPhotometry ``.ppd`` files (:mod:`.pyphotometry`).
 
 Large recordings, read lazily (dask-backed, nothing read on load but headers and metadata),
 chunked along time or frames from ``chunk_memory``: ephys ``traces(time, channel)``, movies
@@ -40,6 +45,11 @@ from typing import Any, Literal, Protocol, cast
 import xarray as xr
 from pydantic import BaseModel
 
+from neurobatch.config.acquisition_arguments import (
+    DoricArguments,
+    NeurophotometricsArguments,
+    PyPhotometryArguments,
+)
 from neurobatch.config.arguments import (
     ColumnArguments,
     LoaderArguments,
@@ -61,9 +71,12 @@ from neurobatch.io.loaders._common import closest, coerce_arguments, recorded_re
 from neurobatch.io.loaders.arrays import load_npy, load_zarr
 from neurobatch.io.loaders.binary import load_raw_binary
 from neurobatch.io.loaders.csv import load_photometry_csv
+from neurobatch.io.loaders.doric import load_doric
 from neurobatch.io.loaders.legacy_pickle import load_rgc_pickle
+from neurobatch.io.loaders.neurophotometrics import load_neurophotometrics
 from neurobatch.io.loaders.nwb import load_nwb
 from neurobatch.io.loaders.parquet import load_photometry_parquet
+from neurobatch.io.loaders.pyphotometry import load_pyphotometry
 from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
 from neurobatch.io.loaders.spikeglx import load_spikeglx
 from neurobatch.io.loaders.tdt import load_tdt
@@ -74,22 +87,28 @@ __all__ = [
     "LOADERS",
     "ChunkedLoadFunction",
     "ColumnArguments",
+    "DoricArguments",
     "LoadFunction",
     "LoaderArguments",
     "LoaderSpec",
     "NWBArguments",
+    "NeurophotometricsArguments",
     "NpyArguments",
     "PhotometryCSVArguments",
     "PhotometryParquetArguments",
+    "PyPhotometryArguments",
     "RGCPickleArguments",
     "RawBinaryArguments",
     "SpikeGLXArguments",
     "TDTArguments",
     "ZarrArguments",
+    "load_doric",
+    "load_neurophotometrics",
     "load_npy",
     "load_nwb",
     "load_photometry_csv",
     "load_photometry_parquet",
+    "load_pyphotometry",
     "load_raw_binary",
     "load_recording",
     "load_rgc_pickle",
@@ -173,6 +192,9 @@ _LOAD_FUNCTIONS: dict[str, tuple[LoadFunction, bool]] = {
     "photometry-csv": (load_photometry_csv, False),
     "photometry-parquet": (load_photometry_parquet, False),
     "tdt": (load_tdt, False),
+    "doric": (load_doric, False),
+    "neurophotometrics": (load_neurophotometrics, False),
+    "pyphotometry": (load_pyphotometry, False),
     "spikeglx": (load_spikeglx, True),
     "raw-binary": (load_raw_binary, True),
     "nwb": (load_nwb, True),
@@ -249,7 +271,7 @@ def load_recording(
     >>> load_recording("memory://registry-doc/a.csv", {}, format="photometry-cvs")
     Traceback (most recent call last):
     ...
-    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt', 'spikeglx', 'raw-binary', 'nwb', 'npy', 'zarr', 'rgc-pickle')
+    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt', 'doric', 'neurophotometrics', 'pyphotometry', 'spikeglx', 'raw-binary', 'nwb', 'npy', 'zarr', 'rgc-pickle')
     """
     spec = LOADERS.get(format)
     if spec is None:
