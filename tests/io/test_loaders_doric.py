@@ -22,9 +22,10 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from distributed import Client
 from numpy.typing import NDArray
 
-from acquisition_files import Planted, planted
+from acquisition_files import Planted, assert_same_trials, planted, run_both, write_phopro_csv
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.doric import load_doric
@@ -446,3 +447,29 @@ def test_registered_as_format_doric(tmp_path: Path, rec: Planted) -> None:
     assert LOADERS["doric"].target == "file" and not LOADERS["doric"].chunked
     ds = load_recording(str(path), {"format": "doric", **V6_ARGS}, format="doric")
     xr.testing.assert_identical(ds, load_doric(str(path), V6_ARGS))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a batch of .doric files gives the trials of the same data as PhoPro CSV
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pipeline_on_doric_files_equals_pipeline_on_their_csv(
+    tmp_path: Path, local_client: Client
+) -> None:
+    for k in range(2):
+        rec = planted(6000, FS, seed=10 + k)
+        write_doric_v6(tmp_path / "doric" / f"mouse{k}.doric", v6_groups(rec))
+        events = {name: rec.event_times(name) for name in ("cue", "lever")}
+        write_phopro_csv(
+            tmp_path / "csv" / f"mouse{k}.csv", rec.time, rec.signal, rec.isosbestic, events
+        )
+    native, csv = run_both(
+        tmp_path / "doric",
+        "*.doric",
+        {"format": "doric", **V6_ARGS},
+        tmp_path / "csv",
+        tmp_path / "out",
+        local_client,
+    )
+    assert_same_trials(native, csv)

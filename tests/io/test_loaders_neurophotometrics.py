@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from distributed import Client
 from numpy.typing import NDArray
 
+from acquisition_files import assert_same_trials, planted, run_both, write_phopro_csv
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.neurophotometrics import load_neurophotometrics
@@ -373,3 +375,54 @@ def test_registered_as_format_neurophotometrics(tmp_path: Path) -> None:
         str(path), {"format": "neurophotometrics", **args}, format="neurophotometrics"
     )
     xr.testing.assert_identical(ds, load_neurophotometrics(str(path), args))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a batch of Neurophotometrics files gives the trials of the same data as PhoPro CSV
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pipeline_on_neurophotometrics_files_equals_pipeline_on_their_csv(
+    tmp_path: Path, local_client: Client
+) -> None:
+    (tmp_path / "npm").mkdir()
+    for k in range(2):
+        rec = planted(int(60 * RATE / 2), RATE / 2, seed=30 + k)
+        # frames alternate 415 / 470 nm, the 415 nm frame 25 ms before each 470 nm one
+        n = 2 * rec.time.size
+        time = T0 + np.arange(n) / RATE
+        region = np.empty(n)
+        region[0::2], region[1::2] = rec.isosbestic, rec.signal
+        table = pd.DataFrame(
+            {
+                "FrameCounter": np.arange(n),
+                "SystemTimestamp": time,
+                "LedState": np.tile([1, 2], n // 2),
+                "ComputerTimestamp": PC0 + np.arange(n) / RATE * 1000.0,
+                "Region0G": region,
+            }
+        )
+        table.to_csv(tmp_path / "npm" / f"m{k}.csv", index=False)
+        signal_time = time[1::2]
+        cue, lever = signal_time[rec.onsets["cue"]], signal_time[rec.onsets["lever"]]
+        stamps = np.concatenate([cue, lever])
+        names = ["Cue"] * cue.size + ["Lever"] * lever.size
+        (tmp_path / "npm" / f"m{k}_events.csv").write_text(
+            "".join(f"{float(stamps[i])!r},{names[i]}\n" for i in np.argsort(stamps))
+        )
+        # the same data in PhoPro's layout: the signal's frames, the isosbestic interpolated
+        # onto them; the last signal frame, after the last 415 nm frame, is not in the recording
+        iso = np.interp(signal_time[:-1], time[0::2], rec.isosbestic)
+        events = {"cue": cue, "lever": lever}
+        write_phopro_csv(
+            tmp_path / "csv" / f"m{k}.csv", signal_time[:-1], rec.signal[:-1], iso, events
+        )
+    loader = {
+        "format": "neurophotometrics",
+        "events_file": "{stem}_events.csv",
+        "event_states": {"cue": "Cue", "lever": "Lever"},
+    }
+    native, csv = run_both(
+        tmp_path / "npm", "m?.csv", loader, tmp_path / "csv", tmp_path / "out", local_client
+    )
+    assert_same_trials(native, csv)

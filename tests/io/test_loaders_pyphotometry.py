@@ -21,8 +21,10 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
+from distributed import Client
 from numpy.typing import NDArray
 
+from acquisition_files import assert_same_trials, planted, run_both, write_phopro_csv
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
 from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders.pyphotometry import load_pyphotometry
@@ -219,3 +221,37 @@ def test_registered_as_format_pyphotometry(tmp_path: Path) -> None:
     args = {"event_channels": {"cue": "digital_1"}}
     ds = load_recording(str(path), {"format": "pyphotometry", **args}, format="pyphotometry")
     xr.testing.assert_identical(ds, load_pyphotometry(str(path), args))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a batch of .ppd files gives the trials of the same data as PhoPro CSV
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pipeline_on_ppd_files_equals_pipeline_on_their_csv(
+    tmp_path: Path, local_client: Client
+) -> None:
+    for k in range(2):
+        rec = planted(60 * FS, float(FS), seed=20 + k)
+        # the recording as the board digitises it: ADC values, the events on the digital inputs
+        adc = [
+            np.round(rec.signal / VPD[0]).astype(np.int64),
+            np.round(rec.isosbestic / VPD[0]).astype(np.int64),
+        ]
+        digital = [rec.levels("cue").astype(np.int64), rec.levels("lever").astype(np.int64)]
+        write_ppd(
+            tmp_path / "ppd" / f"m{k}.ppd", ppd_header("2EX_2EM_continuous"), samples(adc, digital)
+        )
+        events = {name: rec.onsets[name] / FS for name in ("cue", "lever")}
+        time = np.arange(rec.time.size) / FS
+        write_phopro_csv(
+            tmp_path / "csv" / f"m{k}.csv", time, adc[0] * VPD[0], adc[1] * VPD[0], events
+        )
+    loader = {
+        "format": "pyphotometry",
+        "event_channels": {"cue": "digital_1", "lever": "digital_2"},
+    }
+    native, csv = run_both(
+        tmp_path / "ppd", "*.ppd", loader, tmp_path / "csv", tmp_path / "out", local_client
+    )
+    assert_same_trials(native, csv)
