@@ -101,8 +101,11 @@ def test_the_environments_credentials_are_hidden_everywhere(
 ) -> None:
     monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEnvironment")
     monkeypatch.setenv("HOME_DIRECTORY_NAME", "FwoG")  # not named like a credential
+    monkeypatch.setenv("PWD", "/work/lab")  # the shell's folder, not an ODBC password
     assert "FwoGZXIvYXdzEnvironment" in environment_secrets()
     assert "FwoG" not in environment_secrets()
+    assert "/work/lab" not in environment_secrets()
+    assert redact("Driver=x;Uid=ann;Pwd=hunter22;") == "Driver=x;Uid=ann;Pwd=***;"
     assert redact({"notes": "token FwoGZXIvYXdzEnvironment expired"}) == {
         "notes": "token *** expired"
     }

@@ -33,10 +33,12 @@ _OPTIONS_SECRET_NAME = re.compile(_SECRET_NAME.pattern + r"|key", re.IGNORECASE)
 #: Names of environment variables and of ``NAME=value`` assignments in text (shell lines,
 #: connection strings) whose values are credentials; a name that ends in a kind of place
 #: (``AWS_SHARED_CREDENTIALS_FILE``) holds where a credential is, not the credential.
-_ASSIGNED_SECRET_NAME = re.compile(
-    _SECRET_NAME.pattern + r"|access_?key|account_?key|shared_?access_?signature|^pwd$",
+_ENVIRONMENT_SECRET_NAME = re.compile(
+    _SECRET_NAME.pattern + r"|access_?key|account_?key|shared_?access_?signature",
     re.IGNORECASE,
 )
+#: ``Pwd=`` of an ODBC connection string too (in the environment, ``PWD`` is the folder).
+_ASSIGNED_SECRET_NAME = re.compile(_ENVIRONMENT_SECRET_NAME.pattern + r"|^pwd$", re.IGNORECASE)
 _PLACE_NAME = re.compile(r"_(FILE|PATH|DIR|SOCK|URL|ENDPOINT|REGION|PROFILE)$", re.IGNORECASE)
 _URL_USERINFO = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@", re.IGNORECASE
@@ -63,8 +65,8 @@ def _is_secret(name: Any, in_options: bool) -> bool:
     return isinstance(name, str) and bool(pattern.search(name))
 
 
-def _is_secret_assignment(name: str) -> bool:
-    return bool(_ASSIGNED_SECRET_NAME.search(name)) and not _PLACE_NAME.search(name)
+def _is_secret_assignment(name: str, pattern: re.Pattern[str] = _ASSIGNED_SECRET_NAME) -> bool:
+    return bool(pattern.search(name)) and not _PLACE_NAME.search(name)
 
 
 def environment_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
@@ -84,7 +86,7 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
 
     Examples
     --------
-    >>> sorted(environment_secrets({"AWS_SECRET_ACCESS_KEY": "wJalrXUt", "HOME": "/root",
+    >>> sorted(environment_secrets({"AWS_SECRET_ACCESS_KEY": "wJalrXUt", "PWD": "/root",
     ...                             "AWS_SHARED_CREDENTIALS_FILE": "/root/.aws/credentials"}))
     ['wJalrXUt']
     """
@@ -92,7 +94,8 @@ def environment_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
     return {
         value
         for name, value in environ.items()
-        if _is_secret_assignment(name) and len(value) >= _MIN_SECRET_LENGTH
+        if _is_secret_assignment(name, _ENVIRONMENT_SECRET_NAME)
+        and len(value) >= _MIN_SECRET_LENGTH
     }
 
 
