@@ -159,3 +159,17 @@ def test_status_of_an_s3_folder_takes_storage_options(
     assert printed[-1] == "1 items: 0 done, 0 stale, 0 failed, 1 pending"
     assert main(["status", out, "--storage-options", str(tmp_path / "missing.yaml")]) == 1
     assert "--storage-options: cannot read" in capsys.readouterr().err
+
+
+def test_a_cluster_beyond_the_machine_needs_force(
+    photometry_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = yaml.safe_load(photometry_demo.read_text())
+    pipeline["input"]["url"] = str(photometry_demo.parent / "data")
+    pipeline["cluster"] = {"n_workers": 100_000}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    assert main(["validate", str(path)]) == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("neurobatch validate: error: cluster:") and "--force" in error
+    assert main(["validate", str(path), "--force"]) == 0

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from neurobatch import __version__
-from neurobatch.errors import NeurobatchError
+from neurobatch.errors import NeurobatchError, StorageError
 
 __all__ = ["main"]
 
@@ -33,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         The exit status: 0 when everything succeeded, 1 for unusable configuration or
         arguments (or a failed check), 2 when some items failed, 3 when every item failed,
-        143 when stopped by SIGTERM (a batch system's time limit, ``scancel``): the run's
+        4 when reading or writing the output failed (a full disk, a read-only folder, an
+        object store still unreachable after retries: the line names the path), 143 when
+        stopped by SIGTERM (a batch system's time limit, ``scancel``): the run's
         logs and provenance are written, marked interrupted, before it exits.
 
     Examples
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # do; stdout goes to devnull so that the interpreter's final flush does not fail too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except StorageError as error:
+        # the storage failed, not the pipeline file: a re-run once it is fixed finishes
+        print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_STORAGE
     except (NeurobatchError, ValueError, TypeError, OSError) as error:
         # a busy output folder (OutputLockedError) among them: one line, exit 1
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
@@ -113,6 +119,8 @@ def _terminated(signum: int, frame: object) -> None:
 EXIT_SOME_FAILED = 2
 #: Exit status when every item failed.
 EXIT_ALL_FAILED = 3
+#: Exit status when the output's storage failed (:class:`neurobatch.errors.StorageError`).
+EXIT_STORAGE = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit status: 0 everything done; 1 unusable configuration or arguments; "
             f"{EXIT_SOME_FAILED} some items failed (the others are done); "
-            f"{EXIT_ALL_FAILED} every item failed."
+            f"{EXIT_ALL_FAILED} every item failed; {EXIT_STORAGE} the output's storage failed "
+            "(full, read-only, unreachable)."
         ),
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -191,6 +200,7 @@ def add_validate(commands: Any) -> None:
         description="Validate the pipeline file and every item's loader arguments.",
     )
     validate.add_argument("file", help="the pipeline file (YAML or TOML)")
+    _force_argument(validate)
     validate.set_defaults(run=_validate)
 
 
@@ -386,6 +396,14 @@ def _cluster_arguments(parser: argparse.ArgumentParser, workers_default: int | N
     )
 
 
+def _force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a cluster larger than the machine (local) or than 10,000 workers",
+    )
+
+
 def _cluster_config(config: Any, args: argparse.Namespace) -> Any:
     """The pipeline config with ``--cluster`` and ``--workers`` applied."""
     from neurobatch.engine.cluster import override
@@ -457,10 +475,13 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from neurobatch.config import import_object
+    from neurobatch.engine.cluster import check_cluster
     from neurobatch.engine.hooks import HOOK_NAMES
     from neurobatch.engine.run import Pipeline
 
     pipeline = Pipeline.from_file(args.file)  # imports the file's own stages
+    for warning in check_cluster(pipeline.config.cluster, force=args.force):
+        print(f"neurobatch validate: warning: {warning}", file=sys.stderr)
     manifest = pipeline.discover()
     # the hooks the file names are imported, so that a typo shows before a run
     hooks = {name: getattr(pipeline.config.hooks, name) for name in HOOK_NAMES}
