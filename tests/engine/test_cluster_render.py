@@ -265,6 +265,8 @@ def test_the_example_pipeline_runs_on_kubernetes_from_an_object_store(kube_pipel
     assert isinstance(kube_pipeline.cluster, KubernetesClusterConfig)
     assert kube_pipeline.cluster.namespace is not None
     assert kube_pipeline.cluster.env_from_secrets, "the workers get no object-store credentials"
+    # the operator's cluster is plain tcp://: the file says it accepts that
+    assert kube_pipeline.cluster.allow_insecure
 
 
 def test_committed_daskcluster_is_what_the_cli_prints_now(
@@ -341,6 +343,72 @@ def test_driver_job_runs_neurobatch_with_the_rights_kubecluster_needs(
         if "secretKeyRef" in item.get("valueFrom", {})
     }
     assert driver_secrets == set(kube_pipeline.cluster.env_from_secrets)
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+
+
+def test_network_policy_admits_the_clusters_pods_the_driver_and_the_operator_only(
+    kube_pipeline: Any, driver_documents: dict[str, dict[str, Any]]
+) -> None:
+    """deploy/kubernetes/networkpolicy.yaml against the labels the operator gives the pods
+    (its own code builds them from our manifest), the driver Job's and the operator's."""
+    controller = pytest.importorskip("dask_kubernetes.operator.controller.controller")
+    config = kube_pipeline.cluster
+    policy = _load_yaml((KUBE / "networkpolicy.yaml").read_text())
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == config.namespace
+    spec = kubernetes_spec(config)["spec"]
+    scheduler = controller.build_scheduler_deployment_spec(
+        config.name, spec["scheduler"]["spec"], {}, {}
+    )
+    worker = controller.build_worker_deployment_spec(
+        f"{config.name}-default", config.namespace, config.name, "0", spec["worker"]["spec"], {}, {}
+    )
+    cluster_pods = {
+        "scheduler": scheduler["spec"]["template"]["metadata"]["labels"],
+        "worker": worker["spec"]["template"]["metadata"]["labels"],
+    }
+    for role, labels in cluster_pods.items():
+        assert _selects(policy["spec"]["podSelector"], labels), role
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert "ports" not in rule  # whoever is admitted reaches every port
+    peers = rule["from"]
+
+    def admitted(labels: dict[str, str], namespace: str) -> bool:
+        return any(
+            _selects(peer["podSelector"], labels)
+            and (
+                _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+                if "namespaceSelector" in peer
+                else namespace == config.namespace
+            )
+            for peer in peers
+        )
+
+    for role, labels in cluster_pods.items():
+        assert admitted(labels, config.namespace), role
+    driver = driver_documents["Job"]["spec"]["template"]["metadata"]["labels"]
+    assert admitted(driver, config.namespace)
+    # the operator's pods: its chart's selector labels, under the release and namespace of
+    # README.md's helm command
+    chart = _load_yaml((_operator_chart() / "Chart.yaml").read_text())
+    template = (_operator_chart() / "templates" / "deployment.yaml").read_text()
+    assert 'include "dask_kubernetes_operator.selectorLabels"' in template.split("template:")[1]
+    readme = (KUBE / "README.md").read_text()
+    assert "helm upgrade --install dask-operator dask-kubernetes-operator" in readme
+    assert "--namespace dask-operator" in readme
+    operator = {
+        "app.kubernetes.io/name": chart["name"],
+        "app.kubernetes.io/instance": "dask-operator",
+    }
+    assert admitted(operator, "dask-operator")
+    # and nobody else: another pod of the namespace, the operator's labels elsewhere
+    assert not admitted({"app.kubernetes.io/name": "notebook"}, config.namespace)
+    assert not admitted(operator, "default")
+    assert not admitted(cluster_pods["worker"], "default")
 
 
 def test_operator_values_only_set_keys_of_the_chart() -> None:

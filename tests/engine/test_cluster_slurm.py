@@ -5,7 +5,9 @@ Needs a running SLURM cluster that this user can submit to, with room for two 1-
 one (no ``sinfo``, or no idle node) the test is skipped and says why.
 
 The workers must be able to reach the scheduler at 127.0.0.1, so the SLURM node is this
-machine; the scheduler runs in the test process.
+machine; the scheduler runs in the test process. Scheduler, workers and nannies speak TLS
+with credentials made for the run, which the jobs read from files only this user can read;
+no key is in a job script, SLURM's copy of it, a job's log or processing.json.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -83,6 +86,7 @@ def slurm_config(tmp_path: Path) -> Iterator[JobqueueClusterConfig]:
         dashboard_address="127.0.0.1:0",
         python=sys.executable,
         log_directory=str(tmp_path / "slurm-logs"),
+        shared_temp_directory=str(tmp_path / "shared"),
         timeout_s=90,
     )
     leftovers = sorted(_our_jobs(tag))
@@ -141,6 +145,28 @@ def test_photometry_demo_on_slurm_matches_a_local_run(
         profiler = client.run(dask.config.get, "distributed.worker.profile.enabled")
         assert set(profiler.values()) == {False}
         slurm_workers = set(job_of_worker)
+        # TLS everywhere, with the credentials of a private folder of the shared one
+        info = client.scheduler_info()
+        nannies = [worker["nanny"] for worker in info["workers"].values()]
+        assert info["address"].startswith("tls://127.0.0.1:")
+        assert {address.split("://")[0] for address in [*slurm_workers, *nannies]} == {"tls"}
+        [credentials] = (tmp_path / "shared").iterdir()
+        assert _mode(credentials) == 0o700
+        assert {p.name: _mode(p) for p in credentials.iterdir()} == {
+            "cert.pem": 0o600,
+            "key.pem": 0o600,
+        }
+        scripts = [
+            subprocess.run(
+                ["scontrol", "write", "batch_script", job, "-"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            for job in sorted(ours)
+        ]
+        assert all(f"--tls-key {credentials}/key.pem" in script for script in scripts)
 
         summary = _demo(tmp_path, "slurm", slurm_config).run(client=client, progress=False)
 
@@ -168,6 +194,15 @@ def test_photometry_demo_on_slurm_matches_a_local_run(
         xr.testing.assert_identical(on_slurm.load(), on_local.load())
     # closing the cluster cancelled its jobs (each one is COMPLETING for a moment)
     assert _wait_until_gone(tag), f"jobs {sorted(_our_jobs(tag))} still queued"
+    # and deleted the credentials; no key was written anywhere else
+    assert list((tmp_path / "shared").iterdir()) == []
+    written = [*scripts, (tmp_path / "slurm" / "processing.json").read_text()]
+    written += [p.read_text() for p in (tmp_path / "slurm-logs").iterdir()]
+    assert not [text for text in written if "PRIVATE KEY" in text]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def _wait_until_gone(tag: str, timeout_s: float = 30.0) -> bool:

@@ -23,6 +23,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -374,35 +375,45 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
         yield client
 
 
-#: How long a worker neurobatch started gets to exit when its cluster closes before it is
-#: killed (after 80 % of it) with a warning. A worker process that has imported the
-#: scientific stack takes seconds to exit on a loaded machine, more than Dask's 4 s.
+#: How long the workers neurobatch started get to exit when their cluster closes. A worker
+#: process that has imported the scientific stack takes seconds to exit on a loaded
+#: machine, more than the 4 s Dask's nannies wait before killing it with a warning.
 WORKER_CLOSE_TIMEOUT_S = 30.0
 
 
 @contextmanager
-def _closed_in_order(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """Close a LocalCluster's workers (and nannies) first, with time to exit, then the rest.
+def _closed_in_order(cluster: SpecCluster) -> Iterator[SpecCluster]:
+    """Close a cluster's workers first, with time to exit, then the cluster (its scheduler,
+    its jobs); the client, entered after the cluster, is closed before.
 
-    The client, entered after the cluster, is closed before. Closing the workers here,
-    rather than by retiring them from the scheduler, leaves no worker unknown to its
-    scheduler that would log heartbeat failures; a worker still alive after
-    :data:`WORKER_CLOSE_TIMEOUT_S` is killed with Dask's own warning.
+    A LocalCluster's nannies, in this process, close their workers and wait up to
+    :data:`WORKER_CLOSE_TIMEOUT_S` (80 % of it) before killing one, with Dask's warning.
+    Batch workers are asked by their scheduler to close, and their jobs end; those still
+    connected after the timeout are left to the cluster, which cancels their jobs. Either
+    way no worker is cut from a scheduler it still talks to, which would log tracebacks.
     """
     try:
         yield cluster
     finally:
         try:
-            workers = list(cluster.workers.values())
-            cluster.sync(_close_workers, workers, WORKER_CLOSE_TIMEOUT_S)
+            cluster.sync(_close_workers, cluster, WORKER_CLOSE_TIMEOUT_S)
         finally:
             cluster.close()
 
 
-async def _close_workers(workers: list[Any], timeout: float) -> None:
-    await asyncio.gather(
-        *(worker.close(timeout=timeout, reason="neurobatch-cluster-close") for worker in workers)
-    )
+async def _close_workers(cluster: SpecCluster, timeout: float) -> None:
+    reason = "neurobatch-cluster-close"
+    if isinstance(cluster, LocalCluster):
+        workers = list(cluster.workers.values())
+        await asyncio.gather(*(worker.close(timeout=timeout, reason=reason) for worker in workers))
+        return
+    scheduler = cluster.scheduler
+    assert scheduler is not None, "a batch cluster's scheduler runs in this process"
+    for address in list(scheduler.workers):
+        scheduler.close_worker(address)
+    deadline = time.monotonic() + timeout
+    while scheduler.workers and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
 
 
 @contextmanager
@@ -560,6 +571,7 @@ def _jobqueue(config: JobqueueClusterConfig) -> Iterator[SpecCluster]:
         cluster_class(
             scheduler_options=scheduler_options, **_jobqueue_arguments(config, security)
         ) as cluster,
+        _closed_in_order(cluster),
     ):
         logger.debug("%s job script:\n%s", config.kind, cluster.job_script())
         yield cluster
