@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 _CHUNK = 64 * 2**10
 
@@ -47,6 +47,13 @@ class Endpoint:
     def url(self) -> str:
         """The endpoint URL to give to the S3 client."""
         return f"http://127.0.0.1:{self.port}"
+
+    def options(self, s3_options: dict[str, Any]) -> dict[str, Any]:
+        """``s3_options`` that reach the server through this relay, each request tried once
+        by the client (its own retries would ride a short outage out before neurobatch's)."""
+        client = s3_options["client_kwargs"] | {"endpoint_url": self.url}
+        once = {"retries": {"max_attempts": 1, "mode": "standard"}}
+        return s3_options | {"client_kwargs": client, "config_kwargs": once}
 
     def up(self) -> None:
         """Listen and relay again."""

@@ -55,11 +55,7 @@ def s3_batch(
     photometry_demo: Path, local_client: Client, relay: Endpoint, s3_options: dict[str, Any]
 ) -> PipelineConfig:
     """The photometry demo run once into S3, through the relay: every item done."""
-    client = s3_options["client_kwargs"] | {"endpoint_url": relay.url}
-    once = {"retries": {"max_attempts": 1, "mode": "standard"}}
-    config = _config(
-        photometry_demo, OUT, s3_options | {"client_kwargs": client, "config_kwargs": once}
-    )
+    config = _config(photometry_demo, OUT, relay.options(s3_options))
     summary = Pipeline(config).run(client=local_client)
     assert summary.n_done == 3
     return config

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
 import pytest
 import zarr
 
-from neurobatch.errors import StoreDamagedError
+from endpoint import Endpoint
+from neurobatch.errors import StorageError, StoreDamagedError
+from neurobatch.io import files
 from neurobatch.io.commit import COMMIT_MARKER, commit, inventory, read_commit, remove, verify
 from neurobatch.io.zarr import open_dataset, write_dataset
 from stores import CHUNKED, committed, recording
@@ -219,3 +222,25 @@ def test_verify_on_a_memory_filesystem() -> None:
             ("time", (10_000,)),
         ]
     ]
+
+
+def test_an_unreachable_store_is_never_taken_for_a_damaged_one(
+    s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "s3://lab/commit-outage/recording.zarr"
+    with Endpoint(s3_options["client_kwargs"]["endpoint_url"]) as relay:
+        so = relay.options(s3_options)
+        write_dataset(recording(100), url, chunk_memory=2**20, storage_options=so)
+        commit(url, {"params": "abc"}, arrays=True, storage_options=so)
+        marker = read_commit(url, storage_options=so)
+        assert marker is not None
+        # the metadata reads fail for a moment: retried, the store verifies as intact
+        relay.down_at(rb"GET \S*/zarr\.json", seconds=1.0)
+        assert verify(url, marker, storage_options=so) == []
+        assert relay.outages == 1
+        # they keep failing: an error naming the store, never a list of "damage" (which
+        # would have the store removed and redone)
+        monkeypatch.setattr(files, "RETRY_SECONDS", 1.0)
+        relay.down_at(rb"GET \S*/zarr\.json")
+        with pytest.raises(StorageError, match=f"^cannot reach the storage listing {url} "):
+            verify(url, marker, storage_options=so)

@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
+from disks import small_disk
+from neurobatch.errors import StorageError
 from neurobatch.io.export import clean_axis_dtype, trials_obs, write_h5ad, write_obs
 from neurobatch.io.trials_store import append_trials, open_trials
 
@@ -209,3 +211,27 @@ def test_phopro_reads_the_h5ad(photometry_data: Any, store: str, tmp_path: Path)
     assert_h5ad_matches(data.adata, store)
     # and PhoPro's own writer accepts what it read (its downstream tools work on it)
     data.write_h5ad(str(tmp_path / "again.h5ad"))
+
+
+def test_a_full_disk_leaves_the_old_exports_and_nothing_else(store: str, tmp_path: Path) -> None:
+    big = str(tmp_path / "big.zarr")
+    for k in range(3):
+        append_trials(item(k, 400, n_rel=400), big)  # X: 1200 x 400 float64, 3.8 MB
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        out = disk / "out"
+        write_obs(store, str(out / "trials_obs.parquet"))
+        write_h5ad(store, out / "trials.h5ad")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+        with pytest.raises(StorageError) as caught:
+            write_h5ad(big, out / "trials.h5ad")
+        assert str(caught.value) == (
+            f"no space left on device writing {out}/trials.h5ad; free space or choose another "
+            "output.url"
+        )
+        many = xr.Dataset(coords={"x": ("trial", RNG.normal(size=200_000))})  # 1.6 MB
+        with pytest.raises(StorageError, match=f"^no space left on device writing {out}/"):
+            write_obs(many, str(out / "trials_obs.parquet"))
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing else left
+        ad.read_h5ad(out / "trials.h5ad")
+        pq.read_table(out / "trials_obs.parquet")

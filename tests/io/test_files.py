@@ -19,14 +19,6 @@ from neurobatch.io import files
 from neurobatch.io.commit import commit, read_commit
 
 
-def _through(endpoint: Endpoint, s3_options: dict[str, Any]) -> dict[str, Any]:
-    """``s3_options`` that reach the S3 server through ``endpoint``, each request tried once
-    by the client (its own retries would ride out a short outage before ours are needed)."""
-    client = s3_options["client_kwargs"] | {"endpoint_url": endpoint.url}
-    once = {"retries": {"max_attempts": 1, "mode": "standard"}}
-    return s3_options | {"client_kwargs": client, "config_kwargs": once}
-
-
 @pytest.fixture
 def endpoint(s3_options: dict[str, Any]) -> Any:
     with Endpoint(s3_options["client_kwargs"]["endpoint_url"]) as relay:
@@ -65,7 +57,7 @@ def test_a_read_only_output_is_named_with_the_fix(tmp_path: Path) -> None:
 def test_a_short_outage_is_ridden_out(
     endpoint: Endpoint, s3_options: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    so = _through(endpoint, s3_options)
+    so = endpoint.options(s3_options)
     url = "s3://lab/files-outage/out/run.json"
     endpoint.down_at(rb"PUT /lab/files-outage/", seconds=1.5)
     with caplog.at_level(logging.INFO, logger="neurobatch.io.files"):
@@ -78,7 +70,7 @@ def test_a_short_outage_is_ridden_out(
 def test_a_longer_outage_is_one_line_and_never_taken_for_absent(
     endpoint: Endpoint, s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    so = _through(endpoint, s3_options)
+    so = endpoint.options(s3_options)
     store = "s3://lab/files-outage/items/a/ingest"
     commit(store, {"key": "k"}, storage_options=so)
     monkeypatch.setattr(files, "RETRY_SECONDS", 1.0)

@@ -13,8 +13,9 @@ import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from neurobatch.errors import StoreDamagedError
-from neurobatch.io.trials_store import append_trials, open_trials, resample_trials
+from disks import resize, small_disk
+from neurobatch.errors import StorageError, StoreDamagedError
+from neurobatch.io.trials_store import append_trials, open_trials, resample_trials, stored_trials
 from stores import RNG, flip_byte
 
 N_REL = 1000
@@ -260,3 +261,24 @@ def test_trials_store_arrays_carry_checksums(tmp_path: Path) -> None:
         open_trials(url)
     with pytest.raises(StoreDamagedError, match=rf"^{url}: "):
         append_trials(trials_item(4, 2), url)  # reads the damaged partial last chunk
+
+
+def test_a_full_disk_leaves_no_partial_store_and_an_append_that_resumes(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        new = str(disk / "new.zarr")
+        with pytest.raises(StorageError, match=f"^no space left on device writing {new};"):
+            append_trials(trials_item(0, 200), new)  # 1.6 MB of dff
+        assert not Path(new).exists()  # what was written of it is removed
+        assert stored_trials(new) == 0
+
+        grown = str(disk / "grown.zarr")
+        first, second = trials_item(1, 20), trials_item(2, 200)
+        append_trials(first, grown)
+        with pytest.raises(StorageError, match=f"^no space left on device writing {grown};"):
+            append_trials(second, grown)
+        assert stored_trials(grown) == 20  # the appends that ended
+        assert open_trials(grown).item_id.values.tolist() == ["item_01"] * 20
+
+        resize(disk, "8m")  # more room: the next append cuts the interrupted one back
+        assert append_trials(second, grown) == 220
+        assert_trials_equal(open_trials(grown).load(), outer_concat([first, second]))

@@ -24,7 +24,6 @@ the array and the chunk.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import math
@@ -62,7 +61,7 @@ from neurobatch.io.zarr import (
     damage_reported,
     zarr_store,
 )
-from neurobatch.io.zarr_writer import _consolidate, new_store, to_zarr
+from neurobatch.io.zarr_writer import _consolidate, _every, new_store, to_zarr
 
 __all__ = [
     "REL_TIME",
@@ -262,9 +261,7 @@ def _append_item(
 
     async def grow() -> None:
         # every array at once: on an object store each append is a few round trips
-        await asyncio.gather(
-            *(arrays[name].async_array.append(values[name], axis=0) for name in names)
-        )
+        await _every(arrays[name].async_array.append(values[name], axis=0) for name in names)
 
     zarr_sync(grow())
     _consolidate(store)

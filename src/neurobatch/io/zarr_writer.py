@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -146,12 +146,19 @@ async def _write_group(
         zarr_format=3,
         attributes=_encoded_attributes(attributes),
     )
-    await asyncio.gather(
-        *(
-            _write_variable(group, str(name), variable, encoding.get(str(name), {}))
-            for name, variable in variables.items()
-        )
+    await _every(
+        _write_variable(group, str(name), variable, encoding.get(str(name), {}))
+        for name, variable in variables.items()
     )
+
+
+async def _every(writes: Iterable[Awaitable[Any]]) -> None:
+    """Await every write at once, then raise the first error: when it raises, none is still
+    writing (so that a store the storage failed can be removed whole)."""
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _encoded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
