@@ -368,6 +368,46 @@ def test_a_time_column_in_milliseconds_fails_its_item_and_time_unit_fixes_it(
 # ---------------------------------------------------------------------------------------------
 
 
+def test_symlinked_inputs_run_and_an_old_output_inside_the_input_is_not_input(
+    local_client: Client, tmp_path: Path
+) -> None:
+    # the attack: 8 recordings, 2 of them symbolic links (a file, and one in a linked folder)
+    written = good_recordings(tmp_path / "written", 8, seed=71, duration_s=60.0, fs=50.0)
+    data, store = tmp_path / "data", tmp_path / "store"
+    (store / "day").mkdir(parents=True)
+    data.mkdir()
+    for i, path in enumerate(written):
+        place = data if i < 6 else store if i == 6 else store / "day"
+        for source in (path, path.with_suffix(".json")):
+            shutil.move(source, place / source.name)
+    for name in ("good_experiment_007.csv", "good_experiment_007.json"):
+        (data / name).symlink_to(store / name)
+    (data / "day").symlink_to(store / "day", target_is_directory=True)
+    (data / "day" / "loop").symlink_to(data, target_is_directory=True)
+    # an earlier run wrote its output inside the input folder (its search did not reach it)
+    first = pipeline_config({"url": str(data), "pattern": "*_001.csv"}, data / "results")
+    first["output"]["formats"] = ["zarr", "csv"]
+    earlier = Pipeline(first).run(client=local_client, progress=False).items
+    assert earlier["status"].tolist() == ["done"]
+    assert (data / "results" / "trials_obs.csv").exists()
+
+    search = {"url": str(data), "pattern": "*.csv", "recursive": True}
+    items = (
+        Pipeline(pipeline_config(search, tmp_path / "out"))
+        .run(client=local_client, progress=False)
+        .items.set_index("item_id")
+    )
+    expected = [f"good_experiment_00{i}" for i in range(1, 8)] + ["day__good_experiment_008"]
+    assert sorted(items.index) == sorted(expected)  # 8 of 8; nothing from results/
+    assert (items["status"] == "done").all(), items["error"].dropna().to_dict()
+    assert items.loc["day__good_experiment_008", "url"] == str(
+        data / "day" / "good_experiment_008.csv"
+    )
+    log = (tmp_path / "out" / "logs" / "run.log").read_text()
+    assert f"{data}/day/loop is a symbolic link to {data}, a folder that contains it" in log
+    assert f"{data}/results is a neurobatch output folder" in log
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_an_output_inside_a_recursive_input_is_refused_in_one_line(
     tmp_path: Path, command: str

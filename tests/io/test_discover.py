@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import textwrap
@@ -160,6 +161,68 @@ def test_fingerprint_prefers_a_content_hash() -> None:
     assert fingerprint(a) == fingerprint(b)  # re-uploaded, same bytes
     assert fingerprint(a) != fingerprint({**a, "ETag": '"abd"'})
     assert fingerprint({"size": 5, "mtime": 1.0}) != fingerprint({"size": 5, "mtime": 2.0})
+
+
+def test_symbolic_links_are_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the attack: 8 inputs, 2 of them symbolic links (one file, one in a linked folder)
+    data, store = tmp_path / "data", tmp_path / "store"
+    tree(data, [f"r{i}.csv" for i in range(6)])
+    tree(store, ["r6.csv", "day/r7.csv"])
+    (data / "r6.csv").symlink_to(store / "r6.csv")
+    (data / "day").symlink_to(store / "day", target_is_directory=True)
+    (data / "day-again").symlink_to(data / "day", target_is_directory=True)  # the same folder
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    search = {"url": str(data), "pattern": "*.csv", "recursive": True}
+    with caplog.at_level(logging.WARNING, logger="neurobatch.io.listing"):
+        manifest = discover(search, CSV)
+    assert ids(manifest) == ["day__r7", *(f"r{i}" for i in range(7))]  # 8 of 8, by URL
+    by_id = manifest.set_index("item_id")
+    assert by_id.loc["r6", "url"] == str(data / "r6.csv")  # the path through the link
+    assert by_id.loc["day__r7", "url"] == str(data / "day" / "r7.csv")
+    assert caplog.messages == [
+        (
+            f"{data}/loop is a symbolic link to {data}, a folder that contains it (a loop): not "
+            "followed"
+        )
+    ]
+    # stable: the same ids and fingerprints again; the target's change shows through the link
+    assert discover(search, CSV).equals(manifest)
+    (store / "r6.csv").write_bytes(CSV_BYTES * 2)
+    after = discover(search, CSV).set_index("item_id")["fingerprint"]
+    assert after["r6"] != by_id.loc["r6", "fingerprint"]
+    assert after.drop("r6").equals(by_id["fingerprint"].drop("r6"))
+
+
+def test_linked_folder_inputs_and_files_inside_them(tmp_path: Path) -> None:
+    data, store = tmp_path / "data", tmp_path / "store"
+    tree(data, ["block-1/a.tev"])
+    tree(store, ["block-2/a.tev", "shared/b.tsq"])
+    (data / "block-2").symlink_to(store / "block-2", target_is_directory=True)
+    (data / "block-1" / "b.tsq").symlink_to(store / "shared" / "b.tsq")
+    search = {"url": str(data), "target": "folder"}
+    manifest = discover(search, TDT).set_index("item_id")
+    assert list(manifest.index) == ["block-1", "block-2"]
+    assert manifest.loc["block-1", "size"] == 2 * len(CSV_BYTES)  # the linked file counts
+    (store / "shared" / "b.tsq").write_bytes(b"changed")
+    assert (
+        discover(search, TDT).set_index("item_id").loc["block-1", "fingerprint"]
+        != (manifest.loc["block-1", "fingerprint"])
+    )
+
+
+def test_an_output_folder_inside_the_input_is_not_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tree(tmp_path, ["a.csv", "old-run/trials_obs.csv", "old-run/manifest.parquet", "old-run/logs/"])
+    with caplog.at_level(logging.WARNING, logger="neurobatch.io.listing"):
+        manifest = discover({"url": str(tmp_path), "pattern": "*.csv", "recursive": True}, CSV)
+    assert ids(manifest) == ["a"]
+    assert caplog.messages == [
+        (
+            f"{tmp_path}/old-run is a neurobatch output folder (it holds manifest.parquet and "
+            "logs): not listed as input; keep output folders outside input folders"
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

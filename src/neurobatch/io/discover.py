@@ -22,6 +22,7 @@ from typing import Any
 
 import fsspec
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
 from neurobatch.config import (
@@ -34,6 +35,7 @@ from neurobatch.config import (
     validate_loader,
 )
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.io.listing import list_entries, walk_local
 from neurobatch.io.loaders import LOADERS
 
 __all__ = [
@@ -198,12 +200,12 @@ def fingerprints(
 
 
 def _folder_fingerprint(fs: Any, path: str) -> tuple[str, int]:
-    files: dict[str, Mapping[str, Any]] = fs.find(path, detail=True)
-    prefix = path.rstrip("/") + "/"
-    rows = sorted(
-        (name.removeprefix(prefix), int(info.get("size") or 0), _stamp(info))
-        for name, info in files.items()
-    )
+    if isinstance(fs, LocalFileSystem):  # symbolic links inside followed, as in discovery
+        files = {k: v for k, v in walk_local(path).items() if v["type"] != "directory"}
+    else:
+        prefix = path.rstrip("/") + "/"
+        files = {k.removeprefix(prefix): v for k, v in fs.find(path, detail=True).items()}
+    rows = sorted((name, int(info.get("size") or 0), _stamp(info)) for name, info in files.items())
     total = sum(size for _, size, _ in rows)
     return _digest(json.dumps(rows)), total
 
@@ -313,33 +315,28 @@ def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
             raise InputNotFoundError(f"no inputs: {_describe_search(input)} matched nothing")
         return [_Input(root, name, root if local else input.url, info)]
 
-    entries: Mapping[str, Mapping[str, Any]]
-    if input.pattern is None:
-        if input.recursive:
-            entries = fs.find(root, withdirs=True, detail=True)
-        else:
-            entries = {info["name"]: info for info in fs.ls(root, detail=True)}
-    else:
-        glob = f"{root}/**/{input.pattern}" if input.recursive else f"{root}/{input.pattern}"
-        entries = fs.glob(glob, detail=True)
-
     wanted = "file" if input.target == "file" else "directory"
     explicit_hidden = input.pattern is not None and _is_hidden(input.pattern)
-    prefix = root if root.endswith("/") else root + "/"
+    entries = list_entries(
+        fs,
+        root,
+        pattern=input.pattern,
+        recursive=input.recursive,
+        local=isinstance(fs, LocalFileSystem),
+        hidden=explicit_hidden,
+        folders=input.target == "folder",
+    )
+    prefix = root.rstrip("/") + "/"
     inputs: list[_Input] = []
     other = 0
-    for name, info in entries.items():
-        name = name.rstrip("/")
-        if not name.startswith(prefix) or name == root.rstrip("/"):
-            continue
-        relative = name[len(prefix) :]
+    for relative, info in entries.items():
         if _is_hidden(relative) and not explicit_hidden:
             continue
         if info.get("type") != wanted:
             other += 1
             continue
-        url = name if local else input.url.rstrip("/") + "/" + relative
-        inputs.append(_Input(name, relative, url, info))
+        url = prefix + relative if local else input.url.rstrip("/") + "/" + relative
+        inputs.append(_Input(prefix + relative, relative, url, info))
     if not inputs:
         hint = ""
         if other:
