@@ -63,6 +63,12 @@ def test_a_time_column_in_milliseconds_is_named() -> None:
     # the other way: seconds declared as ms
     with pytest.raises(InputError, match=r"1 MHz .*set loader\.time_unit: s if the time column"):
         check_sampling_rate(photometry(1e6), source="r.csv", arguments={**CSV, "time_unit": "ms"})
+    # a loader that guesses the unit: which one it took is not known here
+    with pytest.raises(
+        InputError,
+        match=r"\); set loader\.time_unit \(now 'auto'\) to the time column's unit, or loader\.",
+    ):
+        check_sampling_rate(photometry(1.0), source="r.csv", arguments={"time_unit": "auto"})
     # no unit would help (and a format without a time column gets no unit hint)
     with pytest.raises(InputError) as error:
         check_sampling_rate(ephys(30.0), source="p.bin", arguments={})

@@ -70,6 +70,8 @@ def recording_kind(recording: xr.Dataset) -> str | None:
 
 def _unit_hint(rate: float, unit: str, low: float, high: float) -> str | None:
     """The time unit that would make ``rate`` plausible, as a hint; None when none does."""
+    if unit not in TIME_UNITS:  # a unit the loader guesses ("auto"): which one is unknown
+        return f"set loader.time_unit (now {unit!r}) to the time column's unit"
     for other, per_second in TIME_UNITS.items():
         if other != unit and low <= rate * per_second / TIME_UNITS[unit] <= high:
             return f"set loader.time_unit: {other} if the time column is in {_UNIT_NAMES[other]}"
