@@ -438,7 +438,8 @@ def discover(
         Where to look: ``url`` (any fsspec URL or a local path; a single file is one input),
         ``pattern`` (a glob relative to the URL; ``None`` takes every entry whose name does
         not start with ``.``), ``recursive`` (match at any depth) and ``target`` (``file``
-        or ``folder`` inputs).
+        or ``folder`` inputs). Local symbolic links are followed, loops cut, and folders
+        holding a neurobatch output left out (:mod:`neurobatch.io.listing`).
     loader : Mapping, list of Mapping, str or callable
         The loader: a mapping with ``format`` (one job per input), a list of them (several
         jobs per input), or a resolver called with each input's URL and returning a mapping
