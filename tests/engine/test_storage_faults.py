@@ -17,10 +17,12 @@ import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from distributed import Client
 
 from disks import resize, small_disk, used_bytes
 from endpoint import Endpoint
+from neurobatch.cli import main
 from neurobatch.config import PipelineConfig, load_config
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.item import ItemOutcome
@@ -99,6 +101,7 @@ def test_combined_outputs_are_never_built_without_an_item_that_cannot_be_read(
     s3_batch: PipelineConfig,
     relay: Endpoint,
     photometry_reference: Path,
+    local_client: Client,
     s3_options: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -128,15 +131,12 @@ def test_combined_outputs_are_never_built_without_an_item_that_cannot_be_read(
     relay.up()
     assert_same_results(OUT, photometry_reference, rerun=True, **s3_options)
 
-    # once the storage is back, the combined outputs are built whole
-    combiner = Combiner(layout, items, "run-after-outage", "trials")
-    for outcome in outcomes:
-        combiner.add(outcome)
-    combiner.finish(table, s3_batch.output.formats)
-    assert combiner.n_trials == 25
-    fs, staging = fsspec.core.url_to_fs(layout.staging(), **s3_options)
-    assert not fs.find(staging)  # nothing staged is left
+    # once the storage is back, a re-run finishes with nothing lost and nothing staged left
+    summary = Pipeline(s3_batch).run(client=local_client)
+    assert summary.n_skipped == 3
     assert_same_results(OUT, photometry_reference, rerun=True, **s3_options)
+    fs, staging = fsspec.core.url_to_fs(layout.staging(), **s3_options)
+    assert not fs.find(staging)
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -151,7 +151,11 @@ def _leftovers(out: Path) -> list[str]:
 
 
 def test_a_full_disk_is_one_line_leaves_nothing_partial_and_loses_nothing(
-    photometry_demo: Path, photometry_reference: Path, local_client: Client, tmp_path: Path
+    photometry_demo: Path,
+    photometry_reference: Path,
+    local_client: Client,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     with small_disk(tmp_path / "disk", "4m") as disk:
         out = disk / "out"
@@ -160,12 +164,17 @@ def test_a_full_disk_is_one_line_leaves_nothing_partial_and_loses_nothing(
 
         # the disk keeps 128 KiB free: the items are done, the combined outputs do not fit
         resize(disk, f"{(used_bytes(disk) + 2**17) // 2**10}k")
-        with pytest.raises(StorageError) as caught:
-            Pipeline(config).run(client=local_client)
-        message = str(caught.value)
+        document = yaml.safe_load(photometry_demo.read_text())
+        document["input"]["url"] = str(photometry_demo.parent / "data")
+        document["output"] |= {"url": str(out), "dashboards": None}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(document))
+        assert main(["run", str(path)]) == 4  # the storage's own exit status
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        message = lines[0].removeprefix("neurobatch run: error: ")
         assert message.startswith(f"no space left on device writing {out}/")
         assert message.endswith("; free space or choose another output.url")
-        assert "\n" not in message
 
         assert _leftovers(out) == []
         for table in out.rglob("*.parquet"):
