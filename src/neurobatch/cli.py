@@ -273,6 +273,7 @@ def add_check(commands: Any) -> None:
         "--minutes", type=_positive_float, default=10.0, help="length of each recording (10)"
     )
     check.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
+    _force_argument(check)
     check.set_defaults(run=_run_check)
 
 
@@ -555,8 +556,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from distributed import Client, LocalCluster
-
+    from neurobatch.config import LocalClusterConfig
+    from neurobatch.engine.cluster import connect
     from neurobatch.selfcheck import Check, run_check
 
     def show(check: Check) -> None:
@@ -567,16 +568,16 @@ def _run_check(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    config = LocalClusterConfig(
+        kind="local",
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+    )
+    # the pipelines' own local cluster: worker processes over TLS, on loopback
     with (
         tempfile.TemporaryDirectory(prefix="neurobatch-check-") as scratch,
-        LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=args.threads_per_worker,
-            memory_limit=args.memory_limit,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
+        connect(config, force=args.force) as client,
     ):
         print(
             f"neurobatch check on a LocalCluster of {args.workers} worker(s) x "

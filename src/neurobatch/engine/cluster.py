@@ -41,6 +41,7 @@ from neurobatch.config import (
     KubernetesClusterConfig,
     LocalClusterConfig,
 )
+from neurobatch.engine.placement import local_size
 from neurobatch.engine.security import (
     check_security,
     credentials_directory,
@@ -236,12 +237,6 @@ def connect(config: ClusterConfig, *, force: bool = False) -> Iterator[Client]:
 MAX_WORKERS = 10_000
 
 
-def _local_size(config: LocalClusterConfig) -> tuple[int, int]:
-    """A local section's workers (as many as fit the machine's cores when None) and threads."""
-    threads = config.threads_per_worker
-    return config.n_workers or max(1, CPU_COUNT // threads), threads
-
-
 def check_cluster_size(config: ClusterConfig, *, force: bool = False) -> None:
     """Refuse a cluster larger than where it would run, unless forced.
 
@@ -276,7 +271,7 @@ def check_cluster_size(config: ClusterConfig, *, force: bool = False) -> None:
     if force or isinstance(config, AddressClusterConfig):
         return
     if isinstance(config, LocalClusterConfig):
-        n_workers, threads = _local_size(config)
+        n_workers, threads = local_size(config)
         if n_workers * threads > CPU_COUNT:
             raise ConfigError(
                 f"cluster: {n_workers} worker(s) x {threads} thread(s) is "
@@ -330,7 +325,7 @@ def check_cluster(config: ClusterConfig, *, force: bool = False) -> list[str]:
 
 @contextmanager
 def _local(config: LocalClusterConfig) -> Iterator[Client]:
-    n_workers, threads = _local_size(config)
+    n_workers, threads = local_size(config)
     processes = config.processes if config.processes is not None else config.kind == "local"
     with ExitStack() as stack:
         if processes:

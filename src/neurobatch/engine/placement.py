@@ -10,15 +10,15 @@ constants are measured on this project's benchmarks (see each).
 from __future__ import annotations
 
 import logging
-import os
 
+from dask.system import CPU_COUNT
 from dask.utils import format_bytes
 
 from neurobatch.config import ClusterConfig, LocalClusterConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["in_process", "resolve_auto"]
+__all__ = ["in_process", "local_size", "resolve_auto"]
 
 #: CPU seconds an item costs whatever its size (opening and writing its Zarr store, keys,
 #: records, logs), measured on photometry items of 1.4 MB (``benchmarks.engine_cost``).
@@ -92,6 +92,21 @@ def in_process(n_items: int, mean_bytes: float, threads: int, *, blocked: bool =
     return n_items * per_item <= WORKER_START_S
 
 
+def local_size(config: LocalClusterConfig) -> tuple[int, int]:
+    """A local section's workers and threads per worker.
+
+    ``n_workers`` None is as many workers as fit the machine's cores
+    (``dask.system.CPU_COUNT``: the process's CPU affinity and cgroup quota counted).
+
+    Examples
+    --------
+    >>> local_size(LocalClusterConfig(n_workers=3, threads_per_worker=2))
+    (3, 2)
+    """
+    threads = config.threads_per_worker
+    return config.n_workers or max(1, CPU_COUNT // threads), threads
+
+
 def resolve_auto(
     config: ClusterConfig, n_items: int, mean_bytes: float, *, blocked: bool = False
 ) -> ClusterConfig:
@@ -110,9 +125,8 @@ def resolve_auto(
         return config
     if config.processes is not None:
         return config
-    threads = config.threads_per_worker * (
-        config.n_workers or max(1, (os.cpu_count() or 1) // config.threads_per_worker)
-    )
+    n_workers, threads_per_worker = local_size(config)
+    threads = n_workers * threads_per_worker
     processes = not in_process(n_items, mean_bytes, threads, blocked=blocked)
     logger.info(
         "cluster kind auto: %s for %d item(s) of %s on average on %d thread(s)",
