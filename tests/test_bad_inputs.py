@@ -206,7 +206,8 @@ def corpus_run(local_client: Client, tmp_path_factory: pytest.TempPathFactory) -
         root,
         {"url": str(folder), "pattern": "*.csv"},
         root / "out",
-        cluster={"kind": "address", "address": address, "n_workers": 2},
+        # the session's cluster is plain TCP on loopback: accepted when asked for
+        cluster={"kind": "address", "address": address, "n_workers": 2, "allow_insecure": True},
     )
     status, stdout, stderr = cli(["run", str(path)])
     items = pd.read_parquet(root / "out" / "items.parquet").set_index("item_id")
