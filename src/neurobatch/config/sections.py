@@ -40,6 +40,7 @@ __all__ = [
     "PreprocessConfig",
     "StaConfig",
     "StageConfig",
+    "StorageTimeoutsConfig",
     "TrialsConfig",
 ]
 
@@ -347,6 +348,20 @@ class OutputConfig(_Model):
         return list(dict.fromkeys(value))
 
 
+class StorageTimeoutsConfig(_Model):
+    """How long a storage call waits for an endpoint, and how often it is tried
+    (:mod:`neurobatch.io.storage`): a call to an endpoint that never answers fails after
+    about ``attempts`` x ``read_s`` seconds (with backoff between attempts)."""
+
+    connect_s: float = Field(default=10.0, gt=0)
+    """Seconds to wait for a connection."""
+    read_s: float = Field(default=30.0, gt=0)
+    """Seconds to wait for the next bytes of an answer."""
+    attempts: int = Field(default=3, ge=1)
+    """Tries of one S3 request in all (botocore's standard retry mode: exponential backoff
+    with jitter); HTTP(S) requests are tried once."""
+
+
 class EngineConfig(_Model):
     """How the engine schedules items."""
 
@@ -358,12 +373,18 @@ class EngineConfig(_Model):
     thread's share of its worker's memory limit, at most ``64MiB`` (and ``64MiB`` when the
     workers have no limit), so that a task's float64 temporaries stay well within it."""
     retries: int = Field(default=2, ge=0)
-    """How many times Dask reruns an item whose worker died (or whose task failed outside
-    the item's own error handling) before the item fails."""
+    """How many times an item is run again, elsewhere, when its worker died (Dask reruns
+    it), when its task failed outside the item's own error handling, or when it overran
+    ``item_timeout_s`` on a worker process, before the item fails."""
     item_timeout_s: float | None = Field(default=None, gt=0)
-    """An item still running after this many seconds on its worker fails with a message
-    (``null``: no limit). Its thread cannot be stopped: it is left to end, and may not
+    """An item still running after this many seconds fails (``null``: no limit). On worker
+    processes the driver cancels its task, restarts the worker and runs the item again,
+    up to ``retries`` times (:mod:`neurobatch.engine.tasks`); in the driver's own process
+    (threads) the item fails at once and its thread, which cannot be stopped, may not
     commit anything."""
+    storage_timeouts: StorageTimeoutsConfig = Field(default_factory=StorageTimeoutsConfig)
+    """Connect and read timeouts and attempts of every storage call, in the driver and on
+    every worker."""
 
     def chunk_budget(self, thread_memory: int | None) -> int:
         """Return the chunk memory to use where each worker thread has ``thread_memory`` bytes.

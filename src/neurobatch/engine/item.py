@@ -29,12 +29,13 @@ import fsspec
 import xarray as xr
 from distributed import get_worker
 
-from neurobatch.chunking import TASK_INPUT_BYTES, TRIALS_HANDOFF_MEMORY
+from neurobatch.chunking import TRIALS_HANDOFF_MEMORY
 from neurobatch.config import PipelineConfig
 from neurobatch.engine.hooks import apply_hook
 from neurobatch.engine.layout import OutputLayout
 from neurobatch.engine.logs import ThreadLog, captured_log, one_line
 from neurobatch.engine.monitor import DRIVER
+from neurobatch.engine.progress import report, restartable
 from neurobatch.engine.provenance import machine
 from neurobatch.engine.stages import (
     KINDS,
@@ -61,12 +62,11 @@ __all__ = [
     "expected_keys",
     "process_item",
     "process_items",
-    "task_groups",
+    "timed_out",
 ]
 
 #: The "worker" of a stage that ran on the whole cluster.
 CLUSTER = "cluster"
-
 #: What a stage's record holds besides its own facts.
 _BOOKKEEPING = ("key", "parts", "run", "sources", "arrays", "stored", "stage")
 
@@ -294,6 +294,7 @@ class _ItemRun:
 
     def run(self) -> None:
         for stage in self.job.stages:
+            report(self.job.item_id, stage.name, self.job.config.engine.item_timeout_s)
             upstream = {name: self.records[name]["key"] for name in stage.needs}
             record = self._committed(stage, upstream)
             if record is None:
@@ -502,9 +503,12 @@ _abandoned: set[tuple[str, str]] = set()
 def process_item(job: ItemJob) -> ItemOutcome:
     """Run one item's stages; never raises for a problem with the item itself.
 
-    With ``engine.item_timeout_s`` the stages run on a thread of their own, and an item
-    that has not finished in time fails with a message. Python cannot stop that thread: it
-    is left to end by itself, and anything it would still commit is refused.
+    ``engine.item_timeout_s`` is enforced by whoever can stop the item. On a worker that a
+    nanny can restart, the driver does (:class:`neurobatch.engine.tasks.ItemTasks`): the
+    item reports each stage it enters (:func:`neurobatch.engine.progress.report`). Anywhere else
+    (threads of the driver's own process) the stages run on a thread of their own and an
+    item that has not finished in time fails with a message; Python cannot stop that
+    thread: it is left to end by itself, and anything it would still commit is refused.
 
     Parameters
     ----------
@@ -521,7 +525,7 @@ def process_item(job: ItemJob) -> ItemOutcome:
     worker = CLUSTER if on_cluster else _worker()
     outcome = ItemOutcome(item_id=job.item_id, url=job.url, worker=worker, host=machine())
     timeout = job.config.engine.item_timeout_s
-    if timeout is None:
+    if timeout is None or restartable() is not None:
         return _process(job, outcome, [])
     finished: list[ItemOutcome] = []
     logs: list[ThreadLog] = []
@@ -536,30 +540,65 @@ def process_item(job: ItemJob) -> ItemOutcome:
         return finished[0]
     _abandoned.add((job.run_id, job.item_id))
     stage = outcome.stages_run[-1] if outcome.stages_run else job.stages[0].name
+    return timed_out(job, outcome, stage, log=logs[0].text if logs else "")
+
+
+def timed_out(
+    job: ItemJob, so_far: ItemOutcome, stage: str, *, restarts: int = 0, log: str = ""
+) -> ItemOutcome:
+    """The failure of an item still running after ``engine.item_timeout_s``, recorded.
+
+    Its log (``log``, then the error) and its failure marker are written as for any
+    failed item.
+
+    Parameters
+    ----------
+    job : ItemJob
+        The item.
+    so_far : ItemOutcome
+        What it did before it was given up: its worker, host, stages and their spans.
+    stage : str
+        The stage it was in.
+    restarts : int, default 0
+        How many times its worker was restarted to stop it (by the driver).
+    log : str, optional
+        What it logged.
+
+    Returns
+    -------
+    ItemOutcome
+        Failed, with one line naming the input, the stage and the setting.
+    """
+    timeout = job.config.engine.item_timeout_s or 0.0
+    tries = (
+        f"; its worker was restarted, {restarts} attempt(s) in all (engine.retries: "
+        f"{job.config.engine.retries})"
+        if restarts
+        else ""
+    )
     failed = ItemOutcome(
         item_id=job.item_id,
         url=job.url,
-        worker=worker,
-        host=outcome.host,
+        worker=so_far.worker,
+        host=so_far.host,
         status="failed",
         error=(
             f"{job.url}: still running after {timeout:g} s, in stage {stage} "
-            f"(engine.item_timeout_s: {timeout:g}); expected to finish within it"
+            f"(engine.item_timeout_s: {timeout:g}){tries}; expected to finish within it"
         ),
-        stages_run=list(outcome.stages_run),
+        stages_run=list(so_far.stages_run),
         # the stage still running ends here, for the record
-        spans=[{"end": time.time()} | span for span in outcome.spans],
+        spans=[{"end": time.time()} | span for span in so_far.spans],
         seconds=timeout,
     )
-    logger.error("%s failed: %s", job.item_id, failed.error)
-    so_far = logs[0].text if logs else ""
     secrets = secrets_in(job.config.model_dump())
-    _finish_item(job, failed, scrub(so_far + f"{failed.error}\n", secrets), stage)
+    _finish_item(job, failed, scrub(log + f"{failed.error}\n", secrets), stage)
     return failed
 
 
 def process_items(jobs: Sequence[ItemJob]) -> list[ItemOutcome]:
-    """Run several items in turn (one task of small items, see :func:`task_groups`).
+    """Run several items in turn (one task of small items, see
+    :func:`neurobatch.engine.tasks.task_groups`).
 
     Returns
     -------
@@ -567,48 +606,6 @@ def process_items(jobs: Sequence[ItemJob]) -> list[ItemOutcome]:
         One per job, in order (:func:`process_item`'s).
     """
     return [process_item(job) for job in jobs]
-
-
-def task_groups(jobs: Sequence[ItemJob], threads: int) -> list[list[ItemJob]]:
-    """The jobs in consecutive groups, one task each.
-
-    Items whose inputs are small share a task, up to
-    :data:`~neurobatch.chunking.TASK_INPUT_BYTES` of input together, and at most as many
-    as keep four tasks for each worker thread; an item of that size or larger is a task of
-    its own.
-
-    Parameters
-    ----------
-    jobs : sequence of ItemJob
-        In manifest order.
-    threads : int
-        The cluster's worker threads.
-
-    Returns
-    -------
-    list of list of ItemJob
-
-    Examples
-    --------
-    >>> from types import SimpleNamespace
-    >>> small = [SimpleNamespace(size=2**20) for _ in range(100)]
-    >>> [len(group) for group in task_groups(small, threads=2)][:3]
-    [12, 12, 12]
-    >>> large = [SimpleNamespace(size=2**30) for _ in range(3)]
-    >>> [len(group) for group in task_groups(large, threads=2)]
-    [1, 1, 1]
-    """
-    most = max(1, len(jobs) // (4 * max(threads, 1)))
-    groups: list[list[ItemJob]] = []
-    group: list[ItemJob] = []
-    for job in jobs:
-        if group and (
-            len(group) == most or sum(j.size for j in group) + job.size > TASK_INPUT_BYTES
-        ):
-            groups.append(group)
-            group = []
-        group.append(job)
-    return groups + ([group] if group else [])
 
 
 def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemOutcome:

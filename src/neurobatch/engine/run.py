@@ -10,11 +10,11 @@ which worker was faster, and records what ran in ``processing.json``
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -23,23 +23,24 @@ from typing import Any
 
 import dask
 import pandas as pd
-from distributed import Client, Future, as_completed
+from distributed import Client
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
 from neurobatch.engine.cluster import connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
-from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, process_items, task_groups
+from neurobatch.engine.item import ItemJob, ItemOutcome, process_item
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
-from neurobatch.engine.logs import captured_log, one_line
+from neurobatch.engine.logs import captured_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
+from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
 from neurobatch.errors import ConfigError, NeurobatchError
-from neurobatch.io import files
+from neurobatch.io import files, storage
 from neurobatch.io.discover import discover
 from neurobatch.io.lock import OutputLock
 from neurobatch.redact import scrub, secrets_in
@@ -293,6 +294,7 @@ class Pipeline:
         secrets = secrets_in(config.model_dump())
         start = time.perf_counter()
         run_id = f"{time.time_ns():x}"
+        storage.configure(config.engine.storage_timeouts)  # workers': in _run
         with (
             OutputLock(
                 layout.url,
@@ -348,6 +350,7 @@ class Pipeline:
                 )
                 client = stack.enter_context(connect(cluster))
             jobs = _with_chunk_budget(jobs, client)
+            storage_timeouts_on_workers(client, config.engine.storage_timeouts)
             # the driver's own reads and appends (the combined outputs) compute locally, not
             # as tasks queued behind the items; set after the client, which makes itself the
             # default scheduler when it is created
@@ -482,32 +485,17 @@ class Pipeline:
             client.dashboard_link,
         )
         pending = iter(groups)
-        submitted: dict[Any, list[ItemJob]] = {}
-
-        def submit_next() -> Future[list[ItemOutcome]] | None:
-            group = next(pending, None)
-            if group is None:
-                return None
-            first = group[0]
-            key = f"items-{first.item_id}-{len(group)}-{first.run_id}"
-            future = client.submit(
-                process_items, group, key=key, pure=False, retries=engine.retries
-            )
-            submitted[future.key] = group
-            return future
-
-        first = [f for f in (submit_next() for _ in range(in_flight_limit())) if f is not None]
-        futures = as_completed(first, loop=client.loop)
-        for future in futures:
-            group = submitted.pop(future.key)
-            for job, outcome in zip(group, _outcomes_of(future, group), strict=True):
-                finished(outcome, job, str(future.key))
-            future.release()
-            while futures.count() < in_flight_limit():
-                following = submit_next()
-                if following is None:
-                    break
-                futures.add(following)
+        with ItemTasks(client, engine) as tasks:
+            for group in itertools.islice(pending, in_flight_limit()):
+                tasks.submit(group)
+            for group, outcomes, key in tasks.finished():
+                for job, outcome in zip(group, outcomes, strict=True):
+                    finished(outcome, job, key)
+                while len(tasks) < in_flight_limit():
+                    following = next(pending, None)
+                    if following is None:
+                        break
+                    tasks.submit(following)
 
     def _finish(
         self,
@@ -556,23 +544,6 @@ class Pipeline:
         known = earlier[earlier["item_id"].isin(ids)]
         missing = [o.row() for o in carried if o.item_id not in set(known["item_id"])]
         return pd.concat([known, pd.DataFrame(missing)], ignore_index=True)
-
-
-def _outcomes_of(future: Future[list[ItemOutcome]], jobs: list[ItemJob]) -> list[ItemOutcome]:
-    """A finished task's outcomes, or failures when it died (e.g. with its worker)."""
-    try:
-        return future.result()
-    except Exception as error:  # noqa: BLE001 - one task's death never stops the others
-        return [
-            ItemOutcome(
-                item_id=job.item_id,
-                url=job.url,
-                status="failed",
-                error=f"the item's task failed: {one_line(error)}",
-                traceback=traceback.format_exc(),
-            )
-            for job in jobs
-        ]
 
 
 @contextmanager

@@ -1,0 +1,175 @@
+"""Timeouts and bounded retries for every storage call, set once in each process.
+
+Left alone, an S3 endpoint that accepts connections but never answers holds a call for
+minutes: s3fs runs each request up to five times, each time with botocore's own five
+attempts of 15 s (measured against such an endpoint with 1 s timeouts: 25 attempts in
+83 s; about 400 s with the defaults). :func:`configure` sets, for every filesystem fsspec
+makes in this process afterwards (``neurobatch.io`` calls it with the defaults when it is
+imported, so every worker has them; a run sets the pipeline's
+``engine.storage_timeouts`` in the driver and on its workers):
+
+- S3 (s3fs and botocore): a connect and a read timeout, as s3fs's ``connect_timeout`` and
+  ``read_timeout`` class attributes, which s3fs uses where a filesystem's own
+  ``config_kwargs`` does not set them; ``attempts`` tries in all with botocore's standard
+  retry mode (exponential backoff with jitter), given to botocore as session defaults
+  (fsspec's ``conf["s3"]["session_vars"]``), which it uses where neither
+  ``config_kwargs["retries"]``, ``AWS_MAX_ATTEMPTS``/``AWS_RETRY_MODE`` nor
+  ``~/.aws/config`` says otherwise; and one pass of s3fs's own retry loop (its
+  ``retries`` class attribute), so that the two do not multiply. fsspec merges its
+  configuration with a filesystem's options key by key, the options winning, so a
+  pipeline's own ``config_kwargs`` (an addressing style, say) keeps these timeouts and
+  attempts instead of replacing them.
+- HTTP(S) (fsspec's HTTPFileSystem, aiohttp): the connect timeout and a read timeout
+  between bytes on every session, unless its ``client_kwargs`` has a ``timeout``; fsspec
+  does not retry HTTP requests.
+
+Other protocols (local files, memory, gcsfs, adlfs) keep their own settings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import fsspec.config
+
+from neurobatch.config.sections import StorageTimeoutsConfig
+
+__all__ = ["configure", "current", "http_client", "is_timeout", "settings_text"]
+
+_current = StorageTimeoutsConfig()
+#: The botocore session defaults this module put in fsspec's configuration last.
+_session_vars: dict[str, tuple[Any, ...]] | None = None
+
+
+def configure(timeouts: StorageTimeoutsConfig) -> None:
+    """Use ``timeouts`` for every S3 and HTTP(S) filesystem this process makes from now on.
+
+    Parameters
+    ----------
+    timeouts : neurobatch.config.sections.StorageTimeoutsConfig
+        The connect and read timeouts and the attempts (a pipeline's
+        ``engine.storage_timeouts``).
+
+    Examples
+    --------
+    >>> from neurobatch.config.sections import StorageTimeoutsConfig
+    >>> configure(StorageTimeoutsConfig(connect_s=5, read_s=20, attempts=2))
+    >>> settings_text()
+    'connect 5 s, read 20 s, 2 attempts'
+    >>> fsspec.config.conf["s3"]["session_vars"]["max_attempts"][2]
+    2
+    >>> configure(StorageTimeoutsConfig())
+    >>> settings_text()
+    'connect 10 s, read 30 s, 3 attempts'
+    """
+    global _current, _session_vars
+    _current = timeouts
+    s3 = fsspec.config.conf.setdefault("s3", {})
+    if s3.get("session_vars") in (None, _session_vars):  # a user's own fsspec setting wins
+        # (name in ~/.aws/config, environment variable, default, converter): botocore's form
+        _session_vars = {
+            "retry_mode": ("retry_mode", "AWS_RETRY_MODE", "standard", None),
+            "max_attempts": ("max_attempts", "AWS_MAX_ATTEMPTS", timeouts.attempts, int),
+        }
+        s3["session_vars"] = _session_vars
+    for protocol in ("http", "https"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("get_client", http_client)
+    if importlib.util.find_spec("s3fs") is not None:
+        from s3fs import S3FileSystem  # type: ignore[import-untyped]
+
+        S3FileSystem.connect_timeout = timeouts.connect_s
+        S3FileSystem.read_timeout = timeouts.read_s
+        S3FileSystem.retries = 1
+
+
+def current() -> StorageTimeoutsConfig:
+    """The timeouts this process uses (the last :func:`configure`'s).
+
+    Returns
+    -------
+    neurobatch.config.sections.StorageTimeoutsConfig
+    """
+    return _current
+
+
+def settings_text() -> str:
+    """The timeouts in use, as an error message quotes them.
+
+    Returns
+    -------
+    str
+        E.g. ``connect 10 s, read 30 s, 3 attempts``.
+    """
+    t = _current
+    return f"connect {t.connect_s:g} s, read {t.read_s:g} s, {t.attempts} attempts"
+
+
+async def http_client(**client_kwargs: Any) -> Any:
+    """fsspec's HTTP session, with :func:`current`'s timeouts unless ``timeout`` is given.
+
+    fsspec calls it with a filesystem's ``client_kwargs`` (its ``get_client`` option).
+
+    Parameters
+    ----------
+    **client_kwargs
+        Passed to ``aiohttp.ClientSession``.
+
+    Returns
+    -------
+    aiohttp.ClientSession
+    """
+    import aiohttp  # only where an HTTP filesystem is made (aiohttp comes with fsspec's)
+
+    # no limit on the whole answer (a large file takes as long as it takes), only between bytes
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=_current.connect_s, sock_read=_current.read_s
+    )
+    return aiohttp.ClientSession(**{"timeout": timeout} | client_kwargs)
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether a storage call failed because its endpoint did not answer in time.
+
+    Parameters
+    ----------
+    error : BaseException
+        What the call raised; its causes are looked at too.
+
+    Returns
+    -------
+    bool
+        True for Python's, asyncio's and fsspec's timeouts and for botocore's connect and
+        read timeouts, raised or as a cause.
+
+    Examples
+    --------
+    >>> is_timeout(TimeoutError("timed out"))
+    True
+    >>> try:
+    ...     try:
+    ...         raise TimeoutError("read")
+    ...     except TimeoutError as cause:
+    ...         raise OSError("could not read s3://lab/x.csv") from cause
+    ... except OSError as error:
+    ...     is_timeout(error)
+    True
+    >>> is_timeout(FileNotFoundError("s3://lab/x.csv"))
+    False
+    """
+    seen: set[int] = set()
+    current_error: BaseException | None = error
+    while current_error is not None and id(current_error) not in seen:
+        seen.add(id(current_error))
+        if isinstance(current_error, TimeoutError):  # socket's, asyncio's and fsspec's too
+            return True
+        # botocore's ConnectTimeoutError and ReadTimeoutError (without importing botocore)
+        if type(current_error).__module__.startswith("botocore") and type(
+            current_error
+        ).__name__ in ("ConnectTimeoutError", "ReadTimeoutError"):
+            return True
+        current_error = current_error.__cause__ or current_error.__context__
+    return False
+
+
+configure(_current)
