@@ -9,14 +9,18 @@ real too: a tmpfs of a few MB (``tests/disks.py``; skipped where it cannot be mo
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import xarray as xr
 import yaml
 from distributed import Client
 
@@ -30,7 +34,7 @@ from neurobatch.engine.layout import OutputLayout
 from neurobatch.engine.ledger import item_states, read_records
 from neurobatch.engine.run import Pipeline
 from neurobatch.errors import StorageError
-from neurobatch.io import files
+from neurobatch.io import files, trials_store
 from runs import assert_same_results
 
 OUT = "s3://lab/storage-faults/out"
@@ -188,3 +192,61 @@ def test_a_full_disk_is_one_line_leaves_nothing_partial_and_loses_nothing(
         assert summary.n_failed == 0
         assert_same_results(out, photometry_reference, rerun=True)
         assert _leftovers(out) == []
+
+
+def _trials(item: str, n: int, k: int) -> xr.Dataset:
+    """An item's trials; ``k`` in the attributes makes each item a batch (an append) of its own."""
+    return xr.Dataset(
+        {"dff": (("trial", "rel_time"), np.full((n, 3), float(k)))},
+        coords={"rel_time": [-0.1, 0.0, 0.1], "item_id": ("trial", [item] * n)},
+        attrs={"processed_variable": "dff", "k": k},
+    )
+
+
+def test_an_append_whose_answer_was_lost_is_not_made_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    items = ["a", "b", "c"]
+    real, appends = trials_store.append_trials, 0
+
+    def answer_lost_once(*args: Any, **kwargs: Any) -> int:
+        nonlocal appends
+        appends += 1
+        stored = real(*args, **kwargs)
+        if appends == 2:  # the second append landed, but its answer never came back
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        return stored
+
+    monkeypatch.setattr(trials_store, "append_trials", answer_lost_once)
+    combiner = Combiner(layout, items, "run", "trials")
+    for k, item in enumerate(items):
+        outcome = ItemOutcome(item, item, status="done", records={"trials": {"n_trials": k + 2}})
+        outcome.trials = _trials(item, k + 2, k)
+        combiner.add(outcome)
+    combiner.finish(pd.DataFrame({"item_id": items}), ["zarr"])
+    assert appends == 3  # the retry found the second append there
+    back = trials_store.open_trials(layout.combined("trials.zarr"))
+    assert back["item_id"].values.tolist() == ["a"] * 2 + ["b"] * 3 + ["c"] * 4
+
+
+def test_committed_trials_that_vanished_fail_the_combined_outputs(
+    photometry_reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(photometry_reference, out)
+    before = trials_store.open_trials(str(out / "trials.zarr")).load()
+    layout = OutputLayout(str(out))
+    items = ["experiment_001", "experiment_002", "experiment_003"]
+    records = read_records(layout, items, ["trials"])
+    shutil.rmtree(out / "items" / "experiment_002" / "trials")  # after its commit was read
+    combiner = Combiner(layout, items, "run", "trials")
+    with pytest.raises(StorageError) as caught:
+        for item in items:
+            records_of = {"trials": records[(item, "trials")]}
+            combiner.add(ItemOutcome(item, item, status="skipped", records=records_of))
+    assert str(caught.value).startswith(
+        f"the committed trials of experiment_002 are gone from {out}/items/experiment_002/trials"
+    )
+    assert not (out / ".staging" / "run").exists()  # what it staged is discarded
+    xr.testing.assert_identical(trials_store.open_trials(str(out / "trials.zarr")), before)

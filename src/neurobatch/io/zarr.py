@@ -42,7 +42,7 @@ from zarr.storage import FsspecStore, LocalStore
 from neurobatch.chunking import chunk_length, row_bytes
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import _fs, _remove_marker, to_json_safe
-from neurobatch.io.files import translated
+from neurobatch.io.files import retried, translated
 from neurobatch.io.zarr_writer import new_store, to_zarr
 
 __all__ = [
@@ -298,10 +298,14 @@ def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     3
     """
     fs, path = _fs(url, storage_options)
-    with translated(url, action="writing"):
+
+    def ensure() -> None:
         if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
             store = zarr_store(url, storage_options=storage_options)
             zarr.open_group(store, mode="a", zarr_format=3)
+
+    with translated(url, action="writing"):
+        retried(ensure, url=url, action="writing")
 
 
 def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
