@@ -26,6 +26,7 @@ import xarray as xr
 import yaml
 from distributed import Client
 
+from endpoint import Endpoint
 from neurobatch import synthetic
 from neurobatch.cli import main
 from neurobatch.engine.layout import FAILURE_MARKER
@@ -35,6 +36,8 @@ from neurobatch.engine.ledger import (
     write_manifest,
 )
 from neurobatch.engine.run import Pipeline
+from neurobatch.errors import StorageError
+from neurobatch.io import files
 from neurobatch.io.commit import COMMIT_MARKER, commit
 from neurobatch.io.trials_store import open_trials
 
@@ -223,8 +226,8 @@ def test_status_shows_a_failed_item_with_its_reason(
     assert reasons["experiment_001"] == reasons["experiment_002"] == ""
 
 
-def test_status_reads_markers_on_s3(s3_options: dict[str, Any]) -> None:
-    out = "s3://lab/status/out"
+def _status_folder(out: str, storage_options: dict[str, Any]) -> None:
+    """An output folder of 4 items: a done, b failed, c begun, d not begun."""
     items = pd.DataFrame(
         {
             "item_id": ["a", "b", "c", "d"],
@@ -233,28 +236,67 @@ def test_status_reads_markers_on_s3(s3_options: dict[str, Any]) -> None:
             "format": ["spikeglx"] * 4,
         }
     )
-    write_manifest(
-        items, out, kind="filter", stages=["ingest", "filter"], storage_options=s3_options
-    )
+    so = storage_options
+    write_manifest(items, out, kind="filter", stages=["ingest", "filter"], storage_options=so)
     for url in (f"{out}/items/a/ingest", f"{out}/items/a/filter"):
-        commit(url, {"key": "k", "run": "10"}, storage_options=s3_options)
-    commit(f"{out}/items/b/ingest", {"key": "k", "run": "10"}, storage_options=s3_options)
+        commit(url, {"key": "k", "run": "10"}, storage_options=so)
+    commit(f"{out}/items/b/ingest", {"key": "k", "run": "10"}, storage_options=so)
     failure = {"stage": "filter", "error": "killed\nby the  OOM killer", "run": "11"}
-    with fsspec.open(f"{out}/items/b/{FAILURE_MARKER}", "w", **s3_options) as f:
+    with fsspec.open(f"{out}/items/b/{FAILURE_MARKER}", "w", **so) as f:
         json.dump(failure, f)
     # c has a folder but nothing committed; d has no folder at all
-    with fsspec.open(f"{out}/items/c/ingest/zarr.json", "w", **s3_options) as f:
+    with fsspec.open(f"{out}/items/c/ingest/zarr.json", "w", **so) as f:
         f.write("{}")
+
+
+STATUS_STATES = {
+    "a": {"ingest": "done", "filter": "done", "status": "done"},
+    "b": {"ingest": "done", "filter": "failed", "status": "failed"},
+    "c": {"ingest": "pending", "filter": "pending", "status": "pending"},
+    "d": {"ingest": "pending", "filter": "pending", "status": "pending"},
+}
+
+
+def test_status_reads_markers_on_s3(s3_options: dict[str, Any]) -> None:
+    out = "s3://lab/status/out"
+    _status_folder(out, s3_options)
     states = item_states(out, storage_options=s3_options).set_index("item_id")
-    assert states[["ingest", "filter", "status"]].to_dict("index") == {
-        "a": {"ingest": "done", "filter": "done", "status": "done"},
-        "b": {"ingest": "done", "filter": "failed", "status": "failed"},
-        "c": {"ingest": "pending", "filter": "pending", "status": "pending"},
-        "d": {"ingest": "pending", "filter": "pending", "status": "pending"},
-    }
+    assert states[["ingest", "filter", "status"]].to_dict("index") == STATUS_STATES
     assert states.loc["b", "error"] == "killed by the OOM killer"
     assert states["error"].drop("b").isna().all()
     assert counts(states) == {"done": 1, "stale": 0, "failed": 1, "pending": 2}
+
+
+def test_status_through_an_outage_never_guesses_a_state(
+    s3_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = "s3://lab/status-outage/out"
+    with Endpoint(s3_options["client_kwargs"]["endpoint_url"]) as relay:
+        so = relay.options(s3_options)
+        _status_folder(out, so)
+        # the records' reads fail for a moment: read again, every state is right
+        relay.down_at(rb"GET \S*/items/\w/", seconds=1.0)
+        states = item_states(out, storage_options=so).set_index("item_id")
+        assert relay.outages == 1
+        assert states[["ingest", "filter", "status"]].to_dict("index") == STATUS_STATES
+
+        # they keep failing: one line and the storage's exit status, never "pending"
+        monkeypatch.setattr(files, "RETRY_SECONDS", 1.0)
+        relay.down_at(rb"GET \S*/items/\w/")
+        with pytest.raises(StorageError, match=f"^cannot reach the storage reading {out}/items"):
+            item_states(out, storage_options=so)
+        relay.up()
+        relay.down_at(rb"GET \S*/items/\w/")
+        assert main(["status", out, "--storage-options", json.dumps(so)]) == 4
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"neurobatch status: error: cannot reach the storage reading {out}/items"
+        ), lines
+        relay.up()
+        states = item_states(out, storage_options=so).set_index("item_id")
+        assert states[["ingest", "filter", "status"]].to_dict("index") == STATUS_STATES
 
 
 def test_status_of_a_folder_that_no_run_wrote(

@@ -236,9 +236,18 @@ class Combiner:
             )
         remove(layout.staging(self.run_id), storage_options=so)
 
-    def discard(self) -> None:
-        """Remove what this run staged (after a failure): the outputs in place stay as they
-        are. Nothing is tried where the storage cannot be reached."""
+    def discard(self, error: BaseException | None = None) -> None:
+        """Remove what this run staged, after a failure: the outputs in place stay as they
+        are. Nothing is tried when ``error`` (the failure) says the storage cannot be
+        reached: the next run removes it.
+
+        Parameters
+        ----------
+        error : BaseException, optional
+            What failed the run.
+        """
+        if error is not None and files.is_transient(error):
+            return
         try:
             remove(self.layout.staging(self.run_id), storage_options=self.layout.storage_options)
         except StorageError as failure:
@@ -249,8 +258,7 @@ class Combiner:
         try:
             yield
         except Exception as error:
-            if not files.is_transient(error):
-                self.discard()
+            self.discard(error)
             raise
 
 
