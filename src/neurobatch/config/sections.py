@@ -6,10 +6,12 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -25,8 +27,10 @@ from neurobatch.config.base import (
     _Model,
     _problem,
     _raise_problems,
+    _short,
+    _suggest,
 )
-from neurobatch.config.objects import ObjectRef
+from neurobatch.config.objects import ObjectRef, split_object_ref
 
 __all__ = [
     "EngineConfig",
@@ -152,20 +156,62 @@ class StaConfig(_Model):
         return self
 
 
-class FitConfig(_Model):
-    """How the isosbestic channel is fitted to the signal."""
+#: PhoPro's spellings of the methods, for the hint of a refused one.
+_PHOPRO_NAMES = {"OLS": "ols", "IRLS": "irls", "dF/F": "dff", "dF": "df", "dB/B": "dbb", "dB": "db"}
 
-    method: Literal["ols", "irls", "none"] = "irls"
-    """Least squares, robust IRLS with Tukey's biweight (PhoPro's default), or no fit
-    (single-channel recordings; then ``correction`` must be ``none``)."""
+
+def _named(names: tuple[str, ...]) -> Any:
+    """A validator: one of ``names``, or a user's ``module:function`` (``file.py:function``)."""
+
+    def check(value: str) -> str:
+        if value in names:
+            return value
+        try:
+            split_object_ref(value)
+        except ValueError:
+            expected = f"{', '.join(map(repr, names))} or 'module:function'"
+            guess = _PHOPRO_NAMES.get(value) or _suggest(value.lower(), names)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise ValueError(f"got {_short(value)}; expected {expected}{hint}") from None
+        return value
+
+    return check
+
+
+def _named_schema(names: tuple[str, ...]) -> Any:
+    function = {"type": "string", "pattern": r"^.+:[A-Za-z_][A-Za-z0-9_.]*$"}
+    return WithJsonSchema({"anyOf": [{"type": "string", "enum": list(names)}, function]})
+
+
+#: The fits of the isosbestic, and the corrections that divide or subtract their reference.
+ISOSBESTIC_FITS = ("ols", "irls", "detrend_retrend", "detrend_fit_retrend")
+FIT_METHODS = (*ISOSBESTIC_FITS, "bleaching", "none")
+CORRECTIONS = ("dff", "df", "dbb", "db", "none")
+FitMethod = Annotated[str, AfterValidator(_named(FIT_METHODS)), _named_schema(FIT_METHODS)]
+Correction = Annotated[str, AfterValidator(_named(CORRECTIONS)), _named_schema(CORRECTIONS)]
+
+
+class FitConfig(_Model):
+    """How the reference is fitted: to the isosbestic, or to the signal's own bleaching."""
+
+    method: FitMethod = "irls"
+    """``ols`` (least squares), ``irls`` (robust, Tukey's biweight: PhoPro's default),
+    ``detrend_retrend`` (the isosbestic's dB/B carried onto the signal's bleaching curve),
+    ``detrend_fit_retrend`` (the same through an IRLS line between the dB/B), ``bleaching``
+    (the signal's bi-exponential bleaching curve: single channel), ``none``, or a function
+    ``module:function`` called as ``f(signal, isosbestic) -> (reference, params)``."""
     intercept: bool = True
-    """Fit ``signal ≈ b0 + b1 * isosbestic`` (else ``b1 * isosbestic``)."""
+    """Fit ``signal ≈ b0 + b1 * isosbestic`` (else ``b1 * isosbestic``); ols, irls and
+    detrend_fit_retrend."""
     c: float = Field(default=3.0, gt=0)
-    """Tukey's tuning constant (IRLS only)."""
+    """Tukey's tuning constant (irls, detrend_fit_retrend)."""
     maxiter: int = Field(default=1000, ge=1)
     """The most IRLS iterations."""
     tol: float = Field(default=1e-8, ge=0)
     """IRLS stops once the deviance changes by at most this much."""
+    window_s: float = Field(default=5.0, gt=0)
+    """The bleaching fits' median window in seconds (``int(fs * window_s)`` samples, every
+    half window): bleaching, detrend_retrend, detrend_fit_retrend (PhoPro's window_dur_sec)."""
 
 
 def _fit_shorthand(value: Any) -> Any:
@@ -186,7 +232,7 @@ def _preprocess_schema(schema: dict[str, Any]) -> None:
     if "fit" in properties:
         fit = properties["fit"]
         ref = {key: fit.pop(key) for key in ("$ref", "allOf") if key in fit}
-        fit["anyOf"] = [ref, {"type": "string", "enum": ["ols", "irls"]}]
+        fit["anyOf"] = [ref, {"type": "string"}]
     if "filter" in properties:
         properties["filter"].setdefault("anyOf", []).extend([{"const": False}, {"const": "none"}])
 
@@ -201,15 +247,52 @@ class PreprocessConfig(_Model):
     )
     """The low-pass filter; ``null`` (or ``false``) for none."""
     fit: Annotated[FitConfig, BeforeValidator(_fit_shorthand)] = Field(default_factory=FitConfig)
-    """The isosbestic fit; ``ols`` and ``irls`` are shorthands for ``{method: ...}``."""
-    correction: Literal["dff", "df", "none"] = "dff"
-    """``dff = (signal - reference) / reference``, ``df = signal - reference``, or none."""
+    """The reference's fit; a method's name is a shorthand for ``{method: ...}``. By
+    default ``irls``, and ``bleaching`` with correction ``dbb`` or ``db``."""
+    correction: Correction = "dff"
+    """``dff = (signal - reference) / reference``, ``df = signal - reference`` (isosbestic
+    fits); ``dbb``, ``db``: the same with the bleaching fit (PhoPro's dB/B, dB); ``none``;
+    or a function ``module:function`` called as ``f(signal, reference) -> corrected``."""
     normalization: Literal["none", "zscore", "nullz"] = "none"
     """Whole-signal normalisation after the correction."""
     dtype: Literal["float32", "float64"] = "float32"
     """How the processed signals, and so the trial windows, are stored; they are computed
     in float64 either way. float32 rounds each value by at most 6e-8 of itself: dF/F within
     1e-6 of PhoPro's (float64) for values below 16, at half the bytes to write and read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bleaching_by_default(cls, data: Any) -> Any:
+        # PhoPro's dB/B and dB correct by the signal's bleaching curve: that is their fit
+        if isinstance(data, dict) and "fit" not in data and data.get("correction") in ("dbb", "db"):
+            return {**data, "fit": "bleaching"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_correction(self) -> PreprocessConfig:
+        fit, correction = self.fit.method, self.correction
+        if fit == "none" and correction in CORRECTIONS[:4]:
+            message = (
+                f"correction {correction!r} needs a fitted reference, and fit is 'none'; "
+                "expected correction: none, or a fit (ols, irls, detrend_retrend, "
+                "detrend_fit_retrend with an isosbestic channel; bleaching without)"
+            )
+        elif fit == "bleaching" and correction in ("dff", "df"):
+            message = (
+                f"correction {correction!r} is for a fitted isosbestic, and fit 'bleaching' "
+                "fits the signal's own bleaching; expected correction dbb or db (PhoPro's "
+                "dB/B, dB)"
+            )
+        elif fit in ISOSBESTIC_FITS and correction in ("dbb", "db"):
+            message = (
+                f"correction {correction!r} is for the single-channel bleaching fit, and fit "
+                f"{fit!r} fits the isosbestic; expected correction dff or df, or fit: bleaching"
+            )
+        else:
+            return self
+        raise ValidationError.from_exception_data(
+            "PreprocessConfig", [_problem(("correction",), "combination", message, correction)]
+        )
 
 
 class TrialsConfig(_Model):

@@ -1,4 +1,4 @@
-"""Isosbestic correction (dF/F, dF) and whole-signal normalisation (z-score, null-z)."""
+"""Reference correction (dF/F, dF; dB/B, dB) and whole-signal normalisation (z-score, null-z)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from neurobatch.kernels._validation import validate_choice, validate_same_length
 
 __all__ = ["Correction", "Normalization", "correct", "normalize"]
 
-Correction = Literal["dff", "df", "none"]
+Correction = Literal["dff", "df", "dbb", "db", "none"]
 Normalization = Literal["zscore", "nullz", "none"]
-_CORRECTIONS: tuple[str, ...] = ("dff", "df", "none")
+_CORRECTIONS: tuple[str, ...] = ("dff", "df", "dbb", "db", "none")
 _NORMALIZATIONS: tuple[str, ...] = ("zscore", "nullz", "none")
 
 # PhoPro divides by max(reference, float32 eps): a reference at or below zero (a failed fit)
@@ -24,17 +24,22 @@ _REFERENCE_FLOOR = float(np.finfo(np.float32).eps)
 def correct(
     signal: ArrayLike, reference: ArrayLike, *, method: Correction = "dff"
 ) -> NDArray[np.float64]:
-    """Correct a signal by its fitted isosbestic reference.
+    """Correct a signal by its fitted reference (isosbestic, or photobleaching curve).
+
+    ``dbb`` and ``db`` are ``dff`` and ``df`` by another name, as in PhoPro: the reference
+    is then the signal's own photobleaching curve (single channel) instead of the fitted
+    isosbestic.
 
     Parameters
     ----------
     signal : array_like
         The (filtered) signal channel, time along the first axis.
     reference : array_like
-        The fitted reference ``b0 + b1 * isosbestic``, same shape as ``signal``.
-    method : {"dff", "df", "none"}, default "dff"
-        ``dff``: ``(signal - reference) / max(reference, float32 eps)``;
-        ``df``: ``signal - reference``; ``none``: the signal unchanged.
+        The fitted reference (``b0 + b1 * isosbestic``, or a bleaching curve), same shape
+        as ``signal``.
+    method : {"dff", "df", "dbb", "db", "none"}, default "dff"
+        ``dff`` and ``dbb``: ``(signal - reference) / max(reference, float32 eps)``;
+        ``df`` and ``db``: ``signal - reference``; ``none``: the signal unchanged.
 
     Returns
     -------
@@ -52,14 +57,16 @@ def correct(
     array([1. , 0.5])
     >>> correct([2.0, 3.0], [1.0, 2.0], method="df")
     array([1., 1.])
+    >>> correct([2.0, 3.0], [1.0, 2.0], method="dbb")
+    array([1. , 0.5])
     """
     validate_choice(method, "method", _CORRECTIONS)
     signal_arr = np.asarray(signal, dtype=np.float64)
     reference_arr = np.asarray(reference, dtype=np.float64)
     validate_same_length(signal=signal_arr, reference=reference_arr)
-    if method == "dff":
+    if method in ("dff", "dbb"):
         return (signal_arr - reference_arr) / np.maximum(reference_arr, _REFERENCE_FLOOR)
-    if method == "df":
+    if method in ("df", "db"):
         return signal_arr - reference_arr
     return signal_arr
 

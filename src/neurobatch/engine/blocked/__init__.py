@@ -4,8 +4,9 @@ Each wrapper is thin: it validates, then hands the kernel to ``map_overlap``,
 ``map_blocks`` or ``reduction`` with its depth, boundary, dtype and output chunks declared,
 so that running chunk by chunk gives the whole-array answer. The modules mirror
 :mod:`neurobatch.kernels`: :mod:`~neurobatch.engine.blocked.filters`,
-:mod:`~neurobatch.engine.blocked.fitting`, :mod:`~neurobatch.engine.blocked.bleaching`, :mod:`~neurobatch.engine.blocked.windows`,
-:mod:`~neurobatch.engine.blocked.sta` and :mod:`~neurobatch.engine.blocked.eta`.
+:mod:`~neurobatch.engine.blocked.fitting`, :mod:`~neurobatch.engine.blocked.bleaching`,
+:mod:`~neurobatch.engine.blocked.windows`, :mod:`~neurobatch.engine.blocked.sta` and
+:mod:`~neurobatch.engine.blocked.eta`.
 """
 
 from neurobatch.engine.blocked._reduce import validate_split_every

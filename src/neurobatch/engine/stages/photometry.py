@@ -6,9 +6,11 @@ variables are still lazy; only what a step must know to go on is computed (the f
 coefficients, the trial plan from the time axis and the events).
 
 - :func:`filter_channels`: zero-phase low-pass of every channel.
-- :func:`fit_reference`: the isosbestic fit (OLS or robust IRLS), one blocked reduction per pass.
-- :func:`correct`: the fitted reference, the correction (dF/F, dF) and the whole-signal
-  normalisation.
+- :func:`fit_reference`: the reference: a line on the isosbestic (OLS, robust IRLS), the
+  signal's photobleaching curve, a detrend-retrend reference, or a user's fit
+  (:mod:`.photometry_reference`).
+- :func:`correct`: the fitted reference, the correction (dF/F, dF, dB/B, dB, or a user's)
+  and the whole-signal normalisation.
 - :func:`preprocess`: the three above, as PhoPro's ``preprocess_signal``.
 - :func:`cut_trials`: the event-aligned trials of the processed variable.
 
@@ -27,23 +29,22 @@ import numpy as np
 import xarray as xr
 
 from neurobatch.chunking import IN_MEMORY_CHUNKS
-from neurobatch.config import (
-    FilterConfig,
-    FitConfig,
-    PipelineConfig,
-    PreprocessConfig,
-    TrialsConfig,
-)
+from neurobatch.config import FilterConfig, PipelineConfig, PreprocessConfig, TrialsConfig
 from neurobatch.engine import blocked
 from neurobatch.engine.hooks import apply_hook
 from neurobatch.engine.stages.base import FigureContext, Stage, StageContext, StageOutput
 from neurobatch.engine.stages.base import source_of as _source
+from neurobatch.engine.stages.photometry_reference import (
+    PROCESSED_VARIABLE,
+    correct,
+    describe_fit,
+    fit_reference,
+    function_hashes,
+)
 from neurobatch.errors import InputError
 from neurobatch.io.zarr import open_dataset, write_dataset
-from neurobatch.kernels import correction as correction_kernels
 from neurobatch.kernels import filters
 from neurobatch.kernels import trials as trial_kernels
-from neurobatch.kernels.fitting import FitResult
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,6 @@ __all__ = [
     "fit_reference",
     "preprocess",
 ]
-
-#: The processed variable's name for each correction method.
-PROCESSED_VARIABLE = {"dff": "dff", "df": "df", "none": "signal_corrected"}
 
 CHANNELS = ("signal", "isosbestic")
 
@@ -125,130 +123,6 @@ def filter_channels(recording: xr.Dataset, params: FilterConfig | None) -> xr.Da
         out[name] = recording[name].copy(
             data=blocked.zero_phase_filter(da.asarray(recording[name].data), sos, axis=0)
         )
-    return out
-
-
-def fit_reference(filtered: xr.Dataset, params: FitConfig) -> FitResult:
-    """Fit the isosbestic channel to the signal: ``signal ≈ b0 + b1 * isosbestic``.
-
-    Computed now, on dask's current scheduler: OLS is one blocked pass of co-moments; IRLS
-    (Tukey's biweight, as statsmodels' ``RLM``) a few passes per iteration. Persist the
-    inputs first when they are expensive to recompute.
-
-    Parameters
-    ----------
-    filtered : xarray.Dataset
-        With ``signal`` and ``isosbestic`` along ``time``.
-    params : neurobatch.config.FitConfig
-        ``method`` (``ols`` or ``irls``), ``intercept``, and for IRLS ``c`` and ``maxiter``.
-
-    Returns
-    -------
-    neurobatch.kernels.fitting.FitResult
-
-    Raises
-    ------
-    neurobatch.errors.InputError
-        If the recording has no isosbestic channel, or the fit is impossible (NaN, a
-        constant isosbestic, too few samples).
-
-    Examples
-    --------
-    >>> from neurobatch.config import FitConfig
-    >>> iso = np.linspace(1.0, 2.0, 100)
-    >>> ds = xr.Dataset({"signal": ("time", 0.5 + 2 * iso), "isosbestic": ("time", iso)})
-    >>> fit = fit_reference(ds.chunk(time=30), FitConfig(method="ols"))
-    >>> round(fit.intercept, 6), round(fit.slope, 6)
-    (0.5, 2.0)
-    """
-    if "isosbestic" not in filtered:
-        raise InputError(
-            f"{_source(filtered)}: the {params.method.upper()} fit needs an isosbestic "
-            "channel, and this recording has none (single-channel); expected "
-            "isosbestic_col in the loader, or fit: none with correction: none"
-        )
-    iso, sig = filtered["isosbestic"].data, filtered["signal"].data
-    try:
-        if params.method == "ols":
-            return blocked.fit_ols(iso, sig, intercept=params.intercept)
-        return blocked.fit_irls(
-            iso,
-            sig,
-            c=params.c,
-            maxiter=params.maxiter,
-            tol=params.tol,
-            intercept=params.intercept,
-        )
-    except ValueError as error:
-        raise InputError(f"{_source(filtered)}: isosbestic fit failed: {error}") from error
-
-
-def correct(
-    filtered: xr.Dataset,
-    fit: FitResult | None,
-    *,
-    correction: correction_kernels.Correction,
-    normalization: correction_kernels.Normalization,
-) -> xr.Dataset:
-    """Add the fitted ``reference`` and the corrected, normalised processed variable, lazily.
-
-    Parameters
-    ----------
-    filtered : xarray.Dataset
-        The filtered recording.
-    fit : neurobatch.kernels.fitting.FitResult or None
-        The isosbestic fit; None when there is none (then ``correction`` must be ``none``).
-    correction : {'dff', 'df', 'none'}
-        ``(signal - reference) / max(reference, float32 eps)``, ``signal - reference``, or
-        the signal itself.
-    normalization : {'none', 'zscore', 'nullz'}
-        Whole-signal normalisation of the corrected signal (``ddof=0``).
-
-    Returns
-    -------
-    xarray.Dataset
-        ``filtered`` plus ``reference`` (when fitted) and the processed variable
-        (:data:`PROCESSED_VARIABLE`), with attrs ``fit`` and ``processed_variable``.
-
-    Raises
-    ------
-    neurobatch.errors.InputError
-        If a correction needs a reference and there is no fit.
-
-    Examples
-    --------
-    >>> from neurobatch.kernels.fitting import fit_ols
-    >>> iso = np.linspace(1.0, 2.0, 5)
-    >>> ds = xr.Dataset({"signal": ("time", 2 * iso * 1.1), "isosbestic": ("time", iso)})
-    >>> out = correct(ds, fit_ols(iso, 2 * iso), correction="dff", normalization="none")
-    >>> out.attrs["processed_variable"], np.round(out.dff.values, 6).tolist()
-    ('dff', [0.1, 0.1, 0.1, 0.1, 0.1])
-    """
-    name = PROCESSED_VARIABLE[correction]
-    out = filtered.copy()
-    signal = da.asarray(filtered["signal"].data)
-    if fit is None:
-        if correction != "none":
-            raise InputError(
-                f"{_source(filtered)}: correction {correction!r} needs a fitted reference and "
-                "there is none (single-channel recording or fit: none); expected "
-                "correction: none, or an isosbestic channel with a fit"
-            )
-        processed = signal
-        out.attrs["fit"] = None
-    else:
-        iso = da.asarray(filtered["isosbestic"].data)
-        reference = fit.intercept + fit.slope * iso if fit.has_intercept else fit.slope * iso
-        out["reference"] = filtered["isosbestic"].copy(data=reference)
-        processed = da.map_blocks(
-            correction_kernels.correct, signal, reference, method=correction, dtype=np.float64
-        )
-        out.attrs["fit"] = fit.to_dict()
-    if normalization != "none":
-        processed = blocked.normalize(processed, method=normalization)
-    out[name] = filtered["signal"].copy(data=processed)
-    out[name].attrs = {"correction": correction, "normalization": normalization}
-    out.attrs["processed_variable"] = name
     return out
 
 
@@ -484,13 +358,7 @@ def _run_preprocess(context: StageContext) -> StageOutput:
     processed = _stored_as(processed, context.config.preprocess.dtype)
     fit = processed.attrs.get("fit")
     if fit:
-        logger.info(
-            "fit %s: reference = %.6g + %.6g * isosbestic, R² = %.4f",
-            fit["method"],
-            fit["intercept"],
-            fit["slope"],
-            fit["r_squared"],
-        )
+        logger.info("%s", describe_fit(fit))
     return StageOutput(processed, record={"fit": fit})
 
 
@@ -545,7 +413,10 @@ def _run_trials(context: StageContext) -> StageOutput:
 
 
 def _preprocess_parameters(config: PipelineConfig) -> dict[str, Any]:
-    return config.preprocess.model_dump(mode="json")
+    parameters = config.preprocess.model_dump(mode="json")
+    # a user's fit or correction: its source joins the key, so that editing it redoes
+    code = function_hashes(config.preprocess)
+    return parameters | {"code": code} if code else parameters
 
 
 def _trials_parameters(config: PipelineConfig) -> dict[str, Any]:
