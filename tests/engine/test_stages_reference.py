@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import scipy.signal
 import xarray as xr
+from distributed import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neurobatch import synthetic
 from neurobatch.config import PreprocessConfig
 from neurobatch.engine import stages
+from neurobatch.engine.run import Pipeline
 from neurobatch.engine.stages import photometry_reference as reference
 from neurobatch.errors import InputError
 from neurobatch.kernels import bleaching
@@ -178,3 +180,25 @@ def test_user_functions_join_the_key(lab: str, tmp_path: Path) -> None:
     Path(lab).write_text(LAB.replace("rcond=None", "rcond=1e-12"))
     assert reference.function_hashes(params) != first
     assert reference.function_hashes(PreprocessConfig()) == {}
+
+
+def test_pipeline_runs_a_user_fit_and_redoes_it_when_edited(
+    lab: str, tmp_path: Path, local_client: Client
+) -> None:
+    """On the LocalCluster's worker processes, from a file; editing it redoes preprocess."""
+    data = tmp_path / "data"
+    synthetic.write_photometry_batch(data, n_items=2, duration_s=120.0, fs=FS, seed=1)
+    config = {
+        "name": "lab-fit",
+        "input": {"url": str(data), "pattern": "*.csv"},
+        "loader": {"format": "photometry-csv", "event_cols": list(synthetic.EVENT_NAMES)},
+        "preprocess": {"fit": f"{lab}:ols", "correction": "df"},
+        "trials": {"align_to": "trial_cue", "bounds_s": [-2.0, 4.0]},
+        "output": {"url": str(tmp_path / "out")},
+    }
+    first = Pipeline(config).run(client=local_client, progress=False)
+    assert first.n_failed == 0 and set(first.items["fit_method"]) == {f"{lab}:ols"}
+    assert Pipeline(config).run(client=local_client, progress=False).n_skipped == 2
+    Path(lab).write_text(LAB.replace("rcond=None", "rcond=1e-12"))
+    again = Pipeline(config).run(client=local_client, progress=False)
+    assert set(again.items["stages_run"]) == {"preprocess,trials"}

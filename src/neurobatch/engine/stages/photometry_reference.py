@@ -154,11 +154,13 @@ def fit_reference(filtered: xr.Dataset, params: FitConfig) -> FitResult | Fitted
     Examples
     --------
     >>> from neurobatch import synthetic
-    >>> rec = synthetic.photometry_recording(duration_s=120.0, fs=50.0, seed=0)
-    >>> fit = fit_reference(rec.drop_vars("isosbestic").chunk(time=2000),
+    >>> rec = synthetic.photometry_recording(duration_s=400.0, fs=20.0, seed=0)
+    >>> fit = fit_reference(rec.drop_vars("isosbestic").chunk(time=3000),
     ...                     FitConfig(method="bleaching"))
-    >>> fit.record["method"], fit.record["window"], fit.reference.chunks
-    ('bleaching', 250, ((2000, 2000, 2000),))
+    >>> fit.record["method"], fit.record["window"], fit.record["converged"]
+    ('bleaching', 100, True)
+    >>> fit.reference.chunks
+    ((3000, 3000, 2000),)
     """
     method = params.method
     source = _source(filtered)
