@@ -14,6 +14,7 @@ import psutil
 import pytest
 from distributed import Client
 
+from neurobatch import synthetic
 from neurobatch.cli import EXIT_SOME_FAILED, main
 from neurobatch.engine.layout import FAILURE_MARKER
 from processes import ProcessCluster, dask_processes
@@ -49,29 +50,27 @@ def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessClust
         yield cluster
 
 
-def stopping_pipeline(demo: Path, tmp_path: Path, *, retries: int) -> tuple[Path, Path]:
-    """The demo's pipeline with the stopping hook, ``engine.item_timeout_s`` and ``retries``,
-    on an existing scheduler; returns the file and the marker the hook writes."""
+def stopping_pipeline(data: Path, tmp_path: Path, *, engine: str) -> tuple[Path, Path]:
+    """The photometry demo's pipeline over ``data`` with the stopping hook and ``engine``
+    settings, on an existing scheduler; returns the file and the marker the hook writes."""
     marker = tmp_path / "stopped.pid"
     hook = tmp_path / "hooks.py"
     hook.write_text(STOPPING_HOOK.format(marker=str(marker)))
-    text = demo.read_text()
-    text = text.replace("url: data", f"url: {demo.parent / 'data'}")
+    text = synthetic.demo_pipeline_file(tmp_path, "photometry").read_text()
+    text = text.replace("url: data", f"url: {data}")
     text = text.replace("url: output", f"url: {tmp_path / 'out'}").replace("dashboards: png", "")
     cluster = "kind: address, address: tcp://replaced:1, allow_insecure: true"
     text = re.sub(r"(?m)^cluster: .*$", f"cluster: {{{cluster}}}", text)
-    text += (
-        f"hooks: {{post_load: '{hook}:stop_once'}}\n"
-        f"engine: {{item_timeout_s: {TIMEOUT_S}, retries: {retries}}}\n"
-    )
+    text += f"hooks: {{post_load: '{hook}:stop_once'}}\nengine: {{{engine}}}\n"
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(text)
     return pipeline, marker
 
 
 def run_on(processes: ProcessCluster, pipeline: Path) -> int:
-    """``neurobatch run`` on the two worker processes."""
-    return main(["run", str(pipeline), "--cluster", processes.address, "--workers", "2"])
+    """``neurobatch run`` on the worker processes."""
+    workers = str(len(processes.workers))
+    return main(["run", str(pipeline), "--cluster", processes.address, "--workers", workers])
 
 
 def assert_restarted(processes: ProcessCluster, marker: Path) -> None:
@@ -79,9 +78,9 @@ def assert_restarted(processes: ProcessCluster, marker: Path) -> None:
     stopped = int(marker.read_text())
     assert not psutil.pid_exists(stopped)
     with Client(processes.address, set_as_default=False) as client:
-        client.wait_for_workers(2, timeout=30)
+        client.wait_for_workers(len(processes.workers), timeout=30)
         pids = set(client.run(os.getpid).values())
-    assert stopped not in pids and len(pids) == 2
+    assert stopped not in pids and len(pids) == len(processes.workers)
 
 
 def test_a_frozen_worker_is_restarted_and_its_item_retried(
@@ -90,9 +89,11 @@ def test_a_frozen_worker_is_restarted_and_its_item_retried(
     photometry_reference: Path,
     tmp_path: Path,
 ) -> None:
-    pipeline, marker = stopping_pipeline(photometry_demo, tmp_path, retries=1)
+    data = photometry_demo.parent / "data"
+    engine = f"item_timeout_s: {TIMEOUT_S}, retries: 1"
+    pipeline, marker = stopping_pipeline(data, tmp_path, engine=engine)
     assert run_on(processes, pipeline) == 0
-    # the first attempt stopped its process; the retry, elsewhere, finished the item
+    # the first attempt stopped its process; the retry, on a fresh one, finished the item
     assert marker.exists()
     assert_restarted(processes, marker)
     assert_same_results(tmp_path / "out", photometry_reference)
@@ -100,35 +101,37 @@ def test_a_frozen_worker_is_restarted_and_its_item_retried(
 
 
 def test_a_frozen_worker_without_retries_fails_its_item_in_one_line(
-    processes: ProcessCluster,
-    photometry_demo: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pipeline, marker = stopping_pipeline(photometry_demo, tmp_path, retries=0)
-    assert run_on(processes, pipeline) == EXIT_SOME_FAILED
-    assert_restarted(processes, marker)
+    data = tmp_path / "data"
+    synthetic.write_photometry_batch(data, n_items=4, duration_s=120.0, fs=20.0, seed=5)
+    # on one worker (two task slots), a task per item: when experiment_002 stops the
+    # worker, the scheduler gives it experiment_004's task, still waiting, as soon as the
+    # driver takes back the two it has, and fails it (KilledWorker) when the restart kills
+    # the worker: the driver submits it again
+    engine = f"item_timeout_s: {TIMEOUT_S}, retries: 0, max_in_flight: 4"
+    pipeline, marker = stopping_pipeline(data, tmp_path, engine=engine)
+    with dask_processes(tmp_path, n_workers=1) as one_worker:
+        assert run_on(one_worker, pipeline) == EXIT_SOME_FAILED
+        assert_restarted(one_worker, marker)
     out = tmp_path / "out"
     items = pd.read_parquet(out / "items.parquet").set_index("item_id")
-    assert items["status"].to_dict() == {
-        "experiment_001": "done",
-        "experiment_002": "failed",
-        "experiment_003": "done",
-    }
+    failed = items.index[items["status"] == "failed"].tolist()
+    assert failed == ["experiment_002"] and (items["status"] == "done").sum() == 3
     error = items.loc["experiment_002", "error"]
-    source = photometry_demo.parent / "data" / "experiment_002.csv"
     # the hook stopped the process as preprocess read the ingested recording
     assert error == (
-        f"{source}: still running after {TIMEOUT_S} s, in stage preprocess "
-        f"(engine.item_timeout_s: {TIMEOUT_S}); its worker was restarted, 1 attempt(s) in all "
-        "(engine.retries: 0); expected to finish within it"
+        f"{data / 'experiment_002.csv'}: still running after {TIMEOUT_S} s, in stage "
+        f"preprocess (engine.item_timeout_s: {TIMEOUT_S}); its worker was restarted, "
+        "1 attempt(s) in all (engine.retries: 0); expected to finish within it"
     )
     assert f"FAILED experiment_002: {error}" in capsys.readouterr().out
     failure = json.loads((out / "items" / "experiment_002" / FAILURE_MARKER).read_text())
     assert failure["stage"] == "preprocess" and failure["error"] == error
-    # the other two are combined
+    assert "lost with a restarted worker; submitted again" in (out / "logs" / "run.log").read_text()
+    # the three others are combined
     trials = pd.read_parquet(out / "trials_obs.parquet")
-    assert set(trials["item_id"]) == {"experiment_001", "experiment_003"}
+    assert set(trials["item_id"]) == set(items.index) - {"experiment_002"}
 
 
 def test_inputs_on_a_silent_endpoint_end_the_run_in_one_line(

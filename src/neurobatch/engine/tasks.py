@@ -34,6 +34,7 @@ from typing import Any, Self
 
 from distributed import Client, Future
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.scheduler import KilledWorker
 
 from neurobatch.chunking import TASK_INPUT_BYTES
 from neurobatch.config import EngineConfig
@@ -186,6 +187,8 @@ class ItemTasks:
         self.overruns: Counter[str] = Counter()
         """How many times each item ran out of time."""
         self._again = 0
+        self._restarted: set[str] = set()
+        """The workers restarted to stop an item."""
         self._done: queue.Queue[Future[list[ItemOutcome]]] = queue.Queue()
         """Futures as they finish (or are cancelled), put there from Dask's threads."""
 
@@ -236,11 +239,16 @@ class ItemTasks:
                 future = self._done.get(timeout=self._wait_s())
             except queue.Empty:
                 pass
-            else:  # unless it was taken back (cancelled) meanwhile
+            else:
                 task = self.tasks.pop(str(future.key), None)
-                if task is not None:
+                if task is None:  # taken back (cancelled) meanwhile
+                    pass
+                elif self._lost_to_a_restart(future):
+                    logger.info("%s: lost with a restarted worker; submitted again", task.key)
+                    self.submit(task.jobs, again=True)
+                else:
                     yield task.jobs, _outcomes_of(future, task.jobs), task.key
-                    future.release()
+                future.release()
             yield from self._overrun()
 
     def _progress(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -251,7 +259,8 @@ class ItemTasks:
         if task is None:  # an earlier attempt's, or another run's
             return
         with task.lock:
-            if message["item"] != task.item:
+            # a new item, or the same again on another worker (Dask reran the task)
+            if (message["item"], message["worker"]) != (task.item, task.worker):
                 task.since, task.started = time.monotonic(), time.time()
             task.item, task.stage, task.worker = (
                 message["item"],
@@ -326,9 +335,20 @@ class ItemTasks:
         if rest:
             self.submit(rest, again=True)
 
+    def _lost_to_a_restart(self, future: Future[list[ItemOutcome]]) -> bool:
+        """Whether the scheduler failed a task because this restarted its worker: one it
+        gave that worker while the restart went on, after the others were taken back
+        (``KilledWorker`` once the worker deaths it counts pass ``engine.retries``)."""
+        if future.status != "error":
+            return False
+        error = future.exception()
+        worker = getattr(getattr(error, "last_worker", None), "address", None)
+        return isinstance(error, KilledWorker) and worker in self._restarted
+
     def _restart(self, worker: str) -> None:
         """Restart ``worker`` through its nanny (which kills a process that does not close
         within seconds: a stopped or frozen one too) and wait for its replacement."""
+        self._restarted.add(worker)
         try:
             result = self.client.restart_workers([worker], raise_for_error=False)
         except Exception as error:  # noqa: BLE001 - its tasks are taken back already

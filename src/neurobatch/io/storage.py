@@ -2,22 +2,23 @@
 
 Left alone, an S3 endpoint that accepts connections but never answers holds a call for
 minutes: s3fs runs each request up to five times, each time with botocore's own five
-attempts of 15 s (measured against such an endpoint with 1 s timeouts: 25 attempts in
-83 s; about 400 s with the defaults). :func:`configure` sets, for every filesystem fsspec
-makes in this process afterwards (``neurobatch.io`` calls it with the defaults when it is
-imported, so every worker has them; a run sets the pipeline's
-``engine.storage_timeouts`` in the driver and on its workers):
+attempts of 15 s (measured against such an endpoint: 25 attempts in 420 s; 83 s with 1 s
+timeouts). :func:`configure` sets, for every filesystem fsspec makes in this process
+afterwards (``neurobatch.io`` calls it with the defaults when it is imported, so every
+worker has them; a run sets the pipeline's ``engine.storage_timeouts`` in the driver and
+on its workers):
 
 - S3 (s3fs and botocore): a connect and a read timeout, as s3fs's ``connect_timeout`` and
   ``read_timeout`` class attributes, which s3fs uses where a filesystem's own
-  ``config_kwargs`` does not set them; ``attempts`` tries in all with botocore's standard
-  retry mode (exponential backoff with jitter), given to botocore as session defaults
-  (fsspec's ``conf["s3"]["session_vars"]``), which it uses where neither
+  ``config_kwargs`` does not set them; ``attempts`` tries in all in botocore's standard
+  retry mode (exponential backoff with jitter), as botocore session defaults (fsspec's
+  ``conf["s3"]["session_vars"]``), which botocore uses where neither
   ``config_kwargs["retries"]``, ``AWS_MAX_ATTEMPTS``/``AWS_RETRY_MODE`` nor
-  ``~/.aws/config`` says otherwise; and one pass of s3fs's own retry loop (its
-  ``retries`` class attribute), so that the two do not multiply. fsspec merges its
-  configuration with a filesystem's options key by key, the options winning, so a
-  pipeline's own ``config_kwargs`` (an addressing style, say) keeps these timeouts and
+  ``~/.aws/config`` says otherwise; and one pass of s3fs's own retry loop (its ``retries``
+  class attribute), so that the two do not multiply (an answer cut off mid-body is then not
+  read again here; :func:`neurobatch.io.files.retried` retries the output's calls). fsspec
+  merges its configuration with a filesystem's options key by key, the options winning, so
+  a pipeline's own ``config_kwargs`` (an addressing style, say) keeps these timeouts and
   attempts instead of replacing them.
 - HTTP(S) (fsspec's HTTPFileSystem, aiohttp): the connect timeout and a read timeout
   between bytes on every session, unless its ``client_kwargs`` has a ``timeout``; fsspec
@@ -35,7 +36,7 @@ import fsspec.config
 
 from neurobatch.config.sections import StorageTimeoutsConfig
 
-__all__ = ["configure", "current", "http_client", "is_timeout", "settings_text"]
+__all__ = ["configure", "http_client", "is_timeout"]
 
 _current = StorageTimeoutsConfig()
 #: The botocore session defaults this module put in fsspec's configuration last.
@@ -53,15 +54,13 @@ def configure(timeouts: StorageTimeoutsConfig) -> None:
 
     Examples
     --------
-    >>> from neurobatch.config.sections import StorageTimeoutsConfig
+    >>> from s3fs import S3FileSystem
     >>> configure(StorageTimeoutsConfig(connect_s=5, read_s=20, attempts=2))
-    >>> settings_text()
-    'connect 5 s, read 20 s, 2 attempts'
-    >>> fsspec.config.conf["s3"]["session_vars"]["max_attempts"][2]
-    2
-    >>> configure(StorageTimeoutsConfig())
-    >>> settings_text()
-    'connect 10 s, read 30 s, 3 attempts'
+    >>> S3FileSystem.connect_timeout, S3FileSystem.read_timeout, S3FileSystem.retries
+    (5.0, 20.0, 1)
+    >>> fsspec.config.conf["s3"]["session_vars"]["max_attempts"]
+    ('max_attempts', 'AWS_MAX_ATTEMPTS', 2, <class 'int'>)
+    >>> configure(StorageTimeoutsConfig())  # the defaults again
     """
     global _current, _session_vars
     _current = timeouts
@@ -83,30 +82,8 @@ def configure(timeouts: StorageTimeoutsConfig) -> None:
         S3FileSystem.retries = 1
 
 
-def current() -> StorageTimeoutsConfig:
-    """The timeouts this process uses (the last :func:`configure`'s).
-
-    Returns
-    -------
-    neurobatch.config.sections.StorageTimeoutsConfig
-    """
-    return _current
-
-
-def settings_text() -> str:
-    """The timeouts in use, as an error message quotes them.
-
-    Returns
-    -------
-    str
-        E.g. ``connect 10 s, read 30 s, 3 attempts``.
-    """
-    t = _current
-    return f"connect {t.connect_s:g} s, read {t.read_s:g} s, {t.attempts} attempts"
-
-
 async def http_client(**client_kwargs: Any) -> Any:
-    """fsspec's HTTP session, with :func:`current`'s timeouts unless ``timeout`` is given.
+    """fsspec's HTTP session, with the configured timeouts unless ``timeout`` is given.
 
     fsspec calls it with a filesystem's ``client_kwargs`` (its ``get_client`` option).
 
