@@ -22,7 +22,12 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, NDArray
 
-from neurobatch.engine.blocked.fitting import _fit_channels, _fit_reducer, _persisted_blocks
+from neurobatch.engine.blocked.fitting import (
+    _channel,
+    _fit_channels,
+    _fit_reducer,
+    _persisted_blocks,
+)
 from neurobatch.engine.blocked.fitting import fit_irls as blocked_fit_irls
 from neurobatch.kernels import bleaching
 from neurobatch.kernels._validation import validate_finite
@@ -229,7 +234,7 @@ def fit_bleaching(
     >>> fit.curve == bleaching.fit_bleaching(x, t, window=100).curve
     True
     """
-    x, _ = _fit_channels(signal, signal)
+    x = _channel("signal", signal)
     t, time_blocks = _time_blocks(time, x)
     (curve,) = _solve([x], t, window, stride)
     return _bleaching_fit(curve, x, time_blocks, window, stride, split_every)

@@ -25,25 +25,27 @@ from neurobatch.kernels import fitting, reduction
 logger = logging.getLogger(__name__)
 
 
+def _channel(name: str, value: da.Array | ArrayLike) -> da.Array:
+    """A channel as a 1-D real dask array with known chunks, or why it is not one."""
+    a = value if isinstance(value, da.Array) else da.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}.")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (samples along time), got shape {a.shape}.")
+    if any(math.isnan(c) for c in a.chunks[0]):
+        raise ValueError(
+            f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first."
+        )
+    return a
+
+
 def _fit_channels(
     isosbestic: da.Array | ArrayLike, signal: da.Array | ArrayLike
 ) -> tuple[da.Array, da.Array]:
     """Validate the two channels and unify their chunks (both get every chunk boundary)."""
     from dask.array.core import unify_chunks
 
-    arrays: dict[str, da.Array] = {}
-    for name, value in (("isosbestic", isosbestic), ("signal", signal)):
-        a = value if isinstance(value, da.Array) else da.asarray(value)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}.")
-        if a.ndim != 1:
-            raise ValueError(f"{name} must be 1-D (samples along time), got shape {a.shape}.")
-        if any(math.isnan(c) for c in a.chunks[0]):
-            raise ValueError(
-                f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first."
-            )
-        arrays[name] = a
-    x, y = arrays["isosbestic"], arrays["signal"]
+    x, y = _channel("isosbestic", isosbestic), _channel("signal", signal)
     if x.shape != y.shape:
         raise ValueError(
             f"isosbestic and signal must have the same length, got {x.shape[0]} and {y.shape[0]}."
