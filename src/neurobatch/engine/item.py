@@ -67,6 +67,7 @@ __all__ = [
 
 #: The "worker" of a stage that ran on the whole cluster.
 CLUSTER = "cluster"
+
 #: What a stage's record holds besides its own facts.
 _BOOKKEEPING = ("key", "parts", "run", "sources", "arrays", "stored", "stage")
 

@@ -155,7 +155,7 @@ class ItemTasks:
     --------
     >>> import tempfile
     >>> from neurobatch import synthetic
-    >>> from neurobatch.config import LocalClusterConfig, PipelineConfig
+    >>> from neurobatch.config import LocalClusterConfig
     >>> from neurobatch.engine.cluster import connect
     >>> from neurobatch.engine.run import Pipeline
     >>> tmp = tempfile.mkdtemp()
@@ -293,6 +293,8 @@ class ItemTasks:
                 yield from self._give_up(task)
 
     def _give_up(self, task: _Task) -> Iterator[Finished]:
+        """Take back the tasks on ``task``'s worker, restart it and submit them again; the
+        overrunning item fails instead when its attempts are spent."""
         with task.lock:
             item, stage, worker, started = task.item, task.stage, task.worker, task.started
         assert item is not None and stage is not None and worker is not None
