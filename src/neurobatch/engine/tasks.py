@@ -46,10 +46,21 @@ from neurobatch.io import storage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POLL_S", "ItemTasks", "storage_timeouts_on_workers", "task_groups"]
+__all__ = [
+    "POLL_S",
+    "RESTART_TIMEOUT_S",
+    "ItemTasks",
+    "storage_timeouts_on_workers",
+    "task_groups",
+]
 
 #: The longest the driver waits for a task to finish before it looks at the items' clocks.
 POLL_S = 1.0
+
+#: The longest a restart may take: the nanny kills a worker that has not closed within 4 s,
+#: then starts a new one; a nanny that does not answer (stopped with its worker) has its
+#: worker removed from the scheduler instead.
+RESTART_TIMEOUT_S = 30.0
 
 #: What a finished task hands back: its items, their outcomes and the task's key.
 Finished = tuple[list[ItemJob], list[ItemOutcome], str]
@@ -352,7 +363,9 @@ class ItemTasks:
         within seconds: a stopped or frozen one too) and wait for its replacement."""
         self._restarted.add(worker)
         try:
-            result = self.client.restart_workers([worker], raise_for_error=False)
+            result = self.client.restart_workers(
+                [worker], timeout=RESTART_TIMEOUT_S, raise_for_error=False
+            )
         except Exception as error:  # noqa: BLE001 - its tasks are taken back already
             logger.error("could not restart worker %s: %s", worker, one_line(error))
             return
