@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from conftest import raise_if_dask_computes
 from neurobatch import synthetic
 from neurobatch.engine import blocked
-from neurobatch.kernels import bleaching
+from neurobatch.kernels import bleaching, detrend
 from strategies import chunkings, split_everies
 
 FS = 20.0
@@ -28,10 +28,10 @@ WINDOW = 100  # 5 s
 
 WHOLE = bleaching.fit_bleaching(SIGNAL, TIME, window=WINDOW)
 DETREND = {
-    "detrend_retrend": bleaching.fit_detrend(
+    "detrend_retrend": detrend.fit_detrend(
         SIGNAL, ISOSBESTIC, TIME, method="detrend_retrend", window=WINDOW
     ),
-    "detrend_fit_retrend": bleaching.fit_detrend(
+    "detrend_fit_retrend": detrend.fit_detrend(
         SIGNAL, ISOSBESTIC, TIME, method="detrend_fit_retrend", window=WINDOW
     ),
 }
@@ -84,7 +84,7 @@ def test_fit_bleaching_on_scheduler(scheduler: str) -> None:
     assert fit.curve == WHOLE.curve
 
 
-def assert_detrend_equal(fit: bleaching.DetrendFit, whole: bleaching.DetrendFit) -> None:
+def assert_detrend_equal(fit: detrend.DetrendFit, whole: detrend.DetrendFit) -> None:
     assert fit.signal.curve == whole.signal.curve
     assert fit.isosbestic.curve == whole.isosbestic.curve
     assert fit.r_squared == pytest.approx(whole.r_squared, rel=1e-10)

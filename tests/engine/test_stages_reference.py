@@ -20,7 +20,7 @@ from neurobatch.engine import stages
 from neurobatch.engine.run import Pipeline
 from neurobatch.engine.stages import photometry_reference as reference
 from neurobatch.errors import InputError
-from neurobatch.kernels import bleaching
+from neurobatch.kernels import bleaching, detrend
 from strategies import chunkings
 
 FS = 20.0
@@ -76,10 +76,10 @@ def test_bleaching_correction_chunked_equals_whole(
     intercept=st.booleans(),
 )
 def test_detrend_chunked_equals_whole(
-    chunks: tuple[int, ...], method: bleaching.DetrendMethod, intercept: bool
+    chunks: tuple[int, ...], method: detrend.DetrendMethod, intercept: bool
 ) -> None:
     out = preprocess(RECORDING, chunks, fit={"method": method, "intercept": intercept})
-    whole = bleaching.fit_detrend(SIG, ISO, TIME, method=method, window=WINDOW, intercept=intercept)
+    whole = detrend.fit_detrend(SIG, ISO, TIME, method=method, window=WINDOW, intercept=intercept)
     expected_ref = whole.reference(ISO, TIME)
     np.testing.assert_allclose(out["reference"].values, expected_ref, rtol=1e-7)
     expected = (SIG - expected_ref) / np.maximum(expected_ref, FLOOR)

@@ -1,4 +1,4 @@
-"""Photobleaching fits: PhoPro's bi-exponential, and the detrend-retrend references.
+"""PhoPro's bi-exponential photobleaching fit.
 
 A photobleaching curve is ``B(t) = a1 exp(-t / tau1) + a2 exp(-t / tau2) + c``, fitted
 as PhoPro 0.6.0 does (``PhoPro.utils.reference_fitting.fit_photobleaching``):
@@ -6,27 +6,22 @@ as PhoPro 0.6.0 does (``PhoPro.utils.reference_fitting.fit_photobleaching``):
 1. The signal is reduced to the medians of windows of ``window`` samples taken every
    ``stride`` samples (:func:`strided_median`); each median stands at its window's centre.
 2. A robust scale of the reduced series comes from its residuals around a LOWESS smooth
-   (:func:`lowess`, ``frac=0.05``, 3 robustness iterations; :func:`robust_scale`).
+   (:func:`neurobatch.kernels.lowess.lowess`, ``frac=0.05``, 3 robustness iterations;
+   :func:`robust_scale`).
 3. ``scipy.optimize.least_squares`` fits the curve to the reduced series with the soft-L1
    loss at that scale, from PhoPro's initial guess and within its bounds
    (:func:`solve_bleaching`).
 
 Only step 1 reads the whole signal; steps 2 and 3 run on the reduced series (one point
 every ``stride`` samples), so a blocked run computes the medians block by block
-(``neurobatch.engine.blocked.bleaching``) and then fits exactly as here.
-
-The two-channel references built on it (:func:`fit_detrend`):
-
-* ``detrend_retrend``: the isosbestic's own bleaching is divided out (``dB/B`` of the
-  isosbestic) and the signal's put back: ``reference = d_iso * B_sig + B_sig``.
-* ``detrend_fit_retrend``: the same, with the signal's ``dB/B`` first fitted on the
-  isosbestic's by IRLS (Tukey's biweight): ``reference = (b0 + b1 d_iso) * B_sig + B_sig``.
+(``neurobatch.engine.blocked.bleaching``) and then fits exactly as here. The two-channel
+references built on these fits are in :mod:`neurobatch.kernels.detrend`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -35,23 +30,17 @@ from scipy.optimize import least_squares
 
 from neurobatch.kernels._validation import validate_finite, validate_same_length
 from neurobatch.kernels.comoments import _r_squared, _ssr, comoments_chunk, comoments_combine
-from neurobatch.kernels.fitting import FitResult, fit_irls
+from neurobatch.kernels.lowess import lowess
 from neurobatch.kernels.reduction import Reducer, local_reducer
 
 __all__ = [
     "LOWESS_FRACTION",
+    "LOWESS_ITERATIONS",
     "BiExponential",
     "BleachingFit",
-    "DetrendFit",
-    "DetrendMethod",
     "bi_exponential",
-    "detrend",
-    "detrend_reference",
     "fit_bleaching",
-    "fit_detrend",
-    "lowess",
     "reference_r_squared",
-    "retrend",
     "robust_scale",
     "solve_bleaching",
     "strided_median",
@@ -59,7 +48,6 @@ __all__ = [
 ]
 
 Float64Array = NDArray[np.float64]
-DetrendMethod = Literal["detrend_retrend", "detrend_fit_retrend"]
 
 #: PhoPro's LOWESS span for the robust scale: 5 % of the reduced series.
 LOWESS_FRACTION = 0.05
@@ -67,8 +55,6 @@ LOWESS_FRACTION = 0.05
 LOWESS_ITERATIONS = 3
 #: The scale of a normal distribution's MAD (PhoPro's ``mad_std``).
 MAD_SCALE = 1.4826
-#: Rows of the LOWESS neighbourhood matrix computed at once (bounds its memory).
-_LOWESS_ROWS = 1024
 
 
 # --- the curve ---------------------------------------------------------------------------
@@ -272,127 +258,7 @@ def strided_median(
     return medians, window // 2 + step * np.arange(count)
 
 
-# --- LOWESS and the robust scale ---------------------------------------------------------
-
-
-def _cube(a: Float64Array) -> Float64Array:
-    return a * a * a
-
-
-def _lowess_pass(
-    x: Float64Array, y: Float64Array, robustness: Float64Array, k: int
-) -> Float64Array:
-    """One pass of statsmodels' local linear LOWESS (``delta=0``) at every ``x``."""
-    n = x.size
-    # the neighbourhood of x[i]: k points from left[i], the first whose midpoint with the
-    # point k further reaches x[i] (statsmodels walks to it; the midpoints only increase)
-    middle = (x[: n - k] + x[k:]) / 2.0
-    left = np.minimum(np.searchsorted(middle, x, side="left"), n - k)
-    fitted = np.empty(n)
-    for start in range(0, n, _LOWESS_ROWS):
-        rows = slice(start, min(start + _LOWESS_ROWS, n))
-        fitted[rows] = _lowess_rows(x, y, robustness, left[rows], x[rows], y[rows], k)
-    return fitted
-
-
-def _lowess_rows(
-    x: Float64Array,
-    y: Float64Array,
-    robustness: Float64Array,
-    left: NDArray[np.intp],
-    xval: Float64Array,
-    own: Float64Array,
-    k: int,
-) -> Float64Array:
-    """The local fits at ``xval``, their neighbourhoods ``k`` points from ``left``."""
-    index = left[:, None] + np.arange(k)
-    xj, yj = x[index], y[index]
-    radius = np.fmax(xval - x[left], x[left + k - 1] - xval)[:, None]
-    centre = xval[:, None]
-    # a neighbourhood with fewer than 2 weights keeps its own value, and one of tied
-    # abscissae (radius 0) gets NaN weights, as in statsmodels: their sums go unused
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weights = _cube(1.0 - _cube(np.abs(xj - centre) / radius)) * robustness[index]
-        enough = (weights > 1e-12).sum(axis=1) >= 2
-        weights /= weights.sum(axis=1, keepdims=True)
-        # sums in statsmodels' order: sequential, as its loops add
-        mean_x = np.cumsum(weights * xj, axis=1)[:, -1:]
-        spread = np.fmax(np.cumsum(weights * (xj - mean_x) ** 2, axis=1)[:, -1:], 1e-12)
-        projection = weights * (1.0 + (centre - mean_x) * (xj - mean_x) / spread)
-        local = np.cumsum(projection * yj, axis=1)[:, -1]
-    return np.where(enough, local, own)
-
-
-def _bisquare_weights(y: Float64Array, fitted: Float64Array) -> Float64Array:
-    """statsmodels' robustness weights: bisquare of ``|residual| / (6 median |residual|)``."""
-    residual = np.abs(y - fitted)
-    median = float(np.median(residual))
-    scaled = (residual > 0).astype(np.float64) if median == 0 else residual / (6.0 * median)
-    scaled[scaled > 1] = 1.0
-    tmp = 1.0 - scaled * scaled
-    return tmp * tmp
-
-
-def lowess(
-    y: ArrayLike,
-    x: ArrayLike,
-    *,
-    frac: float = LOWESS_FRACTION,
-    it: int = LOWESS_ITERATIONS,
-) -> Float64Array:
-    """Robust local linear smoothing, as ``statsmodels.nonparametric.lowess`` (``delta=0``).
-
-    Each point is fitted by a weighted straight line through its ``int(frac * n)`` nearest
-    neighbours in ``x`` (tricube weights), then ``it`` times again with the neighbours
-    also weighted by the bisquare of their residuals over six times the median absolute
-    residual (Cleveland 1979). The neighbourhoods, weights and sums follow statsmodels'
-    Cython code step for step.
-
-    Parameters
-    ----------
-    y : array_like, shape (n,)
-        Values.
-    x : array_like, shape (n,)
-        Abscissae, sorted increasing (a time axis).
-    frac : float, default 0.05
-        Fraction of the points in each neighbourhood (at least 2, at most all).
-    it : int, default 3
-        Robustness iterations.
-
-    Returns
-    -------
-    numpy.ndarray of float64, shape (n,)
-        The smoothed values at ``x`` (statsmodels' ``return_sorted=False``).
-
-    Raises
-    ------
-    ValueError
-        If the lengths differ, ``x`` is not sorted, ``frac`` is outside ``[0, 1]``, ``it``
-        is negative or there are fewer than 2 points.
-
-    Examples
-    --------
-    >>> x = np.arange(8.0)
-    >>> lowess(2.0 * x + 1.0, x, frac=0.5).round(12).tolist()
-    [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0]
-    """
-    y_arr = np.asarray(y, dtype=np.float64)
-    x_arr = np.asarray(x, dtype=np.float64)
-    validate_same_length(y=y_arr, x=x_arr)
-    n = x_arr.size
-    if n < 2 or np.any(np.diff(x_arr) < 0):
-        raise ValueError(f"x must hold at least 2 values sorted increasing, got {n} value(s).")
-    if not 0 <= frac <= 1:
-        raise ValueError(f"frac must be in [0, 1], got {frac!r}.")
-    if it < 0:
-        raise ValueError(f"it must be >= 0, got {it!r}.")
-    k = min(max(int(frac * n + 1e-10), 2), n)
-    robustness = np.ones(n)
-    fitted = _lowess_pass(x_arr, y_arr, robustness, k)
-    for _ in range(it):
-        robustness = _bisquare_weights(y_arr, fitted)
-        fitted = _lowess_pass(x_arr, y_arr, robustness, k)
-    return fitted
+# --- the robust scale -------------------------------------------------------------------
 
 
 def robust_scale(residuals: ArrayLike, signal: ArrayLike) -> float:
@@ -450,7 +316,7 @@ def solve_bleaching(
     ``a1 = m[0] - m[-1]``, ``tau1 = dt / 10``, ``a2 = a1 / 2``, ``tau2 = dt``, ``c = m[-1]``
     with ``dt`` the reduced series' time span. ``scipy.optimize.least_squares`` with
     ``loss='soft_l1'`` and ``f_scale`` the :func:`robust_scale` of the medians around their
-    :func:`lowess` smooth, and its other defaults (trust-region reflective, 2-point
+    :func:`~neurobatch.kernels.lowess.lowess` smooth, and its other defaults (trust-region reflective, 2-point
     Jacobian, tolerances 1e-8).
 
     Parameters
@@ -607,202 +473,3 @@ def fit_bleaching(
         window=int(window),
         stride=int(window_starts(x.size, window, stride)[1]),
     )
-
-
-# --- detrend, retrend --------------------------------------------------------------------
-
-
-def detrend(x: ArrayLike, curve: ArrayLike) -> Float64Array:
-    """``(x - B) / B``: a channel's change relative to its bleaching curve (PhoPro's dB/B).
-
-    Examples
-    --------
-    >>> detrend([2.0, 3.0], [1.0, 2.0])
-    array([1. , 0.5])
-    """
-    x_arr = np.asarray(x, dtype=np.float64)
-    b = np.asarray(curve, dtype=np.float64)
-    return (x_arr - b) / b
-
-
-def retrend(d: ArrayLike, curve: ArrayLike) -> Float64Array:
-    """``d * B + B``: a relative change put back onto a bleaching curve.
-
-    Examples
-    --------
-    >>> retrend([1.0, 0.5], [1.0, 2.0])
-    array([2., 3.])
-    """
-    b = np.asarray(curve, dtype=np.float64)
-    return np.asarray(d, dtype=np.float64) * b + b
-
-
-@dataclass(frozen=True)
-class DetrendFit:
-    """A detrend-retrend reference: both channels' bleaching fits, and the line between.
-
-    Attributes
-    ----------
-    method : {'detrend_retrend', 'detrend_fit_retrend'}
-        The method.
-    signal, isosbestic : BleachingFit
-        Each channel's photobleaching fit.
-    line : FitResult or None
-        ``detrend_fit_retrend``: the IRLS fit of the signal's ``dB/B`` on the isosbestic's
-        (its ``r_squared`` in that space). None for ``detrend_retrend``.
-    r_squared : float
-        PhoPro's R² of the signal against the final reference.
-
-    Examples
-    --------
-    >>> curve = BleachingFit(BiExponential(0.0, 1.0, 0.0, 1.0, 2.0, True, 1), 0.0, 3, 2, 1)
-    >>> fit = DetrendFit("detrend_retrend", curve, curve, None, 1.0)
-    >>> fit.reference([3.0], [0.0]), fit.to_dict()["isosbestic_bleaching"]["c"]
-    (array([3.]), 2.0)
-    """
-
-    method: DetrendMethod
-    signal: BleachingFit
-    isosbestic: BleachingFit
-    line: FitResult | None
-    r_squared: float
-
-    def reference(self, isosbestic: ArrayLike, time: ArrayLike) -> Float64Array:
-        """The reference at ``time`` from the isosbestic there (elementwise: any block)."""
-        return detrend_reference(
-            isosbestic, time, signal=self.signal, isosbestic_fit=self.isosbestic, line=self.line
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fit as JSON: the line's coefficients when fitted (its own R² in the
-        detrended space as ``detrended_r_squared``), the R² of the signal against the
-        reference, whether every step converged, and each channel's curve."""
-        line: dict[str, Any] = {}
-        converged = self.signal.curve.converged and self.isosbestic.curve.converged
-        if self.line is not None:
-            line = self.line.to_dict()
-            line["detrended_r_squared"] = line.pop("r_squared")
-            del line["method"]
-            converged = converged and self.line.converged
-        return {"method": self.method, **line} | {
-            "r_squared": self.r_squared,
-            "n_samples": self.signal.n_samples,
-            "converged": converged,
-            "signal_bleaching": self.signal.to_dict(),
-            "isosbestic_bleaching": self.isosbestic.to_dict(),
-        }
-
-
-def detrend_reference(
-    isosbestic: ArrayLike,
-    time: ArrayLike,
-    *,
-    signal: BleachingFit,
-    isosbestic_fit: BleachingFit,
-    line: FitResult | None,
-) -> Float64Array:
-    """The detrend-retrend reference at ``time``: elementwise, so any block gives its own.
-
-    ``d = (iso - B_iso) / B_iso``, then ``d = b0 + b1 d`` when there is a ``line``, and
-    ``reference = d B_sig + B_sig``.
-
-    Parameters
-    ----------
-    isosbestic : array_like
-        The isosbestic at ``time``.
-    time : array_like
-        Times, seconds (the same shape).
-    signal, isosbestic_fit : BleachingFit
-        The signal's and the isosbestic's bleaching fits.
-    line : neurobatch.kernels.fitting.FitResult or None
-        The line between the detrended channels (``detrend_fit_retrend``).
-
-    Returns
-    -------
-    numpy.ndarray of float64
-
-    Examples
-    --------
-    >>> flat = BleachingFit(BiExponential(0.0, 1.0, 0.0, 1.0, 2.0, True, 1), 0.0, 3, 2, 1)
-    >>> high = BleachingFit(BiExponential(0.0, 1.0, 0.0, 1.0, 4.0, True, 1), 0.0, 3, 2, 1)
-    >>> detrend_reference([3.0], [0.0], signal=high, isosbestic_fit=flat, line=None)
-    array([6.])
-    """
-    d = detrend(isosbestic, isosbestic_fit.reference(time))
-    if line is not None:
-        d = line.reference(d)
-    return retrend(d, signal.reference(time))
-
-
-def fit_detrend(
-    signal: ArrayLike,
-    isosbestic: ArrayLike,
-    time: ArrayLike,
-    *,
-    method: DetrendMethod,
-    window: int,
-    stride: int | None = None,
-    c: float = 3.0,
-    maxiter: int = 1000,
-    tol: float = 1e-8,
-    intercept: bool = True,
-) -> DetrendFit:
-    """PhoPro's ``detrend_retrend`` and ``detrend_fit_retrend`` references of whole arrays.
-
-    Each channel gets its own :func:`fit_bleaching`; the isosbestic's ``dB/B``
-    (:func:`detrend`) is put back onto the signal's curve (:func:`retrend`), for
-    ``detrend_fit_retrend`` after the robust line (:func:`neurobatch.kernels.fitting.
-    fit_irls`) from the isosbestic's ``dB/B`` to the signal's.
-
-    Parameters
-    ----------
-    signal, isosbestic : array_like, shape (n,)
-        The (filtered) channels.
-    time : array_like, shape (n,)
-        The time axis, seconds.
-    method : {'detrend_retrend', 'detrend_fit_retrend'}
-        Whether to fit a line between the detrended channels.
-    window : int
-        The strided median's window, samples.
-    stride : int, optional
-        Its stride; by default ``window // 2``.
-    c, maxiter, tol, intercept
-        The IRLS fit's options (``detrend_fit_retrend``); see
-        :func:`neurobatch.kernels.fitting.fit_irls`.
-
-    Returns
-    -------
-    DetrendFit
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`fit_bleaching` and :func:`~neurobatch.kernels.fitting.fit_irls`, and if
-        ``method`` is unknown.
-
-    Examples
-    --------
-    >>> t = np.arange(30_000) / 50.0
-    >>> bleach = 1.0 + 0.3 * np.exp(-t / 60.0) + 0.1 * np.exp(-t / 500.0)
-    >>> wiggle = 0.01 * np.sin(t)
-    >>> fit = fit_detrend(2.0 * bleach * (1 + wiggle), bleach * (1 + wiggle), t,
-    ...                   method="detrend_fit_retrend", window=250)
-    >>> round(fit.line.slope, 2), round(fit.r_squared, 4)
-    (1.0, 1.0)
-    """
-    if method not in ("detrend_retrend", "detrend_fit_retrend"):
-        raise ValueError(
-            f"method must be 'detrend_retrend' or 'detrend_fit_retrend', got {method!r}."
-        )
-    t = _validate_channel("time", time)
-    sig = _validate_channel("signal", signal, t.size)
-    iso = _validate_channel("isosbestic", isosbestic, t.size)
-    fits = [fit_bleaching(x, t, window=window, stride=stride) for x in (sig, iso)]
-    line = None
-    if method == "detrend_fit_retrend":
-        d_iso = detrend(iso, fits[1].reference(t))
-        d_sig = detrend(sig, fits[0].reference(t))
-        line = fit_irls(d_iso, d_sig, c=c, maxiter=maxiter, tol=tol, intercept=intercept)
-    reference = detrend_reference(iso, t, signal=fits[0], isosbestic_fit=fits[1], line=line)
-    r2 = reference_r_squared(local_reducer([reference], [sig]))
-    return DetrendFit(method, fits[0], fits[1], line, r2)

@@ -1,6 +1,7 @@
 """Photobleaching fits over chunked signals: the strided medians block by block.
 
-See :mod:`neurobatch.kernels.bleaching` for the kernels. Only the strided median reads the
+See :mod:`neurobatch.kernels.bleaching` and :mod:`neurobatch.kernels.detrend` for the
+kernels. Only the strided median reads the
 whole signal: each output block holds the medians of the windows that start in one input
 chunk, computed by one task from the chunks those windows cover. The fit itself runs on
 the reduced series (one point every ``stride`` samples) exactly as the kernel does, so the
@@ -29,9 +30,10 @@ from neurobatch.engine.blocked.fitting import (
     _persisted_blocks,
 )
 from neurobatch.engine.blocked.fitting import fit_irls as blocked_fit_irls
-from neurobatch.kernels import bleaching
+from neurobatch.kernels import bleaching, detrend
 from neurobatch.kernels._validation import validate_finite
-from neurobatch.kernels.bleaching import BleachingFit, DetrendFit, DetrendMethod
+from neurobatch.kernels.bleaching import BleachingFit
+from neurobatch.kernels.detrend import DetrendFit, DetrendMethod
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +262,7 @@ def fit_detrend(
     for ``detrend_fit_retrend`` the blocked IRLS (:func:`neurobatch.engine.blocked.
     fit_irls`) of the signal's ``dB/B`` on the isosbestic's (held in memory for its
     passes when the channels are), and the R² of the signal against the reference.
-    Equals :func:`neurobatch.kernels.bleaching.fit_detrend` on the whole arrays: the
+    Equals :func:`neurobatch.kernels.detrend.fit_detrend` on the whole arrays: the
     curves exactly, the line and the R² to rounding.
 
     Parameters
@@ -282,7 +284,7 @@ def fit_detrend(
 
     Returns
     -------
-    neurobatch.kernels.bleaching.DetrendFit
+    neurobatch.kernels.detrend.DetrendFit
         Its reference over chunked arrays: :func:`fitted_reference`.
 
     Raises
@@ -298,7 +300,7 @@ def fit_detrend(
     >>> wiggle = 1.0 + 0.01 * np.sin(t)
     >>> sig, iso = (da.from_array(a, chunks=7_000) for a in (2.0 * bleach * wiggle, bleach))
     >>> fit = fit_detrend(sig, iso, t, method="detrend_retrend", window=250)
-    >>> whole = bleaching.fit_detrend(2.0 * bleach * wiggle, bleach, t, method="detrend_retrend",
+    >>> whole = detrend.fit_detrend(2.0 * bleach * wiggle, bleach, t, method="detrend_retrend",
     ...                               window=250)
     >>> fit.signal.curve == whole.signal.curve, round(fit.r_squared, 2)
     (True, 0.99)
@@ -316,7 +318,7 @@ def fit_detrend(
     line = None
     if method == "detrend_fit_retrend":
         d_iso, d_sig = (
-            da.map_blocks(bleaching.detrend, x, fitted_reference(fit, time_blocks), dtype=float)
+            da.map_blocks(detrend.detrend, x, fitted_reference(fit, time_blocks), dtype=float)
             for x, fit in ((iso, fits[1]), (sig, fits[0]))
         )
         if _persisted_blocks(iso) is not None and _persisted_blocks(sig) is not None:
@@ -332,7 +334,7 @@ def fit_detrend(
             split_every=split_every,
         )
     reference = da.map_blocks(
-        bleaching.detrend_reference,
+        detrend.detrend_reference,
         iso,
         time_blocks,
         signal=fits[0],
