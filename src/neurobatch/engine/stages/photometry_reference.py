@@ -43,6 +43,7 @@ __all__ = [
     "PROCESSED_VARIABLE",
     "Fitted",
     "correct",
+    "describe_fit",
     "fit_reference",
     "function_hashes",
 ]
@@ -383,7 +384,7 @@ def correct(
 
 
 def describe_fit(fit: Mapping[str, Any]) -> str:
-    """One line for the log: the method, the line when there is one, and the R².
+    """One line for the log: the method, the line on the isosbestic (ols, irls), the R².
 
     Examples
     --------
@@ -393,6 +394,6 @@ def describe_fit(fit: Mapping[str, Any]) -> str:
     'fit bleaching, R² = 0.9500'
     """
     line = ""
-    if isinstance(fit.get("slope"), float) and isinstance(fit.get("intercept"), float):
+    if fit["method"] in ("ols", "irls"):
         line = f": reference = {fit['intercept']:.6g} + {fit['slope']:.6g} * x"
     return f"fit {fit['method']}{line}, R² = {float(fit.get('r_squared', np.nan)):.4f}"
