@@ -31,6 +31,7 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.cli import EXIT_SOME_FAILED, main
+from neurobatch.engine.layout import FAILURE_MARKER
 from neurobatch.engine.run import Pipeline
 from neurobatch.errors import InputError, NonUniformSamplingWarning
 from neurobatch.io.discover import discover
@@ -362,6 +363,41 @@ def test_a_time_column_in_milliseconds_fails_its_item_and_time_unit_fixes_it(
     ingest = xr.open_zarr(tmp_path / "out-ms" / "items" / "in_ms" / "ingest")
     assert ingest.attrs["sampling_rate"] == pytest.approx(1000.0, rel=1e-9)
     np.testing.assert_allclose(ingest["time"].values, frame["time"].to_numpy() / 1000, rtol=0)
+
+
+def test_an_item_whose_rate_is_far_off_the_batchs_fails_and_leaves_the_combined_outputs(
+    local_client: Client, tmp_path: Path
+) -> None:
+    """Rates the lab allows (slow circadian recordings at 1 Hz), but one item is 200x off
+    the other three: its time column was in milliseconds."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    good_recordings(folder, 3, seed=54, duration_s=60.0, fs=200.0)
+    (recording,) = good_recordings(tmp_path / "fast", 1, seed=55, duration_s=40.0, fs=200.0)
+    frame = pd.read_csv(recording, index_col=0)
+    frame["time"] = frame["time"] * 1000  # 200 Hz in ms, read in seconds: 0.2 Hz
+    frame.to_csv(folder / "in_ms.csv")
+    shutil.copy(recording.with_suffix(".json"), folder / "in_ms.json")
+    config = pipeline_config({"url": str(folder), "pattern": "*.csv"}, tmp_path / "out")
+    config["loader"]["plausible_rate_hz"] = [0.1, 1e5]
+    config["preprocess"]["filter"] = None  # a 3 Hz low-pass would refuse 0.2 Hz on its own
+    items = Pipeline(config).run(client=local_client, progress=False).items.set_index("item_id")
+    assert items["status"].to_dict() == {
+        "good_experiment_001": "done",
+        "good_experiment_002": "done",
+        "good_experiment_003": "done",
+        "in_ms": "failed",
+    }
+    assert items.loc["in_ms", "error"] == (
+        f"{str(folder / 'in_ms.csv')!r}: sampling rate 0.2 Hz is over 100x off the rates of 3 "
+        "of the batch's 4 items (their median: 200 Hz); set loader.time_unit: ms if its time "
+        "column is in milliseconds"
+    )
+    marker = json.loads((tmp_path / "out" / "items" / "in_ms" / FAILURE_MARKER).read_text())
+    assert marker["error"] == items.loc["in_ms", "error"]
+    trials = open_trials(str(tmp_path / "out" / "trials.zarr"))
+    assert "in_ms" not in set(trials["item_id"].values.tolist())
+    assert trials.sizes["trial"] == items["n_trials"].drop("in_ms").sum()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from disks import small_disk
 from neurobatch.cli import main
 from neurobatch.engine.ledger import write_manifest
 
@@ -161,6 +162,24 @@ def test_status_of_an_s3_folder_takes_storage_options(
     assert "--storage-options: cannot read" in capsys.readouterr().err
 
 
+def test_a_full_disk_exits_4_naming_the_path(
+    photometry_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not 1 (an unusable pipeline file): the file is fine, the storage is not."""
+    with small_disk(tmp_path / "disk", "512k") as disk:
+        pipeline = yaml.safe_load(photometry_demo.read_text())
+        pipeline["input"]["url"] = str(photometry_demo.parent / "data")
+        pipeline["output"] |= {"url": str(disk / "out"), "dashboards": None}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(pipeline))
+        assert main(["run", str(path)]) == 4
+    # the items' stores do not fit: each fails on the storage, and the run says so last
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("neurobatch: error: 3 item(s) failed on the output's storage; ")
+    assert f"no space left on device writing {disk}/out/" in error
+    assert error.endswith("; free space or choose another output.url")
+
+
 def test_a_cluster_beyond_the_machine_needs_force(
     photometry_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -173,3 +192,10 @@ def test_a_cluster_beyond_the_machine_needs_force(
     [error] = capsys.readouterr().err.strip().splitlines()
     assert error.startswith("neurobatch validate: error: cluster:") and "--force" in error
     assert main(["validate", str(path), "--force"]) == 0
+    pipeline["output"]["url"] = str(tmp_path / "out")
+    path.write_text(yaml.safe_dump(pipeline))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("neurobatch run: error: cluster:")
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -180,6 +180,7 @@ def add_run(commands: Any) -> None:
         help="wait for another run on the same output folder to end, instead of failing",
     )
     _cluster_arguments(run, workers_default=None)
+    _force_argument(run)
     run.set_defaults(run=_run)
 
 
@@ -246,6 +247,7 @@ def add_demo(commands: Any) -> None:
         "--channels", type=_positive_int, default=64, help="channels of a filter demo (64)"
     )
     _cluster_arguments(demo, workers_default=2)
+    _force_argument(demo)
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (0)")
     demo.set_defaults(run=_run_demo)
 
@@ -448,13 +450,29 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
             reprocess=getattr(args, "reprocess", False),
             only=getattr(args, "only", None),
             wait=getattr(args, "wait", False),
+            force=args.force,
         )
     except RunError as error:
         print(error.summary, file=sys.stderr)
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_ALL_FAILED
+        return _storage_status(error.summary) or EXIT_ALL_FAILED
     print(summary)
-    return EXIT_SOME_FAILED if summary.n_failed else 0
+    return _storage_status(summary) or (EXIT_SOME_FAILED if summary.n_failed else 0)
+
+
+def _storage_status(summary: Any) -> int:
+    """:data:`EXIT_STORAGE` when items failed because the output's storage did (with the
+    first one's line), else 0: a re-run once it is fixed finishes them."""
+    failures = summary.storage_failures
+    if failures.empty:
+        return 0
+    first = failures.iloc[0]
+    print(
+        f"neurobatch: error: {len(failures)} item(s) failed on the output's storage; first: "
+        f"{first['item_id']}: {first['error']}",
+        file=sys.stderr,
+    )
+    return EXIT_STORAGE
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -236,6 +236,23 @@ class Combiner:
             )
         remove(layout.staging(self.run_id), storage_options=so)
 
+    def rebuilt(self) -> Combiner:
+        """This run's combined trials staged again from the items' stores, after some of
+        the outcomes it holds changed to failed: what was staged is discarded.
+
+        Returns
+        -------
+        Combiner
+            A new combiner of the same run, holding every outcome so far.
+        """
+        self.discard()
+        rebuilt = Combiner(self.layout, self.order, self.run_id, self.trials_stage)
+        for item_id in self.order:
+            if item_id in self.outcomes:
+                self.outcomes[item_id].trials = None  # read again from its store
+                rebuilt.add(self.outcomes[item_id])
+        return rebuilt
+
     def discard(self, error: BaseException | None = None) -> None:
         """Remove what this run staged, after a failure: the outputs in place stay as they
         are. Nothing is tried when ``error`` (the failure) says the storage cannot be

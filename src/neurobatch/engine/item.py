@@ -46,7 +46,7 @@ from neurobatch.engine.stages import (
     key_parts,
     stale_reason,
 )
-from neurobatch.errors import StoreDamagedError
+from neurobatch.errors import StorageError, StoreDamagedError
 from neurobatch.io import files, trials_store
 from neurobatch.io.commit import commit, read_commit, remove, verify
 from neurobatch.io.discover import fingerprints
@@ -120,6 +120,9 @@ class ItemOutcome:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each committed stage's facts (its record without the bookkeeping)."""
     seconds: float = 0.0
+    storage_fault: bool = False
+    """Whether it failed because the output's storage did (a full disk, a read-only folder:
+    :class:`~neurobatch.errors.StorageError`), not because of its input."""
     trials: xr.Dataset | None = field(default=None, repr=False, compare=False)
     """The trials the item committed, in memory, when they are small
     (:data:`~neurobatch.chunking.TRIALS_HANDOFF_MEMORY`); else read from its store."""
@@ -128,6 +131,14 @@ class ItemOutcome:
     def n_trials(self) -> int:
         """Trials the item committed."""
         return int(self.records.get("trials", {}).get("n_trials") or 0)
+
+    @property
+    def sampling_rate(self) -> float | None:
+        """The input's sampling rate, from the stage that read the input (ingest, or a
+        filter without a copy)."""
+        return next(
+            (r["sampling_rate"] for r in self.records.values() if r.get("sampling_rate")), None
+        )
 
     @property
     def fit(self) -> dict[str, Any] | None:
@@ -158,15 +169,12 @@ class ItemOutcome:
             "url": self.url,
             "status": self.status,
             "error": self.error,
+            "storage_fault": self.storage_fault,
             "stages_run": ",".join(self.stages_run),
             "n_trials": self.n_trials,
             "n_dropped": len(dropped),
             "dropped": json.dumps(dropped),
-            # the stage that read the input records it (ingest, or a filter without a copy)
-            "sampling_rate": next(
-                (r["sampling_rate"] for r in self.records.values() if r.get("sampling_rate")),
-                None,
-            ),
+            "sampling_rate": self.sampling_rate,
             "fit_method": fit.get("method"),
             "fit_intercept": fit.get("intercept"),
             "fit_slope": fit.get("slope"),
@@ -623,6 +631,7 @@ def _process(job: ItemJob, outcome: ItemOutcome, logs: list[ThreadLog]) -> ItemO
             _run_item(job, outcome)
         except Exception as error:  # noqa: BLE001 - one item's failure never stops the others
             outcome.status = "failed"
+            outcome.storage_fault = isinstance(error, StorageError)
             outcome.error = scrub(_failure_line(job, outcome, error), secrets)
             outcome.traceback = scrub(traceback.format_exc(), secrets)
             logger.error("%s failed: %s\n%s", job.item_id, outcome.error, outcome.traceback)
@@ -646,6 +655,13 @@ def _failure_line(job: ItemJob, outcome: ItemOutcome, error: Exception) -> str:
     return f"{job.url}: stage {stage.name}: {one_line(error)}"
 
 
+def write_failure(layout: OutputLayout, item_id: str, stage: str, error: str, run_id: str) -> None:
+    """Write an item's failure marker: the stage, the one-line error, the run and the time."""
+    failure = {"stage": stage, "error": error, "run": run_id, "time": datetime.now(UTC).isoformat()}
+    text = json.dumps(failure, indent=2) + "\n"
+    files.write_text(layout.failure(item_id), text, storage_options=layout.storage_options)
+
+
 def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> None:
     """Write the item's log, and its failure marker (or remove an old one)."""
     layout = job.layout
@@ -653,14 +669,7 @@ def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> No
     try:
         files.write_text(layout.item_log(job.item_id), log, storage_options=so)
         if outcome.status == "failed":
-            failure = {
-                "stage": stage,
-                "error": outcome.error,
-                "run": job.run_id,
-                "time": datetime.now(UTC).isoformat(),
-            }
-            text = json.dumps(failure, indent=2) + "\n"
-            files.write_text(layout.failure(job.item_id), text, storage_options=so)
+            write_failure(layout, job.item_id, stage, outcome.error or "", job.run_id)
         else:
             fs, path = fsspec.core.url_to_fs(layout.failure(job.item_id), **so)
             with suppress(FileNotFoundError):

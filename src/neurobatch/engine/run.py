@@ -27,15 +27,16 @@ from distributed import Client
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
-from neurobatch.engine.cluster import connect, planned_threads
+from neurobatch.engine.cluster import check_cluster, connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
-from neurobatch.engine.item import ItemJob, ItemOutcome, process_item
+from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, write_failure
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
 from neurobatch.engine.logs import captured_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
+from neurobatch.engine.rates import rate_outliers
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
@@ -86,6 +87,12 @@ class RunSummary:
     def failures(self) -> pd.DataFrame:
         """The failed items with their one-line errors."""
         return self.items.loc[self.items["status"] == "failed", ["item_id", "url", "error"]]
+
+    @property
+    def storage_failures(self) -> pd.DataFrame:
+        """The items that failed because the output's storage did (not their input)."""
+        failed = (self.items["status"] == "failed") & self.items["storage_fault"].fillna(False)
+        return self.items.loc[failed, ["item_id", "url", "error"]]
 
     def __str__(self) -> str:
         lines = [
@@ -253,6 +260,7 @@ class Pipeline:
         only: Sequence[str] | None = None,
         progress: bool | None = None,
         wait: bool = False,
+        force: bool = False,
     ) -> RunSummary:
         """Process every item and combine their trials.
 
@@ -276,6 +284,9 @@ class Pipeline:
             Show a progress bar; by default when stderr is a terminal.
         wait : bool, default False
             Wait for another run holding the output folder to end, instead of failing.
+        force : bool, default False
+            Start a cluster larger than the machine (``local``) or of more than 10,000
+            workers (:func:`neurobatch.engine.cluster.check_cluster_size`).
 
         Returns
         -------
@@ -284,7 +295,8 @@ class Pipeline:
         Raises
         ------
         neurobatch.errors.ConfigError
-            If the manifest is empty or ``only`` names an unknown item.
+            If the manifest is empty, ``only`` names an unknown item, or the cluster section
+            is refused (its size without ``force``, or who could reach it).
         neurobatch.errors.OutputLockedError
             If another run holds the output folder (without ``wait``).
         RunError
@@ -294,6 +306,8 @@ class Pipeline:
         secrets = secrets_in(config.model_dump())
         start = time.perf_counter()
         run_id = f"{time.time_ns():x}"
+        if client is None:  # before anything is written: a refused cluster leaves OUT alone
+            check_cluster(config.cluster, force=force)
         storage.configure(config.engine.storage_timeouts)  # workers': in _run
         with (
             OutputLock(
@@ -315,7 +329,7 @@ class Pipeline:
                     storage_options=layout.storage_options,
                 )
                 jobs = self.jobs(manifest, hooks=hooks, reprocess=reprocess, run_id=run_id)
-                summary = self._run(jobs, discovered, client, progress, run_id, start)
+                summary = self._run(jobs, discovered, client, progress, run_id, start, force)
             finally:
                 files.write_text(
                     layout.run_log,
@@ -339,6 +353,7 @@ class Pipeline:
         progress: bool | None,
         run_id: str,
         start: float,
+        force: bool,
     ) -> RunSummary:
         config, layout = self.config, self.layout
         kind = KINDS[config.kind]
@@ -348,7 +363,7 @@ class Pipeline:
                 cluster = resolve_auto(
                     config.cluster, len(jobs), float(sizes.mean() or 0), blocked=kind.on_cluster
                 )
-                client = stack.enter_context(connect(cluster))
+                client = stack.enter_context(connect(cluster, force=force))
             jobs = _with_chunk_budget(jobs, client)
             storage_timeouts_on_workers(client, config.engine.storage_timeouts)
             # the driver's own reads and appends (the combined outputs) compute locally, not
@@ -363,6 +378,7 @@ class Pipeline:
                 combiner.add(outcome)
             try:
                 self._submit(client, jobs, combiner, provenance, progress)
+                combiner = self._refuse_rate_outliers(combiner, run_id)
                 outcomes = [combiner.outcomes[job.item_id] for job in jobs]
                 summary = self._finish(
                     outcomes, carried, combiner, time.perf_counter() - start, run_id
@@ -496,6 +512,22 @@ class Pipeline:
                     if following is None:
                         break
                     tasks.submit(following)
+
+    def _refuse_rate_outliers(self, combiner: Combiner, run_id: str) -> Combiner:
+        """Fail the items whose sampling rate is orders of magnitude off most of the batch's
+        (:func:`neurobatch.engine.rates.rate_outliers`: a time column in another unit), and
+        leave their trials out of the combined outputs (rebuilt: rare)."""
+        outcomes = combiner.outcomes
+        rates = {i: o.sampling_rate for i, o in outcomes.items() if o.status != "failed"}
+        flagged = rate_outliers(rates)
+        if not flagged:
+            return combiner
+        for item_id, reason in flagged.items():
+            outcome = outcomes[item_id]
+            outcome.status, outcome.error = "failed", f"{outcome.url!r}: {reason}"
+            logger.error("%s failed: %s", item_id, outcome.error)
+            write_failure(self.layout, item_id, self.stages[0].name, outcome.error, run_id)
+        return combiner.rebuilt()
 
     def _finish(
         self,
