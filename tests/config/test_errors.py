@@ -96,12 +96,19 @@ from pipeline_files import EXAMPLE, EXAMPLE_TOML, edited, minimal, write
         (
             "method: irls",
             "method: irsl",
-            r"preprocess\.fit\.method: got 'irsl'; expected 'ols', 'irls' or 'none'; did you mean 'irls'\?",
+            (
+                r"preprocess\.fit\.method: got 'irsl'; expected 'ols', 'irls', 'detrend_retrend', "
+                r"'detrend_fit_retrend', 'bleaching', 'none' or 'module:function'; did you mean "
+                r"'irls'\?"
+            ),
         ),
         (
             "correction: dff",
             "correction: dF/F",
-            r"preprocess\.correction: got 'dF/F'; expected 'dff', 'df' or 'none'",
+            (
+                r"preprocess\.correction: got 'dF/F'; expected 'dff', 'df', 'dbb', 'db', 'none' or "
+                r"'module:function'; did you mean 'dff'\?"
+            ),
         ),
         (
             "recursive: false",
@@ -244,7 +251,10 @@ def test_yaml_errors_name_file_field_and_fix(
         (
             'fit = "ols"',
             'fit = "OLS"',
-            r"pipeline\.toml: preprocess\.fit\.method: got 'OLS'; expected 'ols', 'irls' or 'none'",
+            (
+                r"pipeline\.toml: preprocess\.fit\.method: got 'OLS'; expected 'ols', 'irls', .*; "
+                r"did you mean 'ols'\?"
+            ),
         ),
         (
             "bounds_s = [-8, 8]",

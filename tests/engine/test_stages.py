@@ -6,6 +6,7 @@ import functools
 
 import dask.array as da
 import numpy as np
+import pydantic
 import pytest
 import scipy.signal
 import xarray as xr
@@ -82,8 +83,11 @@ def test_single_channel_needs_no_fit() -> None:
     np.testing.assert_allclose(out["signal_corrected"].values, expected, rtol=1e-9, atol=1e-12)
     with pytest.raises(InputError, match=r"needs an isosbestic channel.*single-channel"):
         stages.preprocess(rec, PreprocessConfig(fit="ols", correction="dff"))
+    # the section refuses it before any item runs; the stage's own check stays
+    with pytest.raises(pydantic.ValidationError, match="correction 'dff' needs a fitted reference"):
+        PreprocessConfig(fit="none", correction="dff")
     with pytest.raises(InputError, match="correction 'dff' needs a fitted reference"):
-        stages.preprocess(rec, PreprocessConfig(fit="none", correction="dff"))
+        stages.correct(rec, None, correction="dff", normalization="none")
 
 
 def test_cutoff_above_nyquist_names_the_recording() -> None:
