@@ -173,6 +173,9 @@ def test_a_full_disk_exits_4_naming_the_path(
         path = tmp_path / "pipeline.yaml"
         path.write_text(yaml.safe_dump(pipeline))
         assert main(["run", str(path)]) == 4
+        # its log was written as the run went, in space kept for it: the failures are there
+        log = (disk / "out" / "logs" / "run.log").read_text()
+        assert "no space left on device writing" in log
     # the items' stores do not fit: each fails on the storage, and the run says so last
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("neurobatch: error: 3 item(s) failed on the output's storage; ")

@@ -440,10 +440,12 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
 
     from neurobatch.engine.run import RunError
 
-    # the cluster's one line (workers, memory, dashboard link) goes to the terminal too
+    # the cluster's one line (workers, memory, dashboard link) goes to the terminal too,
+    # for this command only (a caller's process may run several)
     cluster_log = logging.getLogger("neurobatch.engine.cluster")
     cluster_log.setLevel(logging.INFO)
-    cluster_log.addHandler(logging.StreamHandler(sys.stdout))
+    to_terminal = logging.StreamHandler(sys.stdout)
+    cluster_log.addHandler(to_terminal)
     pipeline.config = _cluster_config(pipeline.config, args)
     try:
         summary = pipeline.run(
@@ -456,6 +458,8 @@ def _run_pipeline(pipeline: Any, args: argparse.Namespace) -> int:
         print(error.summary, file=sys.stderr)
         print(f"neurobatch {args.command}: error: {error}", file=sys.stderr)
         return _storage_status(error.summary) or EXIT_ALL_FAILED
+    finally:
+        cluster_log.removeHandler(to_terminal)
     print(summary)
     return _storage_status(summary) or (EXIT_SOME_FAILED if summary.n_failed else 0)
 

@@ -19,13 +19,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import dask
-import fsspec
 import xarray as xr
 from distributed import get_worker
 
@@ -670,9 +669,7 @@ def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> No
         files.write_text(layout.item_log(job.item_id), log, storage_options=so)
         if outcome.status == "failed":
             write_failure(layout, job.item_id, stage, outcome.error or "", job.run_id)
-        else:
-            fs, path = fsspec.core.url_to_fs(layout.failure(job.item_id), **so)
-            with suppress(FileNotFoundError):
-                fs.rm_file(path)
+        else:  # retried, and absent is fine
+            remove(layout.failure(job.item_id), storage_options=so)
     except OSError as error:
         logger.warning("could not write the log or failure marker of %s: %s", job.item_id, error)

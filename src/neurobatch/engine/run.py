@@ -33,7 +33,7 @@ from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, write_failure
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import read_records, write_manifest
-from neurobatch.engine.logs import captured_log
+from neurobatch.engine.logs import run_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.rates import rate_outliers
@@ -316,26 +316,23 @@ class Pipeline:
                 wait=wait,
                 command=scrub(" ".join(sys.argv), secrets),
             ),
-            captured_log() as run_log,
+            run_log(
+                layout.run_log,
+                storage_options=layout.storage_options,
+                scrub=lambda text: scrub(text, secrets),
+            ),
         ):
-            try:
-                discovered = self.discover()
-                manifest = self._select(discovered, only)
-                write_manifest(
-                    discovered.assign(url=[scrub(url, secrets) for url in discovered["url"]]),
-                    layout.url,
-                    kind=config.kind,
-                    stages=[stage.name for stage in self.stages],
-                    storage_options=layout.storage_options,
-                )
-                jobs = self.jobs(manifest, hooks=hooks, reprocess=reprocess, run_id=run_id)
-                summary = self._run(jobs, discovered, client, progress, run_id, start, force)
-            finally:
-                files.write_text(
-                    layout.run_log,
-                    scrub(run_log.text, secrets),
-                    storage_options=layout.storage_options,
-                )
+            discovered = self.discover()
+            manifest = self._select(discovered, only)
+            write_manifest(
+                discovered.assign(url=[scrub(url, secrets) for url in discovered["url"]]),
+                layout.url,
+                kind=config.kind,
+                stages=[stage.name for stage in self.stages],
+                storage_options=layout.storage_options,
+            )
+            jobs = self.jobs(manifest, hooks=hooks, reprocess=reprocess, run_id=run_id)
+            summary = self._run(jobs, discovered, client, progress, run_id, start, force)
         if summary.n_failed == len(summary.items):
             raise RunError(
                 f"every item failed ({summary.n_failed}); first error: "
@@ -384,6 +381,7 @@ class Pipeline:
                     outcomes, carried, combiner, time.perf_counter() - start, run_id
                 )
             except BaseException as error:
+                combiner.discard(error)  # the outputs in place stay: the last complete run's
                 try:
                     provenance.write(
                         combiner if kind.trials else None,

@@ -496,4 +496,10 @@ class OutputLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.release()
+        if exc is None:
+            self.release()
+            return
+        try:  # the block's error is the one to report: the lease ends by itself anyway
+            self.release()
+        except Exception as failure:  # noqa: BLE001 - e.g. the storage is down too
+            logger.warning("could not release the lock of %s: %s", self.out_url, failure)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 import numpy.typing as npt
 import xarray as xr
 from matplotlib.figure import Figure
+
+from neurobatch.io import files
 
 __all__ = ["envelope"]
 
@@ -238,18 +239,13 @@ def _figure_format(path: str) -> DashboardFormat:
 def _write_figure(
     fig: Figure, path: str, fmt: DashboardFormat, storage_options: Mapping[str, Any] | None
 ) -> int:
-    """Render ``fig`` and write it to any fsspec URL; returns the number of bytes."""
+    """Render ``fig`` and write it whole to any fsspec URL; returns the number of bytes."""
     buffer = io.BytesIO()
     if fmt == "svg":
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     else:  # fast zlib level: a third faster to encode, a fifth bigger
         fig.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
-    fs, fs_path = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-    parent = fs._parent(fs_path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(fs_path, "wb") as f:
-        f.write(buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue(), storage_options=storage_options)  # atomic
     return buffer.tell()
 
 
