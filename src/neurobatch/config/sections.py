@@ -406,7 +406,7 @@ class StageConfig(_Model):
     """Keyword arguments of the function (JSON values)."""
 
 
-OutputFormat = Literal["zarr", "parquet", "csv", "h5ad"]
+OutputFormat = Literal["zarr", "parquet", "csv", "h5ad", "nwb"]
 
 
 def _default_formats() -> list[OutputFormat]:
