@@ -19,12 +19,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import dask
+import fsspec
 import xarray as xr
 from distributed import get_worker
 
@@ -654,6 +655,11 @@ def _failure_line(job: ItemJob, outcome: ItemOutcome, error: Exception) -> str:
     return f"{job.url}: stage {stage.name}: {one_line(error)}"
 
 
+def _remove_if_present(fs: Any, path: str) -> None:
+    with suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
 def write_failure(layout: OutputLayout, item_id: str, stage: str, error: str, run_id: str) -> None:
     """Write an item's failure marker: the stage, the one-line error, the run and the time."""
     failure = {"stage": stage, "error": error, "run": run_id, "time": datetime.now(UTC).isoformat()}
@@ -670,6 +676,9 @@ def _finish_item(job: ItemJob, outcome: ItemOutcome, log: str, stage: str) -> No
         if outcome.status == "failed":
             write_failure(layout, job.item_id, stage, outcome.error or "", job.run_id)
         else:  # retried, and absent is fine
-            remove(layout.failure(job.item_id), storage_options=so)
+            url = layout.failure(job.item_id)
+            fs, path = fsspec.core.url_to_fs(url, **so)
+            with files.translated(url, action="removing"):
+                files.retried(lambda: _remove_if_present(fs, path), url=url, action="removing")
     except OSError as error:
         logger.warning("could not write the log or failure marker of %s: %s", job.item_id, error)
