@@ -422,6 +422,10 @@ class OutputConfig(_Model):
     """The combined outputs to write."""
     dashboards: Literal["svg", "png"] | None = None
     """One figure per item in this format, or none."""
+    zarr_format: Literal[3, 2] = 3
+    """The Zarr format of every store written (the items' stages, ``trials.zarr``): 2 for
+    readers pinned to zarr-python 2 (spikeinterface, GuPPy, neuroconv); both are checksummed
+    and read by neurobatch. A change rewrites the items' stores on the next run."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to fsspec."""
 
