@@ -224,3 +224,40 @@ def test_loader_arguments_round_trip(tmp_path: Path) -> None:
     assert arguments["event_cols"] == ["trial_cue", "lever1", "lever2", "shock"]
     model = LOADERS["photometry-csv"].arguments.model_validate(arguments)
     assert model.event_names() == ["trial_cue", "lever1", "lever2", "shock"]
+
+
+@pytest.mark.parametrize(
+    ("fit", "method"),
+    [
+        ("fit: fits/lab.py:line", "{folder}/fits/lab.py:line"),
+        ("fit: {method: fits/lab.py:line, intercept: false}", "{folder}/fits/lab.py:line"),
+        ("fit: {method: ../shared/lab.py:line}", "{parent}/shared/lab.py:line"),
+        ("fit: mylab.fits:line", "mylab.fits:line"),  # a module: left alone, not imported
+        ("fit: ols", "ols"),
+        ("fit: {intercept: false}", "irls"),
+    ],
+)
+def test_preprocess_function_files_are_relative_to_the_pipeline_file(
+    tmp_path: Path, fit: str, method: str
+) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    text = edited(
+        folder,
+        "fit: {method: irls, intercept: true, c: 3.0, maxiter: 1000}",
+        fit,
+    ).read_text()
+    text = text.replace("correction: dff", "correction: fits/lab.py:divide")
+    config = load_config(write(folder, text))
+    expected = method.format(folder=folder, parent=tmp_path)
+    assert config.preprocess.fit.method == expected
+    assert config.preprocess.correction == f"{folder / 'fits' / 'lab.py'}:divide"
+
+
+def test_preprocess_function_files_in_toml(tmp_path: Path) -> None:
+    text = EXAMPLE_TOML.replace('fit = "ols"', 'fit = "lab.py:line"\ncorrection = "dff"')
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.preprocess.fit.method == f"{tmp_path / 'lab.py'}:line"
+    assert config.preprocess.correction == "dff"

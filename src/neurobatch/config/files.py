@@ -270,6 +270,17 @@ def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     hooks = data.get("hooks")
     if isinstance(hooks, Mapping):
         data["hooks"] = {key: _ref_path(ref, base_dir) for key, ref in hooks.items()}
+    preprocess = data.get("preprocess")
+    if isinstance(preprocess, Mapping):
+        preprocess = dict(preprocess)
+        fit = preprocess.get("fit")
+        if isinstance(fit, Mapping) and "method" in fit:
+            preprocess["fit"] = {**fit, "method": _ref_path(fit["method"], base_dir)}
+        elif "fit" in preprocess:
+            preprocess["fit"] = _ref_path(fit, base_dir)
+        if "correction" in preprocess:
+            preprocess["correction"] = _ref_path(preprocess["correction"], base_dir)
+        data["preprocess"] = preprocess
     return data
 
 
@@ -300,8 +311,9 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a pipeline file (``.yaml``, ``.yml`` or ``.toml``).
 
     Relative local paths in ``input.url``, ``output.url`` and ``file.py:function``
-    references (hooks, a loader resolver) are made absolute against the file's folder; URLs
-    with a protocol (``s3://``, ``memory://``) are left alone.
+    references (hooks, a loader resolver, ``preprocess.fit`` or ``fit.method``,
+    ``preprocess.correction``) are made absolute against the file's folder; URLs with a
+    protocol (``s3://``, ``memory://``) are left alone.
 
     Parameters
     ----------
