@@ -1,22 +1,25 @@
-"""The arguments models of the acquisition-system formats (Doric, Neurophotometrics, pyPhotometry).
+"""The arguments models of the acquisition formats (Doric, Neurophotometrics, pyPhotometry, NWB).
 
 These loaders read what a photometry rig writes and return the same Recording as the column
 formats: ``signal(time)``, ``isosbestic(time)``, events. Their arguments name the rig's own
-channels (a Doric channel, a Neurophotometrics region and LED, a pyPhotometry analog input)
-and where the events come from (digital inputs as rising edges, or a separate event file).
+channels (a Doric channel, a Neurophotometrics region and LED, a pyPhotometry analog input,
+an NWB fiber photometry series or excitation wavelength) and where the events come from
+(digital inputs as rising edges, a separate event file, or the NWB file's event tables).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neurobatch.config.arguments import LoaderArguments
 
 __all__ = [
     "AcquisitionArguments",
     "DoricArguments",
+    "NWBEventSource",
+    "NWBPhotometryArguments",
     "NeurophotometricsArguments",
     "PyPhotometryArguments",
 ]
@@ -353,3 +356,173 @@ class PyPhotometryArguments(AcquisitionArguments):
         ['digital_2']
         """
         return list(self.event_channels)
+
+
+class NWBEventSource(BaseModel):
+    """Where one event of an NWB file comes from: an object's times, optionally only the rows
+    (or samples) whose label equals a value.
+
+    The object is a ``TimeIntervals`` table (``trials``, ``epochs`` or one of the file's
+    interval tables: the ``start_time`` of its rows), an ``EventsTable`` (NWB's or
+    ndx-events': the ``timestamp`` of its rows) or a ``TimeSeries`` with timestamps (an
+    ``AnnotationSeries``, ndx-events' ``Events``: its timestamps). ``column`` and
+    ``equals`` keep the rows of a table whose ``column`` holds ``equals`` (a trial type, an
+    event label); for a series, ``equals`` keeps the samples whose data equal it (an
+    annotation's text).
+
+    Examples
+    --------
+    >>> NWBEventSource(source="trials", column="trial_type", equals="cue").time_column is None
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        min_length=1, description="The table or series, by name or by its path in the file."
+    )
+    column: str | None = Field(
+        None, description="A table's label column whose value selects the rows; null = all rows."
+    )
+    equals: str | int | float | bool | None = Field(
+        None,
+        description=(
+            "The label value of the rows (table) or samples (series) that are this event; "
+            "null = all of them."
+        ),
+    )
+    time_column: str | None = Field(
+        None,
+        description=(
+            "A table's column of event times; null = timestamp (EventsTable) or start_time "
+            "(TimeIntervals)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NWBEventSource:
+        if self.column is not None and self.equals is None:
+            raise ValueError(
+                f"column {self.column!r} is named but not the value its rows must hold; "
+                "set equals (e.g. equals: cue)"
+            )
+        return self
+
+
+def _event_sources(value: Any) -> Any:
+    """A list of objects names each event after its object; a mapping's text values are
+    objects, and its mappings event sources."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return {value: {"source": value}}
+    if isinstance(value, list | tuple):
+        return {str(name): {"source": name} for name in value}
+    if isinstance(value, dict):
+        return {
+            name: {"source": spec} if isinstance(spec, str) else spec
+            for name, spec in value.items()
+        }
+    return value
+
+
+class NWBPhotometryArguments(AcquisitionArguments):
+    """Arguments of the ``nwb-photometry`` loader: NWB files with ndx-fiber-photometry series.
+
+    The signal and the isosbestic control are each a ``FiberPhotometryResponseSeries``
+    named by its name or its path in the file (``raw_465``,
+    ``acquisition/raw_465``), or an excitation wavelength in nanometres (``465``): the
+    channel whose ``FiberPhotometryTable`` row has the nearest excitation wavelength, within
+    ``wavelength_tolerance_nm``. A channel is one series, or one column of a 2-D series (its
+    columns are the rows of its ``fiber_photometry_table_region``). When several fibres fit,
+    ``fiber`` picks one: its location or its optical fibre (the ``OpticalFiber`` device of
+    its ``FiberPhotometryTable`` rows). Series in
+    ``acquisition`` are preferred to processed ones for a wavelength.
+
+    Examples
+    --------
+    >>> args = NWBPhotometryArguments(signal=465, isosbestic=405,
+    ...                               events={"cue": {"source": "trials", "column": "kind",
+    ...                                               "equals": "cue"}, "lick": "licks"})
+    >>> args.signal, args.isosbestic, args.event_names()
+    (465.0, 405.0, ['cue', 'lick'])
+    >>> NWBPhotometryArguments(signal="raw_465", isosbestic=None, events=["trials"]).events
+    {'trials': NWBEventSource(source='trials', column=None, equals=None, time_column=None)}
+    """
+
+    signal: float | str = Field(
+        description=(
+            "The signal: a FiberPhotometryResponseSeries (name or path) or an excitation "
+            "wavelength in nm."
+        )
+    )
+    isosbestic: float | str | None = Field(
+        description=(
+            "The isosbestic control: a series (name or path) or an excitation wavelength in "
+            "nm; null = single-channel."
+        )
+    )
+    wavelength_tolerance_nm: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How far a channel's excitation wavelength may be from the one asked for.",
+    )
+    fiber: str | None = Field(
+        None,
+        description=(
+            "When several fibres fit: the fibre's location or its optical fibre (the device "
+            "named in its FiberPhotometryTable rows); null = the only one."
+        ),
+    )
+    events: dict[str, NWBEventSource] = Field(
+        default_factory=dict,
+        description=(
+            "Event name -> where its times are: an object's name or path (a TimeIntervals's "
+            "start_time, an EventsTable's timestamp, a series' timestamps), or a mapping with "
+            "source, column and equals for the rows of one label; a list of objects names "
+            "each event after its object."
+        ),
+    )
+
+    @field_validator("signal", "isosbestic", mode="before")
+    @classmethod
+    def _wavelength(cls, value: Any) -> Any:
+        # a YAML number is a wavelength (a bool goes on, and fails the range of wavelengths)
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        return _event_sources(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> NWBPhotometryArguments:
+        _check_event_names(list(self.events))
+        for role, value in (("signal", self.signal), ("isosbestic", self.isosbestic)):
+            if isinstance(value, float) and not 100.0 <= value <= 2000.0:
+                raise ValueError(
+                    f"{role}: {value:g} nm is not an excitation wavelength; expected one "
+                    "between 100 and 2000 nm, or a series name"
+                )
+        if self.isosbestic is not None and self.isosbestic == self.signal:
+            raise ValueError(
+                f"signal and isosbestic are both {self.signal!r}; each needs its own channel"
+            )
+        return self
+
+    def event_names(self) -> list[str]:
+        """The event names this loader provides: the keys of ``events``.
+
+        Returns
+        -------
+        list of str
+            Event names, in order.
+
+        Examples
+        --------
+        >>> NWBPhotometryArguments(signal=470, isosbestic=None,
+        ...                        events=["trials", "licks"]).event_names()
+        ['trials', 'licks']
+        """
+        return list(self.events)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, create_m
 from neurobatch.config.acquisition_arguments import (
     DoricArguments,
     NeurophotometricsArguments,
+    NWBPhotometryArguments,
     PyPhotometryArguments,
 )
 from neurobatch.config.arguments import (
@@ -61,6 +62,7 @@ LOADER_FORMATS: dict[str, LoaderFormat] = {
     "doric": LoaderFormat(DoricArguments, "file"),
     "neurophotometrics": LoaderFormat(NeurophotometricsArguments, "file"),
     "pyphotometry": LoaderFormat(PyPhotometryArguments, "file"),
+    "nwb-photometry": LoaderFormat(NWBPhotometryArguments, "file"),
     "spikeglx": LoaderFormat(SpikeGLXArguments, "file"),
     "raw-binary": LoaderFormat(RawBinaryArguments, "file"),
     "nwb": LoaderFormat(NWBArguments, "file"),

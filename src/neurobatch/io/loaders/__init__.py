@@ -15,7 +15,10 @@ Photometry recordings (``signal(time)``, ``isosbestic(time)``, events), read int
   exports (:mod:`.doric`);
 - ``neurophotometrics`` (files): Neurophotometrics CSV, LED-interleaved frames
   demultiplexed, with its event file (:mod:`.neurophotometrics`);
-- ``pyphotometry`` (files): pyPhotometry ``.ppd`` files (:mod:`.pyphotometry`).
+- ``pyphotometry`` (files): pyPhotometry ``.ppd`` files (:mod:`.pyphotometry`);
+- ``nwb-photometry`` (files): NWB files with ndx-fiber-photometry's
+  ``FiberPhotometryResponseSeries``, signal and isosbestic by series or excitation
+  wavelength, events from the file's tables (:mod:`.nwb_photometry`).
 
 Large recordings, read lazily (dask-backed, nothing read on load but headers and metadata),
 chunked along time or frames from ``chunk_memory``: ephys ``traces(time, channel)``, movies
@@ -29,6 +32,9 @@ chunked along time or frames from ``chunk_memory``: ephys ``traces(time, channel
 - ``zarr`` (files): existing Zarr / xarray stores (:mod:`.arrays`);
 - ``rgc-pickle`` (files): the legacy retinal-ganglion STA pickle, only with
   ``allow_pickle: true`` (:mod:`.legacy_pickle`).
+
+A format may also have a ``check`` (:attr:`LoaderSpec.check`): the checks of its load that
+need only the input's structure, without reading its data (``neurobatch validate``).
 
 Every loader checks its input (one-line :class:`~neurobatch.errors.InputError` naming the
 input and what was wrong) and says when sampling is not uniform
@@ -48,6 +54,8 @@ from pydantic import BaseModel
 from neurobatch.config.acquisition_arguments import (
     DoricArguments,
     NeurophotometricsArguments,
+    NWBEventSource,
+    NWBPhotometryArguments,
     PyPhotometryArguments,
 )
 from neurobatch.config.arguments import (
@@ -75,6 +83,7 @@ from neurobatch.io.loaders.doric import load_doric
 from neurobatch.io.loaders.legacy_pickle import load_rgc_pickle
 from neurobatch.io.loaders.neurophotometrics import load_neurophotometrics
 from neurobatch.io.loaders.nwb import load_nwb
+from neurobatch.io.loaders.nwb_photometry import check_nwb_photometry, load_nwb_photometry
 from neurobatch.io.loaders.parquet import load_photometry_parquet
 from neurobatch.io.loaders.pyphotometry import load_pyphotometry
 from neurobatch.io.loaders.sidecar import read_sidecar, resolve_sidecar
@@ -85,6 +94,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOADERS",
+    "CheckFunction",
     "ChunkedLoadFunction",
     "ColumnArguments",
     "DoricArguments",
@@ -92,6 +102,8 @@ __all__ = [
     "LoaderArguments",
     "LoaderSpec",
     "NWBArguments",
+    "NWBEventSource",
+    "NWBPhotometryArguments",
     "NeurophotometricsArguments",
     "NpyArguments",
     "PhotometryCSVArguments",
@@ -102,10 +114,12 @@ __all__ = [
     "SpikeGLXArguments",
     "TDTArguments",
     "ZarrArguments",
+    "check_nwb_photometry",
     "load_doric",
     "load_neurophotometrics",
     "load_npy",
     "load_nwb",
+    "load_nwb_photometry",
     "load_photometry_csv",
     "load_photometry_parquet",
     "load_pyphotometry",
@@ -152,6 +166,21 @@ class ChunkedLoadFunction(Protocol):
         ...
 
 
+class CheckFunction(Protocol):
+    """``check(url, arguments, *, storage_options=None)``: an input's structure, checked."""
+
+    def __call__(
+        self,
+        url: str,
+        arguments: Any,
+        /,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Check what the arguments ask of one input, reading none of its data."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """One input format: its name, arguments model, target kind and load function.
@@ -170,6 +199,10 @@ class LoaderSpec:
     chunked : bool, default False
         Whether ``load`` reads lazily and also takes ``chunk_memory`` (a
         :class:`ChunkedLoadFunction`).
+    check : CheckFunction or None, default None
+        ``check(url, arguments, *, storage_options=None)``: the load's checks that need only
+        the input's structure (raising what the load would raise), reading no data; it may
+        return what the load would read. None for a format without one.
 
     Examples
     --------
@@ -178,6 +211,8 @@ class LoaderSpec:
     ('file', ['cue'])
     >>> LOADERS["spikeglx"].chunked, LOADERS["tdt"].chunked
     (True, False)
+    >>> LOADERS["nwb-photometry"].check is check_nwb_photometry
+    True
     """
 
     format: str
@@ -185,6 +220,7 @@ class LoaderSpec:
     target: Literal["file", "folder"]
     load: LoadFunction
     chunked: bool = False
+    check: CheckFunction | None = None
 
 
 #: Every format's load function, and whether it reads lazily in chunks.
@@ -195,6 +231,7 @@ _LOAD_FUNCTIONS: dict[str, tuple[LoadFunction, bool]] = {
     "doric": (load_doric, False),
     "neurophotometrics": (load_neurophotometrics, False),
     "pyphotometry": (load_pyphotometry, False),
+    "nwb-photometry": (load_nwb_photometry, False),
     "spikeglx": (load_spikeglx, True),
     "raw-binary": (load_raw_binary, True),
     "nwb": (load_nwb, True),
@@ -203,10 +240,15 @@ _LOAD_FUNCTIONS: dict[str, tuple[LoadFunction, bool]] = {
     "rgc-pickle": (load_rgc_pickle, True),
 }
 
+#: The formats whose inputs can be checked without reading their data.
+_CHECK_FUNCTIONS: dict[str, CheckFunction] = {"nwb-photometry": check_nwb_photometry}
+
 #: Every loader format by name: the arguments model and target of
-#: :data:`neurobatch.config.loaders.LOADER_FORMATS`, with its load function.
+#: :data:`neurobatch.config.loaders.LOADER_FORMATS`, with its load and check functions.
 LOADERS: dict[str, LoaderSpec] = {
-    fmt: LoaderSpec(fmt, entry.arguments, entry.target, *_LOAD_FUNCTIONS[fmt])
+    fmt: LoaderSpec(
+        fmt, entry.arguments, entry.target, *_LOAD_FUNCTIONS[fmt], check=_CHECK_FUNCTIONS.get(fmt)
+    )
     for fmt, entry in LOADER_FORMATS.items()
 }
 
@@ -271,7 +313,7 @@ def load_recording(
     >>> load_recording("memory://registry-doc/a.csv", {}, format="photometry-cvs")
     Traceback (most recent call last):
     ...
-    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt', 'doric', 'neurophotometrics', 'pyphotometry', 'spikeglx', 'raw-binary', 'nwb', 'npy', 'zarr', 'rgc-pickle')
+    neurobatch.errors.ConfigError: unknown loader format 'photometry-cvs'; did you mean 'photometry-csv'? (known: 'photometry-csv', 'photometry-parquet', 'tdt', 'doric', 'neurophotometrics', 'pyphotometry', 'nwb-photometry', 'spikeglx', 'raw-binary', 'nwb', 'npy', 'zarr', 'rgc-pickle')
     """
     spec = LOADERS.get(format)
     if spec is None:

@@ -471,6 +471,25 @@ def _session_attrs(nwbfile: Any) -> dict[str, Any]:
     return attrs
 
 
+def _nothing_to_read(nwbfile: Any, url: str, pynwb: Any) -> InputError:
+    """The error of a file without traces, frames or spikes; fiber photometry is named."""
+    photometry = [
+        where
+        for where, obj in _candidates(nwbfile, pynwb.TimeSeries)
+        if obj.neurodata_type == "FiberPhotometryResponseSeries"
+    ]
+    if photometry:
+        return InputError(
+            f"NWB file {url!r} holds fiber photometry (FiberPhotometryResponseSeries "
+            f"{', '.join(map(repr, photometry))}), which format 'nwb' does not read; expected "
+            "loader.format nwb-photometry, with signal and isosbestic (a series or an "
+            "excitation wavelength)"
+        )
+    return InputError(
+        f"NWB file {url!r} has no ElectricalSeries, ImageSeries or Units table to read"
+    )
+
+
 def load_nwb(
     url: str,
     arguments: NWBArguments | Mapping[str, Any],
@@ -511,7 +530,8 @@ def load_nwb(
     neurobatch.errors.InputError
         A file that is not NWB, a named object that is not there (with the closest name), an
         ambiguous ``auto`` (with the candidates), external or non-3-D frames, timestamps
-        that do not increase, a file with nothing to read, or a bad sidecar.
+        that do not increase, a file with no traces, frames or spikes to read (events alone
+        are not a recording; a file of fiber photometry is named as such), or a bad sidecar.
     neurobatch.errors.ConfigError
         If ``arguments`` is an invalid mapping.
     ImportError
@@ -571,14 +591,11 @@ def load_nwb(
                 parts.append(_spikes(units, ctx))
             else:
                 logger.info("%s: the Units table has no spike times; not read", url)
+        if not parts:
+            raise _nothing_to_read(nwbfile, url, pynwb)
         if args.events:
             event_vars, event_coords = _events(nwbfile, args.events, ctx, pynwb)
             parts.append((event_vars, event_coords, {}))
-        if not parts:
-            raise InputError(
-                f"NWB file {url!r} has no ElectricalSeries, ImageSeries or Units table to read "
-                "(and loader.events names none)"
-            )
         for part_vars, part_coords, part_attrs in parts:
             data_vars.update(part_vars)
             coords.update(part_coords)
