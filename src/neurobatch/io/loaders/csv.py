@@ -28,13 +28,14 @@ from fsspec.implementations.local import LocalFileSystem
 from neurobatch.config.arguments import PhotometryCSVArguments
 from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._common import coerce_arguments
-from neurobatch.io.loaders._photometry import recording_from_table, resolve_columns
+from neurobatch.io.loaders._photometry import recording_from_table
 from neurobatch.io.loaders._sniff import not_utf8_text
+from neurobatch.io.loaders.headers import HEADER_BLOCK_BYTES, check_columns, named_columns
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "load_photometry_csv"]
+__all__ = ["FORMAT", "check_photometry_csv", "load_photometry_csv"]
 
 FORMAT = "photometry-csv"
 
@@ -53,9 +54,9 @@ _FIELDS = re.compile(
 )
 
 
-def _open(fs: Any, path: str, url: str) -> Any:
+def _open(fs: Any, path: str, url: str, **options: Any) -> Any:
     try:
-        return fs.open(path, "rb", compression="infer")
+        return fs.open(path, "rb", compression="infer", **options)
     except FileNotFoundError:
         raise InputNotFoundError(f"input {url!r} does not exist") from None
     except IsADirectoryError:
@@ -74,7 +75,7 @@ def _cut_short(url: str, path: str, error: Exception) -> InputError | None:
 
 
 def _read_header(fs: Any, path: str, url: str) -> list[str]:
-    with _open(fs, path, url) as f:
+    with _open(fs, path, url, block_size=HEADER_BLOCK_BYTES) as f:
         head = b""
         # the first non-empty line (pyarrow skips empty lines too)
         while b"\n" not in head.lstrip(b"\r\n") and len(head) < _HEADER_LIMIT:
@@ -177,6 +178,60 @@ def _explain(
     return InputError(f"{url!r} cannot be read as CSV: {' '.join(message.split())}")
 
 
+def check_photometry_csv(
+    url: str,
+    arguments: PhotometryCSVArguments | Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check the columns the arguments name against a CSV's header, reading only the header.
+
+    The header is the file's first non-empty line, read through fsspec in blocks of
+    :data:`~neurobatch.io.loaders.headers.HEADER_BLOCK_BYTES` (64 KiB) and parsed by
+    pyarrow as the load parses it; ``neurobatch validate`` calls this on every input.
+
+    Parameters
+    ----------
+    url : str
+        The CSV file: a local path or any fsspec URL (compressed files by their suffix).
+    arguments : PhotometryCSVArguments or mapping
+        The loader's arguments (a mapping is validated; it may carry ``format``).
+    storage_options : mapping, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    dict
+        What the load would read: ``format`` and ``columns``.
+
+    Raises
+    ------
+    neurobatch.errors.InputNotFoundError
+        If the file does not exist.
+    neurobatch.errors.InputError
+        A file that is empty or not UTF-8 text, or a column it lacks, in the line
+        :func:`load_photometry_csv` would fail with.
+
+    Examples
+    --------
+    >>> import fsspec
+    >>> fsspec.filesystem("memory").pipe(
+    ...     "/csv-check/m1.csv", b"time,raw_signal,raw_isosbestic\\n0.0,1.0,0.5\\n")
+    >>> check_photometry_csv("memory://csv-check/m1.csv",
+    ...                      {"signal_col": "raw_signal", "isosbestic_col": "raw_isosbestic"})
+    {'format': 'photometry-csv', 'columns': ['time', 'raw_signal', 'raw_isosbestic']}
+    >>> check_photometry_csv("memory://csv-check/m1.csv",
+    ...                      {"signal_col": "raw_signl", "isosbestic_col": "raw_isosbestic"})
+    Traceback (most recent call last):
+    ...
+    neurobatch.errors.InputError: 'memory://csv-check/m1.csv' has no column 'raw_signl' (signal_col; did you mean 'raw_signal'?); its columns: 'time', 'raw_signal', 'raw_isosbestic'
+    """
+    args = coerce_arguments(arguments, PhotometryCSVArguments, fmt=FORMAT)
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    check_columns(_read_header(fs, path, url), named_columns(args), source=url)
+    return {"format": FORMAT, "columns": args.columns()}
+
+
 def load_photometry_csv(
     url: str,
     arguments: PhotometryCSVArguments | Mapping[str, Any],
@@ -197,8 +252,8 @@ def load_photometry_csv(
     Returns
     -------
     xarray.Dataset
-        ``signal(time)``, ``isosbestic(time)`` (absent in single-channel mode), float64, on
-        the coordinate ``time`` as in the file (or downsampled as PhoPro does);
+        ``signal(time)``, ``isosbestic(time)`` (absent with ``isosbestic_col: null``),
+        float64, on the coordinate ``time`` as in the file (or downsampled as PhoPro does);
         ``event_time(event)`` sorted by time with coordinate ``event_name(event)``; attrs
         ``sampling_rate`` (``(N - 1) / (t_last - t_first)``), ``event_names``, ``source``
         (``url``), ``n_samples`` and the sidecar's metadata.
@@ -208,7 +263,8 @@ def load_photometry_csv(
     neurobatch.errors.InputNotFoundError
         If the file does not exist.
     neurobatch.errors.InputError
-        An empty file, a header without rows, a missing column (with the columns that exist
+        An empty file, a header without rows, a missing column, the isosbestic's included
+        (:func:`~neurobatch.io.loaders.headers.check_columns`: with the columns that exist
         and the closest name), a value that is not a number or flag (with its line), a
         truncated last line or compressed stream, NaN/inf in time or a channel, a single
         sample, time not strictly increasing, a sampling interval off the median by more
@@ -225,6 +281,7 @@ def load_photometry_csv(
     See Also
     --------
     neurobatch.io.loaders.load_recording : any format by name.
+    check_photometry_csv : the column checks alone, on the header.
 
     Examples
     --------
@@ -245,12 +302,12 @@ def load_photometry_csv(
     so = dict(storage_options or {})
     fs, path = fsspec.core.url_to_fs(url, **so)
     header = _read_header(fs, path, url)
-    isosbestic = resolve_columns(header, args, source=url)
+    check_columns(header, named_columns(args), source=url)
     metadata, sidecar_url = load_annotation(
         url, args, target="file", key=args.annotation_key, storage_options=so
     )
 
-    columns = [c for c in args.columns() if isosbestic or c != args.isosbestic_col]
+    columns = args.columns()
     types = {c: pa.float64() for c in columns if c not in args.event_cols}
     types.update({c: pa.bool_() for c in args.event_cols})
     local = isinstance(fs, LocalFileSystem)
@@ -289,7 +346,7 @@ def load_photometry_csv(
         read,
         args,
         source=url,
-        isosbestic=isosbestic,
+        isosbestic=args.isosbestic_col is not None,
         locate=lambda i: f"line {i + 2}",
         sidecar=metadata,
         sidecar_source=sidecar_url,
