@@ -16,8 +16,9 @@ from endpoint import Endpoint
 from neurobatch.errors import StorageError, StoreDamagedError
 from neurobatch.io import files
 from neurobatch.io.commit import COMMIT_MARKER, commit, inventory, read_commit, remove, verify
-from neurobatch.io.zarr import open_dataset, write_dataset
-from stores import CHUNKED, committed, recording
+from neurobatch.io.zarr import ZarrFormat, open_dataset, write_dataset
+from stores import CHUNKED, recording
+from zarr_formats import FORMATS, chunk_key, chunk_path, committed
 
 # --- commits ----------------------------------------------------------------------------------
 
@@ -71,15 +72,18 @@ def chunk_sizes(url: str, name: str) -> dict[str, int]:
     return {
         p.relative_to(folder).as_posix(): p.stat().st_size
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "zarr.json"
+        if p.is_file() and p.name not in ("zarr.json", ".zarray", ".zattrs")
     }
 
 
-def test_inventory_counts_stored_chunks_not_the_grid(tmp_path: Path) -> None:
+@FORMATS
+def test_inventory_counts_stored_chunks_not_the_grid(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     ds = recording()  # 10,000 samples in chunks of 4096: two full chunks, 1808 in the last
     ds["signal"][4096:8192] = np.nan  # chunk c/1 holds only the fill value: never written
     url = str(tmp_path / "recording.zarr")
-    write_dataset(ds, url, chunk_memory=CHUNKED)
+    write_dataset(ds, url, chunk_memory=CHUNKED, zarr_format=zarr_format)
     nested = zarr.open_group(url, mode="a").create_group("units")
     nested.create_array("rate", shape=(3,), dtype="f8", chunks=(2,))[:] = [1.0, 2.0, 3.0]
 
@@ -93,7 +97,7 @@ def test_inventory_counts_stored_chunks_not_the_grid(tmp_path: Path) -> None:
         "units/rate",
     ]
     signal = chunk_sizes(url, "signal")
-    assert sorted(signal) == ["c/0", "c/2"]
+    assert sorted(signal) == [chunk_key(i, zarr_format=zarr_format) for i in (0, 2)]
     assert found["signal"] == {
         "shape": [10_000],
         "chunks": [4096],
@@ -125,35 +129,61 @@ def test_commit_records_the_inventory_only_when_asked(tmp_path: Path) -> None:
     assert sorted(p for p in os.listdir(url) if p.startswith(COMMIT_MARKER)) == [COMMIT_MARKER]
 
 
-def test_verify_an_intact_store_and_an_older_marker(tmp_path: Path) -> None:
+@FORMATS
+def test_verify_an_intact_store_and_an_older_marker(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     url = str(tmp_path / "recording.zarr")
-    marker = committed(recording(), url)
+    marker = committed(recording(), url, zarr_format=zarr_format)
     assert verify(url, marker) == []
+    assert verify(url, marker, zarr_format=zarr_format) == []
     open_dataset(url).load()  # reading changes nothing
     assert verify(url, marker) == []
     assert verify(url, {"params": "abc"}) == []  # committed before inventories: intact
 
 
-def test_verify_names_a_deleted_chunk(tmp_path: Path) -> None:
+@FORMATS
+def test_verify_names_a_store_in_the_other_format(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "recording.zarr")
-    marker = committed(recording(), url)
-    (Path(url) / "signal" / "c" / "1").unlink()
+    marker = committed(recording(), url, zarr_format=zarr_format)
+    other = 5 - zarr_format
+    assert verify(url, marker, zarr_format=other) == [
+        (
+            f"the store is in Zarr format {zarr_format}, and Zarr format {other} is asked "
+            "(output.zarr_format)"
+        )
+    ]
+    stage = tmp_path / "nothing"  # a stage that stored nothing: no store, no format to check
+    commit(str(stage), {"params": "abc"}, arrays=True)
+    assert verify(str(stage), read_commit(str(stage)) or {}, zarr_format=other) == []
+
+
+@FORMATS
+def test_verify_names_a_deleted_chunk(tmp_path: Path, zarr_format: ZarrFormat) -> None:
+    url = str(tmp_path / "recording.zarr")
+    marker = committed(recording(), url, zarr_format=zarr_format)
+    chunk_path(url, "signal", 1, zarr_format=zarr_format).unlink()
+    key = chunk_key(1, zarr_format=zarr_format)
     assert verify(url, marker) == [
-        "array 'signal': 2 of 3 stored chunks present (chunk c/1 missing)"
+        f"array 'signal': 2 of 3 stored chunks present (chunk {key} missing)"
     ]
     # zarr alone reads the hole as the fill value, silently
     assert np.isnan(open_dataset(url).signal.values[4096:8192]).all()
 
 
-def test_verify_a_deleted_chunk_beside_a_never_written_one(tmp_path: Path) -> None:
+@FORMATS
+def test_verify_a_deleted_chunk_beside_a_never_written_one(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     ds = recording()
     ds["signal"][4096:8192] = np.nan
     url = str(tmp_path / "recording.zarr")
-    marker = committed(ds, url)
-    (Path(url) / "signal" / "c" / "2").unlink()
+    marker = committed(ds, url, zarr_format=zarr_format)
+    chunk_path(url, "signal", 2, zarr_format=zarr_format).unlink()
+    one, two = (chunk_key(i, zarr_format=zarr_format) for i in (1, 2))
     assert verify(url, marker) == [
         (
-            "array 'signal': 1 of 2 stored chunks present (1 missing among c/1, c/2; the "
+            f"array 'signal': 1 of 2 stored chunks present (1 missing among {one}, {two}; the "
             "others absent were never written (they hold only the fill value))"
         )
     ]
@@ -163,11 +193,15 @@ def test_verify_a_deleted_chunk_beside_a_never_written_one(tmp_path: Path) -> No
     ]
 
 
-def test_verify_names_a_truncated_chunk_and_a_resized_or_missing_array(tmp_path: Path) -> None:
+@FORMATS
+def test_verify_names_a_truncated_chunk_and_a_resized_or_missing_array(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     url = str(tmp_path / "recording.zarr")
-    marker = committed(recording(), url)
-    before = chunk_sizes(url, "signal")["c/0"]
-    with open(Path(url) / "signal" / "c" / "0", "r+b") as f:
+    marker = committed(recording(), url, zarr_format=zarr_format)
+    first = chunk_key(0, zarr_format=zarr_format)
+    before = chunk_sizes(url, "signal")[first]
+    with open(chunk_path(url, "signal", 0, zarr_format=zarr_format), "r+b") as f:
         f.truncate(before - 100)
     zarr.open_array(f"{url}/isosbestic", mode="r+").resize((5000,))
     remove(f"{url}/event_time")
@@ -185,7 +219,7 @@ def test_verify_names_a_truncated_chunk_and_a_resized_or_missing_array(tmp_path:
         ),
         "array 'extra' is in the store but not in the commit record",
     ]
-    with pytest.raises(StoreDamagedError, match=r"array 'signal': chunk c/0 failed its CRC-32C"):
+    with pytest.raises(StoreDamagedError, match=rf"array 'signal': chunk {first} failed its CRC"):
         open_dataset(url).signal.values  # noqa: B018
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numcodecs  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import xarray as xr
@@ -16,7 +17,9 @@ from zarr.codecs import Crc32cCodec
 from disks import resize, small_disk
 from neurobatch.errors import StorageError, StoreDamagedError
 from neurobatch.io.trials_store import append_trials, open_trials, resample_trials, stored_trials
+from neurobatch.io.zarr import ZarrFormat
 from stores import RNG, flip_byte
+from zarr_formats import FORMATS, chunk_key, chunk_path
 
 N_REL = 1000
 CHUNK = 2**18  # 32 trials of 1000 points per chunk
@@ -86,16 +89,19 @@ def assert_trials_equal(store: xr.Dataset, expected: xr.Dataset) -> None:
             assert ours.dtype == theirs.dtype, name
 
 
-def traced_peak(function: Any, *args: Any, chunk_memory: int) -> int:
+def traced_peak(function: Any, *args: Any, **kwargs: Any) -> int:
     tracemalloc.start()
     try:
-        function(*args, chunk_memory=chunk_memory)
+        function(*args, **kwargs)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
 
-def test_append_30_items_flat_memory_and_equal_to_outer_concat(tmp_path: Path) -> None:
+@FORMATS
+def test_append_30_items_flat_memory_and_equal_to_outer_concat(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     url = str(tmp_path / "trials.zarr")
     items = [trials_item(k) for k in range(30)]  # 40 trials x 1000 points each
     early, late = (2, 3, 4), (28, 29, 30)
@@ -103,9 +109,11 @@ def test_append_30_items_flat_memory_and_equal_to_outer_concat(tmp_path: Path) -
     total = 0
     for k, item in enumerate(items, start=1):
         if k in early + late:
-            peaks[k] = traced_peak(append_trials, item, url, chunk_memory=CHUNK)
+            peaks[k] = traced_peak(
+                append_trials, item, url, chunk_memory=CHUNK, zarr_format=zarr_format
+            )
         else:
-            append_trials(item, url, chunk_memory=CHUNK)
+            append_trials(item, url, chunk_memory=CHUNK, zarr_format=zarr_format)
         total += item.sizes["trial"]
         readable = xr.open_zarr(url)  # a plain reader, between appends
         assert readable.sizes["trial"] == total
@@ -118,6 +126,7 @@ def test_append_30_items_flat_memory_and_equal_to_outer_concat(tmp_path: Path) -
     assert peak_late < 1.5 * peak_early, peaks
     assert peak_late < store_bytes / 2.5, (peaks, item_bytes, store_bytes)
 
+    assert zarr.open_group(url, mode="r").metadata.zarr_format == zarr_format
     combined = open_trials(url)
     assert isinstance(combined.dff.data, da.Array)
     assert combined.sizes == {"trial": 1200, "rel_time": N_REL}
@@ -129,7 +138,8 @@ def test_append_30_items_flat_memory_and_equal_to_outer_concat(tmp_path: Path) -
     assert combined.attrs == {"processed_variable": "dff", "sampling_rate": 100.0}
 
 
-def test_column_types_are_promoted_on_both_sides(tmp_path: Path) -> None:
+@FORMATS
+def test_column_types_are_promoted_on_both_sides(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "trials.zarr")
     first = (
         trials_item(1, 3)
@@ -150,8 +160,9 @@ def test_column_types_are_promoted_on_both_sides(tmp_path: Path) -> None:
             site=("trial", np.array([1.5, np.nan])),  # a number where the store holds strings
         )
     )
-    append_trials(first, url)
-    append_trials(second, url)
+    append_trials(first, url, zarr_format=zarr_format)
+    append_trials(second, url)  # an existing store keeps its format
+    assert zarr.open_group(url, mode="r").metadata.zarr_format == zarr_format
     back = open_trials(url)
     assert back.subject.values.tolist() == ["7", "7", "7", "m8", "m9"]
     np.testing.assert_array_equal(back.dose.values, [1.0, 2.0, 3.0, np.nan, np.nan])
@@ -187,9 +198,11 @@ def test_tiny_rel_time_differences_are_tolerated(tmp_path: Path) -> None:
     np.testing.assert_array_equal(open_trials(url).rel_time.values, REL_TIME)
 
 
-def test_items_without_trials(tmp_path: Path) -> None:
+@FORMATS
+def test_items_without_trials(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "trials.zarr")
-    assert append_trials(trials_item(0, 0), url) == 0  # creates an empty store
+    # creates an empty store
+    assert append_trials(trials_item(0, 0), url, zarr_format=zarr_format) == 0
     assert open_trials(url).sizes["trial"] == 0
     assert append_trials(trials_item(1, 2), url) == 2
     assert append_trials(trials_item(2, 0), url) == 2
@@ -198,16 +211,22 @@ def test_items_without_trials(tmp_path: Path) -> None:
     assert back.item_id.values.tolist() == ["item_01", "item_01"]
 
 
-def test_interrupted_append_is_cut_back(tmp_path: Path) -> None:
+@FORMATS
+def test_interrupted_append_is_cut_back(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "trials.zarr")
-    append_trials(trials_item(0, 5), url)
+    append_trials(trials_item(0, 5), url, zarr_format=zarr_format)
     group = zarr.open_group(url, mode="r+", use_consolidated=False)
     for name in ("dff", "trial_num"):  # a crash after growing two arrays, before the rest
         array = group[name]
         assert isinstance(array, zarr.Array)
         array.resize((9, *array.shape[1:]))
         array[5:9] = 99
-    group.create_array("begun", shape=(9,), dtype="f8", dimension_names=["trial"])
+    if zarr_format == 3:
+        group.create_array("begun", shape=(9,), dtype="f8", dimension_names=["trial"])
+    else:
+        group.create_array(
+            "begun", shape=(9,), dtype="f8", attributes={"_ARRAY_DIMENSIONS": ["trial"]}
+        )
     assert xr.open_zarr(url).sizes["trial"] == 5  # readers still see the committed trials
     append_trials(trials_item(1, 3), url)
     back = open_trials(url)
@@ -242,9 +261,11 @@ def test_dask_backed_trials_and_bad_input(tmp_path: Path) -> None:
         append_trials(odd, url)
 
 
-def test_trials_store_arrays_carry_checksums(tmp_path: Path) -> None:
+@FORMATS
+def test_trials_store_arrays_carry_checksums(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "trials.zarr")
-    append_trials(trials_item(1, 5), url, chunk_memory=8 * N_REL * 2)  # created: 2 per chunk
+    # created with 2 trials per chunk
+    append_trials(trials_item(1, 5), url, chunk_memory=8 * N_REL * 2, zarr_format=zarr_format)
     append_trials(trials_item(3, 4), url)  # new column "shock"; "age" (int) becomes float
     group = zarr.open_group(url, mode="r")
     names = sorted(name for name, _ in group.arrays())
@@ -252,11 +273,15 @@ def test_trials_store_arrays_carry_checksums(tmp_path: Path) -> None:
     for name in names:
         array = group[name]
         assert isinstance(array, zarr.Array)
-        assert isinstance(array.compressors[-1], Crc32cCodec), name
-    flip_byte(Path(url) / "dff" / "c" / "1" / "0")
-    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'dff': one of chunks c/"):
+        if zarr_format == 3:
+            assert isinstance(array.compressors[-1], Crc32cCodec), name
+        else:
+            assert array.compressors == (numcodecs.CRC32(),), name
+    flip_byte(chunk_path(url, "dff", 1, 0, zarr_format=zarr_format))
+    first = chunk_key(0, 0, zarr_format=zarr_format)[:2]
+    with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'dff': one of chunks {first}"):
         open_trials(url).dff.values  # noqa: B018
-    flip_byte(Path(url) / "trial_num" / "c" / "0", at=30)
+    flip_byte(chunk_path(url, "trial_num", 0, zarr_format=zarr_format), at=30)
     with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'trial_num': a chunk failed"):
         open_trials(url)
     with pytest.raises(StoreDamagedError, match=rf"^{url}: "):
@@ -282,3 +307,51 @@ def test_a_full_disk_leaves_no_partial_store_and_an_append_that_resumes(tmp_path
         resize(disk, "8m")  # more room: the next append cuts the interrupted one back
         assert append_trials(second, grown) == 220
         assert_trials_equal(open_trials(grown).load(), outer_concat([first, second]))
+
+
+def ordered_item(k: int, columns: dict[str, Any], n: int = 3) -> xr.Dataset:
+    """A Trials dataset whose per-trial coordinates are ``columns``, in that order."""
+    return xr.Dataset(
+        {"dff": (("trial", "rel_time"), RNG.normal(size=(n, 4)))},
+        coords={"rel_time": np.arange(4) / 10.0, **{c: ("trial", v) for c, v in columns.items()}},
+        attrs={"item": k},
+    )
+
+
+@FORMATS
+def test_columns_keep_the_items_order(tmp_path: Path, zarr_format: ZarrFormat) -> None:
+    """Not alphabetical: the first item's order, a later item's new columns where it has
+    them, promoted columns where they were."""
+    url = str(tmp_path / "trials.zarr")
+    first = {
+        "trial_num": np.arange(1, 4),
+        "start_time": np.zeros(3),
+        "stop_time": np.ones(3),
+        "trial_cue": np.zeros(3),
+        "lever": np.ones(3),
+        "item_id": np.array(["a"] * 3),
+        "age": np.array([60, 60, 60]),  # int, missing from the next item: becomes float
+    }
+    second = {
+        "trial_num": np.arange(1, 4),
+        "start_time": np.zeros(3),
+        "stop_time": np.ones(3),
+        "trial_cue": np.zeros(3),
+        "lever": np.ones(3),
+        "shock": np.ones(3),  # new, after lever
+        "item_id": np.array(["b"] * 3),
+        "sex": np.array(["F"] * 3),  # new, after item_id
+    }
+    assert list(ordered_item(0, first).coords)[1:] == list(first)
+    append_trials(ordered_item(0, first), url, zarr_format=zarr_format)
+    assert list(open_trials(url).coords) == ["rel_time", *first]
+    append_trials(ordered_item(1, second), url)
+    expected = ["trial_num", "start_time", "stop_time", "trial_cue", "lever", "shock"]
+    expected += ["item_id", "sex", "age"]
+    back = open_trials(url)
+    assert list(back.coords) == ["rel_time", *expected]
+    assert back.age.dtype == np.float64
+    # a later item with the columns in another order changes nothing stored
+    append_trials(ordered_item(2, dict(reversed(second.items()))), url)
+    assert list(open_trials(url).coords) == ["rel_time", *expected]
+    assert sorted(xr.open_zarr(url).coords) == sorted(["rel_time", *expected])  # all there

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numcodecs  # type: ignore[import-untyped]
 import numpy as np
 import pytest
 import xarray as xr
@@ -17,8 +18,16 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import commit, read_commit, remove, to_json_safe, verify
-from neurobatch.io.zarr import damage_reported, is_damage, open_dataset, write_dataset
-from stores import CHUNKED, RNG, committed, flip_byte, recording
+from neurobatch.io.zarr import (
+    ZarrFormat,
+    damage_reported,
+    ensure_group,
+    is_damage,
+    open_dataset,
+    write_dataset,
+)
+from stores import CHUNKED, RNG, flip_byte, recording
+from zarr_formats import CHECKSUM, FORMATS, chunk_key, chunk_path, committed
 
 # --- write_dataset / open_dataset -------------------------------------------------------------
 
@@ -36,25 +45,35 @@ def assert_round_trip(original: xr.Dataset, back: xr.Dataset) -> None:
     assert back.attrs["fit"] == {"slope": 0.75, "converged": True, "n_iter": 7}
 
 
-def test_write_open_round_trip_chunks_from_budget(tmp_path: Path) -> None:
+@FORMATS
+def test_write_open_round_trip_chunks_from_budget(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     ds = recording()
     url = str(tmp_path / "recording.zarr")
     # 3 float64 variables along time (signal, isosbestic, time): 24 bytes per sample
-    write_dataset(ds, url, chunk_memory=24 * 4096)
+    write_dataset(ds, url, chunk_memory=24 * 4096, zarr_format=zarr_format)
     back = open_dataset(url)
     assert isinstance(back.signal.data, da.Array)  # lazy
     assert back.signal.chunks == ((4096, 4096, 1808),)  # the store's chunks
     assert_round_trip(ds, back)
     group = zarr.open_group(url, mode="r")
+    assert group.metadata.zarr_format == zarr_format
     assert group.metadata.consolidated_metadata is not None
     signal = group["signal"]
     assert isinstance(signal, zarr.Array)
     assert signal.chunks == (4096,)
-    # compressed, then a CRC-32C of the compressed bytes, last
-    assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec", "Crc32cCodec"]
     names = group["event_name"]
     assert isinstance(names, zarr.Array)
-    assert str(names.dtype) == "StringDType()"  # no fixed-width <U in the store
+    if zarr_format == 3:
+        # compressed, then a CRC-32C of the compressed bytes, last
+        assert [type(c).__name__ for c in signal.compressors] == ["BloscCodec", "Crc32cCodec"]
+        assert str(names.dtype) == "StringDType()"  # no fixed-width <U in the store
+    else:
+        # compressed (the last filter), then a CRC-32 of the compressed bytes (the compressor)
+        assert signal.filters == (numcodecs.Blosc(cname="lz4", clevel=5, shuffle=1),)
+        assert signal.compressors == (numcodecs.CRC32(),)
+        zarray = json.loads((Path(url) / "event_name" / ".zarray").read_text())
+        assert zarray["dtype"] == "|O"  # variable-length: no fixed-width <U in the store
+        assert [f["id"] for f in zarray["filters"]] == ["vlen-utf8", "zstd"]
 
 
 def test_write_overwrites_and_short_recordings_are_one_chunk(tmp_path: Path) -> None:
@@ -131,33 +150,47 @@ def test_write_errors_name_the_problem(tmp_path: Path) -> None:
 # --- checksums and damaged chunks -------------------------------------------------------------
 
 
-def test_every_array_carries_a_checksum_after_its_compressor(tmp_path: Path) -> None:
+@FORMATS
+def test_every_array_carries_a_checksum_after_its_compressor(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     url = str(tmp_path / "recording.zarr")
-    write_dataset(recording(), url, chunk_memory=CHUNKED)
+    write_dataset(recording(), url, chunk_memory=CHUNKED, zarr_format=zarr_format)
     group = zarr.open_group(url, mode="r")
     names = sorted(name for name, _ in group.arrays())
     assert names == ["event_name", "event_time", "isosbestic", "signal", "time"]
     for name in names:
         array = zarr.open_array(f"{url}/{name}", mode="r")
-        assert isinstance(array.compressors[-1], Crc32cCodec), name
-        written = json.loads((Path(url) / name / "zarr.json").read_text())
-        assert written["codecs"][-1] == {"name": "crc32c"}, name
-    signal = zarr.open_array(f"{url}/signal", mode="r")
-    assert [type(c) for c in signal.compressors] == [BloscCodec, Crc32cCodec]
+        if zarr_format == 3:
+            assert isinstance(array.compressors[-1], Crc32cCodec), name
+            written = json.loads((Path(url) / name / "zarr.json").read_text())
+            assert written["codecs"][-1] == {"name": "crc32c"}, name
+        else:
+            assert array.compressors == (numcodecs.CRC32(),), name
+            written = json.loads((Path(url) / name / ".zarray").read_text())
+            assert written["compressor"] == {"id": "crc32"}, name  # no "location": any release
+            assert written["filters"][-1]["id"] in ("blosc", "zstd"), name
+    if zarr_format == 3:
+        signal = zarr.open_array(f"{url}/signal", mode="r")
+        assert [type(c) for c in signal.compressors] == [BloscCodec, Crc32cCodec]
 
 
-def test_a_flipped_byte_raises_store_damaged_naming_the_store(tmp_path: Path) -> None:
+@FORMATS
+def test_a_flipped_byte_raises_store_damaged_naming_the_store(
+    tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     url = str(tmp_path / "recording.zarr")
     ds = recording()
-    marker = committed(ds, url)
-    flip_byte(Path(url) / "signal" / "c" / "1")
+    marker = committed(ds, url, zarr_format=zarr_format)
+    flip_byte(chunk_path(url, "signal", 1, zarr_format=zarr_format))
     assert verify(url, marker) == []  # same size: the listing cannot see it, the checksum can
     back = open_dataset(url)
     np.testing.assert_array_equal(back.isosbestic.values, ds.isosbestic.values)  # intact
     with pytest.raises(StoreDamagedError) as caught:
         back.signal.mean().compute()
     message = str(caught.value)
-    assert message.startswith(f"{url}: array 'signal': chunk c/1 failed its CRC-32C checksum")
+    key, checksum = chunk_key(1, zarr_format=zarr_format), CHECKSUM[zarr_format]
+    assert message.startswith(f"{url}: array 'signal': chunk {key} failed its {checksum} checksum")
     assert "remove it and run the stage that wrote it again" in message
     assert isinstance(caught.value, OSError)
     assert "checksum do not match" in str(caught.value.__cause__)
@@ -175,17 +208,33 @@ def test_a_flipped_byte_raises_store_damaged_naming_the_store(tmp_path: Path) ->
     # other errors pass unchanged, and so does StoreDamagedError raised inside
     with pytest.raises(KeyError), damage_reported(url):
         raise KeyError("signal")
-    damaged = rf"^{url}: array 'signal': chunk c/1"
+    damaged = rf"^{url}: array 'signal': chunk {key}"
     with pytest.raises(StoreDamagedError, match=damaged), damage_reported("memory://other"):
         open_dataset(url).signal.values  # noqa: B018
 
 
-def test_a_damaged_index_fails_on_open(tmp_path: Path) -> None:
+@FORMATS
+def test_a_damaged_index_fails_on_open(tmp_path: Path, zarr_format: ZarrFormat) -> None:
     url = str(tmp_path / "recording.zarr")
-    committed(recording(), url)
-    flip_byte(Path(url) / "time" / "c" / "2")
+    committed(recording(), url, zarr_format=zarr_format)
+    flip_byte(chunk_path(url, "time", 2, zarr_format=zarr_format))
     with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'time': a chunk failed its"):
         open_dataset(url)
+
+
+def test_an_item_group_changes_format_and_keeps_what_it_holds(tmp_path: Path) -> None:
+    item = tmp_path / "item"
+    ensure_group(str(item))
+    write_dataset(recording(100), str(item / "ingest"), chunk_memory=2**20)
+    ensure_group(str(item), zarr_format=2)  # output.zarr_format changed: one format only
+    assert sorted(p.name for p in item.iterdir()) == [".zattrs", ".zgroup", "ingest"]
+    assert zarr.open_group(str(item), mode="r").metadata.zarr_format == 2
+    assert open_dataset(str(item / "ingest")).sizes["time"] == 100
+    ensure_group(str(item), zarr_format=2)  # already one: nothing changes
+    ensure_group(str(item))
+    assert sorted(p.name for p in item.iterdir()) == ["ingest", "zarr.json"]
+    with pytest.raises(ValueError, match="zarr_format must be 2 or 3, got 4"):
+        write_dataset(recording(10), str(tmp_path / "x.zarr"), chunk_memory=2**20, zarr_format=4)  # type: ignore[arg-type]
 
 
 def test_a_store_without_checksums_reports_what_it_cannot_decompress(tmp_path: Path) -> None:
@@ -210,6 +259,7 @@ def test_a_store_without_checksums_reports_what_it_cannot_decompress(tmp_path: P
 def test_is_damage_tells_codec_failures_from_other_errors() -> None:
     checksum = ValueError("Stored and computed checksum do not match. Stored: b'1'.")
     assert is_damage(checksum)
+    assert is_damage(RuntimeError("Stored and computed crc32 checksum do not match. Stored: 1."))
     assert is_damage(RuntimeError("error during blosc decompression: -1"))
     assert is_damage(RuntimeError("Zstd decompression error: invalid input data"))
     assert is_damage(StoreDamagedError("memory://x.zarr: array 'a': chunk c/0 failed"))
@@ -226,15 +276,18 @@ def test_is_damage_tells_codec_failures_from_other_errors() -> None:
 
 
 def _metadata(path: Path) -> dict[str, Any]:
-    """Every zarr.json of a store (consolidated copies dropped), by path."""
+    """Every metadata document of a store (consolidated copies dropped), by path."""
     found = {}
-    for file in sorted(path.rglob("zarr.json")):
+    for file in sorted(path.rglob("*")):
+        if file.name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            continue
         meta = json.loads(file.read_text())
         meta.pop("consolidated_metadata", None)
         found[str(file.relative_to(path))] = meta
     return found
 
 
+@FORMATS
 @pytest.mark.parametrize(
     "ds",
     [
@@ -254,15 +307,19 @@ def _metadata(path: Path) -> dict[str, Any]:
     ],
     ids=["recording", "mixed"],
 )
-def test_an_in_memory_dataset_is_stored_as_xarray_stores_it(ds: xr.Dataset, tmp_path: Path) -> None:
+def test_an_in_memory_dataset_is_stored_as_xarray_stores_it(
+    ds: xr.Dataset, tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
     """write_dataset writes in-memory datasets without Dataset.to_zarr; the store is the
     same: metadata (dtypes, fill values, dimension names, attributes, codecs) and values."""
     ours = tmp_path / "ours.zarr"
-    write_dataset(ds, str(ours), chunk_memory=2**16, dim=None)
+    write_dataset(ds, str(ours), chunk_memory=2**16, dim=None, zarr_format=zarr_format)
     theirs = tmp_path / "theirs.zarr"
     # the same dataset through xarray: dask-backed, so write_dataset hands it to to_zarr
-    write_dataset(ds.chunk(), str(theirs), chunk_memory=2**16, dim=None)
+    write_dataset(ds.chunk(), str(theirs), chunk_memory=2**16, dim=None, zarr_format=zarr_format)
     assert _metadata(ours) == _metadata(theirs)
+    # every node's documents were compared: zarr.json, or .zarray/.zgroup and .zattrs
+    assert len(_metadata(ours)) == (len(ds.variables) + 1) * (2 if zarr_format == 2 else 1)
     back, reference = xr.open_zarr(ours).load(), xr.open_zarr(theirs).load()
     xr.testing.assert_identical(back, reference)
     for name in reference.variables:

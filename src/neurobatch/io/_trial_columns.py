@@ -1,7 +1,7 @@
-"""The per-trial columns of a trials store: their kinds, promotions and missing values.
+"""The per-trial columns of a trials store: their kinds, promotions, missing values and order.
 
 Private to :mod:`neurobatch.io.trials_store`, whose module documentation states the rules
-(columns outer-joined across items, missing values, type promotions).
+(columns outer-joined across items, missing values, type promotions, the columns' order).
 """
 
 from __future__ import annotations
@@ -123,6 +123,33 @@ def _validate_trials(trials: xr.Dataset, url: str) -> dict[str, _Column]:
     return columns
 
 
+def _dimension_names(meta: Any) -> tuple[str, ...]:
+    """An array's dimension names from its metadata: Zarr 3's own field, or Zarr 2's
+    ``_ARRAY_DIMENSIONS`` attribute (xarray's convention)."""
+    names = getattr(meta, "dimension_names", None)
+    if names is None:
+        names = meta.attributes.get("_ARRAY_DIMENSIONS")
+    return tuple(str(name) for name in names or ())
+
+
+def _merged_order(stored: list[str], new: list[str]) -> list[str]:
+    """The columns of both lists: ``stored``'s order, each column that only ``new`` has
+    placed right after the column before it in ``new`` (first when none is before it).
+
+    Examples
+    --------
+    >>> _merged_order(["trial_num", "cue", "item_id"], ["trial_num", "cue", "shock", "item_id"])
+    ['trial_num', 'cue', 'shock', 'item_id']
+    """
+    order = list(stored)
+    previous: str | None = None
+    for name in new:
+        if name not in order:
+            order.insert(0 if previous is None else order.index(previous) + 1, name)
+        previous = name
+    return order
+
+
 def _stored_columns(
     metadata: Mapping[str, Any], group_attrs: Mapping[str, Any]
 ) -> dict[str, _Column]:
@@ -133,7 +160,7 @@ def _stored_columns(
     for name, meta in metadata.items():
         if name == REL_TIME or "/" in name:
             continue
-        dims = tuple(meta.dimension_names or ())
+        dims = _dimension_names(meta)
         columns[name] = _Column(
             dims=dims, kind=_kind(meta.dtype.to_native_dtype(), name), coord=name in coords
         )

@@ -274,9 +274,17 @@ def remove(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Non
 # --- inventories and their verification ----------------------------------------------------
 
 
+_ARRAY_DOCUMENTS = {"zarr.json": 3, ".zarray": 2}
+"""The metadata document that describes a node, and its Zarr format (a Zarr 2 array's
+attributes are in ``.zattrs`` beside it)."""
+_GROUP_DOCUMENTS = {"zarr.json": 3, ".zgroup": 2}
+_METADATA_DOCUMENTS = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+"""Every metadata document of either format: none of them is a chunk."""
+
+
 @dataclass
 class _Array:
-    """One array of a store as the listing and its ``zarr.json`` show it."""
+    """One array of a store as the listing and its metadata document show it."""
 
     shape: list[int]
     chunks: list[int]
@@ -293,23 +301,29 @@ class _Array:
         }
 
 
-def _scan(
-    url: str, storage_options: Mapping[str, Any] | None
-) -> tuple[dict[str, _Array], list[str]]:
+@dataclass
+class _Scan:
+    """What one listing of a store shows."""
+
+    arrays: dict[str, _Array]
+    """By path: ``"signal"``, ``"group/signal"``."""
+    problems: list[str]
+    """Metadata documents that are not readable JSON, or listed but gone."""
+    formats: set[int]
+    """The Zarr formats of the group at the store's root (empty: no group there)."""
+
+
+def _scan(url: str, storage_options: Mapping[str, Any] | None) -> _Scan:
     """Every array of the store from one recursive listing and one batched metadata read.
 
-    Returns the arrays by path (``"signal"``, ``"group/signal"``) and the problems met: the
-    paths of ``zarr.json`` documents that are not readable JSON, or listed but gone. A
-    storage that cannot be read is no problem of the store's: the scan is retried after a
+    A storage that cannot be read is no problem of the store's: the scan is retried after a
     transient error, and a :class:`~neurobatch.errors.StorageError` raised after any other.
     """
     with translated(url, action="listing"):
         return retried(lambda: _scan_once(url, storage_options), url=url, action="listing")
 
 
-def _scan_once(
-    url: str, storage_options: Mapping[str, Any] | None
-) -> tuple[dict[str, _Array], list[str]]:
+def _scan_once(url: str, storage_options: Mapping[str, Any] | None) -> _Scan:
     fs, root = _fs(url, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache(root)  # fsspec caches listings per filesystem instance
@@ -320,7 +334,7 @@ def _scan_once(
         for path, info in listing.items()
         if path.startswith(prefix) and info.get("type", "file") == "file"
     }
-    documents = sorted(key for key in sizes if key.rsplit("/", 1)[-1] == "zarr.json")
+    documents = sorted(key for key in sizes if key.rsplit("/", 1)[-1] in _ARRAY_DOCUMENTS)
     # one batched read (concurrent on object stores); fsspec would expand a path holding a
     # glob character, so such a path (a variable named "a[0]") is read on its own
     plain = [prefix + key for key in documents if not any(c in key for c in "*?[")]
@@ -344,13 +358,22 @@ def _scan_once(
             if not isinstance(content, bytes | str):
                 raise TypeError(f"read {type(content).__name__}, expected bytes")
             meta = json.loads(content)
-            if not isinstance(meta, dict) or meta.get("node_type") != "array":
+            if not isinstance(meta, dict):
                 continue
-            grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            arrays[key.rpartition("/")[0]] = _Array(
+            owner, _, document = key.rpartition("/")
+            if _ARRAY_DOCUMENTS[document] == 3:
+                if meta.get("node_type") != "array":
+                    continue
+                grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+                encoding = dict(meta.get("chunk_key_encoding") or {})
+            else:
+                grid = meta["chunks"]
+                separator = meta.get("dimension_separator") or "."
+                encoding = {"name": "v2", "configuration": {"separator": separator}}
+            arrays[owner] = _Array(
                 shape=[int(s) for s in meta["shape"]],
                 chunks=[int(c) for c in grid],
-                key_encoding=dict(meta.get("chunk_key_encoding") or {}),
+                key_encoding=encoding,
                 objects={},
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -360,27 +383,28 @@ def _scan_once(
         for depth in range(1, len(parts)):
             owner = "/".join(parts[:depth])
             if owner in arrays:
-                inner = "/".join(parts[depth:])
-                if inner != "zarr.json":
-                    arrays[owner].objects[inner] = size
+                if parts[-1] not in _METADATA_DOCUMENTS:
+                    arrays[owner].objects["/".join(parts[depth:])] = size
                 break
-    return arrays, problems
+    formats = {number for name, number in _GROUP_DOCUMENTS.items() if name in sizes}
+    return _Scan(arrays, problems, formats)
 
 
 def inventory(
     url: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """List every array of the Zarr v3 store at ``url`` with its stored chunks and bytes.
+    """List every array of the Zarr store at ``url`` with its stored chunks and bytes.
 
     One recursive listing of the store with sizes (``fs.find(path, detail=True)``) and one
-    batched read of its ``zarr.json`` documents; no chunk is read. Zarr does not write a
+    batched read of its arrays' metadata documents (``zarr.json`` in Zarr format 3,
+    ``.zarray`` in format 2); no chunk is read. Zarr does not write a
     chunk that holds only the fill value (NaN for float variables), so ``stored_chunks`` can
     be below the number of chunks of the grid: the inventory records what is there.
 
     Parameters
     ----------
     url : str
-        Local path or fsspec URL of a Zarr v3 group (such as one written by
+        Local path or fsspec URL of a Zarr group of either format (such as one written by
         :func:`~neurobatch.io.zarr.write_dataset`), nested groups included.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
@@ -396,7 +420,7 @@ def inventory(
     Raises
     ------
     ValueError
-        If an array's ``zarr.json`` is not readable Zarr metadata.
+        If an array's metadata document is not readable Zarr metadata.
 
     See Also
     --------
@@ -413,10 +437,10 @@ def inventory(
     >>> found["shape"], found["chunks"], found["stored_chunks"]  # c/1 is all NaN: not written
     ([5], [2], 2)
     """
-    arrays, problems = _scan(url, storage_options)
-    if problems:
-        raise ValueError(f"cannot list the arrays of {url}: {'; '.join(problems)}")
-    return {name: arrays[name].record() for name in sorted(arrays)}
+    scan = _scan(url, storage_options)
+    if scan.problems:
+        raise ValueError(f"cannot list the arrays of {url}: {'; '.join(scan.problems)}")
+    return {name: scan.arrays[name].record() for name in sorted(scan.arrays)}
 
 
 def _chunk_key(coords: tuple[int, ...], encoding: Mapping[str, Any]) -> str:
@@ -494,7 +518,11 @@ def _array_problem(name: str, recorded: Mapping[str, Any], array: _Array) -> str
 
 
 def verify(
-    url: str, marker: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None
+    url: str,
+    marker: Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    zarr_format: int | None = None,
 ) -> list[str]:
     """Compare the store at ``url`` with the inventory its commit marker recorded.
 
@@ -513,14 +541,18 @@ def verify(
         ``marker["arrays"]``, recorded by ``commit(..., arrays=True)``.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
+    zarr_format : {3, 2}, optional
+        The Zarr format the store should be in (``output.zarr_format``): a store in the
+        other one is a problem too, so that it is written again in this one. None: either.
 
     Returns
     -------
     list of str
         One plain-English problem per array that differs, e.g.
-        ``"array 'signal': 3 of 4 stored chunks present (chunk c/2 missing)"``; empty when
-        the store is as committed, or when the marker has no ``"arrays"`` (a store committed
-        before inventories were recorded, which verifies as intact).
+        ``"array 'signal': 3 of 4 stored chunks present (chunk c/2 missing)"``, and one when
+        the store is in the other Zarr format; empty when the store is as committed, or when
+        the marker has no ``"arrays"`` (a store committed before inventories were recorded,
+        which verifies as intact).
 
     See Also
     --------
@@ -538,19 +570,26 @@ def verify(
     []
     >>> fs = fsspec.filesystem("memory")
     >>> fs.rm("/doc/verified.zarr/x/c/1")
-    >>> verify("memory://doc/verified.zarr", marker)
-    ["array 'x': 1 of 2 stored chunks present (chunk c/1 missing)"]
+    >>> verify("memory://doc/verified.zarr", marker, zarr_format=2)  # doctest: +NORMALIZE_WHITESPACE
+    ['the store is in Zarr format 3, and Zarr format 2 is asked (output.zarr_format)',
+     "array 'x': 1 of 2 stored chunks present (chunk c/1 missing)"]
     """
     recorded = marker.get("arrays")
     if recorded is None:
         return []
     if not isinstance(recorded, Mapping):
         return [f"the commit marker's 'arrays' is a {type(recorded).__name__}, expected an object"]
-    arrays, problems = _scan(url, storage_options)
+    scan = _scan(url, storage_options)
+    arrays, problems = scan.arrays, scan.problems
+    if zarr_format is not None and scan.formats and zarr_format not in scan.formats:
+        problems.append(
+            f"the store is in Zarr format {min(scan.formats)}, and Zarr format {zarr_format} "
+            "is asked (output.zarr_format)"
+        )
     for name in sorted(recorded):
         record = recorded[name]
         if name not in arrays:
-            if not any(p.startswith(f"{name}/zarr.json ") for p in problems):
+            if not any(p.startswith((f"{name}/zarr.json ", f"{name}/.zarray ")) for p in problems):
                 shape = record.get("shape") if isinstance(record, Mapping) else None
                 shown = tuple(shape) if isinstance(shape, list) else shape
                 problems.append(f"array {name!r} is missing (recorded with shape {shown})")

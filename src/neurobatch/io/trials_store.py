@@ -11,15 +11,21 @@ number of items. Per-trial columns are outer-joined across items:
   column that is a string in one item and a number in another becomes a string column (the
   numbers written with ``str``, NaN as ``""``);
 * the dataset attributes are those of the first item, plus any key that a later item adds
-  (the first value wins when items disagree; the per-item values belong in the items table).
+  (the first value wins when items disagree; the per-item values belong in the items table);
+* the per-trial coordinates keep the order of the first item that has them (for neurobatch's
+  trials: ``trial_num``, ``start_time``, ``stop_time``, the alignment event, the other
+  events, then the metadata), each one that first appears in a later item placed after the
+  column before it there. The order is the ``coordinates`` attribute of the 2-D variables,
+  which :func:`open_trials` follows (a plain ``xarray.open_zarr`` lists them alphabetically).
 
 All items must share one ``rel_time`` grid (within 1e-9 s); :func:`resample_trials` puts a
 trials dataset onto a given grid first.
 
-Its arrays carry a CRC-32C checksum with each chunk, as those of
-:func:`~neurobatch.io.zarr.write_dataset` do: computing a variable of :func:`open_trials`
-whose chunk changed raises :class:`~neurobatch.errors.StoreDamagedError` naming the store,
-the array and the chunk.
+The store is in Zarr format 3, or 2 when asked (``zarr_format=2``, for zarr-python 2
+readers); appends keep the format of the store they extend. Its arrays carry a checksum with
+each chunk, as those of :func:`~neurobatch.io.zarr.write_dataset` do: computing a variable
+of :func:`open_trials` whose chunk changed raises
+:class:`~neurobatch.errors.StoreDamagedError` naming the store, the array and the chunk.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import base64
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -45,8 +51,10 @@ from neurobatch.io._trial_columns import (
     Kind,
     _Column,
     _convert,
+    _dimension_names,
     _fill_value,
     _kind,
+    _merged_order,
     _plan,
     _stored_columns,
     _validate_trials,
@@ -54,9 +62,11 @@ from neurobatch.io._trial_columns import (
 from neurobatch.io.commit import to_json_safe
 from neurobatch.io.files import translated
 from neurobatch.io.zarr import (
+    ZarrFormat,
     _CheckedGetter,
-    _compressors,
+    _codecs,
     _object_strings,
+    _validate_zarr_format,
     _with_zarr_strings,
     damage_reported,
     zarr_store,
@@ -83,28 +93,34 @@ _COLUMN_ROWS = 8192
 _NAN_FILL = base64.standard_b64encode(np.array(np.nan, dtype=np.float64).tobytes()).decode()
 
 
-def _coordinates_attr(names: list[str]) -> str:
-    return " ".join(sorted(names))
+def _trial_coordinates(trials: xr.Dataset) -> list[str]:
+    """The per-trial coordinates of a Trials dataset, in its order."""
+    return [str(name) for name, coord in trials.coords.items() if coord.dims == (TRIAL_DIM,)]
 
 
-def _create_store(trials: xr.Dataset, store: Store, chunk_memory: int, url: str) -> int:
+def _create_store(
+    trials: xr.Dataset, store: Store, chunk_memory: int, url: str, zarr_format: ZarrFormat
+) -> int:
     n_rel = trials.sizes[REL_TIME]
     rows = max(1, chunk_memory // (8 * n_rel))
-    prepared = _with_zarr_strings(trials)
+    prepared = _with_zarr_strings(trials, zarr_format)
     prepared.attrs = to_json_safe(dict(trials.attrs), name=f"attrs of the trials for {url}")
+    order = " ".join(_trial_coordinates(trials))
     for name, variable in prepared.variables.items():
         variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of the trials for {url}")
         if variable.dims == (TRIAL_DIM,) and variable.dtype.kind in "iuf":
             # per-trial columns are int64 or float64; windows keep their type (float32)
             variable.values = variable.values.astype(_DTYPES[_kind(variable.dtype, str(name))])
+        if variable.ndim == 2 and order:
+            variable.encoding["coordinates"] = order  # xarray writes it as it is, not sorted
     encoding = {
         str(name): {
             "chunks": (rows, n_rel) if variable.ndim == 2 else (max(rows, _COLUMN_ROWS),),
-            "compressors": _compressors(variable.dtype),
+            **_codecs(variable.dtype, zarr_format),
         }
         for name, variable in prepared.variables.items()
     }
-    to_zarr(prepared, store, encoding)
+    to_zarr(prepared, store, encoding, zarr_format=zarr_format)
     logger.debug("created %s: %d trials, %d trials per chunk", url, trials.sizes[TRIAL_DIM], rows)
     return int(trials.sizes[TRIAL_DIM])
 
@@ -119,19 +135,31 @@ def _new_array(
     chunks: tuple[int, ...],
     attributes: Mapping[str, Any],
 ) -> zarr.Array[Any]:
-    attrs = {k: v for k, v in attributes.items() if k != "_FillValue"}
-    if kind == "f":
-        attrs["_FillValue"] = _NAN_FILL
+    """A new array of the group, as ``Dataset.to_zarr`` creates one in the group's format."""
+    attrs = {k: v for k, v in attributes.items() if k not in ("_FillValue", "_ARRAY_DIMENSIONS")}
+    zarr_format = group.metadata.zarr_format
+    layout: dict[str, Any]
+    if zarr_format == 3:
+        if kind == "f":
+            attrs["_FillValue"] = _NAN_FILL
+        fill_value = _fill_value(kind)
+        layout = {"dimension_names": list(dims)}
+    else:
+        # Zarr 2 readers take the array's fill value for the _FillValue (every value equal
+        # to it reads as missing): NaN for floats, none for the others
+        fill_value = np.nan if kind == "f" else None
+        attrs["_ARRAY_DIMENSIONS"] = list(dims)
+        layout = {}
     return group.create_array(
         name,
         shape=shape,
         dtype=_DTYPES[kind],
         chunks=chunks,
-        fill_value=_fill_value(kind),
-        dimension_names=list(dims),
-        compressors=_compressors(_DTYPES[kind]),
+        fill_value=fill_value,
         attributes=attrs,
         overwrite=True,
+        **_codecs(_DTYPES[kind], zarr_format),
+        **layout,
     )
 
 
@@ -141,6 +169,7 @@ def append_trials(
     *,
     storage_options: Mapping[str, Any] | None = None,
     chunk_memory: int = TRIALS_CHUNK_MEMORY,
+    zarr_format: ZarrFormat = 3,
 ) -> int:
     """Append one item's trials to the combined trials store along ``trial``.
 
@@ -170,6 +199,9 @@ def append_trials(
     chunk_memory : int, default 2 MiB
         Bytes of one chunk of a 2-D variable, used when the store is created: it fixes the
         number of trials per chunk.
+    zarr_format : {3, 2}, default 3
+        The Zarr format of the store, when the append creates it (2 for zarr-python 2
+        readers); an existing store keeps its own.
 
     Returns
     -------
@@ -207,12 +239,18 @@ def append_trials(
     >>> combined.lever.values, combined.shock.values
     (array([0.5, 1. , nan]), array([nan, nan,  2.]))
     """
+    zarr_format = _validate_zarr_format(zarr_format)
     columns = _validate_trials(trials, url)
     item = trials.compute()
     # an append reads the store's rel_time and partial last chunks
     with translated(url, action="writing"), damage_reported(url):
         return _append_item(
-            item, columns, url, storage_options=storage_options, chunk_memory=chunk_memory
+            item,
+            columns,
+            url,
+            storage_options=storage_options,
+            chunk_memory=chunk_memory,
+            zarr_format=zarr_format,
         )
 
 
@@ -223,20 +261,23 @@ def _append_item(
     *,
     storage_options: Mapping[str, Any] | None,
     chunk_memory: int,
+    zarr_format: ZarrFormat,
 ) -> int:
     """Append the in-memory trials ``item`` (validated as ``columns``) to the store at ``url``."""
     n_new = int(item.sizes[TRIAL_DIM])
     store = zarr_store(url, storage_options=storage_options)
     try:
-        committed = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+        committed = zarr.open_group(store, mode="r", use_consolidated=None)
     except FileNotFoundError:
         committed = None
     if committed is None or committed.metadata.consolidated_metadata is None:
         # no store, or the first append was interrupted before its consolidation
         with new_store(url, storage_options=storage_options):
-            return _create_store(item, store, chunk_memory, url)
+            return _create_store(item, store, chunk_memory, url, zarr_format)
     metadata = dict(committed.metadata.consolidated_metadata.flattened_metadata)
-    group = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=3)
+    group = zarr.open_group(
+        store, mode="r+", use_consolidated=False, zarr_format=committed.metadata.zarr_format
+    )
     stored = _stored_columns(metadata, committed.attrs)
     n_stored = _committed_length(metadata, stored)
     arrays = _arrays(group, url)
@@ -247,7 +288,7 @@ def _append_item(
     _truncate(group, arrays, metadata, stored, url)
 
     # plan first (every check before any change), then change the schema, then append
-    names = list(stored) + [name for name in columns if name not in stored]
+    names = _merged_order(_recorded_order(metadata, stored), list(columns))
     n_rel = int(item.sizes[REL_TIME])
     chunk_rows = {
         1: _chunk_rows(metadata, stored, 1, default=_COLUMN_ROWS),
@@ -281,8 +322,9 @@ def _change_schema(
     n_stored: int,
     chunk_rows: Mapping[int, int],
 ) -> None:
-    """Create the new columns, rewrite the promoted ones and name the coordinates (in place)."""
-    coords = _coordinates_attr([n for n in names if (stored.get(n) or columns[n]).coord])
+    """Create the new columns, rewrite the promoted ones and name the coordinates, in the
+    order of ``names`` (in place)."""
+    coords = " ".join(n for n in names if (stored.get(n) or columns[n]).coord)
     n_rel = int(item.sizes[REL_TIME])
     for name in names:
         old, kind = stored.get(name), kinds[name]
@@ -315,6 +357,18 @@ def _arrays(group: zarr.Group, url: str) -> dict[str, zarr.Array[Any]]:
     if REL_TIME not in arrays:
         raise ValueError(f"{url}: not a trials store (it has no {REL_TIME!r} array)")
     return arrays
+
+
+def _recorded_order(metadata: Mapping[str, Any], stored: Mapping[str, _Column]) -> list[str]:
+    """The stored columns in their recorded order: the committed ``coordinates`` attribute
+    of a 2-D variable, then the other columns."""
+    recorded: list[str] = []
+    for name, column in stored.items():
+        if len(column.dims) == 2:
+            recorded = str(metadata[name].attributes.get("coordinates", "")).split()
+            break
+    order = [name for name in recorded if name in stored]
+    return order + [name for name in stored if name not in order]
 
 
 def _committed_length(metadata: Mapping[str, Any], stored: Mapping[str, _Column]) -> int:
@@ -382,7 +436,7 @@ def _rewrite_column(
 ) -> zarr.Array[Any]:
     """Rewrite a 1-D per-trial column as another kind (one scalar per stored trial)."""
     converted = _convert(np.asarray(array[:n_stored]), kind)
-    dims = tuple(str(d) for d in (array.metadata.dimension_names or ()))  # type: ignore[union-attr]
+    dims = _dimension_names(array.metadata)
     new = _new_array(
         group,
         name,
@@ -424,7 +478,8 @@ def open_trials(
     -------
     xarray.Dataset
         The Trials dataset of every appended item, in append order: 2-D variables lazy
-        (dask), per-trial columns in memory.
+        (dask), per-trial columns in memory, the coordinates in their recorded order (see
+        the module documentation). Stores of either Zarr format are read.
 
     Raises
     ------
@@ -447,26 +502,37 @@ def open_trials(
     """
     store = zarr_store(url, storage_options=storage_options, read_only=True)
     try:
-        group = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+        group = zarr.open_group(store, mode="r", use_consolidated=None)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{url}: no trials store there ({e})") from e
-    if group.metadata.consolidated_metadata is None:
+    consolidated = group.metadata.consolidated_metadata
+    if consolidated is None:
         # created, but its first append was interrupted before it was committed
         raise FileNotFoundError(f"{url}: no committed trials yet (the first append never ended)")
     with damage_reported(url):  # xarray reads the index (rel_time) now
-        opened = xr.open_zarr(store, chunks=None, consolidated=True, zarr_format=3)
+        opened = xr.open_zarr(store, chunks=None, consolidated=True)
     rows = _open_rows(group, chunk_memory)
-    columns: dict[str, Any] = {}
+    variables: dict[str, Any] = {}
     checked = {"getitem": _CheckedGetter(url)}
     for name, variable in opened.variables.items():
         if variable.dims == (TRIAL_DIM,):
             with damage_reported(url):
-                columns[str(name)] = variable.load()
+                variables[str(name)] = variable.load()
         elif TRIAL_DIM in variable.dims:
-            columns[str(name)] = variable.chunk({TRIAL_DIM: rows}, from_array_kwargs=checked)
-    coords = {k: v for k, v in columns.items() if k in opened.coords}
-    data = {k: v for k, v in columns.items() if k not in opened.coords}
-    return _object_strings(cast(xr.Dataset, opened.assign_coords(coords).assign(data)))
+            variables[str(name)] = variable.chunk({TRIAL_DIM: rows}, from_array_kwargs=checked)
+        else:
+            variables[str(name)] = variable
+    metadata = dict(consolidated.flattened_metadata)
+    recorded = _recorded_order(metadata, _stored_columns(metadata, group.attrs))
+    coords = [str(name) for name in opened.indexes]  # rel_time
+    coords += [name for name in recorded if name in opened.coords and name not in coords]
+    coords += [str(name) for name in opened.coords if name not in coords]
+    ordered = xr.Dataset(
+        {name: v for name, v in variables.items() if name not in opened.coords},
+        coords={name: variables[name] for name in coords},
+        attrs=opened.attrs,
+    )
+    return _object_strings(ordered)
 
 
 def stored_trials(url: str, *, storage_options: Mapping[str, Any] | None = None) -> int:
@@ -499,7 +565,7 @@ def stored_trials(url: str, *, storage_options: Mapping[str, Any] | None = None)
     """
     store = zarr_store(url, storage_options=storage_options, read_only=True)
     try:
-        group = zarr.open_group(store, mode="r", use_consolidated=None, zarr_format=3)
+        group = zarr.open_group(store, mode="r", use_consolidated=None)
     except FileNotFoundError:
         return 0
     consolidated = group.metadata.consolidated_metadata
@@ -513,8 +579,7 @@ def _open_rows(group: zarr.Group, chunk_memory: int) -> int:
     """Trials per dask chunk: whole store chunks of the 2-D variables, ``chunk_memory`` bytes."""
     store_rows, row_bytes = 1, 0
     for _, array in group.arrays():
-        names = tuple(array.metadata.dimension_names or ())  # type: ignore[union-attr]
-        if array.ndim == 2 and names[:1] == (TRIAL_DIM,):
+        if array.ndim == 2 and _dimension_names(array.metadata)[:1] == (TRIAL_DIM,):
             store_rows = int(array.chunks[0])
             row_bytes += int(array.dtype.itemsize) * math.prod(array.shape[1:])
     return store_rows * max(1, int(chunk_memory) // max(1, store_rows * row_bytes))

@@ -1,15 +1,23 @@
-"""Zarr (v3) datasets on any fsspec URL, checksummed, and the report of their damaged chunks.
+"""Zarr datasets on any fsspec URL, checksummed, and the report of their damaged chunks.
 
-Every dataset neurobatch keeps is a Zarr v3 group that ``xarray.open_zarr`` reads: chunked
+Every dataset neurobatch keeps is a Zarr group that ``xarray.open_zarr`` reads: chunked
 along its long dimension from a memory budget, compressed, with consolidated metadata. String
 variables are stored with Zarr's variable-length UTF-8 type (``numpy.dtypes.StringDType``),
 which round-trips without the "no Zarr V3 specification" warning of fixed-width ``<U``
 strings; they read back as ``StringDType`` arrays, equal element for element to the originals.
 
-Integrity. Every array (of :func:`write_dataset` and of the trials store) stores a CRC-32C
-checksum with each chunk (zarr's ``crc32c`` codec, after the compressor), so a chunk whose
-bytes changed fails when read instead of decoding to wrong numbers (a flipped bit in an
-lz4 or zstd chunk often decodes without error). A chunk changed in place (same size):
+Formats. Stores are written in Zarr format 3 unless ``zarr_format=2`` is asked
+(``output.zarr_format``), for readers pinned to zarr-python 2 (spikeinterface, GuPPy and
+neuroconv environments pin ``zarr<3``); every reader here opens either format.
+
+Integrity. Every array (of :func:`write_dataset` and of the trials store) stores a checksum
+of each chunk's stored bytes, so a chunk whose bytes changed fails when read instead of
+decoding to wrong numbers (a flipped bit in an lz4 or zstd chunk often decodes without
+error). In format 3 it is a CRC-32C (zarr's ``crc32c`` codec, after the compressor). Format 2
+allows one compressor, applied after the filters: there the compressor is numcodecs' ``crc32``
+(a CRC-32, which every numcodecs release reads without an extra package, unlike its
+``crc32c``) and the compression is the last filter, so the checksum again covers the
+compressed bytes as stored. A chunk changed in place (same size):
 computing a variable of :func:`open_dataset` or
 :func:`~neurobatch.io.trials_store.open_trials` raises
 :class:`~neurobatch.errors.StoreDamagedError` naming the store, the array and the chunk, from
@@ -26,10 +34,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
+import numcodecs  # type: ignore[import-untyped]
 import numpy as np
 import xarray as xr
 import zarr
@@ -46,6 +56,7 @@ from neurobatch.io.files import retried, translated
 from neurobatch.io.zarr_writer import new_store, to_zarr
 
 __all__ = [
+    "ZarrFormat",
     "damage_reported",
     "ensure_group",
     "is_damage",
@@ -58,6 +69,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STRING = np.dtypes.StringDType()
+
+ZarrFormat = Literal[2, 3]
+"""The Zarr format of the stores neurobatch writes (``output.zarr_format``)."""
+
+_GROUP_DOCUMENTS: dict[int, tuple[str, ...]] = {3: ("zarr.json",), 2: (".zgroup", ".zattrs")}
+"""The metadata documents of a group, by format."""
+
+
+def _validate_zarr_format(zarr_format: object) -> ZarrFormat:
+    if zarr_format not in (2, 3) or isinstance(zarr_format, bool):
+        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    return zarr_format
+
 
 # --- stores ----------------------------------------------------------------------------------
 
@@ -126,18 +150,32 @@ def _string_of(value: Any) -> str:
     return str(value)
 
 
-def _with_zarr_strings(ds: xr.Dataset) -> xr.Dataset:
-    """Return ``ds`` with every string variable as ``StringDType`` and no stale encodings."""
+_VLEN_STR = np.dtype(object, metadata={"element_type": str})
+"""Object arrays of ``str``, marked as xarray marks variable-length strings
+(``xarray.coding.strings.create_vlen_dtype(str)``), so that it never loads a dask-backed one
+to find out what it holds."""
+
+
+def _to_object_strings(values: ArrayLike) -> NDArray[Any]:
+    """Return ``values`` as Python ``str`` objects; None and NaN become ``""``."""
+    return _to_strings(values).astype(_VLEN_STR)
+
+
+def _with_zarr_strings(ds: xr.Dataset, zarr_format: ZarrFormat = 3) -> xr.Dataset:
+    """Return ``ds`` with no stale encodings and every string variable variable-length:
+    ``StringDType`` for Zarr 3, Python ``str`` objects for Zarr 2 (its ``vlen-utf8``
+    strings; xarray would store ``StringDType`` as fixed-width ``<U`` there)."""
     ds = ds.copy(deep=False)
+    convert, dtype = (_to_strings, _STRING) if zarr_format == 3 else (_to_object_strings, _VLEN_STR)
     for name in list(ds.variables):
         variable = ds.variables[name]
         variable.encoding = {}
-        if not _is_string_dtype(variable.dtype) or variable.dtype == _STRING:
+        if not _is_string_dtype(variable.dtype) or variable.dtype == _STRING == dtype:
             continue
         if variable.chunks is not None:
-            converted = variable.copy(data=variable.data.map_blocks(_to_strings, dtype=_STRING))
+            converted = variable.copy(data=variable.data.map_blocks(convert, dtype=dtype))
         else:
-            converted = variable.copy(data=_to_strings(variable.values))
+            converted = variable.copy(data=convert(variable.values))
         if name in ds.coords:
             ds = ds.assign_coords({name: converted})
         else:
@@ -161,17 +199,43 @@ def _object_strings(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
-def _compressors(dtype: np.dtype[Any]) -> tuple[Any, ...]:
-    """The bytes-to-bytes codecs of an array: a compressor, then a CRC-32C of each chunk.
+def _codecs(dtype: np.dtype[Any], zarr_format: ZarrFormat = 3) -> dict[str, Any]:
+    """The codecs of an array: a compressor, then a checksum of each stored chunk.
 
     The checksum comes last, so it covers the compressed bytes as stored: any change to a
-    chunk object (a flipped bit, a truncation) fails it on read, before decompression.
+    chunk object (a flipped bit, a truncation) fails it on read, before decompression. In
+    format 3 they are the array's ``compressors``; format 2 has a single compressor, applied
+    after the filters, so the compressor is the checksum and the compression the last filter
+    (strings are first encoded by ``vlen-utf8``, as Zarr 2 requires).
+
+    Returns
+    -------
+    dict
+        ``compressors`` (and, in format 2, ``filters``), as ``create_array`` and
+        ``Dataset.to_zarr``'s encoding take them.
+
+    Examples
+    --------
+    >>> [type(c).__name__ for c in _codecs(np.dtype("f8"))["compressors"]]
+    ['BloscCodec', 'Crc32cCodec']
+    >>> v2 = _codecs(np.dtype("f8"), 2)
+    >>> [c.codec_id for c in v2["filters"]], v2["compressors"].codec_id
+    (['blosc'], 'crc32')
     """
-    if _is_string_dtype(dtype):
-        return (ZstdCodec(level=3), Crc32cCodec())
+    strings = _is_string_dtype(dtype)
+    if zarr_format == 2:
+        compressor: Any = (
+            numcodecs.Zstd(level=3)
+            if strings
+            else numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+        )
+        filters = (numcodecs.VLenUTF8(), compressor) if strings else (compressor,)
+        return {"filters": filters, "compressors": numcodecs.CRC32()}
+    if strings:
+        return {"compressors": (ZstdCodec(level=3), Crc32cCodec())}
     # lz4 in Blosc with byte shuffle: float64 signals compress about as well as with zstd
     # (they barely compress either way) at several times the speed
-    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
+    return {"compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())}
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -185,8 +249,9 @@ def write_dataset(
     storage_options: Mapping[str, Any] | None = None,
     dim: str | None = "time",
     minimum: int = 4096,
+    zarr_format: ZarrFormat = 3,
 ) -> None:
-    """Write a dataset as a Zarr v3 group, chunked along ``dim`` from a memory budget.
+    """Write a dataset as a Zarr group, chunked along ``dim`` from a memory budget.
 
     The store is overwritten; a commit marker left in it is removed first, so that a
     rewritten store is never taken for a committed one. Numeric variables are compressed with
@@ -213,11 +278,15 @@ def write_dataset(
     minimum : int, default 4096
         The shortest chunk along ``dim`` (see :func:`~neurobatch.chunking.chunk_length`); 1
         for datasets whose rows are large, such as a movie's frames.
+    zarr_format : {3, 2}, default 3
+        The store's Zarr format: 2 for readers pinned to zarr-python 2. Either way every
+        chunk carries a checksum of its stored bytes (see the module documentation).
 
     Raises
     ------
     ValueError
-        If ``ds`` has no dimension ``dim`` or ``chunk_memory`` is not a positive integer.
+        If ``ds`` has no dimension ``dim``, ``chunk_memory`` is not a positive integer or
+        ``zarr_format`` is neither 2 nor 3.
     TypeError
         If an attribute is not a JSON value.
     neurobatch.errors.StorageError
@@ -245,7 +314,16 @@ def write_dataset(
     ...               chunk_memory=2**20, dim=None)
     >>> float(open_dataset("memory://doc/summary.zarr")["mean"])
     2.5
+
+    In Zarr format 2, for zarr-python 2 readers:
+
+    >>> write_dataset(ds, "memory://doc/recording-v2.zarr", chunk_memory=2**20, zarr_format=2)
+    >>> zarr.open_group(zarr_store("memory://doc/recording-v2.zarr")).metadata.zarr_format
+    2
+    >>> open_dataset("memory://doc/recording-v2.zarr").signal.values
+    array([0., 1., 2., 3., 4., 5.])
     """
+    zarr_format = _validate_zarr_format(zarr_format)
     if dim is not None and dim not in ds.dims:
         raise ValueError(
             f"cannot write to {url}: the dataset has no dimension {dim!r} (it has "
@@ -262,14 +340,14 @@ def write_dataset(
         # within one chunk's budget: computed at once (its variables share their graph),
         # then written from memory
         ds = ds.compute()
-    prepared = _with_zarr_strings(ds)
+    prepared = _with_zarr_strings(ds, zarr_format)
     prepared.attrs = to_json_safe(dict(ds.attrs), name=f"attrs of {url}")
     encoding: dict[str, dict[str, Any]] = {}
     rechunk: dict[str, dict[Any, int]] = {}
     for name, variable in prepared.variables.items():
         chunks = tuple(n if d == dim else max(1, s) for d, s in variable.sizes.items())
         variable.attrs = to_json_safe(dict(variable.attrs), name=f"attrs of {name!r} in {url}")
-        encoding[str(name)] = {"compressors": _compressors(variable.dtype)}
+        encoding[str(name)] = _codecs(variable.dtype, zarr_format)
         if chunks:
             encoding[str(name)]["chunks"] = chunks
             if variable.chunks is not None:
@@ -282,27 +360,58 @@ def write_dataset(
         else:
             prepared[name] = rechunked
     store = zarr_store(url, storage_options=storage_options)
-    logger.debug("writing %s: %d samples per %r chunk", url, n, dim)
+    logger.debug("writing %s (Zarr %d): %d samples per %r chunk", url, zarr_format, n, dim)
     with new_store(url, storage_options=storage_options):
         _remove_marker(url, storage_options)
-        to_zarr(prepared, store, encoding)
+        to_zarr(prepared, store, encoding, zarr_format=zarr_format)
 
 
-def ensure_group(url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+def ensure_group(
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    zarr_format: ZarrFormat = 3,
+) -> None:
     """Make ``url`` a Zarr group (an item's), so that its stages open as its subgroups.
+
+    A group of the other format there (written before ``output.zarr_format`` changed)
+    becomes a group of this one: its metadata documents are replaced; what it holds stays.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the group.
+    storage_options : mapping, optional
+        Options for the fsspec filesystem.
+    zarr_format : {3, 2}, default 3
+        The group's Zarr format.
+
+    Raises
+    ------
+    neurobatch.errors.StorageError
+        If the storage fails the write.
 
     Examples
     --------
     >>> ensure_group("memory://doc/item")
     >>> zarr.open_group(zarr_store("memory://doc/item"), mode="r").metadata.zarr_format
     3
+    >>> ensure_group("memory://doc/item", zarr_format=2)
+    >>> zarr.open_group(zarr_store("memory://doc/item"), mode="r").metadata.zarr_format
+    2
     """
+    zarr_format = _validate_zarr_format(zarr_format)
     fs, path = _fs(url, storage_options)
+    root = path.rstrip("/")
 
     def ensure() -> None:
-        if not fs.exists(f"{path.rstrip('/')}/zarr.json"):
-            store = zarr_store(url, storage_options=storage_options)
-            zarr.open_group(store, mode="a", zarr_format=3)
+        if fs.exists(f"{root}/{_GROUP_DOCUMENTS[zarr_format][0]}"):
+            return
+        for name in _GROUP_DOCUMENTS[5 - zarr_format]:  # the other format's
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(f"{root}/{name}")
+        store = zarr_store(url, storage_options=storage_options)
+        zarr.open_group(store, mode="a", zarr_format=zarr_format)
 
     with translated(url, action="writing"):
         retried(ensure, url=url, action="writing")
@@ -323,6 +432,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     xarray.Dataset
         Dask-backed variables (index coordinates such as ``time`` are in memory, as xarray
         always loads indexes); strings come back as Python ``str`` objects (object arrays).
+        Stores of either Zarr format are read.
         Computing a variable whose chunk fails its checksum (or cannot be decompressed)
         raises :class:`~neurobatch.errors.StoreDamagedError` naming ``url``, the array and
         the chunk, wherever the task runs (a thread, a process, a distributed worker).
@@ -346,9 +456,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     checked = {"getitem": _CheckedGetter(url)}
     with damage_reported(url):  # the indexes, which xarray reads now
         try:
-            opened = xr.open_zarr(
-                store, chunks={}, consolidated=True, zarr_format=3, from_array_kwargs=checked
-            )
+            opened = xr.open_zarr(store, chunks={}, consolidated=True, from_array_kwargs=checked)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
         except (KeyError, ValueError) as e:
@@ -357,7 +465,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
             # a store without consolidated metadata (written by someone else): read it plainly
             try:
                 opened = xr.open_zarr(
-                    store, chunks={}, consolidated=False, zarr_format=3, from_array_kwargs=checked
+                    store, chunks={}, consolidated=False, from_array_kwargs=checked
                 )
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{url}: no Zarr store there ({e})") from e
@@ -366,8 +474,10 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
 
 # --- damaged chunks --------------------------------------------------------------------------
 
-_CHECKSUM_MESSAGE = "Stored and computed checksum do not match"
-"""What zarr's ``Crc32cCodec`` raises (as a ValueError) when a chunk's bytes changed."""
+_CHECKSUM_MESSAGE = re.compile(r"Stored and computed (?:(\w+) )?checksum do not match")
+"""What zarr's ``Crc32cCodec`` raises (a ValueError) when a chunk's bytes changed, and
+numcodecs' checksums (a RuntimeError, naming the codec: ``crc32``) in Zarr 2 stores."""
+_CHECKSUM_NAMES = {None: "CRC-32C", "crc32c": "CRC-32C", "crc32": "CRC-32"}
 _DECOMPRESSION_MESSAGES = (
     "error during blosc decompression",  # numcodecs' Blosc (RuntimeError)
     "Zstd decompression error",  # numcodecs' Zstd (RuntimeError)
@@ -389,9 +499,10 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def is_damage(error: BaseException) -> bool:
     """Tell whether ``error`` (or what caused it) is a damaged chunk of a Zarr store.
 
-    A damaged chunk is one whose CRC-32C checksum does not match its bytes (zarr's
-    ``Crc32cCodec`` raises ``ValueError("Stored and computed checksum do not match ...")``),
-    or, in a store written without checksums, one that Blosc or Zstd cannot decompress
+    A damaged chunk is one whose checksum does not match its bytes (zarr's ``Crc32cCodec``
+    raises ``ValueError("Stored and computed checksum do not match ...")``, numcodecs'
+    ``CRC32`` of a Zarr 2 store ``RuntimeError("Stored and computed crc32 checksum do not
+    match ...")``), or, in a store written without checksums, one that Blosc or Zstd cannot decompress
     (numcodecs raises ``RuntimeError("error during blosc decompression: -1")`` or
     ``RuntimeError("Zstd decompression error: ...")``). A
     :class:`~neurobatch.errors.StoreDamagedError` is one too. Every other error (a missing
@@ -415,6 +526,8 @@ def is_damage(error: BaseException) -> bool:
     --------
     >>> is_damage(ValueError("Stored and computed checksum do not match. Stored: ..."))
     True
+    >>> is_damage(RuntimeError("Stored and computed crc32 checksum do not match. Stored: 1."))
+    True
     >>> is_damage(RuntimeError("error during blosc decompression: -1"))
     True
     >>> is_damage(ValueError("cannot reshape array"))
@@ -430,7 +543,7 @@ def _damage_cause(error: BaseException) -> BaseException | None:
             return link
         if isinstance(link, ValueError | RuntimeError):
             text = str(link)
-            if _CHECKSUM_MESSAGE in text or any(m in text for m in _DECOMPRESSION_MESSAGES):
+            if _CHECKSUM_MESSAGE.search(text) or any(m in text for m in _DECOMPRESSION_MESSAGES):
                 return link
     return None
 
@@ -438,8 +551,10 @@ def _damage_cause(error: BaseException) -> BaseException | None:
 def _damage_text(url: str, error: BaseException, array: str | None, chunk: str | None) -> str:
     """The message of a :class:`~neurobatch.errors.StoreDamagedError`."""
     cause = _damage_cause(error) or error
-    if _CHECKSUM_MESSAGE in str(cause):
-        what = "failed its CRC-32C checksum"
+    checksum = _CHECKSUM_MESSAGE.search(str(cause))
+    if checksum is not None:
+        codec = checksum.group(1)
+        what = f"failed its {_CHECKSUM_NAMES.get(codec, codec)} checksum"
     else:
         detail = " ".join(str(cause).split()) or type(cause).__name__
         what = f"could not be decompressed ({detail}; the store has no checksums)"
@@ -481,7 +596,7 @@ def _chunk_text(array: zarr.Array[Any], key: Any) -> str | None:
             return None
         first.append(start // size)
         last.append((stop - 1) // size)
-    encode = array.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]
+    encode = array.metadata.encode_chunk_key
     if first == last:
         return f"chunk {encode(tuple(first))}"
     return f"one of chunks {encode(tuple(first))} to {encode(tuple(last))}"

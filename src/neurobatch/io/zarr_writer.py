@@ -1,4 +1,4 @@
-"""Writing a whole dataset as a new Zarr v3 group, in one pass of zarr's event loop.
+"""Writing a whole dataset as a new Zarr group, in one pass of zarr's event loop.
 
 :func:`neurobatch.io.zarr.write_dataset` and the trials store prepare a dataset (strings,
 attributes, chunks, codecs); :func:`to_zarr` writes it and consolidates the metadata, inside
@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -94,8 +94,14 @@ output.url
         raise
 
 
-def to_zarr(ds: xr.Dataset, store: Store, encoding: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write a dataset as a new Zarr v3 group that ``xarray.open_zarr`` reads, consolidated.
+def to_zarr(
+    ds: xr.Dataset,
+    store: Store,
+    encoding: Mapping[str, Mapping[str, Any]],
+    *,
+    zarr_format: Literal[2, 3] = 3,
+) -> None:
+    """Write a dataset as a new Zarr group that ``xarray.open_zarr`` reads, consolidated.
 
     A dataset in memory has every array created and written at once, in one pass of
     zarr's event loop: ``Dataset.to_zarr`` goes back and forth to that loop several times
@@ -113,24 +119,27 @@ def to_zarr(ds: xr.Dataset, store: Store, encoding: Mapping[str, Mapping[str, An
     store : zarr.abc.store.Store
         Where the group goes; whatever is there is overwritten.
     encoding : mapping
-        Per variable: ``compressors`` and ``chunks`` (absent for a scalar).
+        Per variable: ``compressors`` (and ``filters`` in format 2) and ``chunks`` (absent
+        for a scalar).
+    zarr_format : {3, 2}, default 3
+        The group's Zarr format.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from neurobatch.io.zarr import _compressors, zarr_store
+    >>> from neurobatch.io.zarr import _codecs, zarr_store
     >>> ds = xr.Dataset({"x": ("time", np.arange(3.0))}, coords={"time": [0.0, 0.1, 0.2]})
     >>> to_zarr(ds, zarr_store("memory://doc/to-zarr.zarr"),
-    ...         {"x": {"compressors": _compressors(ds.x.dtype), "chunks": (2,)},
-    ...          "time": {"compressors": _compressors(ds.time.dtype), "chunks": (3,)}})
+    ...         {"x": {**_codecs(ds.x.dtype), "chunks": (2,)},
+    ...          "time": {**_codecs(ds.time.dtype), "chunks": (3,)}})
     >>> xr.open_zarr("memory://doc/to-zarr.zarr").x.values
     array([0., 1., 2.])
     """
     if any(variable.chunks is not None for variable in ds.variables.values()):
-        ds.to_zarr(store, mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+        ds.to_zarr(store, mode="w", consolidated=False, zarr_format=zarr_format, encoding=encoding)
     else:
         variables, attributes = conventions.encode_dataset_coordinates(ds)
-        zarr_sync(_write_group(store, variables, attributes, encoding))
+        zarr_sync(_write_group(store, variables, attributes, encoding, zarr_format))
     _consolidate(store)
 
 
@@ -139,15 +148,16 @@ async def _write_group(
     variables: Mapping[Any, xr.Variable],
     attributes: Mapping[str, Any],
     encoding: Mapping[str, Mapping[str, Any]],
+    zarr_format: Literal[2, 3],
 ) -> None:
     group = await zarr_async.open_group(
         store=store,
         mode="w",
-        zarr_format=3,
+        zarr_format=zarr_format,
         attributes=_encoded_attributes(attributes),
     )
     await _every(
-        _write_variable(group, str(name), variable, encoding.get(str(name), {}))
+        _write_variable(group, str(name), variable, encoding.get(str(name), {}), zarr_format)
         for name, variable in variables.items()
     )
 
@@ -169,19 +179,33 @@ def _encoded_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _write_variable(
-    group: Any, name: str, variable: xr.Variable, encoding: Mapping[str, Any]
+    group: Any,
+    name: str,
+    variable: xr.Variable,
+    encoding: Mapping[str, Any],
+    zarr_format: Literal[2, 3],
 ) -> None:
-    """One variable as ``Dataset.to_zarr`` stores it in a new Zarr v3 group."""
-    encoded = encode_zarr_variable(variable, name=name, zarr_format=3)
+    """One variable as ``Dataset.to_zarr`` stores it in a new Zarr group."""
+    encoded = encode_zarr_variable(variable, name=name, zarr_format=zarr_format)
     attrs = dict(encoded.attrs)
-    # xarray's default fill value of floats is NaN (zarr's is 0); an explicit _FillValue
-    # attribute is stored encoded
-    fill_value = encoded.encoding.get("fill_value")
-    if fill_value is None and encoded.dtype.kind == "f":
-        fill_value = np.nan
-    explicit = attrs.pop("_FillValue", None)
-    if explicit is not None:
-        attrs["_FillValue"] = FillValueCoder.encode(explicit, encoded.dtype)
+    layout: dict[str, Any]
+    if zarr_format == 3:
+        # xarray's default fill value of floats is NaN (zarr's is 0); an explicit
+        # _FillValue attribute is stored encoded
+        fill_value = encoded.encoding.get("fill_value")
+        if fill_value is None and encoded.dtype.kind == "f":
+            fill_value = np.nan
+        explicit = attrs.pop("_FillValue", None)
+        if explicit is not None:
+            attrs["_FillValue"] = FillValueCoder.encode(explicit, encoded.dtype)
+        encoded_attrs = _encoded_attributes(attrs)
+        layout = {"dimension_names": encoded.dims}
+    else:
+        # Zarr 2 readers take the array's fill value for the _FillValue, and the dimension
+        # names from an attribute
+        fill_value = attrs.pop("_FillValue", None)
+        encoded_attrs = {**_encoded_attributes(attrs), "_ARRAY_DIMENSIONS": list(encoded.dims)}
+        layout = {"filters": encoding.get("filters", "auto")}
     vlen = check_vlen_dtype(encoded.dtype)  # type: ignore[no-untyped-call]  # xarray's own
     dtype = str if vlen is str else encoded.dtype
     array = await group.create_array(
@@ -191,7 +215,7 @@ async def _write_variable(
         chunks=encoding.get("chunks") or "auto",
         fill_value=fill_value,
         compressors=encoding.get("compressors", "auto"),
-        dimension_names=encoded.dims,
-        attributes=_encoded_attributes(attrs),
+        attributes=encoded_attrs,
+        **layout,
     )
     await array.setitem(Ellipsis, encoded.values)
