@@ -57,6 +57,9 @@ __all__ = ["FORMAT", "load_nwb"]
 
 FORMAT = "nwb"
 
+#: What hdmf warns when a file's cached extension redefines a type its schema now has.
+_SPEC_REDEFINED = "defines a different specification for"
+
 
 def _import_pynwb() -> Any:
     try:
@@ -156,7 +159,11 @@ def _read_nwb(url: str, fs: Any, path: str) -> Iterator[Any]:
             except Exception as e:  # h5py and hdmf raise OSError, ValueError, KeyError, ...
                 raise InputError(f"cannot read NWB file {url!r}: {_one_line(e)}") from e
         for warning in caught:
-            logger.warning("pynwb, reading %s: %s", url, warning.message)
+            # a cached extension that NWB has since made core (ndx-events' EventsTable):
+            # hdmf takes the core definition, nothing for the user to do
+            quiet = _SPEC_REDEFINED in str(warning.message)
+            log = logger.debug if quiet else logger.warning
+            log("pynwb, reading %s: %s", url, warning.message)
         yield nwbfile
     finally:
         if io is not None:
