@@ -202,3 +202,86 @@ def test_a_cluster_beyond_the_machine_needs_force(
     [error] = capsys.readouterr().err.strip().splitlines()
     assert error.startswith("neurobatch run: error: cluster:")
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def _lab_pipeline(folder: Path, loader: dict[str, Any], **sections: Any) -> Path:
+    """Three recordings whose columns are named as a lab names them, and a pipeline file."""
+    from photometry_files import recording_frame
+
+    for i in range(3):
+        frame, _ = recording_frame(n=300, seed=i)
+        renamed = frame.rename(columns={"signal": "raw_signal", "isosbestic": "raw_isosbestic"})
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        renamed.to_csv(folder / "data" / f"m{i}.csv", index=False)
+    pipeline = {
+        "name": "lab",
+        "input": {"url": "data", "pattern": "*.csv"},
+        "loader": {"format": "photometry-csv", **loader},
+        "output": {"url": "../out"},
+        **sections,
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    return path
+
+
+def test_validate_opens_every_header_and_names_the_column_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "lab"
+    right = {"signal_col": "raw_signal", "isosbestic_col": "raw_isosbestic"}
+    for wrong, line in [
+        (
+            {"signal_col": "raw_signl"},
+            (
+                "has no column 'raw_signl' (signal_col; did you mean 'raw_signal'?); its columns: "
+                "'time', 'raw_signal', 'raw_isosbestic', 'trial_cue', 'lever1', 'lever2', 'shock'"
+            ),
+        ),
+        (
+            # a misspelled isosbestic no longer reads the files as single-channel
+            {"isosbestic_col": "raw_isosbestc"},
+            (
+                "has no column 'raw_isosbestc' (isosbestic_col; did you mean 'raw_isosbestic'?); "
+                "its columns: 'time', 'raw_signal', 'raw_isosbestic', 'trial_cue', 'lever1', "
+                "'lever2', 'shock'; set isosbestic_col: null to read a single-channel recording"
+            ),
+        ),
+    ]:
+        path = _lab_pipeline(folder, {**right, **wrong})
+        assert main(["validate", str(path)]) == 1
+        errors = capsys.readouterr().err.strip().splitlines()
+        data = folder / "data"
+        assert errors == [
+            f"neurobatch validate: error: '{data / 'm0.csv'}' {line}",
+            f"'{data / 'm1.csv'}' {line}",
+            f"'{data / 'm2.csv'}' {line}",
+        ]
+    path = _lab_pipeline(folder, right)
+    assert main(["validate", str(path)]) == 0
+    assert "valid; 3 item(s)" in capsys.readouterr().out
+
+
+def test_validate_imports_the_fit_and_correction_the_file_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "lab"
+    (folder / "fits").mkdir(parents=True)
+    (folder / "fits" / "lab.py").write_text(
+        "import numpy as np\n\n"
+        "def line(signal, isosbestic):\n"
+        "    slope, intercept = np.polyfit(isosbestic, signal, 1)\n"
+        "    return slope * isosbestic + intercept, {'slope': slope}\n"
+    )
+    columns = {"signal_col": "raw_signal", "isosbestic_col": "raw_isosbestic"}
+    # from another folder: the function's file is relative to the pipeline file's
+    monkeypatch.chdir(tmp_path)
+    path = _lab_pipeline(
+        folder, columns, preprocess={"fit": "fits/lab.py:lin", "correction": "dff"}
+    )
+    assert main(["validate", str(path)]) == 1
+    [error] = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"neurobatch validate: error: cannot import '{folder}/fits/lab.py:lin'")
+    path = _lab_pipeline(folder, columns, preprocess={"fit": "fits/lab.py:line"})
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out.strip().endswith("; preprocess fit found")

@@ -501,20 +501,35 @@ def _validate(args: argparse.Namespace) -> int:
     from neurobatch.engine.cluster import check_cluster
     from neurobatch.engine.hooks import HOOK_NAMES
     from neurobatch.engine.run import Pipeline
+    from neurobatch.engine.stages.photometry_reference import function_hashes
+    from neurobatch.errors import InputError
+    from neurobatch.io.loaders import check_inputs
 
     pipeline = Pipeline.from_file(args.file)  # imports the file's own stages
     for warning in check_cluster(pipeline.config.cluster, force=args.force):
         print(f"neurobatch validate: warning: {warning}", file=sys.stderr)
     manifest = pipeline.discover()
-    # the hooks the file names are imported, so that a typo shows before a run
+    # the hooks and the fit and correction functions the file names are imported, so that
+    # a typo shows before a run
     hooks = {name: getattr(pipeline.config.hooks, name) for name in HOOK_NAMES}
     named = {name: target for name, target in hooks.items() if target is not None}
     for target in named.values():
         import_object(target)
+    functions = function_hashes(pipeline.config.preprocess)
+    # every input's header (a CSV's first line, a Parquet footer, an NWB file's structure)
+    problems = check_inputs(manifest, storage_options=pipeline.config.input.storage_options)
+    if problems:
+        shown = 20  # inputs named; the others are counted
+        more = len(problems) - shown
+        raise InputError(
+            "\n".join(problems[:shown])
+            + (f"\n... and {more} more input(s) like these" if more > 0 else "")
+        )
     print(
         f"{args.file}: valid; {len(manifest)} item(s); stages "
         + " -> ".join(stage.name for stage in pipeline.stages)
         + (f"; hooks {', '.join(named)} found" if named else "")
+        + (f"; preprocess {' and '.join(functions)} found" if functions else "")
     )
     return 0
 

@@ -33,6 +33,7 @@ def test_registry() -> None:
         "doric": "file",
         "neurophotometrics": "file",
         "pyphotometry": "file",
+        "nwb-photometry": "file",
         "spikeglx": "file",
         "raw-binary": "file",
         "nwb": "file",
@@ -86,6 +87,7 @@ def test_config_style_subclass_round_trip() -> None:
             "doric": {"signal_channel": "AIN01xAOUT02-LockIn", "isosbestic_channel": None},
             "raw-binary": {"n_channels": 4, "dtype": "int16", "sampling_rate": 30000.0},
             "npy": {"kind": "traces", "sampling_rate": 1000.0},
+            "nwb-photometry": {"signal": 465, "isosbestic": 405},
         }
         raw = required.get(fmt, {})
         tagged = model.model_validate({"format": fmt, "label": "x", **raw})
