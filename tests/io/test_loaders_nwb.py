@@ -30,6 +30,7 @@ from pynwb.image import ImageSeries  # type: ignore[import-untyped]
 from conftest import raise_if_dask_computes
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NonUniformSamplingWarning
 from neurobatch.io.loaders import NWBArguments, load_nwb, load_recording
+from nwb_files import per_wavelength_file
 
 RATE = 1000.0
 START = 2.0
@@ -364,12 +365,15 @@ def test_bad_files(tmp_path: Path, full_file: str) -> None:
     with pytest.raises(InputNotFoundError, match=r"input '.*missing\.nwb' does not exist"):
         load_nwb(str(tmp_path / "missing.nwb"), {})
 
-    empty = write(tmp_path / "empty.nwb", new_file())
-    with pytest.raises(
-        InputError, match=r"has no ElectricalSeries, ImageSeries or Units table"
-    ) as e:
-        load_nwb(empty, {})
-    one_line(e)
+    empty = new_file()
+    empty.add_trial(start_time=1.0, stop_time=2.0)
+    empty = write(tmp_path / "empty.nwb", empty)
+    for events in ([], ["trials"]):  # events alone are no recording
+        with pytest.raises(
+            InputError, match=r"has no ElectricalSeries, ImageSeries or Units table to read$"
+        ) as e:
+            load_nwb(empty, {"events": events})
+        one_line(e)
     with pytest.raises(InputError, match=r"has no Units table \(loader\.units is true\)"):
         load_nwb(empty, {"units": True})
 
@@ -436,4 +440,21 @@ def test_units_without_spike_times(tmp_path: Path) -> None:
     assert "frames" in ds
     with pytest.raises(InputError, match=r"the Units table has no spike_times column") as e:
         load_nwb(path, {"units": True})
+    one_line(e)
+
+
+def test_fiber_photometry_is_named(tmp_path: Path) -> None:
+    """A file of fiber photometry given to format nwb (the ephys, movie and spikes reader)
+    says which format reads it, instead of loading its events alone."""
+    t = np.arange(100) / 10.0
+    path = per_wavelength_file(
+        tmp_path / "fp.nwb", t, {465.0: t, 405.0: t}, {"cue": t[:2], "lever": t[3:4]}, rate=10.0
+    )
+    with pytest.raises(
+        InputError,
+        match=r"holds fiber photometry \(FiberPhotometryResponseSeries 'acquisition/raw_405', "
+        r"'acquisition/raw_465'\), which format 'nwb' does not read; expected loader\.format "
+        r"nwb-photometry, with signal and isosbestic",
+    ) as e:
+        load_nwb(str(path), {"events": ["trials"]})
     one_line(e)

@@ -26,7 +26,7 @@ from pynwb.misc import AnnotationSeries  # type: ignore[import-untyped]
 
 from acquisition_files import Planted, assert_same_trials, planted, run_both, write_phopro_csv
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError
-from neurobatch.io.loaders import LOADERS, load_nwb, load_recording
+from neurobatch.io.loaders import LOADERS, load_recording
 from neurobatch.io.loaders import nwb_photometry as module
 from neurobatch.io.loaders.nwb_photometry import check_nwb_photometry, load_nwb_photometry
 from nwb_files import (
@@ -322,7 +322,7 @@ def test_from_s3(one_fiber: Path, recording: Planted, s3_options: dict[str, Any]
     assert check_nwb_photometry(url, ARGS, storage_options=s3_options) == local.attrs["acquisition"]
 
 
-def test_files_without_photometry(tmp_path: Path, one_fiber: Path) -> None:
+def test_files_without_photometry(tmp_path: Path) -> None:
     nwbfile = new_file()
     device = nwbfile.create_device(name="probe")
     group = nwbfile.create_electrode_group(
@@ -349,15 +349,6 @@ def test_files_without_photometry(tmp_path: Path, one_fiber: Path) -> None:
         with pytest.raises(InputError, match=expected) as e:
             read(str(ephys), ARGS)
         one_line(e)
-    # and the ephys loader, given a photometry file, says which format reads it
-    with pytest.raises(
-        InputError,
-        match=r"holds fiber photometry \(FiberPhotometryResponseSeries 'acquisition/raw_405', "
-        r"'acquisition/raw_465'\), which format 'nwb' does not read; expected loader\.format "
-        r"nwb-photometry",
-    ) as e:
-        load_nwb(str(one_fiber), {"events": ["trials"]})
-    one_line(e)
     with pytest.raises(InputNotFoundError, match=r"input '.*missing\.nwb' does not exist"):
         load_nwb_photometry(str(tmp_path / "missing.nwb"), ARGS)
 
