@@ -81,12 +81,16 @@ def test_detrend_chunked_equals_whole(
     out = preprocess(RECORDING, chunks, fit={"method": method, "intercept": intercept})
     whole = detrend.fit_detrend(SIG, ISO, TIME, method=method, window=WINDOW, intercept=intercept)
     expected_ref = whole.reference(ISO, TIME)
-    np.testing.assert_allclose(out["reference"].values, expected_ref, rtol=1e-7)
+    # two bi-exponential fits (and, for detrend_fit_retrend, an IRLS line between them):
+    # least_squares stops within its tolerance (ftol 1e-8), and the blocked filter's 1e-12
+    # differences move where it stops along the curves' flat valley by up to a few 1e-6
+    # relative (found by hypothesis: chunks (1024, 6976), 2.3e-6)
+    np.testing.assert_allclose(out["reference"].values, expected_ref, rtol=2e-5)
     expected = (SIG - expected_ref) / np.maximum(expected_ref, FLOOR)
-    np.testing.assert_allclose(out["dff"].values, expected, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(out["dff"].values, expected, rtol=0, atol=2e-5)
     fit = out.attrs["fit"]
     assert fit["method"] == method and fit["converged"]
-    assert fit["signal_bleaching"]["tau1"] == pytest.approx(whole.signal.curve.tau1, rel=1e-5)
+    assert fit["signal_bleaching"]["tau1"] == pytest.approx(whole.signal.curve.tau1, rel=1e-4)
     assert ("slope" in fit) == (method == "detrend_fit_retrend")
 
 

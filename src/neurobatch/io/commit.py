@@ -122,7 +122,7 @@ def _marker_path(url: str, storage_options: Mapping[str, Any] | None) -> tuple[A
 
 def _remove_marker(url: str, storage_options: Mapping[str, Any] | None) -> None:
     fs, marker = _marker_path(url, storage_options)
-    with suppress(FileNotFoundError):
+    with suppress(FileNotFoundError, NotADirectoryError):  # a plain file has no marker
         fs.rm_file(marker)
 
 
