@@ -10,20 +10,14 @@ acquisition: one per wavelength, or one 2-D series whose columns are the table's
 from __future__ import annotations
 
 import datetime as dt
-import warnings
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
-from numpy.typing import NDArray
-from pynwb import NWBHDF5IO, NWBFile  # type: ignore[import-untyped]
-from pynwb.file import Subject  # type: ignore[import-untyped]
-
-with warnings.catch_warnings():
-    # ndx-events 0.4 re-registers the EventsTable that NWB 2.9 made core (pynwb >= 3.1)
-    warnings.simplefilter("ignore", UserWarning)
-    import ndx_events  # type: ignore[import-untyped]  # noqa: F401
 from ndx_fiber_photometry import (  # type: ignore[import-untyped]
     FiberPhotometry,
     FiberPhotometryIndicators,
@@ -37,6 +31,9 @@ from ndx_ophys_devices import (  # type: ignore[import-untyped]
     OpticalFiber,
     Photodetector,
 )
+from numpy.typing import NDArray
+from pynwb import NWBHDF5IO, NWBFile  # type: ignore[import-untyped]
+from pynwb.file import Subject  # type: ignore[import-untyped]
 
 START = dt.datetime(2024, 5, 6, 10, 0, tzinfo=dt.UTC)
 CONVERSION = 0.5
@@ -162,3 +159,29 @@ def per_wavelength_file(
         )
     add_trials(nwbfile, events["cue"], events["lever"])
     return write(path, nwbfile)
+
+
+_NDX_EVENTS_FILE = """
+import datetime as dt, sys, warnings
+from pynwb import NWBHDF5IO, NWBFile
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # its EventsTable is core since NWB 2.9
+    import ndx_events
+f = NWBFile(session_description="d", identifier="i",
+            session_start_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+with NWBHDF5IO(sys.argv[1], "w") as io:
+    io.write(f)
+"""
+
+
+def cache_ndx_events(path: Path) -> None:
+    """Cache ndx-events 0.4's schema in a file, as pynwb does when it was imported.
+
+    The file is written by another process: importing ndx-events here would put its schema
+    in every file this process writes after (pynwb's global type map).
+    """
+    donor = path.with_name(path.stem + "-ndx-events.nwb")
+    subprocess.run([sys.executable, "-c", _NDX_EVENTS_FILE, str(donor)], check=True)
+    with h5py.File(donor, "r") as source, h5py.File(path, "r+") as target:
+        source.copy(source["specifications/ndx-events"], target["specifications"])
+    donor.unlink()

@@ -354,13 +354,14 @@ def _add_trials(
     columns["label"] = ("the name of the event the trial is aligned on", label)
     for name, coord in trials.coords.items():
         name = str(name)
-        if coord.dims != ("trial",) or name in _TRIAL_FIELDS or name in columns:
+        if coord.dims != ("trial",) or name in _TRIAL_FIELDS:
             continue
-        column = name if name not in _RESERVED else f"{name}_value"
         if name in events:
             description = f"time of event {name!r} relative to align_time (s); NaN when absent"
+            column = name if name not in _RESERVED and name not in columns else f"{name}_event"
         else:
             description = f"{name} (passed down from the recording's metadata)"
+            column = name if name not in _RESERVED and name not in columns else f"{name}_value"
         columns[column] = (description, _column_values(coord.values))
     if "experiment_id" in trials.coords:
         columns["experiment_id"] = (
