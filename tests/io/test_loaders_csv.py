@@ -7,7 +7,6 @@ import gzip
 import importlib
 import io
 import json
-import logging
 import re
 import zipfile
 from collections.abc import Iterator
@@ -153,24 +152,22 @@ def test_csv_time_unit_converts_to_seconds(tmp_path: Path, unit: str, per_second
     assert as_seconds.attrs["sampling_rate"] == pytest.approx(1000.0 / per_second, rel=1e-9)
 
 
-def test_csv_single_channel(
-    tmp_path: Path, phopro: ModuleType, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_csv_single_channel(tmp_path: Path, phopro: ModuleType) -> None:
     frame, _ = recording_frame(isosbestic=False)
     path = write_csv(tmp_path / "single.csv", frame)
     explicit = load_photometry_csv(str(path), {"isosbestic_col": None, "event_cols": EVENTS})
     assert "isosbestic" not in explicit
 
-    # as PhoPro: a named isosbestic column the file lacks means single-channel, said at INFO
-    with caplog.at_level(logging.INFO, logger="neurobatch.io.loaders"):
-        absent = load_photometry_csv(
-            str(path), {"isosbestic_col": "isosbestc", "event_cols": EVENTS}
-        )
-    assert "isosbestic" not in absent
-    assert "has no column 'isosbestc' (isosbestic_col): loading it single-channel" in caplog.text
-    xr.testing.assert_identical(explicit, absent)
+    # PhoPro reads a named isosbestic column the file lacks as single-channel: a misspelling
+    # silently loses the isosbestic. Here it is an error, as for any other column
     theirs = phopro.CSVLoader(str(path), isosbestic_col="isosbestc", event_cols=EVENTS)
     assert theirs.extract_data()["raw_isosbestic"] is None
+    with pytest.raises(
+        InputError,
+        match=r"has no column 'isosbestc' \(isosbestic_col\); .*set isosbestic_col: null to "
+        r"read a single-channel recording$",
+    ):
+        load_photometry_csv(str(path), {"isosbestic_col": "isosbestc", "event_cols": EVENTS})
 
 
 @pytest.mark.parametrize("method", ["resample", "mean"])

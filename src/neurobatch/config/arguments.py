@@ -166,8 +166,8 @@ class ColumnArguments(LoaderArguments):
     isosbestic_col: str | None = Field(
         "isosbestic",
         description=(
-            "Column of the isosbestic channel; null, or a column the file lacks, loads a "
-            "single-channel recording (as PhoPro does)."
+            "Column of the isosbestic channel; null = a single-channel recording. A named "
+            "column the file lacks fails the item (PhoPro reads the file as single-channel)."
         ),
     )
     event_cols: list[str] = Field(
@@ -252,8 +252,8 @@ class PhotometryCSVArguments(ColumnArguments):
     time_unit : {"s", "ms", "us", "ns"}, default "s"
         Unit of the time column; times are converted to seconds.
     isosbestic_col : str or None
-        Column of the isosbestic channel; None, or a column the file lacks, loads a
-        single-channel recording.
+        Column of the isosbestic channel; None reads a single-channel recording (a named
+        column the file lacks is an error).
     event_cols : list of str
         Columns of per-sample event flags.
     max_sampling_deviation : float or None, default 0.5

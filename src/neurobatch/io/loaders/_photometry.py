@@ -11,7 +11,7 @@ assembles the Recording Dataset. Column formats (CSV, Parquet) go through
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from neurobatch.config.arguments import TIME_UNITS, ColumnArguments, LoaderArguments
 from neurobatch.errors import InputError
-from neurobatch.io.loaders._common import Locate, _check_finite, check_time, closest
+from neurobatch.io.loaders._common import Locate, _check_finite, check_time
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ __all__ = [
     "downsample_signal",
     "downsample_time",
     "recording_from_table",
-    "resolve_columns",
 ]
 
 
@@ -463,73 +462,3 @@ def recording_from_table(
 #: Header names that mark a leading index column (pandas' ``to_csv`` writes an empty one,
 #: reading and writing again names it "Unnamed: 0"; Parquet from pandas "__index_level_0__").
 INDEX_NAMES = ("", "Unnamed: 0", "__index_level_0__")
-
-
-def resolve_columns(header: Sequence[str], arguments: ColumnArguments, *, source: str) -> bool:
-    """Check that the columns the arguments name exist; say whether isosbestic is there.
-
-    A missing time, signal or event column is an error naming the columns that exist and
-    the closest one. A missing isosbestic column loads a single-channel recording, as PhoPro
-    does (logged at INFO).
-
-    Parameters
-    ----------
-    header : sequence of str
-        The input's column names.
-    arguments : ColumnArguments
-        The loader's arguments.
-    source : str
-        The input URL, for messages.
-
-    Returns
-    -------
-    bool
-        Whether the isosbestic column is read.
-
-    Raises
-    ------
-    neurobatch.errors.InputError
-        If a time, signal or event column is missing or a needed column appears twice.
-
-    Examples
-    --------
-    >>> resolve_columns(["", "time", "signal"], ColumnArguments(), source="x.csv")
-    False
-    >>> resolve_columns(["", "time", "sginal"], ColumnArguments(), source="x.csv")
-    Traceback (most recent call last):
-    ...
-    neurobatch.errors.InputError: 'x.csv' has no column 'signal' (signal_col; did you mean 'sginal'?); its columns: 'time', 'sginal'
-    """
-    header = list(header)
-    indexed = bool(header) and header[0] in INDEX_NAMES
-    if indexed:
-        logger.debug("%s: leading index column %r (not read)", source, header[0])
-    listed = header[1:] if indexed else header
-    roles = [("time_col", arguments.time_col), ("signal_col", arguments.signal_col)]
-    roles += [("event_cols", name) for name in arguments.event_cols]
-    problems = []
-    for role, name in roles:
-        if name not in header:
-            guess = closest(name, listed)
-            problems.append(
-                f"no column {name!r} ({role}" + (f"; did you mean {guess!r}?)" if guess else ")")
-            )
-    if problems:
-        columns = ", ".join(repr(c) for c in listed) or "none"
-        raise InputError(f"{source!r} has " + ", ".join(problems) + f"; its columns: {columns}")
-    for name in arguments.columns():
-        if header.count(name) > 1:
-            raise InputError(f"{source!r}: column {name!r} appears {header.count(name)} times")
-    iso = arguments.isosbestic_col
-    if iso is None:
-        return False
-    if iso not in header:
-        guess = closest(iso, listed)
-        logger.info(
-            "%s has no column %r (isosbestic_col): loading it single-channel%s",
-            source,
-            iso,
-            f" (did you mean {guess!r}?)" if guess else "",
-        )
-        return False
-    return True
