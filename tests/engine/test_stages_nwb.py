@@ -62,7 +62,7 @@ def test_nwb_in_nwb_out(tmp_path: Path, local_client: Client) -> None:
             rate=100.0,
         )
     out = tmp_path / "out"
-    pipeline = Pipeline(config(tmp_path / "data", out), stages=[NWB_EXPORT])
+    pipeline = Pipeline(config(tmp_path / "data", out))  # output.formats has nwb
     assert [stage.name for stage in pipeline.stages] == ["ingest", "preprocess", "trials", "nwb"]
     summary = pipeline.run(client=local_client, progress=False)
     assert summary.n_done == 2 and summary.n_failed == 0, summary.items
@@ -111,9 +111,7 @@ def test_nwb_in_nwb_out(tmp_path: Path, local_client: Client) -> None:
             np.testing.assert_array_equal(np.stack(got["dff"].to_numpy()), trials.dff.values)
 
     # a re-run with nothing changed skips the export with the rest
-    again = Pipeline(config(tmp_path / "data", out), stages=[NWB_EXPORT]).run(
-        client=local_client, progress=False
-    )
+    again = Pipeline(config(tmp_path / "data", out)).run(client=local_client, progress=False)
     assert again.n_skipped == 2, again.items
 
 

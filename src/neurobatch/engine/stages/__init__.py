@@ -33,6 +33,7 @@ from neurobatch.engine.stages.base import (
 )
 from neurobatch.engine.stages.ephys import FILTER, FILTER_FROM_COPY, RAW_COPY, filter_traces
 from neurobatch.engine.stages.ingest import INGEST
+from neurobatch.engine.stages.nwb import NWB_EXPORT
 from neurobatch.engine.stages.photometry import (
     CHANNELS,
     PREPROCESS,
@@ -92,8 +93,9 @@ def pipeline_stages(config: PipelineConfig, extra: Iterable[Stage] = ()) -> list
     """The stages a pipeline file runs on each item, in order.
 
     The kind's built-in stages (those its file enables), then the file's ``stages:``, then
-    ``extra`` (stages given from Python). A user's stage that names no ``needs`` takes
-    the output of the stage before it.
+    ``extra`` (stages given from Python), then the NWB export when ``output.formats`` asks
+    for ``nwb``. A user's stage that names no ``needs`` takes the output of the stage
+    before it.
 
     Parameters
     ----------
@@ -138,6 +140,9 @@ def pipeline_stages(config: PipelineConfig, extra: Iterable[Stage] = ()) -> list
         else each
         for i, each in enumerate(stages)
     ]
+    # the NWB export goes last: it stores nothing a stage without needs could take
+    if config.kind == "photometry" and NWB_EXPORT.enabled(config):
+        stages.append(NWB_EXPORT)
     _check_order(stages, config)
     return stages
 
