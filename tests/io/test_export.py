@@ -27,14 +27,15 @@ REL_TIME = np.arange(-40, 40) / 10.0
 def item(k: int, n: int, *, n_rel: int = REL_TIME.size) -> xr.Dataset:
     """Item ``k``'s Trials dataset (odd items carry extra metadata columns)."""
     rel_time = REL_TIME if n_rel == REL_TIME.size else np.arange(n_rel) / 100.0
-    coords: dict[str, Any] = {
+    coords: dict[str, Any] = {  # in the order of the trials stage's columns
         "rel_time": rel_time,
-        "item_id": ("trial", np.array([f"item_{k}"] * n)),
-        "experiment_id": ("trial", np.array([f"exp_{k}"] * n)),
         "trial_num": ("trial", np.arange(1, n + 1)),
         "start_time": ("trial", 30.0 * np.arange(n) + 8.0),
         "stop_time": ("trial", 30.0 * np.arange(n) + 24.0),
+        "trial_cue": ("trial", np.zeros(n)),
         "lever1": ("trial", np.where(np.arange(n) % 3 == 0, np.nan, 2.5 + 0.1 * np.arange(n))),
+        "item_id": ("trial", np.array([f"item_{k}"] * n)),
+        "experiment_id": ("trial", np.array([f"exp_{k}"] * n)),
         "rewarded": ("trial", np.arange(n) % 2 == 0),
     }
     if k % 2:
@@ -59,20 +60,16 @@ def store(tmp_path: Path) -> str:
     return url
 
 
+#: The obs columns of the store: the trials' order (events, then metadata), not alphabetical;
+#: the columns only odd items have come after the metadata column before them there.
+COLUMNS = ["trial_num", "start_time", "stop_time", "trial_cue", "lever1", "item_id"]
+COLUMNS += ["experiment_id", "rewarded", "sex", "age"]
+
+
 def test_trials_obs_is_the_per_trial_table(store: str) -> None:
     obs = trials_obs(open_trials(store))
     assert obs.index.tolist() == [str(i) for i in range(26)]
-    assert set(obs.columns) == {
-        "item_id",
-        "experiment_id",
-        "trial_num",
-        "start_time",
-        "stop_time",
-        "lever1",
-        "rewarded",
-        "sex",
-        "age",
-    }
+    assert list(obs.columns) == COLUMNS
     assert obs.item_id.dtype == object and isinstance(obs.item_id.iloc[0], str)
     assert obs.sex.tolist() == [""] * 5 + ["F"] * 6 + [""] * 7 + ["F"] * 8
     assert obs.trial_num.dtype == np.int64 and obs.rewarded.dtype == bool
@@ -91,12 +88,14 @@ def test_write_obs_parquet_and_csv(store: str, tmp_path: Path, where: str) -> No
     with fsspec.open(f"{folder}/trials_obs.parquet", "rb") as f:
         parquet = pq.read_table(f).to_pandas()
     pd.testing.assert_frame_equal(parquet, expected)
+    assert list(parquet.columns) == COLUMNS
 
     with fsspec.open(f"{folder}/trials_obs.csv", "r") as f:
         csv = pd.read_csv(f)
     for name in ("item_id", "experiment_id", "sex"):
         csv[name] = csv[name].fillna("")  # CSV cannot tell "" from missing
     pd.testing.assert_frame_equal(csv, expected)
+    assert list(csv.columns) == COLUMNS
 
 
 def test_write_obs_rejects_unknown_format(store: str, tmp_path: Path) -> None:
@@ -130,7 +129,7 @@ def assert_h5ad_matches(adata: Any, store: str) -> None:
     np.testing.assert_array_equal(adata.var["t"].to_numpy(), trials.rel_time.values)
     assert adata.var.index.tolist() == [str(i) for i in range(trials.sizes["rel_time"])]
     assert adata.obs.index.tolist() == obs.index.tolist()
-    assert list(adata.obs.columns) == list(obs.columns)
+    assert list(adata.obs.columns) == list(obs.columns) == COLUMNS
     for name in obs.columns:
         ours = adata.obs[name]
         if isinstance(ours.dtype, pd.CategoricalDtype):
@@ -161,12 +160,14 @@ def test_write_h5ad_from_a_dataset_to_a_url(store: str) -> None:
         write_h5ad(store, "memory://export-test/h5/other.h5ad", variable="dF")
 
 
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "loaded"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_write_h5ad_keeps_the_stored_type(store: str, dtype: Any) -> None:
+def test_write_h5ad_keeps_the_stored_type(store: str, dtype: Any, lazy: bool) -> None:
     """float32 windows (preprocess.dtype's default) give a float32 X, equal value for value."""
-    trials = open_trials(store).load()
+    trials = open_trials(store, chunk_memory=2**12)  # several dask chunks
+    trials = trials if lazy else trials.load()
     trials["dff"] = trials["dff"].astype(dtype)
-    url = f"memory://export-test/h5/{np.dtype(dtype).name}.h5ad"
+    url = f"memory://export-test/h5/{np.dtype(dtype).name}-{lazy}.h5ad"
     write_h5ad(trials, url)
     with fsspec.open(url, "rb") as f, h5py.File(f, "r") as h5:
         assert h5["X"].dtype == dtype

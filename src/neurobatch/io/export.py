@@ -1,10 +1,15 @@
 """Exports of the combined trials: obs tables (Parquet, CSV) and AnnData ``.h5ad`` for PhoPro.
 
+The obs tables and ``obs`` have one column per per-trial coordinate, in the trials' order:
+for neurobatch's trials ``trial_num``, ``start_time``, ``stop_time``, the alignment event,
+the other events, then the metadata (``item_id``, ``experiment_id``, the passed-down keys).
+
 The ``.h5ad`` file is what PhoPro users read (``PhotometryData.read_h5ad``): ``X`` is trials
 x ``rel_time`` (the processed variable, of its stored type), ``obs`` the per-trial columns,
-``var`` the relative time ``t`` and ``uns`` the dataset's attributes. ``X`` is streamed from the trials
-store into the file in blocks of trials, so writing it needs a block's memory, not the whole
-matrix's.
+``var`` the relative time ``t`` and ``uns`` the dataset's attributes. AnnData's own writer
+writes it, ``X`` given as a dask array read from the trials store in blocks of trials, which
+AnnData streams into the file (``dask.array.store``): writing it needs a few blocks' memory,
+not the whole matrix's.
 """
 
 from __future__ import annotations
@@ -229,8 +234,9 @@ def write_h5ad(
 ) -> None:
     """Write trials as an AnnData ``.h5ad`` file that PhoPro's ``PhotometryData`` reads.
 
-    ``obs``, ``var`` and ``uns`` are written by AnnData; ``X`` is then filled block by block
-    of trials straight from the (lazy) dataset, so the whole matrix is never in memory. The
+    AnnData's own writer (``AnnData.write_h5ad``) writes every part; a lazy ``X`` is a dask
+    array in blocks of trials that it computes and writes block by block (on the threaded
+    scheduler, a block per thread at a time), so the whole matrix is never in memory. The
     file is written under a temporary name and moved into place at the end (on an object
     store: written locally, then uploaded in one piece), and the temporary file is removed
     if anything fails.
@@ -245,7 +251,8 @@ def write_h5ad(
         The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
         attribute, or the only such variable.
     chunk_memory : int, default 16 MiB
-        Bytes of ``X`` per block (a whole number of dask chunks when the data are lazy).
+        Bytes of ``X`` per block, as float64 (a whole number of store chunks when the data
+        are read from a store).
     storage_options : mapping, optional
         Options for the fsspec filesystem (of both ``trials`` and ``path``).
 
@@ -276,22 +283,7 @@ def write_h5ad(
     (array([[0., 1.],
            [2., 3.]]), [-0.5, 0.0], 'category')
     """
-    ds = _open(trials, storage_options, chunk_memory)
-    name = _processed_variable(ds, variable)
-    data = ds[name].transpose(TRIAL_DIM, REL_TIME)
-    n_trials, n_rel = (int(s) for s in data.shape)
-    obs = clean_axis_dtype(trials_obs(ds))
-    var = pd.DataFrame(
-        {"t": np.asarray(ds[REL_TIME].values, dtype=np.float64)},
-        index=pd.Index([str(i) for i in range(n_rel)], dtype=object),
-    )
-    uns = _uns(to_json_safe(dict(ds.attrs), name="attrs of the trials"))
-    uns.setdefault("processed_variable", name)
-    rows = max(1, int(chunk_memory) // (8 * max(1, n_rel)))
-    if data.chunks is not None and data.chunks[0]:
-        step = int(data.chunks[0][0])
-        rows = max(step, rows // step * step)
-
+    adata = _anndata(_open(trials, storage_options, chunk_memory), variable, chunk_memory)
     url = os.fspath(path)
     fs, target = _fs(url, storage_options)
     with files.translated(url, action="writing"):
@@ -301,7 +293,7 @@ def write_h5ad(
             aside = f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"
             temporary = os.path.join(folder, aside)
             try:
-                _write_local(temporary, obs, var, uns, data, rows)
+                _write_local(temporary, adata)
                 os.replace(temporary, target)
             finally:
                 if os.path.exists(temporary):
@@ -309,9 +301,9 @@ def write_h5ad(
         else:
             with tempfile.TemporaryDirectory() as folder:
                 local = os.path.join(folder, posixpath.basename(target) or "trials.h5ad")
-                _write_local(local, obs, var, uns, data, rows)
+                _write_local(local, adata)
                 files.retried(lambda: fs.put_file(local, target), url=url, action="writing")
-    logger.debug("wrote %d x %d %r to %s in blocks of %d trials", n_trials, n_rel, name, url, rows)
+    logger.debug("wrote %d x %d %s to %s", *adata.shape, adata.uns["processed_variable"], url)
 
 
 @contextmanager
@@ -328,30 +320,37 @@ def _hdf5_errors() -> Iterator[None]:
         raise OSError(code, os.strerror(code)) from error
 
 
-def _write_local(
-    path: str,
-    obs: pd.DataFrame,
-    var: pd.DataFrame,
-    uns: dict[str, Any],
-    data: xr.DataArray,
-    rows: int,
-) -> None:
-    # anndata (and its h5py) is the optional "anndata" extra: imported only when used
-    import anndata as ad
-    import h5py
+def _anndata(ds: xr.Dataset, variable: str | None, chunk_memory: int) -> Any:
+    """The trials as an AnnData whose ``X`` is lazy (dask) when ``ds``'s data are.
 
-    n_trials, n_rel = (int(s) for s in data.shape)
+    A lazy ``X`` is in blocks of whole trials, about ``chunk_memory`` bytes as float64 and a
+    whole number of ``ds``'s dask chunks (whole store chunks), so that each block is read once.
+    """
+    # anndata is the optional "anndata" extra: imported only when used
+    import anndata as ad
+
+    name = _processed_variable(ds, variable)
+    data = ds[name].transpose(TRIAL_DIM, REL_TIME)
+    n_rel = int(data.shape[1])
+    var = pd.DataFrame(
+        {"t": np.asarray(ds[REL_TIME].values, dtype=np.float64)},
+        index=pd.Index([str(i) for i in range(n_rel)], dtype=object),
+    )
+    uns = _uns(to_json_safe(dict(ds.attrs), name="attrs of the trials"))
+    uns.setdefault("processed_variable", name)
+    # the trials' own type (float32 windows: half the file; PhoPro reads either)
+    dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
+    if data.chunks is None:
+        x: Any = np.asarray(data.values, dtype=dtype)
+    else:
+        rows = max(1, int(chunk_memory) // (8 * max(1, n_rel)))
+        if data.chunks[0]:
+            step = int(data.chunks[0][0])
+            rows = max(step, rows // step * step)
+        x = data.data.astype(dtype).rechunk((rows, n_rel))
+    return ad.AnnData(X=x, obs=clean_axis_dtype(trials_obs(ds)), var=var, uns=uns)
+
+
+def _write_local(path: str, adata: Any) -> None:
     with _hdf5_errors():
-        ad.AnnData(obs=obs, var=var, uns=uns).write_h5ad(
-            path, convert_strings_to_categoricals=False
-        )
-    with _hdf5_errors(), h5py.File(path, "r+") as f:
-        # the trials' own type (float32 windows: half the file; PhoPro reads either)
-        dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
-        x = f.create_dataset("X", shape=(n_trials, n_rel), dtype=dtype)
-        x.attrs["encoding-type"] = "array"
-        x.attrs["encoding-version"] = "0.2.0"
-        for start in range(0, n_trials, rows):
-            stop = min(start + rows, n_trials)
-            block = data.isel({TRIAL_DIM: slice(start, stop)}).values
-            x[start:stop] = np.asarray(block, dtype=dtype)
+        adata.write_h5ad(path, convert_strings_to_categoricals=False)
