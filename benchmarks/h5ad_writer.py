@@ -4,8 +4,9 @@
 [--scratch DIR]``
 
 A trials store of ``--trials`` x ``--samples`` float32 windows (and the per-trial columns of
-a photometry run) is written first; then, alternately, each writer makes ``trials.h5ad``
-from it in a fresh process (:func:`benchmarks._measure.measure`):
+a photometry run) is written first; then each writer makes ``trials.h5ad`` from it in a
+fresh process (:func:`benchmarks._measure.measure`), ``--repeat`` times, alternately and
+first in turn, the disk's dirty pages written out (``os.sync``) before each:
 
 - ``h5py-blocks``: the writer of neurobatch up to commit 1eef4ab: ``obs``, ``var`` and
   ``uns`` written by AnnData, then ``X`` created with h5py and filled block by block of
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -164,7 +166,9 @@ def run(*, n_trials: int, n_samples: int, repeat: int, scratch: Path) -> dict[st
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in WRITERS}
     paths = {name: str(scratch / f"{name}.h5ad") for name in WRITERS}
     for attempt in range(repeat):
-        for name in WRITERS:
+        order = list(WRITERS) if attempt % 2 == 0 else list(reversed(WRITERS))
+        for name in order:
+            os.sync()  # the last write's pages reach the disk before this one starts
             result = measure(
                 write_sampled,
                 prepare=_ready,

@@ -235,7 +235,7 @@ def write_h5ad(
     """Write trials as an AnnData ``.h5ad`` file that PhoPro's ``PhotometryData`` reads.
 
     AnnData's own writer (``AnnData.write_h5ad``) writes every part; a lazy ``X`` is a dask
-    array in blocks of trials that it computes and writes block by block (on the threaded
+    array in blocks of trials that it computes and writes block by block (on dask's threaded
     scheduler, a block per thread at a time), so the whole matrix is never in memory. The
     file is written under a temporary name and moved into place at the end (on an object
     store: written locally, then uploaded in one piece), and the temporary file is removed
@@ -251,8 +251,9 @@ def write_h5ad(
         The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
         attribute, or the only such variable.
     chunk_memory : int, default 16 MiB
-        Bytes of ``X`` per block, as float64 (a whole number of store chunks when the data
-        are read from a store).
+        Bytes of ``X`` (as float64) in memory at once while it is written: blocks of
+        ``chunk_memory`` divided by the threads of dask's threaded scheduler, each a whole
+        number of the store's chunks (at least one).
     storage_options : mapping, optional
         Options for the fsspec filesystem (of both ``trials`` and ``path``).
 
@@ -283,7 +284,8 @@ def write_h5ad(
     (array([[0., 1.],
            [2., 3.]]), [-0.5, 0.0], 'category')
     """
-    adata = _anndata(_open(trials, storage_options, chunk_memory), variable, chunk_memory)
+    block = max(1, int(chunk_memory) // _threads())
+    adata = _anndata(_open(trials, storage_options, block), variable, block)
     url = os.fspath(path)
     fs, target = _fs(url, storage_options)
     with files.translated(url, action="writing"):
@@ -318,6 +320,14 @@ def _hdf5_errors() -> Iterator[None]:
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code)) from error
+
+
+def _threads() -> int:
+    """The threads of dask's threaded scheduler, on which AnnData writes a dask ``X``."""
+    import dask
+    import dask.system
+
+    return int(dask.config.get("num_workers", None) or dask.system.CPU_COUNT)
 
 
 def _anndata(ds: xr.Dataset, variable: str | None, chunk_memory: int) -> Any:
