@@ -6,7 +6,9 @@
 A trials store of ``--trials`` x ``--samples`` float32 windows (and the per-trial columns of
 a photometry run) is written first; then each writer makes ``trials.h5ad`` from it in a
 fresh process (:func:`benchmarks._measure.measure`), ``--repeat`` times, alternately and
-first in turn, the disk's dirty pages written out (``os.sync``) before each:
+first in turn, each into a new file (as a run writes it, into its staging folder: the last
+one is removed first; replacing a file of that size costs the kernel seconds), the disk's
+dirty pages written out (``os.sync``) before each:
 
 - ``h5py-blocks``: the writer of neurobatch up to commit 1eef4ab: ``obs``, ``var`` and
   ``uns`` written by AnnData, then ``X`` created with h5py and filled block by block of
@@ -168,6 +170,7 @@ def run(*, n_trials: int, n_samples: int, repeat: int, scratch: Path) -> dict[st
     for attempt in range(repeat):
         order = list(WRITERS) if attempt % 2 == 0 else list(reversed(WRITERS))
         for name in order:
+            Path(paths[name]).unlink(missing_ok=True)
             os.sync()  # the last write's pages reach the disk before this one starts
             result = measure(
                 write_sampled,

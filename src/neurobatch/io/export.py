@@ -8,8 +8,8 @@ The ``.h5ad`` file is what PhoPro users read (``PhotometryData.read_h5ad``): ``X
 x ``rel_time`` (the processed variable, of its stored type), ``obs`` the per-trial columns,
 ``var`` the relative time ``t`` and ``uns`` the dataset's attributes. AnnData's own writer
 writes it, ``X`` given as a dask array read from the trials store in blocks of trials, which
-AnnData streams into the file (``dask.array.store``): writing it needs a few blocks' memory,
-not the whole matrix's.
+AnnData streams into the file (``dask.array.store``) one block at a time: writing it needs
+a block's memory, not the whole matrix's.
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ def write_h5ad(
     """Write trials as an AnnData ``.h5ad`` file that PhoPro's ``PhotometryData`` reads.
 
     AnnData's own writer (``AnnData.write_h5ad``) writes every part; a lazy ``X`` is a dask
-    array in blocks of trials that it computes and writes block by block (on dask's threaded
-    scheduler, a block per thread at a time), so the whole matrix is never in memory. The
+    array in blocks of trials that it computes and writes one block at a time (zarr reads
+    each block's store chunks concurrently), so the whole matrix is never in memory. The
     file is written under a temporary name and moved into place at the end (on an object
     store: written locally, then uploaded in one piece), and the temporary file is removed
     if anything fails.
@@ -251,9 +251,8 @@ def write_h5ad(
         The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
         attribute, or the only such variable.
     chunk_memory : int, default 16 MiB
-        Bytes of ``X`` (as float64) in memory at once while it is written: blocks of
-        ``chunk_memory`` divided by the threads of dask's threaded scheduler, each a whole
-        number of the store's chunks (at least one).
+        Bytes of ``X`` per block, as float64 (a whole number of the store's chunks, at least
+        one).
     storage_options : mapping, optional
         Options for the fsspec filesystem (of both ``trials`` and ``path``).
 
@@ -284,8 +283,7 @@ def write_h5ad(
     (array([[0., 1.],
            [2., 3.]]), [-0.5, 0.0], 'category')
     """
-    block = max(1, int(chunk_memory) // _threads())
-    adata = _anndata(_open(trials, storage_options, block), variable, block)
+    adata = _anndata(_open(trials, storage_options, chunk_memory), variable, chunk_memory)
     url = os.fspath(path)
     fs, target = _fs(url, storage_options)
     with files.translated(url, action="writing"):
@@ -322,14 +320,6 @@ def _hdf5_errors() -> Iterator[None]:
         raise OSError(code, os.strerror(code)) from error
 
 
-def _threads() -> int:
-    """The threads of dask's threaded scheduler, on which AnnData writes a dask ``X``."""
-    import dask
-    import dask.system
-
-    return int(dask.config.get("num_workers", None) or dask.system.CPU_COUNT)
-
-
 def _anndata(ds: xr.Dataset, variable: str | None, chunk_memory: int) -> Any:
     """The trials as an AnnData whose ``X`` is lazy (dask) when ``ds``'s data are.
 
@@ -362,5 +352,9 @@ def _anndata(ds: xr.Dataset, variable: str | None, chunk_memory: int) -> Any:
 
 
 def _write_local(path: str, adata: Any) -> None:
-    with _hdf5_errors():
+    import dask
+
+    # AnnData stores a dask X on the threaded scheduler: with one thread, one block is in
+    # memory at a time (with two, on 2 cores, the kernel's time doubled the write's)
+    with _hdf5_errors(), dask.config.set(num_workers=1):
         adata.write_h5ad(path, convert_strings_to_categoricals=False)
