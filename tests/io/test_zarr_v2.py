@@ -16,10 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
+from distributed import Client
 
+from neurobatch import synthetic
+from neurobatch.engine.run import Pipeline
 from neurobatch.io.trials_store import append_trials, open_trials
 from neurobatch.io.zarr import ensure_group, open_dataset, write_dataset
 from stores import flip_byte, recording
@@ -180,3 +185,73 @@ def test_zarr2_reads_an_items_store_and_the_combined_trials(
     assert np.isnan(both.shock.values[:30]).all() and np.isnan(both.lever.values).all()
     assert both["count"].dtype == np.float64 and (both["count"].values[:30] == 0).all()
     assert both.dff.dtype == np.float32
+
+
+def formats_of(folder: Path) -> set[int]:
+    """The Zarr formats of the groups and arrays under ``folder`` (its metadata documents)."""
+    documents = {"zarr.json": 3, ".zgroup": 2, ".zarray": 2}
+    return {documents[p.name] for p in folder.rglob("*") if p.name in documents}
+
+
+def test_a_run_in_zarr_format_2_is_read_by_zarr2_and_reruns_as_in_format_3(
+    zarr2_python: Path, tmp_path: Path, local_client: Client
+) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    synthetic.write_photometry_batch(data, n_items=2, duration_s=120.0, fs=50.0, seed=3)
+    config: dict[str, Any] = {
+        "name": "zarr2",
+        "input": {"url": str(data), "pattern": "*.csv"},
+        "loader": {
+            "format": "photometry-csv",
+            "event_cols": list(synthetic.EVENT_NAMES),
+            "annotation": "{stem}.json",
+        },
+        "preprocess": {"filter": {"cutoff_hz": 3.0, "order": 4}, "fit": "ols"},
+        "trials": {
+            "align_to": "trial_cue",
+            "center_on": ["lever1", "lever2"],
+            "bounds_s": [-4.0, 4.0],
+            "tolerances_s": {"lever1": [2.0, 4.0], "lever2": [2.0, 4.0]},
+        },
+        "passdown_metadata": ["subject", "age"],
+        "output": {"url": str(out), "formats": ["zarr", "parquet", "h5ad"], "zarr_format": 2},
+    }
+    first = Pipeline(config).run(client=local_client, progress=False)
+    assert first.n_done == 2 and first.n_failed == 0
+    assert formats_of(out / "items") == formats_of(out / "trials.zarr") == {2}
+    items = sorted(p.name for p in (out / "items").iterdir())
+    stages = ["ingest", "preprocess", "trials"]
+    found, read = read_with_zarr2(
+        zarr2_python,
+        tmp_path,
+        groups=[out / "items" / item for item in items],
+        datasets={
+            "trials.zarr": out / "trials.zarr",
+            **{stage: out / "items" / items[0] / stage for stage in stages},
+        },
+    )
+    assert found["groups"] == {str(out / "items" / item): stages for item in items}
+    combined = open_trials(str(out / "trials.zarr")).load()
+    assert_read_alike(found, read, "trials.zarr", combined)
+    for stage in stages[:2]:
+        url = out / "items" / items[0] / stage
+        assert_read_alike(found, read, stage, open_dataset(str(url)).load())
+    item_trials = open_trials(str(out / "items" / items[0] / "trials")).load()
+    assert_read_alike(found, read, "trials", item_trials)
+    # the obs table's columns in their meaning's order, not alphabetical
+    obs = pd.read_parquet(out / "trials_obs.parquet")
+    events = ["trial_cue", "lever1", "lever2"]
+    head = ["trial_num", "start_time", "stop_time", *events]
+    assert list(obs.columns[: len(head)]) == head
+    assert list(obs.columns[-4:]) == ["item_id", "experiment_id", "subject", "age"]
+    assert list(ad.read_h5ad(out / "trials.h5ad").obs.columns) == list(obs.columns)
+
+    again = Pipeline(config).run(client=local_client, progress=False)
+    assert again.n_skipped == 2 and again.n_done == 0  # committed Zarr 2 stages verify
+    xr.testing.assert_identical(open_trials(str(out / "trials.zarr")).load(), combined)
+
+    config["output"] = {**config["output"], "zarr_format": 3}
+    rewritten = Pipeline(config).run(client=local_client, progress=False)
+    assert rewritten.items["stages_run"].tolist() == [",".join(stages)] * 2
+    assert formats_of(out / "items") == formats_of(out / "trials.zarr") == {3}
+    xr.testing.assert_identical(open_trials(str(out / "trials.zarr")).load(), combined)

@@ -40,6 +40,7 @@ from neurobatch.errors import StorageError
 from neurobatch.io import export, files, trials_store
 from neurobatch.io.commit import remove
 from neurobatch.io.trials_store import TRIAL_DIM
+from neurobatch.io.zarr import ZarrFormat
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +63,21 @@ class Combiner:
         The run, which names its staging folder.
     trials_stage : str or None
         The stage whose trials are combined (None: the kind has no trials).
+    zarr_format : {3, 2}, default 3
+        The Zarr format of the combined ``trials.zarr`` (``output.zarr_format``).
     """
 
     def __init__(
-        self, layout: OutputLayout, order: Sequence[str], run_id: str, trials_stage: str | None
+        self,
+        layout: OutputLayout,
+        order: Sequence[str],
+        run_id: str,
+        trials_stage: str | None,
+        *,
+        zarr_format: ZarrFormat = 3,
     ) -> None:
         self.layout = layout
+        self.zarr_format = zarr_format
         self.order = list(order)
         self.run_id = run_id
         self.trials_stage = trials_stage
@@ -169,7 +179,9 @@ class Combiner:
                 and trials_store.stored_trials(self.staged, storage_options=so) == after
             ):
                 return
-            trials_store.append_trials(trials, self.staged, storage_options=so)
+            trials_store.append_trials(
+                trials, self.staged, storage_options=so, zarr_format=self.zarr_format
+            )
 
         files.retried(append, url=self.staged, action="writing")
         self.n_staged = after
@@ -246,7 +258,9 @@ class Combiner:
             A new combiner of the same run, holding every outcome so far.
         """
         self.discard()
-        rebuilt = Combiner(self.layout, self.order, self.run_id, self.trials_stage)
+        rebuilt = Combiner(
+            self.layout, self.order, self.run_id, self.trials_stage, zarr_format=self.zarr_format
+        )
         for item_id in self.order:
             if item_id in self.outcomes:
                 self.outcomes[item_id].trials = None  # read again from its store

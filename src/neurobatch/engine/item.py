@@ -329,7 +329,9 @@ class _ItemRun:
         if reason is not None:
             logger.info("%s is stale (%s): redoing it", stage.name, reason)
             return None
-        problems = verify(url, record, storage_options=self.so)
+        problems = verify(
+            url, record, storage_options=self.so, zarr_format=self.job.config.output.zarr_format
+        )
         if problems:
             logger.warning(
                 "%s: stage %s at %s is damaged (%s): redoing it",
@@ -410,7 +412,10 @@ class _ItemRun:
         remove(url, storage_options=self.so)
         if dataset is None:
             return False
-        ensure_group(self.layout.item(self.job.item_id), storage_options=self.so)
+        zarr_format = self.job.config.output.zarr_format
+        ensure_group(
+            self.layout.item(self.job.item_id), storage_options=self.so, zarr_format=zarr_format
+        )
         if stage.store == "trials":
             if not dataset.sizes["trial"]:
                 return False
@@ -418,7 +423,9 @@ class _ItemRun:
             if combined and dataset.nbytes <= TRIALS_HANDOFF_MEMORY:
                 dataset = dataset.load()
                 self.outcome.trials = dataset
-            trials_store.append_trials(dataset, url, storage_options=self.so)
+            trials_store.append_trials(
+                dataset, url, storage_options=self.so, zarr_format=zarr_format
+            )
             return True
         # a user's output without a dimension (a summary of scalars) is one chunk
         dim = chunk_dim or stage.chunk_dim or next(map(str, dataset.dims), None)
@@ -429,6 +436,7 @@ class _ItemRun:
             storage_options=self.so,
             dim=dim,
             minimum=4096 if dim == "time" else 1,
+            zarr_format=zarr_format,
         )
         return True
 

@@ -368,7 +368,13 @@ class Pipeline:
             # default scheduler when it is created
             stack.enter_context(dask.config.set(scheduler="threads"))
             provenance = RunProvenance(config, self.stages, stack.enter_context(Recorder(client)))
-            combiner = Combiner(layout, list(manifest["item_id"]), run_id, kind.trials)
+            combiner = Combiner(
+                layout,
+                list(manifest["item_id"]),
+                run_id,
+                kind.trials,
+                zarr_format=config.output.zarr_format,
+            )
             selected = {job.item_id for job in jobs}
             carried = self._carried(manifest[~manifest["item_id"].isin(selected)], kind.trials)
             for outcome in carried:

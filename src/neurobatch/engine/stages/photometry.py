@@ -287,13 +287,12 @@ def cut_trials(
         logger.info("%s: trial candidate %d dropped: %s", item_id, number, reason)
     data = blocked.extract_trials(da.asarray(processed[name].data), plan)
     n = plan.n_trials
-    coords: dict[str, Any] = {
-        "rel_time": plan.rel_time,
-        "item_id": ("trial", np.full(n, item_id, dtype=object)),
-        "experiment_id": ("trial", np.full(n, experiment_id, dtype=object)),
-    }
+    # the obs table's order (PhoPro's): trial_num, start/stop_time, the events, then metadata
+    coords: dict[str, Any] = {"rel_time": plan.rel_time}
     for column, values in plan.table().items():
         coords[column] = ("trial", values.astype(object) if values.dtype.kind == "U" else values)
+    coords["item_id"] = ("trial", np.full(n, item_id, dtype=object))
+    coords["experiment_id"] = ("trial", np.full(n, experiment_id, dtype=object))
     for key, value in (passdown or {}).items():
         if key in coords:
             raise InputError(
