@@ -458,6 +458,7 @@ def _events(
 
 
 def _session_attrs(nwbfile: Any) -> dict[str, Any]:
+    """An NWB file's identifier, session and subject, as a recording's metadata."""
     attrs: dict[str, Any] = {
         "nwb_identifier": str(nwbfile.identifier),
         "session_description": str(nwbfile.session_description),

@@ -47,7 +47,13 @@ from neurobatch.errors import InputError, InputNotFoundError
 from neurobatch.io.loaders._acquisition import listing, onto_time, trim_nonfinite
 from neurobatch.io.loaders._common import closest, coerce_arguments
 from neurobatch.io.loaders._photometry import build_recording
-from neurobatch.io.loaders.nwb import _candidates, _import_pynwb, _read_nwb, _select
+from neurobatch.io.loaders.nwb import (
+    _candidates,
+    _import_pynwb,
+    _read_nwb,
+    _select,
+    _session_attrs,
+)
 from neurobatch.io.loaders.sidecar import load_annotation
 
 logger = logging.getLogger(__name__)
@@ -413,27 +419,6 @@ def _plan(nwbfile: Any, args: NWBPhotometryArguments, url: str) -> _Plan:
     return _Plan(signal, isosbestic, events)
 
 
-def _session_metadata(nwbfile: Any) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "nwb_identifier": str(nwbfile.identifier),
-        "session_description": str(nwbfile.session_description),
-    }
-    if nwbfile.session_start_time is not None:
-        metadata["session_start_time"] = nwbfile.session_start_time.isoformat()
-    subject = nwbfile.subject
-    if subject is not None:
-        for key, attribute in (
-            ("subject", "subject_id"),
-            ("species", "species"),
-            ("sex", "sex"),
-            ("age", "age"),
-        ):
-            value = getattr(subject, attribute, None)
-            if value is not None:
-                metadata[key] = str(value)
-    return metadata
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
@@ -611,7 +596,7 @@ def load_nwb_photometry(
             if not np.isfinite(times).all():
                 raise InputError(f"NWB file {url!r}: events {where!r} hold NaN or inf times")
             events[name] = times
-        metadata = _session_metadata(nwbfile)
+        metadata = _session_attrs(nwbfile)
     metadata.update(plan.signal.facts)
     if plan.isosbestic is not None and plan.isosbestic.wavelength is not None:
         metadata["isosbestic_wavelength_nm"] = plan.isosbestic.wavelength
