@@ -332,9 +332,9 @@ class _ItemRun:
         problems = verify(
             url, record, storage_options=self.so, zarr_format=self.job.config.output.zarr_format
         )
-        if problems:
+        if problems:  # damaged, or in the other Zarr format
             logger.warning(
-                "%s: stage %s at %s is damaged (%s): redoing it",
+                "%s: stage %s at %s cannot be reused (%s): redoing it",
                 self.job.item_id,
                 stage.name,
                 url,
