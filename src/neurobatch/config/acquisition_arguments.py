@@ -47,6 +47,16 @@ def _check_event_names(names: list[str]) -> None:
             )
 
 
+def _check_distinct(
+    names: tuple[str, str], signal: object, isosbestic: object, what: str = "channel"
+) -> None:
+    """Refuse a signal and an isosbestic read from the same source (``names``: their fields)."""
+    if isosbestic is not None and isosbestic == signal:
+        raise ValueError(
+            f"{names[0]} and {names[1]} are both {signal!r}; each needs its own {what}"
+        )
+
+
 class AcquisitionArguments(LoaderArguments):
     """Arguments every acquisition-system format takes, besides those of every loader.
 
@@ -119,11 +129,9 @@ class DoricArguments(AcquisitionArguments):
     @model_validator(mode="after")
     def _check(self) -> DoricArguments:
         _check_event_names(list(self.event_channels))
-        if self.isosbestic_channel is not None and self.isosbestic_channel == self.signal_channel:
-            raise ValueError(
-                f"signal_channel and isosbestic_channel are both {self.signal_channel!r}; "
-                "each needs its own channel"
-            )
+        _check_distinct(
+            ("signal_channel", "isosbestic_channel"), self.signal_channel, self.isosbestic_channel
+        )
         return self
 
     def event_names(self) -> list[str]:
@@ -335,11 +343,12 @@ class PyPhotometryArguments(AcquisitionArguments):
                     f"event {name!r}: {channel!r} is not a digital input; expected "
                     "digital_1 or digital_2"
                 )
-        if self.isosbestic_channel == self.signal_channel:
-            raise ValueError(
-                f"signal_channel and isosbestic_channel are both {self.signal_channel!r}; "
-                "each needs its own analog input"
-            )
+        _check_distinct(
+            ("signal_channel", "isosbestic_channel"),
+            self.signal_channel,
+            self.isosbestic_channel,
+            "analog input",
+        )
         return self
 
     def event_names(self) -> list[str]:
@@ -505,10 +514,7 @@ class NWBPhotometryArguments(AcquisitionArguments):
                     f"{role}: {value:g} nm is not an excitation wavelength; expected one "
                     "between 100 and 2000 nm, or a series name"
                 )
-        if self.isosbestic is not None and self.isosbestic == self.signal:
-            raise ValueError(
-                f"signal and isosbestic are both {self.signal!r}; each needs its own channel"
-            )
+        _check_distinct(("signal", "isosbestic"), self.signal, self.isosbestic)
         return self
 
     def event_names(self) -> list[str]:
