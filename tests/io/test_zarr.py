@@ -325,3 +325,54 @@ def test_an_in_memory_dataset_is_stored_as_xarray_stores_it(
     for name in reference.variables:
         fill = back[name].encoding.get("_FillValue")
         assert str(fill) == str(reference[name].encoding.get("_FillValue")), name
+
+
+def _chunk_files(path: Path) -> dict[str, bytes]:
+    """Every chunk file of a local store, by path."""
+    return {
+        str(file.relative_to(path)): file.read_bytes()
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and file.name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+    }
+
+
+def _all_types(n: int) -> xr.Dataset:
+    rng = np.random.default_rng(3)
+    return xr.Dataset(
+        {
+            "flag": ("time", rng.random(n) > 0.5),
+            "small": ("time", rng.integers(-5, 5, n).astype("i1")),
+            "count": ("time", rng.integers(0, 500, n).astype("u2")),
+            "signal": ("time", rng.random(n).astype("f4")),
+            "frame": ("time", rng.integers(0, 10**12, n)),
+            "label": ("time", [str(i % 7) * (i % 3) for i in range(n)]),
+            "missing": ("time", np.full(n, np.nan)),  # every chunk is the fill value
+            "windows": (("trial", "rel_time"), rng.random((7, 33))),
+            "event_time": ("event", np.zeros(0)),
+        },
+        coords={"time": np.arange(n) / 20, "event_name": ("event", np.zeros(0, dtype=str))},
+        attrs={"sampling_rate": 20.0, "fit": {"slope": 0.5, "names": ["a", "b"]}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "chunk_memory"), [(1001, 2**20), (1001, 4000), (203, 600), (31, 40)], ids=str
+)
+def test_an_in_memory_store_is_byte_for_byte_zarr_pythons(
+    tmp_path: Path, n: int, chunk_memory: int
+) -> None:
+    """Zarr 3 stores of in-memory datasets are encoded by neurobatch: whatever the chunking
+    (one chunk, several, an uneven last one padded with the fill value, chunks of one
+    sample), the chunk files are zarr-python's byte for byte, a chunk that is all fill
+    value is not written, and the metadata documents are zarr-python's."""
+    ds = _all_types(n)
+    ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
+    options = {"chunk_memory": chunk_memory, "dim": "time", "minimum": 1}
+    write_dataset(ds, str(ours), **options)
+    write_dataset(ds.chunk(), str(theirs), **options)  # dask-backed: zarr-python writes it
+    assert _chunk_files(ours) == _chunk_files(theirs)
+    assert not (ours / "missing" / "c").exists()
+    assert _metadata(ours) == _metadata(theirs)
+    consolidated = [json.loads((p / "zarr.json").read_text()) for p in (ours, theirs)]
+    assert consolidated[0] == consolidated[1]
+    xr.testing.assert_identical(open_dataset(str(ours)).load(), open_dataset(str(theirs)).load())
