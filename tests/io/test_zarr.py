@@ -376,3 +376,30 @@ def test_an_in_memory_store_is_byte_for_byte_zarr_pythons(
     consolidated = [json.loads((p / "zarr.json").read_text()) for p in (ours, theirs)]
     assert consolidated[0] == consolidated[1]
     xr.testing.assert_identical(open_dataset(str(ours)).load(), open_dataset(str(theirs)).load())
+
+
+@FORMATS
+@pytest.mark.parametrize(
+    "made", [lambda: recording(500), lambda: _all_types(301)], ids=["rec", "types"]
+)
+def test_what_write_dataset_returns_is_what_open_dataset_reads(
+    made: Any, tmp_path: Path, zarr_format: ZarrFormat
+) -> None:
+    """A dataset written from memory comes back as open_dataset reads the store (values,
+    types, coordinates, attributes), loaded; nothing is kept of one larger than the budget
+    or written chunk by chunk."""
+    ds = made()
+    ds.signal.attrs.update(units="V", note=None)
+    url = str(tmp_path / "store.zarr")
+    kept = write_dataset(ds, url, chunk_memory=2**20, zarr_format=zarr_format)
+    assert kept is not None
+    assert all(not isinstance(v.data, da.Array) for v in kept.variables.values())
+    xr.testing.assert_identical(kept, open_dataset(url).load())
+    for name in kept.variables:
+        assert kept[name].dtype == open_dataset(url)[name].dtype, name
+    kept.signal.values[0] = 1e6  # a copy: neither the store nor the dataset change
+    assert open_dataset(url).signal.values[0] == ds.signal.values[0] != 1e6
+    assert write_dataset(ds, url, chunk_memory=ds.nbytes // 2, zarr_format=zarr_format) is None
+    assert (
+        write_dataset(ds.chunk(time=100), url, chunk_memory=1000, zarr_format=zarr_format) is None
+    )

@@ -363,7 +363,7 @@ class _ItemRun:
                 output = StageOutput(None, record={"no_input": empty[0]})
             else:
                 output = stage.run(self._context(stage, inputs, scratch))
-            stored = self._store(stage, url, output.dataset, output.chunk_dim)
+            stored, written = self._store(stage, url, output.dataset, output.chunk_dim)
         except StoreDamagedError as error:
             damaged = [n for n in stage.needs if self.layout.stage(job.item_id, n) in str(error)]
             if not damaged:
@@ -385,6 +385,8 @@ class _ItemRun:
             raise TimeoutError(f"{job.item_id} was abandoned after engine.item_timeout_s")
         commit(url, {**record, "run": job.run_id}, storage_options=self.so, arrays=True)
         self.views.pop(stage.name, None)
+        if written is not None:  # later stages see what was stored without reading it
+            self.views[stage.name] = self._viewed(stage, written)
         return record
 
     def _context(
@@ -407,18 +409,20 @@ class _ItemRun:
 
     def _store(
         self, stage: Stage, url: str, dataset: xr.Dataset | None, chunk_dim: str | None
-    ) -> bool:
-        """Write a stage's output under its name in the item's group; whether there was one."""
+    ) -> tuple[bool, xr.Dataset | None]:
+        """Write a stage's output under its name in the item's group: whether there was one,
+        and, when it was written from memory, what reading it back gives
+        (:func:`~neurobatch.io.zarr.write_dataset`)."""
         remove(url, storage_options=self.so)
         if dataset is None:
-            return False
+            return False, None
         zarr_format = self.job.config.output.zarr_format
         ensure_group(
             self.layout.item(self.job.item_id), storage_options=self.so, zarr_format=zarr_format
         )
         if stage.store == "trials":
             if not dataset.sizes["trial"]:
-                return False
+                return False, None
             combined = stage.name == KINDS[self.job.config.kind].trials
             if combined and dataset.nbytes <= TRIALS_HANDOFF_MEMORY:
                 dataset = dataset.load()
@@ -426,10 +430,10 @@ class _ItemRun:
             trials_store.append_trials(
                 dataset, url, storage_options=self.so, zarr_format=zarr_format
             )
-            return True
+            return True, None
         # a user's output without a dimension (a summary of scalars) is one chunk
         dim = chunk_dim or stage.chunk_dim or next(map(str, dataset.dims), None)
-        write_dataset(
+        written = write_dataset(
             dataset,
             url,
             chunk_memory=self.job.config.engine.chunk_memory,
@@ -438,7 +442,7 @@ class _ItemRun:
             minimum=4096 if dim == "time" else 1,
             zarr_format=zarr_format,
         )
-        return True
+        return True, written
 
     def _view(self, name: str) -> xr.Dataset | None:
         """A stage's stored output as later stages see it (``post_load`` on the recording)."""
@@ -447,15 +451,18 @@ class _ItemRun:
             url = self.layout.stage(self.job.item_id, name)
             opened: xr.Dataset | None = None
             if record.get("stored", True):
-                opened = (
+                opened = self._viewed(
+                    stage,
                     trials_store.open_trials(url, storage_options=self.so)
                     if stage.store == "trials"
-                    else open_dataset(url, storage_options=self.so)
+                    else open_dataset(url, storage_options=self.so),
                 )
-                if stage.view_hook:
-                    opened = apply_hook(self.job.hooks, stage.view_hook, opened)
             self.views[name] = opened
         return self.views[name]
+
+    def _viewed(self, stage: Stage, stored: xr.Dataset) -> xr.Dataset:
+        """A stage's stored output with its view hook (``post_load`` on the recording)."""
+        return apply_hook(self.job.hooks, stage.view_hook, stored) if stage.view_hook else stored
 
     def _experiment_id(self) -> str:
         id_builder = self.job.hooks.get("id_builder")

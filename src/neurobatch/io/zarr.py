@@ -250,7 +250,7 @@ def write_dataset(
     dim: str | None = "time",
     minimum: int = 4096,
     zarr_format: ZarrFormat = 3,
-) -> None:
+) -> xr.Dataset | None:
     """Write a dataset as a Zarr group, chunked along ``dim`` from a memory budget.
 
     The store is overwritten; a commit marker left in it is removed first, so that a
@@ -281,6 +281,14 @@ def write_dataset(
     zarr_format : {3, 2}, default 3
         The store's Zarr format: 2 for readers pinned to zarr-python 2. Either way every
         chunk carries a checksum of its stored bytes (see the module documentation).
+
+    Returns
+    -------
+    xarray.Dataset or None
+        When the dataset fits ``chunk_memory`` (and so was written from memory), what
+        :func:`open_dataset` reads back, loaded (the same values, types, coordinates and
+        attributes), so that a reader in the same process need not open the store; else
+        None.
 
     Raises
     ------
@@ -364,6 +372,24 @@ def write_dataset(
     with new_store(url, storage_options=storage_options):
         _remove_marker(url, storage_options)
         to_zarr(prepared, store, encoding, zarr_format=zarr_format)
+    in_memory = not any(variable.chunks is not None for variable in prepared.variables.values())
+    return _as_read(prepared) if in_memory and prepared.nbytes <= chunk_memory else None
+
+
+def _as_read(written: xr.Dataset) -> xr.Dataset:
+    """An in-memory dataset as :func:`write_dataset` stored it, as :func:`open_dataset`
+    reads it back: Zarr's variable-length strings as Python ``str`` objects, the attributes
+    as JSON values, every array a copy (no later change to the written arrays shows)."""
+    variables = {
+        name: xr.Variable(
+            variable.dims,
+            variable.values.astype(_VLEN_STR if variable.dtype == _STRING else variable.dtype),
+            attrs=dict(variable.attrs),
+        )
+        for name, variable in written.variables.items()
+    }
+    coords = {name: variables.pop(name) for name in written.coords}
+    return xr.Dataset(variables, coords=coords, attrs=dict(written.attrs))
 
 
 def ensure_group(
