@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
@@ -66,6 +67,20 @@ def test_samples_every_worker_with_its_limit_and_threads(local_client: Client) -
         assert row["worker"] in who_has[future.key]
         assert row["state"] == "memory"
         assert 0.2 < row["stop"] - row["start"] < 30
+
+
+def test_a_poll_within_the_interval_reuses_what_was_fetched(local_client: Client) -> None:
+    """poll(reuse_within=...) asks the scheduler only when its last answer is older."""
+    with Recorder(local_client) as recorder:
+        time.sleep(3 * recorder.interval)
+        first, _ = recorder.poll()
+        assert len(first)
+        time.sleep(3 * recorder.interval)  # the monitor has sampled again meanwhile
+        reused, _ = recorder.poll(reuse_within=60.0)
+        assert len(reused) == len(first)
+        fetched, _ = recorder.poll(reuse_within=recorder.interval)
+        assert len(fetched) > len(first)
+        pd.testing.assert_frame_equal(fetched.iloc[: len(first)], first)
 
 
 def test_registration_is_idempotent_and_the_buffer_is_bounded(

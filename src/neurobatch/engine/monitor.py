@@ -15,6 +15,7 @@ are idempotent: a scheduler never holds two monitors.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -230,6 +231,8 @@ class Recorder:
         self._samples: list[pd.DataFrame] = []
         self._tasks: list[pd.DataFrame] = []
         self.interval = float(answer["interval"])
+        self.polled = -math.inf
+        """When the last poll fetched (``time.monotonic``)."""
         self.lost = 0
         self._driver: list[tuple[float, str, float, float, float, int]] = []
         self._lock = threading.Lock()
@@ -274,8 +277,15 @@ class Recorder:
             )
         return answer
 
-    def poll(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def poll(self, *, reuse_within: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Fetch what the monitor gathered since the last poll and keep it.
+
+        Parameters
+        ----------
+        reuse_within : float, default 0
+            Seconds: when the last fetch is younger, nothing is fetched (the monitor
+            samples once per :attr:`interval`, so a poll within it mostly finds nothing new;
+            each costs a trip to the scheduler).
 
         Returns
         -------
@@ -283,7 +293,10 @@ class Recorder:
             Everything gathered since the recorder started (columns :data:`SAMPLE_COLUMNS`
             and :data:`TASK_COLUMNS`).
         """
+        if time.monotonic() - self.polled < reuse_within:
+            return self.samples, self.tasks
         answer = self._ask(**self._cursor)
+        self.polled = time.monotonic()
         self._cursor = {"samples_from": answer["n_samples"], "tasks_from": answer["n_tasks"]}
         if answer["lost"]:
             self.lost += answer["lost"]

@@ -85,8 +85,17 @@ class RunProvenance:
             version=(definition.version or None) if definition else None,
         )
 
-    def _build(self, records: list[StageRecord], notes: str | None = None) -> Any:
-        samples, _ = self.recorder.poll()
+    def _build(
+        self, records: list[StageRecord], notes: str | None = None, *, item: bool = False
+    ) -> Any:
+        """The records as AIND's Processing. For one item's stages the samples fetched in
+        the monitor's last interval do, and only those from shortly before its first stage
+        are looked at (that item's cost stays the same however long the run)."""
+        interval = self.recorder.interval
+        samples, _ = self.recorder.poll(reuse_within=interval if item else 0.0)
+        if item and len(samples):
+            first = min(record.start for record in records)
+            samples = samples[samples["time"].to_numpy() >= first - 10 * interval]
         for record in records:
             if CLUSTER in record.workers:  # every worker that was sampled while it ran
                 during = samples[
@@ -139,7 +148,7 @@ class RunProvenance:
         try:
             append_processing(
                 url,
-                self._build(records),
+                self._build(records, item=True),
                 upstream=self.upstream,
                 storage_options=self.layout.storage_options,
             )

@@ -167,20 +167,21 @@ def _with_zarr_strings(ds: xr.Dataset, zarr_format: ZarrFormat = 3) -> xr.Datase
     strings; xarray would store ``StringDType`` as fixed-width ``<U`` there)."""
     ds = ds.copy(deep=False)
     convert, dtype = (_to_strings, _STRING) if zarr_format == 3 else (_to_object_strings, _VLEN_STR)
-    for name in list(ds.variables):
-        variable = ds.variables[name]
+    converted = {}
+    for name, variable in ds.variables.items():
         variable.encoding = {}
         if not _is_string_dtype(variable.dtype) or variable.dtype == _STRING == dtype:
             continue
         if variable.chunks is not None:
-            converted = variable.copy(data=variable.data.map_blocks(convert, dtype=dtype))
+            converted[name] = variable.copy(data=variable.data.map_blocks(convert, dtype=dtype))
         else:
-            converted = variable.copy(data=convert(variable.values))
-        if name in ds.coords:
-            ds = ds.assign_coords({name: converted})
-        else:
-            ds[name] = converted
-    return ds
+            converted[name] = variable.copy(data=convert(variable.values))
+    if not converted:
+        return ds
+    coords = {name: v for name, v in converted.items() if name in ds.coords}
+    return ds.assign_coords(coords).assign(
+        {name: v for name, v in converted.items() if name not in coords}
+    )
 
 
 def _object_strings(ds: xr.Dataset) -> xr.Dataset:
