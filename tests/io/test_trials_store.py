@@ -356,3 +356,25 @@ def test_columns_keep_the_items_order(tmp_path: Path, zarr_format: ZarrFormat) -
     append_trials(ordered_item(2, dict(reversed(second.items()))), url)
     assert list(open_trials(url).coords) == ["rel_time", *expected]
     assert sorted(xr.open_zarr(url).coords) == sorted(["rel_time", *expected])  # all there
+
+
+@FORMATS
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_a_store_written_once_has_chunks_no_longer_than_its_trials(
+    tmp_path: Path, zarr_format: ZarrFormat, n: int
+) -> None:
+    """An item's own trials (written_once) are stored in chunks of at most its trials (at
+    most chunk_memory bytes of windows), and read back as the default store does; the
+    combined store keeps chunks that leave room for appends."""
+    item = trials_item(3, n)
+    once, default = str(tmp_path / "once.zarr"), str(tmp_path / "default.zarr")
+    append_trials(item, once, chunk_memory=CHUNK, zarr_format=zarr_format, written_once=True)
+    append_trials(item, default, chunk_memory=CHUNK, zarr_format=zarr_format)
+    group = zarr.open_group(once, mode="r")
+    assert group["dff"].chunks == (min(n, 32), REL_TIME.size)
+    assert all(group[name].chunks == (n,) for name in item.coords if name != "rel_time")
+    assert zarr.open_group(default, mode="r")["trial_num"].chunks == (8192,)
+    assert_trials_equal(open_trials(once).load(), open_trials(default).load())
+    later = trials_item(4, 3)
+    append_trials(later, once)  # appending anyway still works
+    assert_trials_equal(open_trials(once).load(), outer_concat([item, later]))

@@ -428,7 +428,7 @@ class _ItemRun:
                 dataset = dataset.load()
                 self.outcome.trials = dataset
             trials_store.append_trials(
-                dataset, url, storage_options=self.so, zarr_format=zarr_format
+                dataset, url, storage_options=self.so, zarr_format=zarr_format, written_once=True
             )
             return True, None
         # a user's output without a dimension (a summary of scalars) is one chunk

@@ -99,10 +99,18 @@ def _trial_coordinates(trials: xr.Dataset) -> list[str]:
 
 
 def _create_store(
-    trials: xr.Dataset, store: Store, chunk_memory: int, url: str, zarr_format: ZarrFormat
+    trials: xr.Dataset,
+    store: Store,
+    chunk_memory: int,
+    url: str,
+    zarr_format: ZarrFormat,
+    written_once: bool,
 ) -> int:
     n_rel = trials.sizes[REL_TIME]
     rows = max(1, chunk_memory // (8 * n_rel))
+    columns = max(rows, _COLUMN_ROWS)
+    if written_once:  # no append will grow it: chunks no longer than the trials
+        rows, columns = (max(1, min(n, trials.sizes[TRIAL_DIM])) for n in (rows, columns))
     prepared = _with_zarr_strings(trials, zarr_format)
     prepared.attrs = to_json_safe(dict(trials.attrs), name=f"attrs of the trials for {url}")
     order = " ".join(_trial_coordinates(trials))
@@ -115,7 +123,7 @@ def _create_store(
             variable.encoding["coordinates"] = order  # xarray writes it as it is, not sorted
     encoding = {
         str(name): {
-            "chunks": (rows, n_rel) if variable.ndim == 2 else (max(rows, _COLUMN_ROWS),),
+            "chunks": (rows, n_rel) if variable.ndim == 2 else (columns,),
             **_codecs(variable.dtype, zarr_format),
         }
         for name, variable in prepared.variables.items()
@@ -170,6 +178,7 @@ def append_trials(
     storage_options: Mapping[str, Any] | None = None,
     chunk_memory: int = TRIALS_CHUNK_MEMORY,
     zarr_format: ZarrFormat = 3,
+    written_once: bool = False,
 ) -> int:
     """Append one item's trials to the combined trials store along ``trial``.
 
@@ -202,6 +211,11 @@ def append_trials(
     zarr_format : {3, 2}, default 3
         The Zarr format of the store, when the append creates it (2 for zarr-python 2
         readers); an existing store keeps its own.
+    written_once : bool, default False
+        When the append creates the store: no other append will follow (an item's own
+        trials), so no chunk is longer than the trials. Otherwise the windows' chunks hold
+        ``chunk_memory`` bytes and the per-trial columns' 8192 trials, so that an append
+        rewrites only a small last chunk of each.
 
     Returns
     -------
@@ -251,6 +265,7 @@ def append_trials(
             storage_options=storage_options,
             chunk_memory=chunk_memory,
             zarr_format=zarr_format,
+            written_once=written_once,
         )
 
 
@@ -262,6 +277,7 @@ def _append_item(
     storage_options: Mapping[str, Any] | None,
     chunk_memory: int,
     zarr_format: ZarrFormat,
+    written_once: bool = False,
 ) -> int:
     """Append the in-memory trials ``item`` (validated as ``columns``) to the store at ``url``."""
     n_new = int(item.sizes[TRIAL_DIM])
@@ -273,7 +289,7 @@ def _append_item(
     if committed is None or committed.metadata.consolidated_metadata is None:
         # no store, or the first append was interrupted before its consolidation
         with new_store(url, storage_options=storage_options):
-            return _create_store(item, store, chunk_memory, url, zarr_format)
+            return _create_store(item, store, chunk_memory, url, zarr_format, written_once)
     metadata = dict(committed.metadata.consolidated_metadata.flattened_metadata)
     group = zarr.open_group(
         store, mode="r+", use_consolidated=False, zarr_format=committed.metadata.zarr_format
