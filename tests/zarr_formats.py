@@ -20,9 +20,9 @@ CHECKSUM = {3: "CRC-32C", 2: "CRC-32"}
 
 
 def chunk_key(*coords: int, zarr_format: ZarrFormat) -> str:
-    """A chunk's key inside its array: ``c/1/0`` in Zarr 3, ``1.0`` in Zarr 2."""
+    """A chunk's key inside its array: ``c.1.0`` in Zarr 3, ``1.0`` in Zarr 2."""
     if zarr_format == 3:
-        return "/".join(["c", *map(str, coords)])
+        return ".".join(["c", *map(str, coords)])
     return ".".join(map(str, coords))
 
 

@@ -231,18 +231,18 @@ def test_verify_on_a_memory_filesystem() -> None:
         marker = committed(recording(), url)
         assert marker["arrays"]["signal"]["stored_chunks"] == 3
         assert verify(url, marker) == []
-        fs.rm(f"{root}/signal/c/2")
-        content = fs.cat_file(f"{root}/isosbestic/c/0")
-        fs.pipe_file(f"{root}/isosbestic/c/0", content[:-7])
+        fs.rm(f"{root}/signal/c.2")
+        content = fs.cat_file(f"{root}/isosbestic/c.0")
+        fs.pipe_file(f"{root}/isosbestic/c.0", content[:-7])
         recorded = marker["arrays"]["isosbestic"]["stored_bytes"]
         assert verify(url, marker) == [
             (
                 f"array 'isosbestic': {recorded - 7:,} stored bytes, {recorded:,} recorded (a "
                 "chunk was truncated or replaced)"
             ),
-            "array 'signal': 2 of 3 stored chunks present (chunk c/2 missing)",
+            "array 'signal': 2 of 3 stored chunks present (chunk c.2 missing)",
         ]
-        with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'isosbestic': chunk c/0"):
+        with pytest.raises(StoreDamagedError, match=rf"^{url}: array 'isosbestic': chunk c.0"):
             open_dataset(url).isosbestic.values  # noqa: B018
     finally:
         remove(url)

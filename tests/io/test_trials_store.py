@@ -373,6 +373,9 @@ def test_a_store_written_once_has_chunks_no_longer_than_its_trials(
     group = zarr.open_group(once, mode="r")
     assert group["dff"].chunks == (min(n, 32), REL_TIME.size)
     assert all(group[name].chunks == (n,) for name in item.coords if name != "rel_time")
+    assert group["rel_time"].chunks == (REL_TIME.size,)  # whole, in one stored chunk
+    assert chunk_path(once, "rel_time", 0, zarr_format=zarr_format).exists()
+    assert not chunk_path(once, "rel_time", 1, zarr_format=zarr_format).exists()
     assert zarr.open_group(default, mode="r")["trial_num"].chunks == (8192,)
     assert_trials_equal(open_trials(once).load(), open_trials(default).load())
     later = trials_item(4, 3)

@@ -174,7 +174,7 @@ def commit(
     >>> import xarray as xr
     >>> from neurobatch.io.zarr import write_dataset
     >>> ds = xr.Dataset({"x": ("time", np.arange(6.0))})
-    >>> write_dataset(ds, "memory://doc/counted.zarr", chunk_memory=32, minimum=4)
+    >>> _ = write_dataset(ds, "memory://doc/counted.zarr", chunk_memory=32, minimum=4)
     >>> commit("memory://doc/counted.zarr", {"params": "abc123"}, arrays=True)
     >>> read_commit("memory://doc/counted.zarr")["arrays"]["x"]["stored_chunks"]
     2
@@ -290,7 +290,7 @@ class _Array:
     chunks: list[int]
     key_encoding: Mapping[str, Any]
     objects: dict[str, int]
-    """Stored chunk objects: key inside the array (``c/0``) to size in bytes."""
+    """Stored chunk objects: key inside the array (``c.0``) to size in bytes."""
 
     def record(self) -> dict[str, Any]:
         return {
@@ -432,9 +432,9 @@ def inventory(
     >>> import xarray as xr
     >>> from neurobatch.io.zarr import write_dataset
     >>> ds = xr.Dataset({"x": ("time", [1.0, 2.0, np.nan, np.nan, 3.0])})
-    >>> write_dataset(ds, "memory://doc/inventory.zarr", chunk_memory=16, minimum=2)
+    >>> _ = write_dataset(ds, "memory://doc/inventory.zarr", chunk_memory=16, minimum=2)
     >>> found = inventory("memory://doc/inventory.zarr")["x"]
-    >>> found["shape"], found["chunks"], found["stored_chunks"]  # c/1 is all NaN: not written
+    >>> found["shape"], found["chunks"], found["stored_chunks"]  # c.1 is all NaN: not written
     ([5], [2], 2)
     """
     scan = _scan(url, storage_options)
@@ -549,7 +549,7 @@ def verify(
     -------
     list of str
         One plain-English problem per array that differs, e.g.
-        ``"array 'signal': 3 of 4 stored chunks present (chunk c/2 missing)"``, and one when
+        ``"array 'signal': 3 of 4 stored chunks present (chunk c.2 missing)"``, and one when
         the store is in the other Zarr format; empty when the store is as committed, or when
         the marker has no ``"arrays"`` (a store committed before inventories were recorded,
         which verifies as intact).
@@ -563,16 +563,16 @@ def verify(
     >>> import xarray as xr
     >>> from neurobatch.io.zarr import write_dataset
     >>> ds = xr.Dataset({"x": ("time", np.arange(8.0))})
-    >>> write_dataset(ds, "memory://doc/verified.zarr", chunk_memory=32, minimum=4)
+    >>> _ = write_dataset(ds, "memory://doc/verified.zarr", chunk_memory=32, minimum=4)
     >>> commit("memory://doc/verified.zarr", {"params": "abc123"}, arrays=True)
     >>> marker = read_commit("memory://doc/verified.zarr")
     >>> verify("memory://doc/verified.zarr", marker)
     []
     >>> fs = fsspec.filesystem("memory")
-    >>> fs.rm("/doc/verified.zarr/x/c/1")
+    >>> fs.rm("/doc/verified.zarr/x/c.1")
     >>> verify("memory://doc/verified.zarr", marker, zarr_format=2)  # doctest: +NORMALIZE_WHITESPACE
     ['the store is in Zarr format 3, and Zarr format 2 is asked (output.zarr_format)',
-     "array 'x': 1 of 2 stored chunks present (chunk c/1 missing)"]
+     "array 'x': 1 of 2 stored chunks present (chunk c.1 missing)"]
     """
     recorded = marker.get("arrays")
     if recorded is None:

@@ -123,7 +123,7 @@ def _create_store(
             variable.encoding["coordinates"] = order  # xarray writes it as it is, not sorted
     encoding = {
         str(name): {
-            "chunks": (rows, n_rel) if variable.ndim == 2 else (columns,),
+            "chunks": _creation_chunks(variable, rows, columns),
             **_codecs(variable.dtype, zarr_format),
         }
         for name, variable in prepared.variables.items()
@@ -131,6 +131,14 @@ def _create_store(
     to_zarr(prepared, store, encoding, zarr_format=zarr_format)
     logger.debug("created %s: %d trials, %d trials per chunk", url, trials.sizes[TRIAL_DIM], rows)
     return int(trials.sizes[TRIAL_DIM])
+
+
+def _creation_chunks(variable: xr.Variable, rows: int, columns: int) -> tuple[int, ...]:
+    """A new store's chunks: ``rows`` trials of the windows, ``columns`` of the per-trial
+    columns, any other variable (``rel_time``) whole."""
+    if variable.dims == (TRIAL_DIM,):
+        return (columns,)
+    return tuple(rows if d == TRIAL_DIM else max(1, n) for d, n in variable.sizes.items())
 
 
 def _new_array(

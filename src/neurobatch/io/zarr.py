@@ -73,6 +73,9 @@ _STRING = np.dtypes.StringDType()
 ZarrFormat = Literal[2, 3]
 """The Zarr format of the stores neurobatch writes (``output.zarr_format``)."""
 
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
+"""The chunk keys of the Zarr 3 arrays neurobatch writes: ``c.0``, ``c.1.0``."""
+
 _GROUP_DOCUMENTS: dict[int, tuple[str, ...]] = {3: ("zarr.json",), 2: (".zgroup", ".zattrs")}
 """The metadata documents of a group, by format."""
 
@@ -209,11 +212,18 @@ def _codecs(dtype: np.dtype[Any], zarr_format: ZarrFormat = 3) -> dict[str, Any]
     after the filters, so the compressor is the checksum and the compression the last filter
     (strings are first encoded by ``vlen-utf8``, as Zarr 2 requires).
 
+    In format 3 the chunk keys are ``c.0``, ``c.1.0`` (Zarr's default encoding with the
+    separator ``.``, which every reader of the format reads): an array's chunks are files
+    of its own folder, not of a ``c/`` folder inside it, one folder less to create per
+    array (for the small stores of a small item, creating folders costs as much as
+    writing the files).
+
     Returns
     -------
     dict
-        ``compressors`` (and, in format 2, ``filters``), as ``create_array`` and
-        ``Dataset.to_zarr``'s encoding take them.
+        ``compressors`` (and, in format 2, ``filters``; in format 3
+        ``chunk_key_encoding``), as ``create_array`` and ``Dataset.to_zarr``'s encoding
+        take them.
 
     Examples
     --------
@@ -232,11 +242,13 @@ def _codecs(dtype: np.dtype[Any], zarr_format: ZarrFormat = 3) -> dict[str, Any]
         )
         filters = (numcodecs.VLenUTF8(), compressor) if strings else (compressor,)
         return {"filters": filters, "compressors": numcodecs.CRC32()}
+    keys = {"chunk_key_encoding": dict(CHUNK_KEY_ENCODING)}
     if strings:
-        return {"compressors": (ZstdCodec(level=3), Crc32cCodec())}
+        return {"compressors": (ZstdCodec(level=3), Crc32cCodec()), **keys}
     # lz4 in Blosc with byte shuffle: float64 signals compress about as well as with zstd
     # (they barely compress either way) at several times the speed
-    return {"compressors": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())}
+    compressor = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    return {"compressors": (compressor, Crc32cCodec()), **keys}
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -313,20 +325,20 @@ def write_dataset(
     ...     coords={"time": np.arange(6) / 10, "event_name": ("event", ["cue", "lever"])},
     ...     attrs={"sampling_rate": 10.0, "fit": {"slope": 1.0}},
     ... )
-    >>> write_dataset(ds, "memory://doc/recording.zarr", chunk_memory=2**20)
+    >>> _ = write_dataset(ds, "memory://doc/recording.zarr", chunk_memory=2**20)
     >>> back = open_dataset("memory://doc/recording.zarr")
     >>> back.signal.values
     array([0., 1., 2., 3., 4., 5.])
     >>> back.event_name.values.tolist(), back.attrs["fit"]
     (['cue', 'lever'], {'slope': 1.0})
-    >>> write_dataset(xr.Dataset({"mean": 2.5}), "memory://doc/summary.zarr",
-    ...               chunk_memory=2**20, dim=None)
+    >>> _ = write_dataset(xr.Dataset({"mean": 2.5}), "memory://doc/summary.zarr",
+    ...                   chunk_memory=2**20, dim=None)
     >>> float(open_dataset("memory://doc/summary.zarr")["mean"])
     2.5
 
     In Zarr format 2, for zarr-python 2 readers:
 
-    >>> write_dataset(ds, "memory://doc/recording-v2.zarr", chunk_memory=2**20, zarr_format=2)
+    >>> _ = write_dataset(ds, "memory://doc/recording-v2.zarr", chunk_memory=2**20, zarr_format=2)
     >>> zarr.open_group(zarr_store("memory://doc/recording-v2.zarr")).metadata.zarr_format
     2
     >>> open_dataset("memory://doc/recording-v2.zarr").signal.values
@@ -474,7 +486,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) 
     Examples
     --------
     >>> ds = xr.Dataset({"x": ("time", np.ones(3))}, coords={"time": [0.0, 0.5, 1.0]})
-    >>> write_dataset(ds, "memory://doc/open.zarr", chunk_memory=2**20)
+    >>> _ = write_dataset(ds, "memory://doc/open.zarr", chunk_memory=2**20)
     >>> open_dataset("memory://doc/open.zarr").x.chunks
     ((3,),)
     """
@@ -610,7 +622,7 @@ def _zarr_array_in(wrapped: Any) -> zarr.Array[Any] | None:
 
 
 def _chunk_text(array: zarr.Array[Any], key: Any) -> str | None:
-    """``"chunk c/1"`` (or the range of chunks) that the selection ``key`` reads."""
+    """``"chunk c.1"`` (or the range of chunks) that the selection ``key`` reads."""
     if not isinstance(key, tuple) or len(key) != array.ndim:
         return None
     if not all(isinstance(k, slice) and k.step in (None, 1) for k in key):

@@ -298,11 +298,15 @@ def _array_files(
     if explicit is not None:
         attrs["_FillValue"] = FillValueCoder.encode(explicit, encoded.dtype)
     chunk_shape = tuple(encoding.get("chunks") or values.shape)
+    keys = dict(encoding.get("chunk_key_encoding") or {"name": "default"})
+    if keys.get("name") != "default":
+        return None
+    separator = keys.get("separator", "/")
     document: dict[str, Any] = {
         "shape": list(values.shape),
         "data_type": data_type,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": separator}},
         "fill_value": _fill_json(fill_value, values.dtype),
         "codecs": codecs[0],
         "attributes": _encoded_attributes(attrs),
@@ -311,7 +315,7 @@ def _array_files(
         document["dimension_names"] = list(encoded.dims)
     document |= {"zarr_format": 3, "node_type": "array", "storage_transformers": []}
     chunks = {
-        "/".join((name, "c", *map(str, index))): _encoded_chunk(block, codecs[1])
+        f"{name}/" + separator.join(("c", *map(str, index))): _encoded_chunk(block, codecs[1])
         for index, block in _blocks(values, chunk_shape, fill_value)
     }
     return document, chunks
@@ -431,7 +435,10 @@ async def _write_variable(
         if explicit is not None:
             attrs["_FillValue"] = FillValueCoder.encode(explicit, encoded.dtype)
         encoded_attrs = _encoded_attributes(attrs)
-        layout = {"dimension_names": encoded.dims}
+        layout = {
+            "dimension_names": encoded.dims,
+            "chunk_key_encoding": encoding.get("chunk_key_encoding"),
+        }
     else:
         # Zarr 2 readers take the array's fill value for the _FillValue, and the dimension
         # names from an attribute
