@@ -248,7 +248,7 @@ def test_only_refreshes_one_item_inside_the_combined_outputs(
 
 
 def _chunk(out: Path, item: str, stage_name: str, array: str) -> Path:
-    chunks = sorted((out / "items" / item / stage_name / array).rglob("c/*"))
+    chunks = sorted((out / "items" / item / stage_name / array).glob("c.*"))
     return next(p for p in chunks if p.is_file())
 
 
