@@ -299,6 +299,8 @@ class _ItemRun:
         self.stages = {s.name: s for s in job.stages}
         self.records: dict[str, dict[str, Any]] = {}
         self.views: dict[str, xr.Dataset | None] = {}
+        self.written: dict[str, xr.Dataset] = {}
+        """Stages stored from memory in this pass, as reading them back gives them."""
         self.experiment_id = functools.cache(self._experiment_id)
 
     def run(self) -> None:
@@ -386,7 +388,7 @@ class _ItemRun:
         commit(url, {**record, "run": job.run_id}, storage_options=self.so, arrays=True)
         self.views.pop(stage.name, None)
         if written is not None:  # later stages see what was stored without reading it
-            self.views[stage.name] = self._viewed(stage, written)
+            self.written[stage.name] = written
         return record
 
     def _context(
@@ -450,19 +452,18 @@ class _ItemRun:
             stage, record = self.stages[name], self.records[name]
             url = self.layout.stage(self.job.item_id, name)
             opened: xr.Dataset | None = None
-            if record.get("stored", True):
-                opened = self._viewed(
-                    stage,
+            if name in self.written:
+                opened = self.written.pop(name)
+            elif record.get("stored", True):
+                opened = (
                     trials_store.open_trials(url, storage_options=self.so)
                     if stage.store == "trials"
-                    else open_dataset(url, storage_options=self.so),
+                    else open_dataset(url, storage_options=self.so)
                 )
+            if opened is not None and stage.view_hook:
+                opened = apply_hook(self.job.hooks, stage.view_hook, opened)
             self.views[name] = opened
         return self.views[name]
-
-    def _viewed(self, stage: Stage, stored: xr.Dataset) -> xr.Dataset:
-        """A stage's stored output with its view hook (``post_load`` on the recording)."""
-        return apply_hook(self.job.hooks, stage.view_hook, stored) if stage.view_hook else stored
 
     def _experiment_id(self) -> str:
         id_builder = self.job.hooks.get("id_builder")
