@@ -20,9 +20,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["in_process", "local_size", "resolve_auto"]
 
-#: CPU seconds an item costs whatever its size (opening and writing its Zarr store, keys,
-#: records, logs), measured on photometry items of 1.4 MB (``benchmarks.engine_cost``).
-ITEM_CPU_S = 0.2
+#: CPU seconds an item costs whatever its size (writing its Zarr stores, keys, records,
+#: logs), measured on photometry items of 1.4 MB: 88 ms of CPU per item
+#: (``benchmarks small``, 500 to 2,000 items).
+ITEM_CPU_S = 0.09
 
 #: The share of :data:`ITEM_CPU_S` that holds the GIL or waits on zarr's one event loop, so
 #: runs one item at a time in a process: at most a half, measured (100 such items take the
