@@ -10,12 +10,20 @@ worker. Elsewhere nothing is reported: the item times itself
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from distributed import Worker, get_worker
+from distributed.utils import sync
 
 __all__ = ["PROGRESS", "report", "restartable"]
 
 #: The topic of the events by which an item's task tells the driver which stage it is in.
 PROGRESS = "neurobatch-progress"
+
+#: Seconds a report waits, at most, for its event to leave the worker.
+SEND_TIMEOUT_S = 0.1
 
 
 def restartable() -> Worker | None:
@@ -67,4 +75,18 @@ def report(item_id: str, stage: str, timeout_s: float | None) -> None:
         "stage": stage,
         "worker": worker.address,
     }
-    worker.log_event(PROGRESS, message)
+    sync(worker.loop, _send, worker, message)
+
+
+async def _send(worker: Worker, message: dict[str, Any]) -> None:
+    """Log the event on the worker's loop and wait (at most :data:`SEND_TIMEOUT_S`) until
+    its batched stream has handed it to the connection: the item goes on only once the
+    driver can learn its stage (a worker frozen just after entering a stage would
+    otherwise be said to be in the one before)."""
+    worker.log_event(PROGRESS, message)  # on the loop's thread: into the stream's buffer
+    stream = worker.batched_stream
+    deadline = time.monotonic() + SEND_TIMEOUT_S
+    while time.monotonic() < deadline and any(
+        isinstance(queued, dict) and queued.get("msg") is message for queued in stream.buffer
+    ):
+        await asyncio.sleep(0.001)
