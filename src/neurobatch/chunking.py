@@ -19,6 +19,7 @@ __all__ = [
     "CHUNK_MEMORY",
     "IN_MEMORY_CHUNKS",
     "OPEN_CHUNK_MEMORY",
+    "STAGE_HANDOFF_MEMORY",
     "TASK_INPUT_BYTES",
     "THREAD_SHARE",
     "TRIALS_BATCH_MEMORY",
@@ -57,6 +58,12 @@ TASK_INPUT_BYTES = 16 * 2**20
 #: appends them to the combined store without reading the item's store again (larger ones
 #: are read there, in chunks).
 TRIALS_HANDOFF_MEMORY = 8 * 2**20
+
+#: A stage's output written from memory up to this size is handed to the item's later
+#: stages as it was stored, instead of being read back from its store: for small items
+#: reading costs more than the data; larger outputs are read lazily, in chunks, so that an
+#: item holds no more of them than its stages use.
+STAGE_HANDOFF_MEMORY = 32 * 2**20
 
 #: Bytes of one dask chunk of the 2-D variables of the combined trials store, read together
 #: (:func:`neurobatch.io.trials_store.open_trials`).

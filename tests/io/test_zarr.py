@@ -16,6 +16,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from neurobatch.chunking import STAGE_HANDOFF_MEMORY
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import commit, read_commit, remove, to_json_safe, verify
 from neurobatch.io.zarr import (
@@ -400,6 +401,8 @@ def test_what_write_dataset_returns_is_what_open_dataset_reads(
     kept.signal.values[0] = 1e6  # a copy: neither the store nor the dataset change
     assert open_dataset(url).signal.values[0] == ds.signal.values[0] != 1e6
     assert write_dataset(ds, url, chunk_memory=ds.nbytes // 2, zarr_format=zarr_format) is None
+    large = xr.Dataset({"x": ("time", np.zeros(STAGE_HANDOFF_MEMORY // 8 + 1))})
+    assert write_dataset(large, url, chunk_memory=2**30, zarr_format=zarr_format) is None
     assert (
         write_dataset(ds.chunk(time=100), url, chunk_memory=1000, zarr_format=zarr_format) is None
     )

@@ -49,7 +49,7 @@ from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from neurobatch.chunking import chunk_length, row_bytes
+from neurobatch.chunking import STAGE_HANDOFF_MEMORY, chunk_length, row_bytes
 from neurobatch.errors import StoreDamagedError
 from neurobatch.io.commit import _fs, _remove_marker, to_json_safe
 from neurobatch.io.files import retried, translated
@@ -298,7 +298,8 @@ def write_dataset(
     Returns
     -------
     xarray.Dataset or None
-        When the dataset fits ``chunk_memory`` (and so was written from memory), what
+        When the dataset was written from memory and is small (at most
+        :data:`~neurobatch.chunking.STAGE_HANDOFF_MEMORY` and ``chunk_memory``), what
         :func:`open_dataset` reads back, loaded (the same values, types, coordinates and
         attributes), so that a reader in the same process need not open the store; else
         None.
@@ -386,7 +387,8 @@ def write_dataset(
         _remove_marker(url, storage_options)
         to_zarr(prepared, store, encoding, zarr_format=zarr_format)
     in_memory = not any(variable.chunks is not None for variable in prepared.variables.values())
-    return _as_read(prepared) if in_memory and prepared.nbytes <= chunk_memory else None
+    small = prepared.nbytes <= min(chunk_memory, STAGE_HANDOFF_MEMORY)
+    return _as_read(prepared) if in_memory and small else None
 
 
 def _as_read(written: xr.Dataset) -> xr.Dataset:
