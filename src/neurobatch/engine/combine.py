@@ -92,6 +92,8 @@ class Combiner:
         """Trials in the staged store (appended; :attr:`batch` holds the others)."""
         self.started: float | None = None
         self.batch: list[xr.Dataset] = []
+        self.batch_bytes = 0
+        """What :attr:`batch` holds, in bytes (counted as it grows, not summed per item)."""
         remove(layout.staging(), storage_options=layout.storage_options)
 
     def add(self, outcome: ItemOutcome) -> None:
@@ -139,7 +141,8 @@ class Combiner:
         if self.batch and _schema(trials) != _schema(self.batch[0]):
             self._flush()
         self.batch.append(trials)
-        if sum(b.nbytes for b in self.batch) >= TRIALS_BATCH_MEMORY:
+        self.batch_bytes += trials.nbytes
+        if self.batch_bytes >= TRIALS_BATCH_MEMORY:
             self._flush()
         self.n_trials += outcome.n_trials
         self.n_items += 1
@@ -185,7 +188,7 @@ class Combiner:
 
         files.retried(append, url=self.staged, action="writing")
         self.n_staged = after
-        self.batch = []
+        self.batch, self.batch_bytes = [], 0
 
     def finish(self, items: pd.DataFrame, formats: Sequence[str]) -> None:
         """Write the tables beside the staged trials, then put each output in its place.

@@ -186,9 +186,10 @@ def resource_usage(
     >>> [u.usage for u in usage.cpu_usage], [u.usage for u in usage.ram_usage]
     ([50.0, 50.0], [25.0, 50.0])
     """
-    # plain NumPy: this runs for every stage of every item, on the driver
+    # plain NumPy (no DataFrame indexing): this runs for every stage of every item, on the
+    # driver
     times = samples["time"].to_numpy(dtype=float)
-    theirs = samples["worker"].isin(list(workers)).to_numpy()
+    theirs = np.isin(samples["worker"].to_numpy(), list(workers))
     if not theirs.any():
         return None
     inside = theirs & (times >= start) & (times <= end)
@@ -196,27 +197,33 @@ def resource_usage(
         later = times[theirs & (times >= start)]
         nearest = later.min() if later.size else times[theirs].max()
         inside = theirs & (times == nearest)
-    rows = samples[inside]
+
+    def column(name: str) -> Any:
+        return samples[name].to_numpy()[inside]
+
     host_memory = {w: float(hosts.get(w, {}).get("system_memory") or np.nan) for w in workers}
-    memory_limit = rows["memory_limit"].to_numpy(dtype=float)
-    workers_of_rows = rows["worker"].to_numpy()
+    memory_limit = column("memory_limit").astype(float)
+    workers_of_rows = column("worker")
     unlimited = np.array([host_memory.get(w, np.nan) for w in workers_of_rows], dtype=float)
     limit = np.where(memory_limit > 0, memory_limit, unlimited)
-    tick_times, tick = np.unique(rows["time"].to_numpy(dtype=float), return_inverse=True)
+    row_times = times[inside]
+    tick_times, tick = np.unique(row_times, return_inverse=True)
 
     def per_tick(values: Any) -> Any:
         return np.bincount(tick, weights=np.asarray(values, dtype=float))
 
-    nthreads = rows["nthreads"].to_numpy(dtype=float)
-    cpu = per_tick(rows["cpu"]) / per_tick(nthreads)  # psutil's percent: 100 per busy core
+    nthreads = column("nthreads").astype(float)
+    cpu = per_tick(column("cpu")) / per_tick(nthreads)  # psutil's percent: 100 per busy core
     # as pandas sums: missing figures are skipped, a tick with none at all has no value
     ram = np.where(
         per_tick(np.isfinite(limit)) > 0,
-        100 * per_tick(np.nan_to_num(rows["memory"])) / per_tick(np.nan_to_num(limit)),
+        100
+        * per_tick(np.nan_to_num(column("memory").astype(float)))
+        / per_tick(np.nan_to_num(limit)),
         np.nan,
     )
     # each worker's last sample (its threads, its memory limit)
-    order = np.argsort(rows["time"].to_numpy(), kind="stable")
+    order = np.argsort(row_times, kind="stable")
     last = np.array(list(dict(zip(workers_of_rows[order], order, strict=True)).values()))
     described = [hosts[w] for w in workers if w in hosts] or [machine()]
     distinct = {h["host"]: h for h in described}  # one description per host
