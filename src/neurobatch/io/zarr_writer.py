@@ -204,11 +204,11 @@ def _documents(
 
 def _json(document: Mapping[str, Any]) -> bytes:
     """The document as zarr-python writes it, without its indentation (which would take
-    Python's slow JSON encoder); empty when it holds NaN or an infinity (which zarr-python
-    writes in its own way)."""
+    Python's slow JSON encoder); empty when it holds NaN or an infinity, or a value that
+    is not plain JSON (zarr-python writes those in its own way)."""
     try:
         return json.dumps(document, allow_nan=False).encode()
-    except ValueError:
+    except (TypeError, ValueError):
         return b""
 
 
