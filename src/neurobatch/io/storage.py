@@ -9,7 +9,8 @@ worker has them; a run sets the pipeline's ``engine.storage_timeouts`` in the dr
 on its workers):
 
 - S3 (s3fs and botocore): a connect and a read timeout, as s3fs's ``connect_timeout`` and
-  ``read_timeout`` class attributes, which s3fs uses where a filesystem's own
+  ``read_timeout`` class attributes (set when fsspec first makes an S3 filesystem, if s3fs
+  is not imported yet: importing it takes 0.3 s), which s3fs uses where a filesystem's own
   ``config_kwargs`` does not set them; ``attempts`` tries in all in botocore's standard
   retry mode (exponential backoff with jitter), as botocore session defaults (fsspec's
   ``conf["s3"]["session_vars"]``), which botocore uses where neither
@@ -29,9 +30,10 @@ Other protocols (local files, memory, gcsfs, adlfs) keep their own settings.
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from typing import Any
 
+import fsspec
 import fsspec.config
 
 from neurobatch.config.sections import StorageTimeoutsConfig
@@ -74,12 +76,31 @@ def configure(timeouts: StorageTimeoutsConfig) -> None:
         s3["session_vars"] = _session_vars
     for protocol in ("http", "https"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("get_client", http_client)
-    if importlib.util.find_spec("s3fs") is not None:
+    if "s3fs" in sys.modules:
+        _set_s3_timeouts(sys.modules["s3fs"].S3FileSystem)
+    else:  # fsspec imports s3fs through this module's S3FileSystem, which sets them then
+        for protocol in ("s3", "s3a"):
+            fsspec.register_implementation(
+                protocol,
+                f"{__name__}:S3FileSystem",
+                clobber=True,
+                errtxt="Install s3fs to access S3",
+            )
+
+
+def _set_s3_timeouts(s3_filesystem: Any) -> Any:
+    s3_filesystem.connect_timeout = _current.connect_s
+    s3_filesystem.read_timeout = _current.read_s
+    s3_filesystem.retries = 1
+    return s3_filesystem
+
+
+def __getattr__(name: str) -> Any:
+    if name == "S3FileSystem":  # s3fs's own class, imported on first use
         from s3fs import S3FileSystem  # type: ignore[import-untyped]
 
-        S3FileSystem.connect_timeout = timeouts.connect_s
-        S3FileSystem.read_timeout = timeouts.read_s
-        S3FileSystem.retries = 1
+        return _set_s3_timeouts(S3FileSystem)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def http_client(**client_kwargs: Any) -> Any:
