@@ -433,7 +433,13 @@ def _validate(args: argparse.Namespace) -> int:
         import_object(target)
     functions = function_hashes(pipeline.config.preprocess)
     # every input's header (a CSV's first line, a Parquet footer, an NWB file's structure)
-    problems = check_inputs(manifest, storage_options=pipeline.config.input.storage_options)
+    problems = [
+        line
+        for source in pipeline.config.sources
+        for line in check_inputs(
+            manifest[manifest["source"] == source.name], storage_options=source.storage_options
+        )
+    ]
     if problems:
         shown = 20  # inputs named; the others are counted
         more = len(problems) - shown

@@ -265,6 +265,17 @@ def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         value = data.get(section)
         if isinstance(value, Mapping) and isinstance(value.get("url"), str):
             data[section] = {**value, "url": _local_path(value["url"], base_dir)}
+    if isinstance(data.get("input"), list):  # sources: each URL, and a resolver of its own
+        data["input"] = [
+            {
+                **source,
+                **({"url": _local_path(source["url"], base_dir)} if "url" in source else {}),
+                **({"loader": _ref_path(source["loader"], base_dir)} if "loader" in source else {}),
+            }
+            if isinstance(source, Mapping) and isinstance(source.get("url", ""), str)
+            else source
+            for source in data["input"]
+        ]
     if isinstance(data.get("loader"), str):
         data["loader"] = _ref_path(data["loader"], base_dir)
     hooks = data.get("hooks")
@@ -382,7 +393,7 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
 
 
 def _dump_loader(loader: Any) -> Any:
-    if isinstance(loader, str):
+    if loader is None or isinstance(loader, str):
         return loader
     if isinstance(loader, list):
         return [_dump_loader(m) for m in loader]
@@ -419,4 +430,7 @@ def dump_config(config: PipelineConfig) -> dict[str, Any]:
     """
     data = config.model_dump(mode="json")
     data["loader"] = _dump_loader(config.loader)
+    if isinstance(config.input, list):
+        for source, dumped in zip(config.input, data["input"], strict=True):
+            dumped["loader"] = _dump_loader(source.loader)
     return data

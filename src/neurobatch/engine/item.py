@@ -89,6 +89,13 @@ class ItemJob:
     """Stamped on every commit record, so that a retried task knows its own run's outputs."""
     size: int = 0
     """The input's size in bytes (the manifest's)."""
+    source: str = ""
+    """The name of the data source it came from (``""``: the pipeline's one ``input``)."""
+
+    @property
+    def input_options(self) -> dict[str, Any]:
+        """fsspec options of the input: its source's ``storage_options``."""
+        return self.config.source(self.source).storage_options
 
     @property
     def layout(self) -> OutputLayout:
@@ -243,7 +250,7 @@ def _key(
 ) -> dict[str, Any]:
     """The key parts of a stage's output now, and ``sources``: the fingerprints of the other
     files it read (for the stage that reads the input)."""
-    found = fingerprints(list(sources or ()), job.config.input.storage_options)
+    found = fingerprints(list(sources or ()), job.input_options)
     parts: dict[str, Any] = key_parts(
         stage,
         job.config,
@@ -407,6 +414,7 @@ class _ItemRun:
             chunk_memory=job.config.engine.chunk_memory,
             scratch_url=scratch,
             experiment_id=self.experiment_id,
+            storage_options=job.input_options,
         )
 
     def _store(
@@ -487,6 +495,7 @@ class _ItemRun:
             records=self.outcome.records,
             config=self.job.config,
             experiment_id=self.outcome.experiment_id or item,
+            storage_options=self.job.input_options,
         )
 
 

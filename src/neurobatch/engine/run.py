@@ -42,7 +42,7 @@ from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
 from neurobatch.errors import ConfigError, NeurobatchError
 from neurobatch.io import files, storage
-from neurobatch.io.discover import discover
+from neurobatch.io.discover import discover_config
 from neurobatch.io.lock import OutputLock
 from neurobatch.redact import scrub, secrets_in
 
@@ -201,12 +201,7 @@ class Pipeline:
         pandas.DataFrame
             See :func:`neurobatch.io.discover.discover`.
         """
-        return discover(
-            self.config.input,
-            self.config.loader,
-            storage_options=self.config.input.storage_options,
-            trials=self.config.trials,
-        )
+        return discover_config(self.config)
 
     def jobs(
         self,
@@ -247,6 +242,7 @@ class Pipeline:
                 reprocess=reprocess,
                 run_id=run_id,
                 size=int(row.get("size") or 0),
+                source=str(row.get("source") or ""),
             )
             for row in manifest.to_dict("records")
         ]

@@ -137,6 +137,8 @@ class StageContext:
         A folder the stage may use for temporaries (removed after it).
     experiment_id : callable
         Returns the item's experiment id (``id_builder`` hook, or the item id).
+    storage_options : mapping
+        fsspec options of the item's input: its source's ``storage_options``.
     """
 
     item_id: str
@@ -150,6 +152,7 @@ class StageContext:
     chunk_memory: int
     scratch_url: str
     experiment_id: Callable[[], str]
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -444,6 +447,8 @@ class FigureContext:
         The pipeline file.
     experiment_id : str
         The item's experiment id.
+    storage_options : mapping
+        fsspec options of the item's input: its source's ``storage_options``.
     """
 
     open: Callable[[str], xr.Dataset | None]
@@ -451,6 +456,7 @@ class FigureContext:
     records: dict[str, dict[str, Any]]
     config: PipelineConfig
     experiment_id: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
             context.url,
             context.loader_arguments,
             format=context.format,
-            storage_options=context.config.input.storage_options,
+            storage_options=context.storage_options,
             chunk_memory=context.chunk_memory,
         )
     check_sampling_rate(recording, source=context.url, arguments=context.loader_arguments)
