@@ -8,6 +8,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -239,3 +240,32 @@ def test_a_legacy_pickle_enumerates_its_sessions_and_stimulations(tmp_path: Path
     # a pickle of one session and one stimulation stays one item, named as before
     (tmp_path / "data" / "ret1_data.pkl").write_bytes(pickle.dumps(sessions[1]))
     assert discover_config(config)["item_id"].tolist() == ["ret1_data"]
+
+
+def test_each_source_reads_with_its_own_storage_options(
+    three_sources: dict[str, Any],
+    tmp_path: Path,
+    local_client: Client,
+    s3_options: dict[str, Any],
+) -> None:
+    # the exports on the local S3 server, reachable only with their source's options (its
+    # endpoint); the rig's CSVs on the local disk
+    fs, _ = fsspec.core.url_to_fs("s3://lab", **s3_options)
+    fs.put(str(tmp_path / "exports") + "/", "lab/sources/exports", recursive=True)
+    exports = three_sources["input"][2] | {
+        "url": "s3://lab/sources/exports",
+        "storage_options": s3_options,
+    }
+    config = three_sources | {"input": [three_sources["input"][0], exports]}
+    summary = Pipeline(config).run(client=local_client, progress=False)
+    assert summary.n_failed == 0 and summary.n_done == 4, summary.items
+    alone = three_sources | {
+        "input": {"url": str(tmp_path / "exports"), "files": ["m1.csv", "m4.csv"]},
+        "output": {"url": str(tmp_path / "alone"), "formats": ["zarr"]},
+    }
+    assert Pipeline(alone).run(client=local_client, progress=False).n_done == 2
+    for item in ("m1", "m4"):
+        remote = xr.open_zarr(tmp_path / "out" / "items" / f"exports__{item}" / "trials")
+        local = xr.open_zarr(tmp_path / "alone" / "items" / item / "trials")
+        np.testing.assert_array_equal(remote["dff"].values, local["dff"].values)
+        assert remote.sizes["trial"] == local.sizes["trial"] > 0
