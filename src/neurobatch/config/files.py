@@ -271,11 +271,18 @@ def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
                 **source,
                 **({"url": _local_path(source["url"], base_dir)} if "url" in source else {}),
                 **({"loader": _ref_path(source["loader"], base_dir)} if "loader" in source else {}),
+                **(
+                    {"cache": _local_path(source["cache"], base_dir)}
+                    if isinstance(source.get("cache"), str)
+                    else {}
+                ),
             }
             if isinstance(source, Mapping) and isinstance(source.get("url", ""), str)
             else source
             for source in data["input"]
         ]
+    if isinstance(data.get("input"), Mapping) and isinstance(data["input"].get("cache"), str):
+        data["input"] = {**data["input"], "cache": _local_path(data["input"]["cache"], base_dir)}
     if isinstance(data.get("loader"), str):
         data["loader"] = _ref_path(data["loader"], base_dir)
     hooks = data.get("hooks")
@@ -321,10 +328,10 @@ def _mib(size: int) -> str:
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a pipeline file (``.yaml``, ``.yml`` or ``.toml``).
 
-    Relative local paths in ``input.url``, ``output.url`` and ``file.py:function``
-    references (hooks, a loader resolver, ``preprocess.fit`` or ``fit.method``,
-    ``preprocess.correction``) are made absolute against the file's folder; URLs with a
-    protocol (``s3://``, ``memory://``) are left alone.
+    Relative local paths in ``input.url``, ``input.cache``, ``output.url`` and
+    ``file.py:function`` references (hooks, a loader resolver, ``preprocess.fit`` or
+    ``fit.method``, ``preprocess.correction``) are made absolute against the file's folder;
+    URLs with a protocol (``s3://``, ``memory://``) are left alone.
 
     Parameters
     ----------

@@ -65,6 +65,17 @@ class InputConfig(_Model):
     files: list[str] | None = None
     """The inputs, listed: paths relative to ``url``, each of which must exist; instead of
     ``pattern``."""
+    cache: str | None = None
+    """A local folder to copy remote inputs to before they are processed, verified and
+    resumed after a kill (:mod:`neurobatch.io.cache`); later runs read the copies. Relative
+    paths are relative to the pipeline file. Local inputs are read in place."""
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_is_local(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or "::" in value or not value.strip()):
+            raise ValueError(f"expected a local folder, got {value!r}")
+        return value
 
     @field_validator("files")
     @classmethod

@@ -48,6 +48,7 @@ from neurobatch.engine.stages import (
 )
 from neurobatch.errors import StorageError, StoreDamagedError
 from neurobatch.io import files, trials_store
+from neurobatch.io.cache import Fetched, fetch_input
 from neurobatch.io.commit import commit, read_commit, remove, verify
 from neurobatch.io.discover import fingerprints
 from neurobatch.io.zarr import ensure_group, open_dataset, write_dataset
@@ -309,6 +310,7 @@ class _ItemRun:
         self.written: dict[str, xr.Dataset] = {}
         """Stages stored from memory in this pass, as reading them back gives them."""
         self.experiment_id = functools.cache(self._experiment_id)
+        self.input_copy = functools.cache(self._input_copy)
 
     def run(self) -> None:
         for stage in self.job.stages:
@@ -414,6 +416,22 @@ class _ItemRun:
             chunk_memory=job.config.engine.chunk_memory,
             scratch_url=scratch,
             experiment_id=self.experiment_id,
+            storage_options=job.input_options,
+            input_copy=None if stage.needs else self.input_copy(),
+        )
+
+    def _input_copy(self) -> Fetched | None:
+        """The input's copy in ``input.cache``, fetched or checked before a stage reads it."""
+        job = self.job
+        source = job.config.source(job.source)
+        if source.cache is None:
+            return None
+        return fetch_input(
+            job.url,
+            source.cache,
+            fingerprint=job.fingerprint,
+            target=source.target,
+            loader_arguments=job.loader_arguments,
             storage_options=job.input_options,
         )
 

@@ -32,6 +32,7 @@ import xarray as xr
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig
 from neurobatch.errors import ConfigError
+from neurobatch.io.cache import Fetched
 from neurobatch.io.loaders._common import closest
 
 __all__ = [
@@ -139,6 +140,9 @@ class StageContext:
         Returns the item's experiment id (``id_builder`` hook, or the item id).
     storage_options : mapping
         fsspec options of the item's input: its source's ``storage_options``.
+    input_copy : neurobatch.io.cache.Fetched or None
+        The input's verified copy in ``input.cache``, which a stage that reads the input
+        reads instead of ``url`` (:func:`~neurobatch.engine.stages.ingest.read_input`).
     """
 
     item_id: str
@@ -153,6 +157,7 @@ class StageContext:
     scratch_url: str
     experiment_id: Callable[[], str]
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    input_copy: Fetched | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
