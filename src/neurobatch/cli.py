@@ -180,6 +180,11 @@ def add_run(commands: Any) -> None:
         action="store_true",
         help="wait for another run on the same output folder to end, instead of failing",
     )
+    run.add_argument(
+        "--download-only",
+        action="store_true",
+        help="fetch and verify every input into input.cache, and process nothing",
+    )
     _cluster_arguments(run, workers_default=None)
     _force_argument(run)
     run.set_defaults(run=_run)
@@ -398,6 +403,19 @@ def _storage_status(summary: Any) -> int:
 def _run(args: argparse.Namespace) -> int:
     from neurobatch.engine.run import Pipeline
 
+    if args.download_only:
+        from neurobatch.engine.download import download_inputs
+
+        summary = download_inputs(Pipeline.from_file(args.file).config, echo=print)
+        print(summary)
+        failed = summary.n_failed
+        return (
+            0
+            if not failed
+            else EXIT_ALL_FAILED
+            if failed == len(summary.inputs)
+            else EXIT_SOME_FAILED
+        )
     return _run_pipeline(Pipeline.from_file(args.file), args)
 
 

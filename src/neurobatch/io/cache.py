@@ -412,6 +412,7 @@ def companion_urls(
     *,
     target: Literal["file", "folder"] = "file",
     storage_options: Mapping[str, Any] | None = None,
+    siblings: bool = True,
 ) -> list[str]:
     """The files that travel with an input, which its loader reads beside it.
 
@@ -430,6 +431,9 @@ def companion_urls(
         Whether the input is a file or a folder.
     storage_options : mapping, optional
         Options for the fsspec filesystem.
+    siblings : bool, default True
+        Also list the input's folder for the files sharing its stem (else only the
+        sidecars, found without a read of the store).
 
     Returns
     -------
@@ -457,7 +461,7 @@ def companion_urls(
         if target == "folder" and str(sidecar).startswith(path + "/"):
             continue  # inside the folder: fetched with it
         found.add(str(fs.unstrip_protocol(str(sidecar))))
-    if target == "file":
+    if siblings and target == "file":
         stem = PurePosixPath(path).stem
         for entry in fs.ls(posixpath.dirname(path), detail=True):
             name = str(entry["name"]).rstrip("/")
@@ -579,8 +583,11 @@ def fetch_input(
     record = _read_json(record_path + ".input.json")
     cached = _recorded(cache, record, fingerprint)
     downloaded, current = 0, cached is not None
-    if cached is not None and record is not None:
-        companions = [str(c) for c in record.get("companions", [])]
+    if cached is not None and record is not None:  # this item's sidecars too (no listing)
+        named = companion_urls(
+            url, loader_arguments or {}, target=target, storage_options=so, siblings=False
+        )
+        companions = sorted({str(c) for c in record.get("companions", [])} | set(named))
     else:
         if target == "folder":
             downloaded, cached = _fetch_folder(fs, path, cache, so, block_size)
