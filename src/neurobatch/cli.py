@@ -408,14 +408,9 @@ def _run(args: argparse.Namespace) -> int:
 
         summary = download_inputs(Pipeline.from_file(args.file).config, echo=print)
         print(summary)
-        failed = summary.n_failed
-        return (
-            0
-            if not failed
-            else EXIT_ALL_FAILED
-            if failed == len(summary.inputs)
-            else EXIT_SOME_FAILED
-        )
+        if not summary.n_failed:
+            return 0
+        return EXIT_ALL_FAILED if summary.n_failed == len(summary.inputs) else EXIT_SOME_FAILED
     return _run_pipeline(Pipeline.from_file(args.file), args)
 
 
