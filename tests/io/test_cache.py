@@ -6,10 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +14,10 @@ import fsspec
 import numpy as np
 import pytest
 
+from downloads import killed_midway
 from neurobatch.errors import InputError
 from neurobatch.io.cache import RECORDS, cache_path, fetch_file, fetch_input
 from neurobatch.io.discover import discover, fingerprint
-
-# fetches argv[1] into the cache argv[2] with the options argv[3], in blocks of argv[4] bytes
-FETCH = """
-import json, sys
-from neurobatch.io.cache import fetch_file
-url, cache, options, block = sys.argv[1:5]
-fetch_file(url, cache, storage_options=json.loads(options), block_size=int(block))
-"""
 
 TDT = {"format": "tdt", "box": "1", "signal_label": "465A", "isosbestic_label": "405A"}
 SIZE = 4 * 2**20
@@ -78,22 +67,7 @@ def _put(url: str, data: bytes, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _killed_midway(url: str, cache: Path, options: dict[str, Any]) -> int:
-    """Start a fetch in a process of its own, SIGKILL it once its part holds some bytes;
-    the part's size then."""
-    part = Path(cache_path(str(cache), url) + ".part")
-    process = subprocess.Popen(
-        [sys.executable, "-c", FETCH, url, str(cache), json.dumps(options), str(BLOCK)]
-    )
-    deadline = time.monotonic() + 60
-    try:
-        while not (part.exists() and part.stat().st_size >= 4 * BLOCK):
-            assert process.poll() is None, "the fetch ended before it could be killed"
-            assert time.monotonic() < deadline, "the fetch wrote nothing in 60 s"
-            time.sleep(0.002)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    have = part.stat().st_size
+    have = killed_midway(url, cache, options, block=BLOCK)
     assert 0 < have < SIZE
     return have
 
