@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,23 @@ def test_a_local_input_is_read_in_place(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("time,signal\n0,1\n")
     assert fetch_input(str(tmp_path / "x.csv"), str(tmp_path / "cache")) is None
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_multipart_upload_is_verified_by_its_size_and_its_etag_recorded(
+    s3: str, s3_options: dict[str, Any], tmp_path: Path
+) -> None:
+    data = _bytes(6 * 2**20 + 7, seed=9)
+    fs, path = fsspec.core.url_to_fs(f"{s3}/multi.bin", **s3_options)
+    with fs.open(path, "wb", block_size=5 * 2**20) as f:  # over a block: a multipart upload
+        f.write(data)
+    fs.invalidate_cache()
+    etag = str(fs.info(path)["ETag"]).strip('"')
+    assert re.fullmatch(r"[0-9a-f]{32}-[0-9]+", etag)
+
+    local, downloaded = fetch_file(f"{s3}/multi.bin", str(tmp_path), storage_options=s3_options)
+
+    assert Path(local).read_bytes() == data and downloaded == len(data)
+    record_path = Path(tmp_path, RECORDS, *Path(local).relative_to(tmp_path).parts)
+    record = json.loads(record_path.with_name("multi.bin.json").read_text())
+    assert record["verified"] == "size" and record["etag"] == etag
+    assert record["md5"] == hashlib.md5(data).hexdigest()

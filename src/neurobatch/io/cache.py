@@ -347,7 +347,8 @@ def fetch_file(
     neurobatch.errors.InputError
         If the downloaded copy does not verify (its size, or its MD5 against the ETag): it
         is removed. If the store cannot be read (unreachable after retries, access denied):
-        the partial download is kept for the next fetch to resume.
+        the partial download is kept for the next fetch to resume. If the store does not
+        give the file's size.
     neurobatch.errors.InputNotFoundError
         If the file does not exist.
     neurobatch.errors.StorageError
@@ -372,6 +373,11 @@ def fetch_file(
             info = fs.info(path)
         except FileNotFoundError:
             raise InputNotFoundError(f"{url}: does not exist; expected a file to cache") from None
+    if info.get("size") is None:
+        raise InputError(
+            f"{url}: the store does not give its size, so a copy cannot be verified; expected "
+            "a store that does (S3, GCS, Azure, an HTTP server sending Content-Length)"
+        )
     stamp = fingerprint(info)
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
     with (
