@@ -24,9 +24,11 @@ naming the URL, what was expected and what was found.
 
 Each cached file has a record in ``DIR/.neurobatch-cache/<protocol>/<path>.json``: its URL,
 size, ETag, fingerprint, MD5 and SHA-256 (so the copy can be checked again later) and when
-it was fetched; a folder input has one listing its files. A later fetch compares the
-record's fingerprint with the remote's -- the manifest's, which discovery already read --
-and reads nothing when they match; a remote that changed is fetched again. The records and
+it was fetched; each input has one in ``<path>.input.json``: the manifest's fingerprint,
+its files and its companions. A later fetch compares the input's record with the
+manifest's fingerprint, which discovery already read, and reads nothing of the input when
+they match (a companion is asked for its ``info``, as the ingest stage's key does anyway);
+a remote that changed is fetched again, file by file. The records and
 the per-file locks (:mod:`filelock`: two items of one input, or two runs, fetch it once) are
 kept apart from the mirrored files, so that ``DIR/<protocol>/...`` holds only the remote's
 files.
@@ -51,7 +53,6 @@ from typing import Any, Literal
 
 import filelock
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.errors import InputError, InputNotFoundError, StorageError
 from neurobatch.io import files
@@ -128,8 +129,8 @@ def is_remote(url: str) -> bool:
     >>> is_remote("s3://lab/x.csv"), is_remote("/data/x.csv"), is_remote("file:///data/x.csv")
     (True, False, False)
     """
-    fs, _ = fsspec.core.url_to_fs(url)
-    return not isinstance(fs, LocalFileSystem)
+    protocol = fsspec.core.split_protocol(url)[0]
+    return protocol not in (None, "file", "local")
 
 
 def _split(fs: Any, path: str) -> tuple[str, list[str]]:
