@@ -135,3 +135,20 @@ def test_a_copy_that_does_not_verify_fails_its_item_and_the_others_go_on(
     assert failed["experiment_002"].endswith("(the remote's ETag); it was removed")
     assert summary.n_done == 2
     assert not part.exists() and not Path(cache_path(str(tmp_path / "raw-cache"), url)).exists()
+
+
+def test_local_inputs_are_read_in_place(
+    photometry_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = yaml.safe_load(photometry_demo.read_text())
+    document["input"] |= {"url": str(photometry_demo.parent / "data"), "cache": "raw-cache"}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(document))
+
+    assert main(["run", str(path), "--download-only"]) == 0
+
+    assert capsys.readouterr().out == (
+        f"the inputs are local: they are read in place; nothing to download to "
+        f"{tmp_path / 'raw-cache'}\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.yaml"]

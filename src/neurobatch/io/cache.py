@@ -580,7 +580,7 @@ def fetch_input(
     True
     """
     if not is_remote(url):
-        logger.debug("%s is local: read in place, not cached", url)
+        logger.info("%s is local: read in place, not copied to input.cache", url)
         return None
     so = dict(storage_options or {})
     fs, path = fsspec.core.url_to_fs(url, **so)
