@@ -8,6 +8,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,23 @@ def test_a_multipart_upload_is_verified_by_its_size_and_its_etag_recorded(
     record = json.loads(record_path.with_name("multi.bin.json").read_text())
     assert record["verified"] == "size" and record["etag"] == etag
     assert record["md5"] == hashlib.md5(data).hexdigest()
+
+
+def test_two_fetches_of_one_file_at_once_download_it_once(
+    s3: str, s3_options: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _bytes(SIZE, seed=10)
+    _put(f"{s3}/shared.bin", data, s3_options)
+    reads = Reads(monkeypatch, s3_options)
+
+    def fetch() -> tuple[str, int]:
+        return fetch_file(
+            f"{s3}/shared.bin", str(tmp_path), storage_options=s3_options, block_size=BLOCK
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: fetch(), range(2)))
+
+    assert sorted(n for _, n in results) == [0, SIZE]  # one waited for the other's copy
+    assert reads.bytes == SIZE
+    assert Path(results[0][0]).read_bytes() == data
