@@ -268,6 +268,9 @@ def test_input_cache_is_a_local_folder_relative_to_the_pipeline_file(tmp_path: P
     config = load_config(write(tmp_path, yaml.safe_dump(data)))
     assert config.input.cache == str(tmp_path / "raw-cache")
     assert config.input.url == "s3://lab/raw"
+    sources = [{"name": "rig1", "url": "s3://lab/rig1", "cache": "raw-cache"}]
+    listed = load_config(write(tmp_path, yaml.safe_dump(minimal(input=sources))))
+    assert listed.source("rig1").cache == str(tmp_path / "raw-cache")  # each source's own
     data["input"]["cache"] = "s3://lab/cache"
     with pytest.raises(
         ConfigError, match=r"input\.cache: expected a local folder, got 's3://lab/cache'"

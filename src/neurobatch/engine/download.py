@@ -103,18 +103,18 @@ class DownloadSummary:
 
 def _fetch_one(url: str, rows: list[dict[Any, Any]], config: PipelineConfig) -> Download:
     """An input with every distinct loader arguments of its items (their sidecars)."""
-    section = config.input
-    assert section.cache is not None
+    source = config.source(str(rows[0].get("source") or ""))
+    assert source.cache is not None
     fetched = 0
     try:
         for row in rows:
             copy = fetch_input(
                 url,
-                section.cache,
+                source.cache,
                 fingerprint=str(row["fingerprint"]),
-                target=section.target,
+                target=source.target,
                 loader_arguments=row["loader_arguments"],
-                storage_options=section.storage_options,
+                storage_options=source.storage_options,
             )
             fetched += 0 if copy is None else copy.bytes
     except (NeurobatchError, OSError) as error:  # one input's failure never stops the others
@@ -135,7 +135,8 @@ def download_inputs(
     Parameters
     ----------
     config : PipelineConfig
-        The pipeline; ``input.cache`` must be set.
+        The pipeline; ``input.cache`` must be set (of one source at least: the inputs of
+        the others are read where they are).
     manifest : pandas.DataFrame, optional
         Its manifest; discovered when not given.
     threads : int, default :data:`DOWNLOAD_THREADS`
@@ -151,7 +152,7 @@ def download_inputs(
     Raises
     ------
     neurobatch.errors.ConfigError
-        If ``input.cache`` is not set.
+        If no source has an ``input.cache``.
     neurobatch.errors.InputError
         If discovery fails (see :func:`neurobatch.io.discover.discover`).
 
@@ -167,13 +168,15 @@ def download_inputs(
     >>> print(summary)  # doctest: +ELLIPSIS
     1 input(s) in ...: 1 fetched (16 B), 0 already cached, 0 failed
     """
-    if config.input.cache is None:
+    caches = [s for s in config.sources if s.cache is not None]
+    if not caches:
         raise ConfigError(
             "--download-only needs input.cache: set it to a local folder in the pipeline "
             "file's input section"
         )
-    summary = DownloadSummary(config.input.cache)
-    if not is_remote(config.input.url):
+    summary = DownloadSummary(", ".join(dict.fromkeys(str(s.cache) for s in caches)))
+    remote = {s.name for s in caches if is_remote(s.url)}
+    if not remote:
         summary.local = True
         return summary
     if manifest is None:
@@ -181,12 +184,12 @@ def download_inputs(
     secrets = secrets_in(config.model_dump())
     by_url: dict[str, list[dict[Any, Any]]] = {}
     for row in manifest.to_dict("records"):
+        if str(row.get("source") or "") not in remote:
+            continue  # a source without a cache, or local: read where it is
         rows = by_url.setdefault(str(row["url"]), [])
         arguments = json.dumps(row["loader_arguments"], sort_keys=True, default=str)
-        if all(
-            json.dumps(r["loader_arguments"], sort_keys=True, default=str) != arguments
-            for r in rows
-        ):
+        known = (json.dumps(r["loader_arguments"], sort_keys=True, default=str) for r in rows)
+        if arguments not in known:
             rows.append(row)
 
     def one(url: str) -> Download:
