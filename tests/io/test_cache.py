@@ -87,7 +87,7 @@ def test_a_fetch_equals_the_remote_and_is_recorded(
     assert path == str(tmp_path / "s3" / "lab" / "cache" / s3.rsplit("/", 1)[1] / "x.bin")
     assert Path(path).read_bytes() == data and downloaded == len(data)
     record = json.loads(
-        Path(tmp_path, RECORDS, *Path(path).relative_to(tmp_path).parts)
+        Path(tmp_path, RECORDS, "files", *Path(path).relative_to(tmp_path).parts)
         .with_name("x.bin.json")
         .read_text()
     )
@@ -281,7 +281,7 @@ def test_a_multipart_upload_is_verified_by_its_size_and_its_etag_recorded(
     local, downloaded = fetch_file(f"{s3}/multi.bin", str(tmp_path), storage_options=s3_options)
 
     assert Path(local).read_bytes() == data and downloaded == len(data)
-    record_path = Path(tmp_path, RECORDS, *Path(local).relative_to(tmp_path).parts)
+    record_path = Path(tmp_path, RECORDS, "files", *Path(local).relative_to(tmp_path).parts)
     record = json.loads(record_path.with_name("multi.bin.json").read_text())
     assert record["verified"] == "size" and record["etag"] == etag
     assert record["md5"] == hashlib.md5(data).hexdigest()

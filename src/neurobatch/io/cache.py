@@ -22,10 +22,10 @@ MD5s with a part size nobody records, so there only the size is checked) -- then
 place atomically. A copy that does not verify is removed and the fetch fails with one line
 naming the URL, what was expected and what was found.
 
-Each cached file has a record in ``DIR/.neurobatch-cache/<protocol>/<path>.json``: its URL,
-size, ETag, fingerprint, MD5 and SHA-256 (so the copy can be checked again later) and when
-it was fetched; each input has one in ``<path>.input.json``: the manifest's fingerprint,
-its files and its companions. A later fetch compares the input's record with the
+Each cached file has a record in ``DIR/.neurobatch-cache/files/<protocol>/<path>.json``: its
+URL, size, ETag, fingerprint, MD5 and SHA-256 (so the copy can be checked again later) and
+when it was fetched; each input has one in ``DIR/.neurobatch-cache/inputs/...``: the
+manifest's fingerprint, its files and its companions. A later fetch compares the input's record with the
 manifest's fingerprint, which discovery already read, and reads nothing of the input when
 they match (a companion is asked for its ``info``, as the ingest stage's key does anyway);
 a remote that changed is fetched again, file by file. The records and
@@ -146,13 +146,15 @@ def _split(fs: Any, path: str) -> tuple[str, list[str]]:
     return protocol, parts
 
 
-def _mirror(cache: str, fs: Any, path: str) -> tuple[str, str]:
+def _mirror(
+    cache: str, fs: Any, path: str, records: Literal["files", "inputs"] = "files"
+) -> tuple[str, str]:
     """The cached copy of ``path`` and its record (without a suffix)."""
     protocol, parts = _split(fs, path)
     cache = os.path.abspath(cache)
     return (
         os.path.join(cache, protocol, *parts),
-        os.path.join(cache, RECORDS, protocol, *parts),
+        os.path.join(cache, RECORDS, records, protocol, *parts),
     )
 
 
@@ -586,8 +588,8 @@ def fetch_input(
     fs, path = fsspec.core.url_to_fs(url, **so)
     path = str(path).rstrip("/")
     cache = os.path.abspath(cache)
-    local, record_path = _mirror(cache, fs, path)
-    record = _read_json(record_path + ".input.json")
+    local, record_path = _mirror(cache, fs, path, "inputs")
+    record = _read_json(record_path + ".json")
     cached = _recorded(cache, record, fingerprint)
     downloaded, current = 0, cached is not None
     if cached is not None and record is not None:  # this item's sidecars too (no listing)
@@ -613,7 +615,7 @@ def fetch_input(
         found[copy] = companion
     if fingerprint is not None and not current:
         _write_json(
-            record_path + ".input.json",
+            record_path + ".json",
             {
                 "url": url,
                 "fingerprint": fingerprint,
