@@ -46,6 +46,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -702,7 +703,7 @@ def query(layout: OutputLayout, sql: str) -> pd.DataFrame:
         try:
             return con.execute(sql).df()
         except duckdb.Error as error:
-            message = " ".join(str(error).split())
+            message = " ".join(re.split(r"\sLINE \d+:", str(error))[0].split())  # no caret
             raise InputError(
-                f"query: {message}; the catalog's tables are {', '.join(TABLES)}"
+                f"the SQL query failed: {message}; the catalog's tables are {', '.join(TABLES)}"
             ) from None
