@@ -72,7 +72,7 @@ def _catalog(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     import sys
 
-    from neurobatch.engine.catalog import query
+    from neurobatch.engine.catalog_query import query
 
     result = query(_layout(args), args.sql)
     if args.format == "csv":

@@ -36,7 +36,7 @@ Memory is bounded: the obs table and the windows are read in blocks of trials
 (:data:`_BLOCK_MEMORY`), the STAs in blocks of units, never whole. The database is built
 aside (a temporary file beside it, or a local one for an object store) and moved in whole
 (uploaded in one PUT): a query from another process sees the old catalog or the new one,
-never a part, and never waits on DuckDB's lock.
+never a part, and never waits on DuckDB's lock. Queries: :mod:`neurobatch.engine.catalog_query`.
 """
 
 from __future__ import annotations
@@ -46,9 +46,7 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -60,9 +58,10 @@ import pyarrow.parquet as pq
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from neurobatch.engine.catalog_query import TABLES
 from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
 from neurobatch.engine.ledger import _read_all, item_states, read_manifest, read_records
-from neurobatch.errors import InputError, InputNotFoundError
+from neurobatch.errors import InputError
 from neurobatch.io import files
 from neurobatch.io.export import trials_obs
 from neurobatch.io.trials_store import REL_TIME, TRIAL_DIM, open_trials
@@ -70,10 +69,7 @@ from neurobatch.io.zarr import damage_reported, open_dataset, zarr_store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TABLES", "build_catalog", "query", "refresh_catalog"]
-
-#: The catalog's tables, in the order they are built (each refers only to those before it).
-TABLES = ("subject", "session", "item", "stage_run", "trial", "unit")
+__all__ = ["TABLES", "build_catalog", "refresh_catalog", "sta_strength"]
 
 _OBS_TABLE = "trials_obs.parquet"
 """The obs table the combiner writes (``output.formats`` with ``parquet``)."""
@@ -113,6 +109,7 @@ def build_catalog(layout: OutputLayout) -> dict[str, int]:
 
     Examples
     --------
+    >>> from neurobatch.engine.catalog_query import query
     >>> from neurobatch.engine.ledger import write_manifest
     >>> out = tempfile.mkdtemp()
     >>> items = pd.DataFrame({"item_id": ["a"], "url": ["a.csv"], "fingerprint": ["f"],
@@ -636,74 +633,3 @@ def sta_strength(sta: np.ndarray) -> dict[str, Any]:
         "peak_y": [None if w is None else w[1] for w in where],
         "peak_x": [None if w is None else w[2] for w in where],
     }
-
-
-# --- reading ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _local_copy(layout: OutputLayout) -> Iterator[str]:
-    """The catalog as a local file: itself on a local disk, else a downloaded copy."""
-    fs, path = fsspec.core.url_to_fs(layout.catalog, **dict(layout.storage_options))
-    missing = InputNotFoundError(
-        f"{layout.url} has no catalog ({layout.catalog}); build it with: "
-        f"neurobatch catalog {layout.url}"
-    )
-    if isinstance(fs, LocalFileSystem):
-        if not os.path.exists(path):
-            raise missing
-        yield path
-        return
-    copy = os.path.join(tempfile.gettempdir(), f"neurobatch-catalog-{uuid.uuid4().hex}.duckdb")
-    try:
-        with files.translated(layout.catalog, action="reading"):
-            files.retried(lambda: fs.get_file(path, copy), url=layout.catalog, action="reading")
-    except FileNotFoundError:
-        raise missing from None
-    try:
-        yield copy
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(copy)
-
-
-def query(layout: OutputLayout, sql: str) -> pd.DataFrame:
-    """Run a read-only SQL query on the catalog of an output folder.
-
-    Parameters
-    ----------
-    layout : OutputLayout
-        The output folder; an object store's catalog is read from a local copy.
-    sql : str
-        One SQL query (DuckDB's dialect) over :data:`TABLES`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The result; SQL NULL as NaN (numbers) or None.
-
-    Raises
-    ------
-    neurobatch.errors.InputNotFoundError
-        If OUT has no catalog (build it with ``neurobatch catalog OUT``).
-    neurobatch.errors.InputError
-        If the query is not valid SQL, names an unknown table or column, or would write:
-        DuckDB's message and the catalog's tables, on one line.
-
-    Examples
-    --------
-    >>> query(OutputLayout(tempfile.mkdtemp()), "SELECT 1")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    neurobatch.errors.InputNotFoundError: ... has no catalog (...); build it with: ...
-    """
-    import duckdb
-
-    with _local_copy(layout) as path, duckdb.connect(path, read_only=True) as con:
-        try:
-            return con.execute(sql).df()
-        except duckdb.Error as error:
-            message = " ".join(re.split(r"\sLINE \d+:", str(error))[0].split())  # no caret
-            raise InputError(
-                f"the SQL query failed: {message}; the catalog's tables are {', '.join(TABLES)}"
-            ) from None
