@@ -391,3 +391,28 @@ def test_a_catalog_that_cannot_be_built_is_a_warning_not_a_failed_run(
     assert f"neurobatch catalog {tmp_path}" in record.getMessage()
     assert not (tmp_path / "catalog.duckdb").exists()
     assert not list(tmp_path.glob(".catalog-*"))
+
+
+def test_without_the_obs_parquet_the_trials_store_gives_the_same_table(
+    photometry_out: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(photometry_out, out)
+    (out / "trials_obs.parquet").unlink()  # a run with formats [zarr]
+    build_catalog(OutputLayout(str(out)))
+    pd.testing.assert_frame_equal(_table(out, "trial"), _table(photometry_out, "trial"))
+
+
+def test_an_obs_parquet_of_another_run_is_refused_naming_the_row(
+    photometry_out: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(photometry_out, out)
+    obs = pd.read_parquet(out / "trials_obs.parquet")
+    obs.iloc[::-1].to_parquet(out / "trials_obs.parquet", index=False)
+    with pytest.raises(
+        InputError, match=r"trials_obs\.parquet: row 0 has item_id 'experiment_004'"
+    ):
+        build_catalog(OutputLayout(str(out)))
+    before = _table(photometry_out, "trial")
+    assert len(_table(out, "trial")) == len(before)  # the copied catalog stays as it was

@@ -74,6 +74,10 @@ __all__ = ["TABLES", "build_catalog", "refresh_catalog", "sta_strength"]
 _OBS_TABLE = "trials_obs.parquet"
 """The obs table the combiner writes (``output.formats`` with ``parquet``)."""
 
+_TRIAL_KEYS = "PRIMARY KEY (item_id, trial_num), FOREIGN KEY (item_id) REFERENCES item (item_id)"
+_NO_TRIALS = f"CREATE TABLE trial (item_id VARCHAR, trial_num BIGINT, {_TRIAL_KEYS})"
+"""The ``trial`` table of an output folder without trials (the filter and sta kinds)."""
+
 _BLOCK_MEMORY = 32 * 2**20
 """Bytes of windows (or STAs) read at once while the catalog is built."""
 
@@ -439,7 +443,7 @@ def _trials(con: Any, layout: OutputLayout) -> None:
         with damage_reported(url):
             windows = xr.open_zarr(store, chunks=None, consolidated=True)
     except (FileNotFoundError, KeyError):
-        con.execute("CREATE TABLE trial (item_id VARCHAR, trial_num BIGINT)")
+        con.execute(_NO_TRIALS)
         return
     signals = [str(n) for n, v in windows.data_vars.items() if v.dims == (TRIAL_DIM, REL_TIME)]
     n_rel = max(1, int(windows.sizes.get(REL_TIME, 1)))
@@ -448,6 +452,7 @@ def _trials(con: Any, layout: OutputLayout) -> None:
     start = 0
     for obs in _obs_blocks(layout, rows):
         block = windows.isel({TRIAL_DIM: slice(start, start + obs.num_rows)})
+        _check_rows(obs, block, start, layout)
         start += obs.num_rows
         summaries: dict[str, Any] = {}
         with damage_reported(url):
@@ -459,25 +464,39 @@ def _trials(con: Any, layout: OutputLayout) -> None:
             if name not in obs.column_names:
                 obs = obs.append_column(name, pa.array(values, from_pandas=True))
         if not created:
-            keys = ""
-            if {"item_id", "trial_num"} <= set(obs.column_names):
-                keys = (
-                    ", PRIMARY KEY (item_id, trial_num), "
-                    "FOREIGN KEY (item_id) REFERENCES item (item_id)"
-                )
+            keys = f", {_TRIAL_KEYS}" if {"item_id", "trial_num"} <= set(obs.column_names) else ""
             con.execute(f"CREATE TABLE trial ({_columns(con, obs)}{keys})")
             created = True
         con.register("rows", obs)
         con.execute("INSERT INTO trial SELECT * FROM rows")
         con.unregister("rows")
     if not created:
-        con.execute("CREATE TABLE trial (item_id VARCHAR, trial_num BIGINT)")
+        con.execute(_NO_TRIALS)
     elif start != windows.sizes[TRIAL_DIM]:
         raise InputError(
             f"{layout.path(_OBS_TABLE)}: {start} rows, but {url} holds "
             f"{windows.sizes[TRIAL_DIM]} trials; expected one row per trial (re-run to "
             "rebuild the combined outputs)"
         )
+
+
+def _check_rows(obs: pa.Table, block: xr.Dataset, start: int, layout: OutputLayout) -> None:
+    """The obs rows are those of the windows: the same item and trial number, row by row
+    (an obs table left by an earlier run that wrote Parquet is not this run's)."""
+    for name in ("item_id", "trial_num"):
+        if name not in obs.column_names or name not in block.coords:
+            continue
+        ours = [str(v) for v in obs.column(name).to_pylist()]
+        theirs = [str(v) for v in block[name].values.tolist()]
+        n = min(len(ours), len(theirs))  # fewer windows: the count is checked at the end
+        differs = next((i for i in range(n) if ours[i] != theirs[i]), None)
+        if differs is not None:
+            raise InputError(
+                f"{layout.path(_OBS_TABLE)}: row {start + differs} has {name} "
+                f"{ours[differs]!r}, but {layout.combined(TRIALS)} has {theirs[differs]!r}; "
+                "expected the obs table of the same run (re-run with parquet in "
+                "output.formats, or remove it)"
+            )
 
 
 def _obs_blocks(layout: OutputLayout, rows: int) -> Iterator[pa.Table]:
