@@ -7,6 +7,7 @@ rebuilds at its end; ``--storage-options`` reaches an object store, as for ``sta
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from neurobatch.cli_inspect import _storage_options, _storage_options_argument
@@ -70,8 +71,6 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import sys
-
     from neurobatch.engine.catalog_query import query
 
     result = query(_layout(args), args.sql)
