@@ -27,6 +27,7 @@ from distributed import Client
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
+from neurobatch.engine.catalog import refresh_catalog
 from neurobatch.engine.cluster import check_cluster, connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
@@ -544,6 +545,7 @@ class Pipeline:
         order = {item: i for i, item in enumerate(combiner.order)}
         table = table.sort_values("item_id", key=lambda ids: ids.map(order), kind="stable")
         combiner.finish(table.reset_index(drop=True), config.output.formats)
+        refresh_catalog(layout)  # a failure is a warning: neurobatch catalog rebuilds it
         run = {
             "name": config.name,
             "neurobatch": __version__,
