@@ -13,6 +13,7 @@ __all__ = [
     "InputError",
     "InputNotFoundError",
     "NeurobatchError",
+    "NoInputsError",
     "NonUniformSamplingWarning",
     "OutputLockedError",
     "StorageError",
@@ -34,6 +35,11 @@ class InputError(NeurobatchError, ValueError):
 
 class InputNotFoundError(InputError, FileNotFoundError):
     """An input URL does not exist, or its pattern matches nothing: which URL, which pattern."""
+
+
+class NoInputsError(InputNotFoundError):
+    """An input URL exists, but nothing in it is an input (yet): which URL, which pattern,
+    and how many entries still lack their ready flag."""
 
 
 class OutputLockedError(NeurobatchError, RuntimeError):

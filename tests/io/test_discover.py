@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from neurobatch.config import TrialsConfig, load_config
-from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NoInputsError
 from neurobatch.io.discover import (
     MANIFEST_COLUMNS,
     discover,
@@ -589,3 +589,107 @@ def test_discover_config_on_the_example(tmp_path: Path) -> None:
     assert ids(manifest) == ["experiment_1", "experiment_2"]
     assert manifest["url"].iloc[0] == str(tmp_path / "data" / "experiment_1.csv")
     assert manifest["loader_arguments"].iloc[0]["annotation"] == "{stem}.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ready flags
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_ready_flag_keeps_only_complete_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``target: folder``: the flag is inside the input folder; the others wait, counted."""
+    tree(tmp_path, ["s1/a.tev", "s1/raw_session.flag", "s2/a.tev", "s3/a.tev", "s3/b/x"])
+    search = {"url": str(tmp_path), "target": "folder", "ready_flag": "raw_session.flag"}
+    with caplog.at_level(logging.INFO, logger="neurobatch.io.listing"):
+        assert ids(discover(search, TDT)) == ["s1"]
+    [line] = [r.getMessage() for r in caplog.records if "ready flag" in r.getMessage()]
+    assert line.startswith("2 input(s) under ") and "'raw_session.flag'" in line
+    (tmp_path / "s3" / "raw_session.flag").write_bytes(b"")
+    assert ids(discover(search, TDT)) == ["s1", "s3"]
+    # a path inside the folder, and the flag counted in the folder's fingerprint like any file
+    nested = {**search, "ready_flag": "b/x"}
+    assert ids(discover(nested, TDT)) == ["s3"]
+
+
+def test_a_ready_flag_beside_files(tmp_path: Path) -> None:
+    """``target: file``: the flag lies in the file's folder; recursive and not."""
+    tree(tmp_path, ["m1/a.csv", "m1/b.csv", "m1/.done", "m2/c.csv", "d.csv"])
+    deep = {"url": str(tmp_path), "pattern": "*.csv", "recursive": True, "ready_flag": ".done"}
+    assert ids(discover(deep, CSV)) == ["m1__a", "m1__b"]
+    one_level = {"url": str(tmp_path), "pattern": "*/*.csv", "ready_flag": ".done"}
+    assert ids(discover(one_level, CSV)) == ["m1__a", "m1__b"]
+    (tmp_path / ".done").write_bytes(b"")  # the top folder's own flag
+    assert ids(discover({**deep, "recursive": False}, CSV)) == ["d"]
+    single = {"url": str(tmp_path / "m2" / "c.csv"), "ready_flag": ".done"}
+    with pytest.raises(NoInputsError, match=r"has no ready flag '\.done' beside it yet"):
+        discover(single, CSV)
+    (tmp_path / "m2" / ".done").write_bytes(b"")
+    assert ids(discover(single, CSV)) == ["c"]
+
+
+def test_no_ready_input_is_no_inputs_not_a_missing_url(tmp_path: Path) -> None:
+    tree(tmp_path, ["s1/a.tev"])
+    search = {"url": str(tmp_path), "target": "folder", "ready_flag": "raw_session.flag"}
+    with pytest.raises(
+        NoInputsError, match=r"matched nothing with its ready flag 'raw_session\.flag'"
+    ):
+        discover(search, TDT)
+    with pytest.raises(InputNotFoundError) as missing:
+        discover({**search, "url": str(tmp_path / "gone")}, TDT)
+    assert not isinstance(missing.value, NoInputsError)
+
+
+@pytest.mark.parametrize("flag", ["", "/abs.flag", "../up.flag", "a//b", "./x"])
+def test_a_ready_flag_must_be_a_relative_path(tmp_path: Path, flag: str) -> None:
+    with pytest.raises(ConfigError, match=r"input\.ready_flag: expected a file name or a relative"):
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(
+            f"name: x\ninput: {{url: data, ready_flag: {json.dumps(flag)}}}\n"
+            "loader: {format: photometry-csv}\noutput: {url: out}\n"
+        )
+        load_config(path)
+
+
+def test_ready_flags_on_s3_come_from_one_listing(
+    s3_options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """On an object store the flags are read from the listing: no request per input (the
+    S3 server's own request log says which requests discovery made)."""
+    fs = fsspec.filesystem("s3", **s3_options)
+    sessions = [f"flagged/subject/2024-01-0{i}/00{i}" for i in range(1, 7)]
+    for i, session in enumerate(sessions):
+        fs.pipe(f"lab/{session}/raw_data/a.tev", CSV_BYTES)
+        if i % 2 == 0:
+            fs.pipe(f"lab/{session}/raw_session.flag", b"")
+    search = {
+        "url": "s3://lab/flagged/",
+        "pattern": "*/*/*",
+        "target": "folder",
+        "ready_flag": "raw_session.flag",
+        "storage_options": s3_options,
+    }
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        manifest = discover(search, TDT)
+    assert ids(manifest) == [
+        "subject__2024-01-01__001",
+        "subject__2024-01-03__003",
+        "subject__2024-01-05__005",
+    ]
+    requests = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert requests, "the server logs each request"
+    # no request for a flag itself; each folder listed once (the flagged sessions are then
+    # listed whole for their fingerprints, the others not at all)
+    assert not [line for line in requests if "raw_session.flag" in line]
+    folders = [
+        re.search(r"prefix=([^&]*)&delimiter=/&encoding", line)  # max-keys=1: exists(root)
+        for line in requests
+    ]
+    listed = [m.group(1) for m in folders if m is not None]
+    assert len(listed) == len(set(listed)) and "flagged/subject/2024-01-02/002/" in listed
+    whole = [line for line in requests if "&delimiter=&" in line]
+    assert len(whole) == 3 and not [line for line in whole if "002/" in line]
+    fs.pipe(f"lab/{sessions[1]}/raw_session.flag", b"")
+    assert len(discover(search, TDT)) == 4  # a flag written since: the next listing sees it

@@ -69,6 +69,10 @@ class InputConfig(_Model):
     """A local folder to copy remote inputs to before they are processed, verified and
     resumed after a kill (:mod:`neurobatch.io.cache`); later runs read the copies. Relative
     paths are relative to the pipeline file. Local inputs are read in place."""
+    ready_flag: str | None = None
+    """A file (a name, or a ``/``-separated path) that marks an input as complete, such as
+    ``raw_session.flag``: inside the input folder (``target: folder``) or beside the input
+    file (``target: file``). Inputs without it are left out of discovery until it appears."""
 
     @field_validator("cache")
     @classmethod
@@ -101,6 +105,16 @@ class InputConfig(_Model):
     def _url_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("expected a URL or a path, got an empty string")
+        return value
+
+    @field_validator("ready_flag")
+    @classmethod
+    def _relative_flag(cls, value: str | None) -> str | None:
+        parts = [] if value is None else value.split("/")
+        if value is not None and (not value.strip() or any(p in ("", ".", "..") for p in parts)):
+            raise ValueError(
+                f"expected a file name or a relative path such as 'raw_session.flag', got {value!r}"
+            )
         return value
 
 

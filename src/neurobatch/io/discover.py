@@ -35,7 +35,7 @@ from neurobatch.config import (
     trial_event_names,
     validate_loader,
 )
-from neurobatch.errors import ConfigError, InputError, InputNotFoundError
+from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NoInputsError
 from neurobatch.io.listing import list_entries, walk_local
 from neurobatch.io.loaders import LOADERS
 
@@ -316,7 +316,13 @@ def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
         if input.target == "folder":
             raise InputError(f"input.url {input.url!r} is a file, but input.target is 'folder'")
         if input.pattern is not None and not fnmatchcase(name, input.pattern):
-            raise InputNotFoundError(f"no inputs: {_describe_search(input)} matched nothing")
+            raise NoInputsError(f"no inputs: {_describe_search(input)} matched nothing")
+        flag = posixpath.join(posixpath.dirname(root), input.ready_flag or "")
+        if input.ready_flag is not None and not fs.exists(flag):
+            raise NoInputsError(
+                f"no inputs: input.url {input.url!r} has no ready flag {input.ready_flag!r} "
+                "beside it yet; expected it once the input is complete"
+            )
         return [_Input(root, name, root if local else input.url, info)]
 
     wanted = "file" if input.target == "file" else "directory"
@@ -329,6 +335,7 @@ def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
         local=isinstance(fs, LocalFileSystem),
         hidden=explicit_hidden,
         folders=input.target == "folder",
+        ready_flag=input.ready_flag,
     )
     prefix = root.rstrip("/") + "/"
     inputs: list[_Input] = []
@@ -346,7 +353,8 @@ def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
         if other:
             kind = "folders" if wanted == "file" else "files"
             hint = f"; it matched {other} {kind}: is input.target right?"
-        raise InputNotFoundError(f"no inputs: {_describe_search(input)} matched nothing{hint}")
+        ready = "" if input.ready_flag is None else f" with its ready flag {input.ready_flag!r}"
+        raise NoInputsError(f"no inputs: {_describe_search(input)} matched nothing{ready}{hint}")
     inputs.sort(key=lambda item: item.url)
     logger.debug("%d inputs under %s", len(inputs), input.url)
     return inputs
@@ -480,8 +488,9 @@ def discover(
     input : InputConfig or Mapping
         Where to look: ``url`` (any fsspec URL or a local path; a single file is one input),
         ``pattern`` (a glob relative to the URL; ``None`` takes every entry whose name does
-        not start with ``.``), ``recursive`` (match at any depth) and ``target`` (``file``
-        or ``folder`` inputs). Local symbolic links are followed, loops cut, and folders
+        not start with ``.``), ``recursive`` (match at any depth), ``target`` (``file``
+        or ``folder`` inputs) and ``ready_flag`` (only inputs whose flag file exists, inside
+        the folder or beside the file; read from the same listing). Local symbolic links are followed, loops cut, and folders
         holding a neurobatch output left out (:mod:`neurobatch.io.listing`).
     loader : Mapping, list of Mapping, str or callable
         The loader: a mapping with ``format`` (one job per input), a list of them (several
@@ -516,7 +525,8 @@ def discover(
     ------
     InputNotFoundError
         If ``input.url`` does not exist (on an object store, saying when its bucket does
-        not) or nothing matches (the message names the URL, the pattern and the target).
+        not) or nothing matches (:class:`~neurobatch.errors.NoInputsError`; the message
+        names the URL, the pattern and the target, and the ready flag none has yet).
     InputError
         If ``input.url`` cannot be listed: access denied (wrong credentials) or a store
         that cannot be reached, in one line naming the URL.

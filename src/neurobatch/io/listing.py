@@ -314,8 +314,13 @@ def list_entries(
     local: bool,
     hidden: bool = True,
     folders: bool = False,
+    ready_flag: str | None = None,
 ) -> dict[str, Info]:
     """What a search matches under a folder, as ``{relative path: info}``, sorted.
+
+    With ``ready_flag``, the folder is listed deep enough to see each match's flag in the
+    same listing (no request per match), and matches without it are left out, counted in
+    one line at INFO.
 
     Parameters
     ----------
@@ -336,6 +341,9 @@ def list_entries(
     folders : bool, default False
         The search is for folders: a remote store is listed one level deeper, so that a
         matched folder that holds a neurobatch output is recognised (and warned about).
+    ready_flag : str, optional
+        A relative path that must exist for a match of the searched type to be kept: inside
+        a matched folder (``folders``) or beside a matched file.
 
     Returns
     -------
@@ -352,14 +360,49 @@ def list_entries(
     ...     fs.pipe(f"/listing-doc/{name}", b"x")
     >>> sorted(list_entries(fs, "/listing-doc", pattern="*.csv", recursive=True, local=False))
     ['a.csv', 'sub/b.csv']
+    >>> fs.pipe("/listing-doc/sub/done.flag", b"")
+    >>> sorted(list_entries(fs, "/listing-doc", pattern="*.csv", recursive=True, local=False,
+    ...                     ready_flag="done.flag"))
+    ['sub/b.csv']
     """
     regex, depth = _matcher(pattern, recursive)
+    # a flag lies this much deeper than the match it marks: inside it, or beside it
+    deeper = 0 if ready_flag is None else ready_flag.count("/") + (1 if folders else 0)
+    listed = None if depth is None else depth + deeper
     if local:
-        entries = walk_local(root, maxdepth=depth, hidden=hidden, folders=folders)
+        flag_hidden = ready_flag is not None and ready_flag.startswith(".")
+        entries = walk_local(root, maxdepth=listed, hidden=hidden or flag_hidden, folders=folders)
     else:
-        entries = _remote_entries(fs, root, depth, folders)
-    return {
+        entries = _remote_entries(fs, root, listed, folders)
+    matched = {
         path: info
         for path, info in sorted(entries.items())
         if (depth is None or _depth(path) <= depth) and (regex is None or regex.match(path))
     }
+    if ready_flag is None:
+        return matched
+    searched = "directory" if folders else "file"
+    unready = [
+        path
+        for path, info in matched.items()
+        if info.get("type") == searched and _flag_of(path, ready_flag, folders) not in entries
+    ]
+    if unready:
+        logger.info(
+            "%d input(s) under %s without their ready flag %r (such as %r): left out until it "
+            "is written",
+            len(unready),
+            root,
+            ready_flag,
+            unready[0],
+        )
+    left_out = set(unready)
+    return {path: info for path, info in matched.items() if path not in left_out}
+
+
+def _flag_of(path: str, ready_flag: str, folder: bool) -> str:
+    """Where the ready flag of a matched folder (inside it) or file (beside it) lies."""
+    if folder:
+        return f"{path}/{ready_flag}"
+    parent = path.rpartition("/")[0]
+    return f"{parent}/{ready_flag}" if parent else ready_flag
