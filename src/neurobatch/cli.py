@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     add_status(commands)
     add_catalog(commands)
     add_query(commands)
+    add_watch(commands)
     return parser
 
 
@@ -191,6 +192,30 @@ def add_run(commands: Any) -> None:
     _cluster_arguments(run, workers_default=None)
     _force_argument(run)
     run.set_defaults(run=_run)
+
+
+def add_watch(commands: Any) -> None:
+    """The ``watch`` command (:mod:`neurobatch.engine.watch`)."""
+    watch = commands.add_parser(
+        "watch",
+        help="poll the inputs and run every new or changed item as it appears",
+        description=(
+            "Every interval: discover the inputs (with input.ready_flag, only complete ones), "
+            "run the new or changed items on the watch's cluster, log one line per cycle to "
+            "stderr and OUT/logs/watch.log. A failed cycle is logged and retried at the next "
+            "interval; a failed item waits for its input to change (or a restart). SIGTERM "
+            "or SIGINT between cycles exits 0; during one, it is interrupted as a run is "
+            "(exit 128 + the signal). With --once: one cycle, and run's exit status."
+        ),
+    )
+    watch.add_argument("file", help="the pipeline file (YAML or TOML)")
+    watch.add_argument(
+        "--interval", type=_positive_float, default=60.0, metavar="S", help="seconds (60)"
+    )
+    watch.add_argument("--once", action="store_true", help="one cycle, then exit")
+    _cluster_arguments(watch, workers_default=None)
+    _force_argument(watch)
+    watch.set_defaults(run=_watch)
 
 
 def add_discover(commands: Any) -> None:
@@ -415,6 +440,31 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         return EXIT_ALL_FAILED if summary.n_failed == len(summary.inputs) else EXIT_SOME_FAILED
     return _run_pipeline(Pipeline.from_file(args.file), args)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import logging
+
+    from neurobatch.engine.run import Pipeline, RunError
+    from neurobatch.engine.watch import watch
+
+    pipeline = Pipeline.from_file(args.file)
+    pipeline.config = _cluster_config(pipeline.config, args)
+    cycles = logging.getLogger("neurobatch.engine.watch")
+    cycles.setLevel(logging.INFO)
+    to_terminal = logging.StreamHandler(sys.stderr)
+    cycles.addHandler(to_terminal)
+    try:
+        last = watch(pipeline, interval_s=args.interval, once=args.once, force=args.force)
+    finally:
+        cycles.removeHandler(to_terminal)
+    if isinstance(last.error, RunError) and args.once:
+        return _storage_status(last.error.summary) or EXIT_ALL_FAILED
+    if last.error is not None and args.once:
+        raise last.error  # one line and the status run would give (storage: 4, else 1)
+    if last.summary is None or not args.once:
+        return 0
+    return _storage_status(last.summary) or (EXIT_SOME_FAILED if last.summary.n_failed else 0)
 
 
 def _discover(args: argparse.Namespace) -> int:

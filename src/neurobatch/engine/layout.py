@@ -16,6 +16,7 @@
         processing.json
       dashboards/<item>.<fmt>
       logs/run.log  logs/<item>.log
+      logs/watch.log            one line per cycle of `neurobatch watch`
       .neurobatch-lock.json     held while a run writes here (neurobatch.io.lock)
       .staging/<run>/           combined outputs being built (swapped in at the end)
 """
@@ -132,3 +133,8 @@ class OutputLayout:
     def run_log(self) -> str:
         """The log of the last run."""
         return self.path("logs", "run.log")
+
+    @property
+    def watch_log(self) -> str:
+        """One line per cycle of ``neurobatch watch`` (:mod:`neurobatch.engine.watch`)."""
+        return self.path("logs", "watch.log")
