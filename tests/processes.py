@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import psutil
+
 
 @dataclass
 class ProcessCluster:
@@ -142,3 +144,17 @@ class WorkerCPU:
 def _cpu_s(process: Any) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
+
+
+def still_alive(seen: dict[int, float]) -> list[int]:
+    """The processes of ``seen`` (pid -> ``create_time``) that still run: the same process
+    (not a new one with a reused pid) and not a zombie."""
+
+    def alive(pid: int, created: float) -> bool:
+        try:
+            process = psutil.Process(pid)
+            return bool(process.create_time() == created and process.status() != "zombie")
+        except psutil.NoSuchProcess:
+            return False
+
+    return [pid for pid, created in seen.items() if alive(pid, created)]

@@ -19,6 +19,7 @@ import yaml
 from disks import small_disk
 from neurobatch.cli import main
 from neurobatch.engine.ledger import write_manifest
+from processes import still_alive
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,15 +102,7 @@ def test_no_process_outlives_the_command(
                 seen[child.pid] = child.create_time()
         time.sleep(0.02)
     assert run.returncode == 0
-
-    def alive(pid: int, created: float) -> bool:
-        try:
-            process = psutil.Process(pid)
-            return process.create_time() == created and process.status() != "zombie"
-        except psutil.NoSuchProcess:
-            return False
-
-    assert [pid for pid, created in seen.items() if alive(pid, created)] == []
+    assert still_alive(seen) == []
     assert (len(seen) >= 2) if processes else (seen == {})
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -33,29 +32,9 @@ from neurobatch import synthetic
 from neurobatch.config import ClusterConfig, JobqueueClusterConfig
 from neurobatch.engine.cluster import connect
 from neurobatch.engine.run import Pipeline
+from slurm import slurm_unavailable
 
 pytest.importorskip("dask_jobqueue", reason="needs dask-jobqueue (neurobatch[hpc])")
-
-START = "deploy/slurm/start-local-slurm.sh"
-
-
-def _slurm_unavailable() -> str | None:
-    """Why no SLURM job can run here, or None when a node is ready for one."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return f"SLURM is not installed (no sinfo/sbatch on PATH); start one with {START}"
-    try:
-        result = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return f"SLURM is not responding (sinfo timed out after 20 s); (re)start it with {START}"
-    if result.returncode != 0:
-        error = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
-        return f"SLURM is not responding (sinfo: {error}); start it with {START}"
-    states = result.stdout.split()
-    if not {"idle", "mixed"} & set(states):
-        return f"no idle SLURM node (sinfo node states: {', '.join(states) or 'none'})"
-    return None
 
 
 def _our_jobs(tag: str) -> set[str]:
@@ -71,7 +50,7 @@ def _our_jobs(tag: str) -> set[str]:
 def slurm_config(tmp_path: Path) -> Iterator[JobqueueClusterConfig]:
     """Two one-core worker jobs, tagged with a comment of their own; those still queued
     afterwards are cancelled (closing the cluster should have done it)."""
-    if (reason := _slurm_unavailable()) is not None:
+    if (reason := slurm_unavailable()) is not None:
         pytest.skip(reason)
     tag = f"neurobatch-test-{uuid.uuid4().hex}"
     yield JobqueueClusterConfig(

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from neurobatch.engine.ledger import item_states
 from neurobatch.engine.run import Pipeline
 from neurobatch.io.lock import OutputLock, read_lock
 from photometry_files import EVENTS, recording_frame
+from processes import still_alive
 from runs import assert_same_results
+from slurm import slurm_unavailable
 
 #: Seconds between cycles in these tests.
 INTERVAL = 1.0
@@ -78,14 +81,14 @@ class Watch:
         return [line for line in self.log.read_text().splitlines() if " cycle " in line]
 
     def wait_until(self, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not condition():
+        def ready() -> bool:
             assert self.process.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, f"timed out; {self.log.read_text()}"
             with contextlib.suppress(psutil.Error):
                 for child in self.command.children(recursive=True):
                     self.children[child.pid] = child.create_time()
-            time.sleep(0.05)
+            return condition()
+
+        _wait_until(ready, lambda: self.log.read_text())
 
     def wait_for_cycle(self, number: int) -> str:
         self.wait_until(lambda: len(self.cycles()) >= number)
@@ -110,15 +113,7 @@ class Watch:
 
     def left_behind(self) -> list[int]:
         """The watch's child processes (workers, nannies, ...) still alive after it exited."""
-
-        def alive(pid: int, created: float) -> bool:
-            try:
-                process = psutil.Process(pid)
-                return process.create_time() == created and process.status() != "zombie"
-            except psutil.NoSuchProcess:
-                return False
-
-        return [pid for pid, created in self.children.items() if alive(pid, created)]
+        return still_alive(self.children)
 
 
 @pytest.fixture
@@ -302,3 +297,94 @@ def test_interval_must_be_positive(tmp_path: Path) -> None:
     assert (
         last == "neurobatch watch: error: argument --interval: must be a positive number, got '-5'"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/: the systemd unit and the SLURM job
+# ---------------------------------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    """systemd's own check, on the unit with its ``neurobatch`` pointing at this one (the
+    only error it gives as shipped is the program missing until it is installed)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    shipped = (DEPLOY / "systemd" / "neurobatch-watch.service").read_text()
+    assert "ExecStart=/opt/neurobatch/venv/bin/neurobatch watch /etc/neurobatch/pipeline.yaml" in (
+        shipped
+    )
+    here = shutil.which("neurobatch", path=os.path.dirname(sys.executable))
+    assert here is not None
+    unit = tmp_path / "neurobatch-watch.service"
+    unit.write_text(shipped.replace("/opt/neurobatch/venv/bin/neurobatch", here))
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr == "", checked.stderr
+
+
+def _job_state(job: str) -> dict[str, str]:
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job], check=True, capture_output=True, text=True, timeout=30
+    ).stdout
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
+
+
+def test_the_slurm_job_requeues_on_the_time_limit_signal_only(tmp_path: Path) -> None:
+    """On a real SLURM: the time limit's signal (USR1, as ``--signal=B:USR1@120`` sends it)
+    stops the watch and requeues the job; ``scancel`` stops it for good."""
+    script = DEPLOY / "slurm" / "watch.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    if (reason := slurm_unavailable()) is not None:
+        pytest.skip(reason)
+    _recording(tmp_path / "data" / "m0.csv", seed=0)
+    path = _pipeline_file(tmp_path, _config(tmp_path))
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--mem=1G",
+            "--cpus-per-task=1",
+            "--time=00:10:00",
+            f"--output={tmp_path}/job-%j.out",
+            f"--export=ALL,NEUROBATCH_ENV={sys.prefix}",
+            str(script),
+            str(path),
+            "--interval",
+            str(INTERVAL),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    output = tmp_path / f"job-{job}.out"
+    try:
+        _wait_for_text(output, " cycle 2: found 1, new or changed 0;")
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+        _wait_for_text(output, "stopped for the time limit (exit 0), requeueing job")
+        _wait_until(lambda: _job_state(job).get("Restarts") == "1")
+        assert _job_state(job)["JobState"] in ("PENDING", "REQUEUED", "RUNNING")
+    finally:
+        subprocess.run(["scancel", job], check=True, timeout=30)
+    _wait_until(lambda: _job_state(job)["JobState"] == "CANCELLED")
+    assert "SIGTERM: stopping" in output.read_text()
+
+
+def _wait_until(condition: Callable[[], bool], log: Callable[[], str] = str) -> None:
+    """Poll ``condition`` until it holds; fail after :data:`TIMEOUT`, showing ``log()``."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out; {log()}"
+        time.sleep(0.05)
+
+
+def _wait_for_text(path: Path, text: str) -> None:
+    _wait_until(lambda: path.exists() and text in path.read_text(), path.read_text)
