@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import psutil
 import pytest
 import yaml
 
 from neurobatch.engine.ledger import item_states
 from neurobatch.engine.run import Pipeline
+from neurobatch.engine.watch import watch as watch_pipeline
 from neurobatch.io.lock import OutputLock, read_lock
 from photometry_files import EVENTS, recording_frame
 from processes import still_alive
@@ -391,3 +393,28 @@ def _wait_until(condition: Callable[[], bool], log: Callable[[], str] = str) -> 
 
 def _wait_for_text(path: Path, text: str) -> None:
     _wait_until(lambda: path.exists() and text in path.read_text(), path.read_text)
+
+
+def test_a_watch_writing_to_s3_keeps_its_log_there(
+    tmp_path: Path, s3_options: dict[str, Any]
+) -> None:
+    """On an object store, which cannot append, OUT/logs/watch.log is rewritten whole with
+    each cycle's line added."""
+    _recording(tmp_path / "data" / "m0.csv", seed=0)
+    config = _config(tmp_path)
+    config["output"] = {"url": "s3://lab/watch-out", "storage_options": s3_options}
+    pipeline = Pipeline(config)
+    first = watch_pipeline(pipeline, once=True)
+    assert first.summary is not None and first.summary.n_done == 1
+    _recording(tmp_path / "data" / "m1.csv", seed=1)
+    second = watch_pipeline(pipeline, once=True)
+    assert second.summary is not None and (second.summary.n_done, second.summary.n_skipped) == (
+        1,
+        1,
+    )
+    with fsspec.open("s3://lab/watch-out/logs/watch.log", "r", **s3_options) as log:
+        lines = log.read().splitlines()
+    assert [line.split(" ", 1)[1].split(";")[0] for line in lines] == [
+        "cycle 1: found 1, new or changed 1: 1 done, 0 skipped, 0 failed",
+        "cycle 1: found 2, new or changed 2: 1 done, 1 skipped, 0 failed",
+    ]
