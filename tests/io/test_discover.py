@@ -629,6 +629,28 @@ def test_a_ready_flag_beside_files(tmp_path: Path) -> None:
     assert ids(discover(single, CSV)) == ["c"]
 
 
+def test_a_ready_flag_above_the_files(tmp_path: Path) -> None:
+    """IBL's layout: the rig writes ``raw_session.flag`` at the session's top, the
+    recordings one folder below it (``../raw_session.flag``, from the files)."""
+    sessions = ["ZM_1/2024-05-02/001", "ZM_1/2024-05-03/001", "ZM_2/2024-05-03/002"]
+    tree(tmp_path, [f"{s}/raw_photometry_data/photometry.csv" for s in sessions])
+    (tmp_path / sessions[1] / "raw_session.flag").write_bytes(b"")
+    deep = {"url": str(tmp_path), "pattern": "*.csv", "recursive": True}
+    for search in (deep, {"url": str(tmp_path), "pattern": "*/*/*/raw_photometry_data/*.csv"}):
+        flagged = {**search, "ready_flag": "../raw_session.flag"}
+        assert ids(discover(flagged, CSV)) == [
+            "ZM_1__2024-05-03__001__raw_photometry_data__photometry"
+        ]
+    # a flag above input.url is never found
+    below = {
+        "url": str(tmp_path / "ZM_1"),
+        "pattern": "*/*/*/*.csv",
+        "ready_flag": "../../../../raw_session.flag",
+    }
+    with pytest.raises(NoInputsError):
+        discover(below, CSV)
+
+
 def test_no_ready_input_is_no_inputs_not_a_missing_url(tmp_path: Path) -> None:
     tree(tmp_path, ["s1/a.tev"])
     search = {"url": str(tmp_path), "target": "folder", "ready_flag": "raw_session.flag"}
@@ -641,7 +663,7 @@ def test_no_ready_input_is_no_inputs_not_a_missing_url(tmp_path: Path) -> None:
     assert not isinstance(missing.value, NoInputsError)
 
 
-@pytest.mark.parametrize("flag", ["", "/abs.flag", "../up.flag", "a//b", "./x"])
+@pytest.mark.parametrize("flag", ["", "/abs.flag", "..", "a/../b", "a//b", "./x", "x/"])
 def test_a_ready_flag_must_be_a_relative_path(tmp_path: Path, flag: str) -> None:
     with pytest.raises(ConfigError, match=r"input\.ready_flag: expected a file name or a relative"):
         path = tmp_path / "pipeline.yaml"

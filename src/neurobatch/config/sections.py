@@ -72,7 +72,8 @@ class InputConfig(_Model):
     ready_flag: str | None = None
     """A file (a name, or a ``/``-separated path) that marks an input as complete, such as
     ``raw_session.flag``: inside the input folder (``target: folder``) or beside the input
-    file (``target: file``). Inputs without it are left out of discovery until it appears."""
+    file (``target: file``); leading ``..`` go up from there (``../raw_session.flag``), within
+    ``url``. Inputs without it are left out of discovery until it appears."""
 
     @field_validator("cache")
     @classmethod
@@ -111,9 +112,11 @@ class InputConfig(_Model):
     @classmethod
     def _relative_flag(cls, value: str | None) -> str | None:
         parts = [] if value is None else value.split("/")
-        if value is not None and (not value.strip() or any(p in ("", ".", "..") for p in parts)):
+        named = parts[parts.count("..") :]  # a ".." after a name is left in it: refused
+        if value is not None and (not named or any(p in ("", ".", "..") for p in named)):
             raise ValueError(
-                f"expected a file name or a relative path such as 'raw_session.flag', got {value!r}"
+                "expected a file name or a relative path such as 'raw_session.flag' or "
+                f"'../raw_session.flag', got {value!r}"
             )
         return value
 

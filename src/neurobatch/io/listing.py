@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 import stat
 from collections import deque
@@ -343,7 +344,8 @@ def list_entries(
         matched folder that holds a neurobatch output is recognised (and warned about).
     ready_flag : str, optional
         A relative path that must exist for a match of the searched type to be kept: inside
-        a matched folder (``folders``) or beside a matched file.
+        a matched folder (``folders``) or beside a matched file; leading ``..`` go up from
+        there, within ``root``.
 
     Returns
     -------
@@ -366,11 +368,13 @@ def list_entries(
     ['sub/b.csv']
     """
     regex, depth = _matcher(pattern, recursive)
-    # a flag lies this much deeper than the match it marks: inside it, or beside it
-    deeper = 0 if ready_flag is None else ready_flag.count("/") + (1 if folders else 0)
+    # a flag lies this much deeper than the match it marks: inside it, or beside it (or, with
+    # leading "..", in a folder above it)
+    parts = [] if ready_flag is None else ready_flag.split("/")
+    deeper = max(0, len(parts) - 2 * parts.count("..") - (0 if folders else 1))
     listed = None if depth is None else depth + deeper
     if local:
-        flag_hidden = ready_flag is not None and ready_flag.startswith(".")
+        flag_hidden = any(part.startswith(".") and part != ".." for part in parts)
         entries = walk_local(root, maxdepth=listed, hidden=hidden or flag_hidden, folders=folders)
     else:
         entries = _remote_entries(fs, root, listed, folders)
@@ -402,7 +406,5 @@ def list_entries(
 
 def _flag_of(path: str, ready_flag: str, folder: bool) -> str:
     """Where the ready flag of a matched folder (inside it) or file (beside it) lies."""
-    if folder:
-        return f"{path}/{ready_flag}"
-    parent = path.rpartition("/")[0]
-    return f"{parent}/{ready_flag}" if parent else ready_flag
+    base = path if folder else path.rpartition("/")[0]
+    return posixpath.normpath(f"{base}/{ready_flag}" if base else ready_flag)
