@@ -651,6 +651,15 @@ def test_a_ready_flag_above_the_files(tmp_path: Path) -> None:
         discover(below, CSV)
 
 
+def test_a_ready_flag_with_listed_files(tmp_path: Path) -> None:
+    tree(tmp_path, ["s1/a.csv", "s1/raw_session.flag", "s2/a.csv"])
+    listed = {"url": str(tmp_path), "files": ["s1/a.csv", "s2/a.csv"]}
+    flagged = {**listed, "ready_flag": "raw_session.flag"}
+    assert ids(discover(flagged, CSV)) == ["s1__a"]
+    with pytest.raises(NoInputsError, match=r"none of the 1 listed input\(s\) of .* has its"):
+        discover({**flagged, "files": ["s2/a.csv"]}, CSV)
+
+
 def test_no_ready_input_is_no_inputs_not_a_missing_url(tmp_path: Path) -> None:
     tree(tmp_path, ["s1/a.tev"])
     search = {"url": str(tmp_path), "target": "folder", "ready_flag": "raw_session.flag"}

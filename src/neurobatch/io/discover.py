@@ -36,7 +36,7 @@ from neurobatch.config import (
     validate_loader,
 )
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NoInputsError
-from neurobatch.io.listing import list_entries, walk_local
+from neurobatch.io.listing import list_entries, ready_flag_path, walk_local
 from neurobatch.io.loaders import LOADERS
 
 __all__ = [
@@ -384,6 +384,23 @@ def _listed(fs: Any, root: str, source: InputConfig, local: bool) -> list[_Input
             f"input {source.url!r}: listed file(s) {', '.join(map(repr, missing[:3]))}{more} "
             "do not exist; expected every entry of files to exist under the url"
         )
+    if source.ready_flag is not None:  # one request per input, as for the inputs themselves
+        folder, flag = source.target == "folder", source.ready_flag
+        ready = [i for i in inputs if fs.exists(ready_flag_path(i.path, flag, folder=folder))]
+        if len(ready) < len(inputs):
+            logger.info(
+                "%d listed input(s) of %s without their ready flag %r: left out until it is "
+                "written",
+                len(inputs) - len(ready),
+                source.url,
+                flag,
+            )
+        if not ready:
+            raise NoInputsError(
+                f"no inputs: none of the {len(inputs)} listed input(s) of {source.url!r} has "
+                f"its ready flag {flag!r} yet"
+            )
+        inputs = ready
     return sorted(inputs, key=lambda item: item.url)
 
 

@@ -35,7 +35,7 @@ from fsspec.utils import glob_translate
 
 from neurobatch.io.lock import LOCK_NAME
 
-__all__ = ["OUTPUT_MARKERS", "list_entries", "output_marker", "walk_local"]
+__all__ = ["OUTPUT_MARKERS", "list_entries", "output_marker", "ready_flag_path", "walk_local"]
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,8 @@ def list_entries(
     unready = [
         path
         for path, info in matched.items()
-        if info.get("type") == searched and _flag_of(path, ready_flag, folders) not in entries
+        if info.get("type") == searched
+        and ready_flag_path(path, ready_flag, folder=folders) not in entries
     ]
     if unready:
         logger.info(
@@ -404,7 +405,29 @@ def list_entries(
     return {path: info for path, info in matched.items() if path not in left_out}
 
 
-def _flag_of(path: str, ready_flag: str, folder: bool) -> str:
-    """Where the ready flag of a matched folder (inside it) or file (beside it) lies."""
+def ready_flag_path(path: str, ready_flag: str, *, folder: bool) -> str:
+    """Where the ready flag of an input lies: inside it (a folder) or beside it (a file).
+
+    Parameters
+    ----------
+    path : str
+        The input, ``/``-separated (relative to the listed folder, or absolute).
+    ready_flag : str
+        ``input.ready_flag``: a relative path; leading ``..`` go up.
+    folder : bool
+        Whether the input is a folder.
+
+    Returns
+    -------
+    str
+        The flag's path, normalised.
+
+    Examples
+    --------
+    >>> ready_flag_path("s1/raw_photometry_data/a.csv", "../raw_session.flag", folder=False)
+    's1/raw_session.flag'
+    >>> ready_flag_path("s1", "raw_session.flag", folder=True)
+    's1/raw_session.flag'
+    """
     base = path if folder else path.rpartition("/")[0]
     return posixpath.normpath(f"{base}/{ready_flag}" if base else ready_flag)
