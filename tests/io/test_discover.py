@@ -15,7 +15,7 @@ import fsspec
 import pandas as pd
 import pytest
 
-from neurobatch.config import TrialsConfig, load_config
+from neurobatch.config import PipelineConfig, TrialsConfig, load_config
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NoInputsError
 from neurobatch.io.discover import (
     MANIFEST_COLUMNS,
@@ -658,6 +658,35 @@ def test_a_ready_flag_with_listed_files(tmp_path: Path) -> None:
     assert ids(discover(flagged, CSV)) == ["s1__a"]
     with pytest.raises(NoInputsError, match=r"none of the 1 listed input\(s\) of .* has its"):
         discover({**flagged, "files": ["s2/a.csv"]}, CSV)
+
+
+def test_a_source_with_nothing_ready_waits_while_the_others_run(tmp_path: Path) -> None:
+    tree(tmp_path, ["rig1/s1/a.csv", "rig1/s1/raw_session.flag", "rig2/s2/b.csv"])
+
+    def config(*flags: str | None) -> PipelineConfig:
+        return PipelineConfig.model_validate(
+            {
+                "name": "rigs",
+                "input": [
+                    {
+                        "name": name,
+                        "url": str(tmp_path / name),
+                        "pattern": "*/*.csv",
+                        "ready_flag": flag,
+                    }
+                    for name, flag in zip(("rig1", "rig2"), flags, strict=True)
+                ],
+                "loader": CSV,
+                "output": {"url": str(tmp_path / "out")},
+            }
+        )
+
+    flagged = config("raw_session.flag", "raw_session.flag")
+    assert ids(discover_config(flagged)) == ["rig1__s1__a"]
+    (tmp_path / "rig1" / "s1" / "raw_session.flag").unlink()
+    with pytest.raises(NoInputsError, match="none of the 2 sources has an input with its ready"):
+        discover_config(flagged)
+    assert ids(discover_config(config("raw_session.flag", None))) == ["rig2__s2__b"]
 
 
 def test_no_ready_input_is_no_inputs_not_a_missing_url(tmp_path: Path) -> None:

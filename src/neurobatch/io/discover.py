@@ -673,7 +673,8 @@ def discover_config(
     Returns
     -------
     pandas.DataFrame
-        The manifest (see :func:`discover`).
+        The manifest (see :func:`discover`). Of several sources, one with a ``ready_flag``
+        and no input ready yet adds nothing (the others are discovered).
 
     Examples
     --------
@@ -685,15 +686,28 @@ def discover_config(
     >>> discover_config(config)["item_id"].tolist()
     ['x']
     """
-    manifests = [
-        discover(source, source.loader, storage_options=storage_options, trials=config.trials)
-        for source in config.sources
-    ]
+    found: dict[str, pd.DataFrame] = {}  # source -> its manifest
+    for source in config.sources:
+        try:
+            found[source.name] = discover(
+                source, source.loader, storage_options=storage_options, trials=config.trials
+            )
+        except NoInputsError as nothing:
+            # a source none of whose inputs is ready yet waits; the others run
+            if source.ready_flag is None or len(config.sources) == 1:
+                raise
+            logger.info("source %s: %s", source.name, nothing)
+    if not found:
+        raise NoInputsError(
+            f"no inputs: none of the {len(config.sources)} sources has an input with its "
+            "ready flag yet"
+        )
+    manifests = list(found.values())
     manifest = pd.concat(manifests, ignore_index=True) if len(manifests) > 1 else manifests[0]
     if len(config.sources) > 1:
         logger.info(
             "%d sources: %s",
-            len(manifests),
-            ", ".join(f"{s.name} {len(m)}" for s, m in zip(config.sources, manifests, strict=True)),
+            len(config.sources),
+            ", ".join(f"{s.name} {len(found.get(s.name, ()))}" for s in config.sources),
         )
     return manifest
