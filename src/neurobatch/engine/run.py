@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from neurobatch.engine.logs import run_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.rates import rate_outliers
+from neurobatch.engine.results import TrialsOutputs
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
@@ -48,7 +49,7 @@ from neurobatch.redact import scrub, secrets_in
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "RunError", "RunSummary"]
+__all__ = ["Pipeline", "RunError", "RunResult", "RunSummary"]
 
 
 class RunError(NeurobatchError, RuntimeError):
@@ -108,6 +109,17 @@ class RunSummary:
         ]
         lines += [f"  FAILED {row.item_id}: {row.error}" for row in self.failures.itertuples()]
         return "\n".join(lines)
+
+
+@dataclass
+class RunResult(RunSummary, TrialsOutputs):
+    """What :meth:`Pipeline.run` returns: its summary, and its outputs opened.
+
+    ``.trials`` (the combined trials, lazy xarray), ``.to_anndata()``, ``.to_phopro()``
+    (:class:`~neurobatch.engine.results.TrialsOutputs`), ``.items`` (this run's items).
+    """
+
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _with_chunk_budget(jobs: list[ItemJob], client: Client) -> list[ItemJob]:
@@ -257,7 +269,7 @@ class Pipeline:
         progress: bool | None = None,
         wait: bool = False,
         force: bool = False,
-    ) -> RunSummary:
+    ) -> RunResult:
         """Process every item and combine their trials.
 
         The run holds the output folder's lock (``OUT/.neurobatch-lock.json``) from start to
@@ -286,7 +298,9 @@ class Pipeline:
 
         Returns
         -------
-        RunSummary
+        RunResult
+            The summary (items, counts, time) with the outputs opened: ``.trials``,
+            ``.to_anndata()``, ``.to_phopro()``.
 
         Raises
         ------
@@ -347,7 +361,7 @@ class Pipeline:
         run_id: str,
         start: float,
         force: bool,
-    ) -> RunSummary:
+    ) -> RunResult:
         config, layout = self.config, self.layout
         kind = KINDS[config.kind]
         with ExitStack() as stack:
@@ -536,7 +550,7 @@ class Pipeline:
         combiner: Combiner,
         seconds: float,
         run_id: str,
-    ) -> RunSummary:
+    ) -> RunResult:
         config, layout = self.config, self.layout
         so = layout.storage_options
         items = pd.DataFrame([outcome.row() for outcome in outcomes])
@@ -555,8 +569,12 @@ class Pipeline:
         }
         text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
         files.write_text(layout.run_record, text, storage_options=so)
-        summary = RunSummary(
-            output_url=layout.url, items=items, n_trials=combiner.n_trials, seconds=seconds
+        summary = RunResult(
+            output_url=layout.url,
+            items=items,
+            n_trials=combiner.n_trials,
+            seconds=seconds,
+            storage_options=layout.storage_options,
         )
         logger.info("%s", summary)
         return summary
