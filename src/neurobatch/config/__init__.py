@@ -34,7 +34,14 @@ from neurobatch.config.files import (
     validate_loader,
 )
 from neurobatch.config.loaders import LOADER_FORMATS, LoaderField, LoaderFormat, LoaderMapping
-from neurobatch.config.objects import ObjectRef, import_object, split_object_ref
+from neurobatch.config.objects import (
+    CallableRef,
+    ObjectRef,
+    import_object,
+    object_name,
+    resolve_object,
+    split_object_ref,
+)
 from neurobatch.config.pipeline import PipelineConfig, SourceConfig, trial_event_names
 from neurobatch.config.sections import (
     EngineConfig,
@@ -57,6 +64,7 @@ __all__ = [
     "AddressClusterConfig",
     "Bounds",
     "ClusterConfig",
+    "CallableRef",
     "EngineConfig",
     "EphysFilterConfig",
     "EventNames",
@@ -88,6 +96,8 @@ __all__ = [
     "import_object",
     "load_config",
     "loader_arguments",
+    "object_name",
+    "resolve_object",
     "split_object_ref",
     "trial_event_names",
     "validate_config",

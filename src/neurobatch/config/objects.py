@@ -1,4 +1,5 @@
-"""Importing user functions named as ``"module:function"`` or ``"path/to/file.py:function"``."""
+"""User functions: named as ``"module:function"`` or ``"path/to/file.py:function"`` (imported
+only when used), or, from Python, the function itself (:data:`CallableRef`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, WithJsonSchema
+from pydantic import AfterValidator, PlainSerializer, WithJsonSchema
 
 from neurobatch.config.base import _suggest
 from neurobatch.errors import ConfigError
 
-__all__ = ["ObjectRef", "import_object", "split_object_ref"]
+__all__ = ["CallableRef", "ObjectRef", "import_object", "object_name", "resolve_object", "split_object_ref"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,66 @@ ObjectRef = Annotated[
 ]
 """A ``"module:function"`` or ``"path/to/file.py:function"`` string, checked but not imported."""
 
+
+
+def object_name(value: Any) -> str:
+    """A reference's text, or ``module:qualname`` for a function given from Python.
+
+    Parameters
+    ----------
+    value : str or callable
+        A ``"module:function"`` reference or the function itself.
+
+    Returns
+    -------
+    str
+        What records and messages show (a lambda is ``module:<lambda>``).
+
+    Examples
+    --------
+    >>> import os.path
+    >>> object_name(os.path.join), object_name("mylab.hooks:build_id")
+    ('posixpath:join', 'mylab.hooks:build_id')
+    """
+    if isinstance(value, str):
+        return value
+    module = getattr(value, "__module__", None) or type(value).__module__
+    qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
+    return f"{module}:{qualname}"
+
+
+CallableRef = Annotated[
+    Union[ObjectRef, Callable[..., Any]],  # noqa: UP007
+    PlainSerializer(object_name, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^.+:[A-Za-z_][A-Za-z0-9_.]*$"}),
+]
+"""A :data:`ObjectRef`, or from Python the function itself (kept as it is, dumped as its
+``module:qualname``, sent to the workers by value when it cannot be imported there)."""
+
+
+def resolve_object(value: Any) -> Any:
+    """The function a :data:`CallableRef` holds: imported for a reference.
+
+    Parameters
+    ----------
+    value : str or callable
+        The reference or the function.
+
+    Returns
+    -------
+    object
+
+    Raises
+    ------
+    ConfigError
+        If a reference cannot be imported (:func:`import_object`).
+
+    Examples
+    --------
+    >>> resolve_object(len) is len, resolve_object("os.path:join").__name__
+    (True, 'join')
+    """
+    return import_object(value) if isinstance(value, str) else value
 
 def _file_module(path: Path, ref: str) -> types.ModuleType:
     key = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
