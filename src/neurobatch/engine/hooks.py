@@ -16,7 +16,7 @@ from typing import Any
 import cloudpickle
 import xarray as xr
 
-from neurobatch.config import PipelineConfig, resolve_object
+from neurobatch.config import PipelineConfig, by_value, resolve_object
 from neurobatch.errors import NeurobatchError
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def resolve_hooks(
         if hook is None:
             hooks.pop(name, None)
         else:
-            hooks[name] = hook
+            hooks[name] = by_value(hook)
     return hooks
 
 
