@@ -28,6 +28,7 @@ from distributed import Client
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
 from neurobatch.engine.cluster import check_cluster, connect, planned_threads
+from neurobatch.engine.display import progress_default
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, write_failure
@@ -289,7 +290,8 @@ class Pipeline:
             Process only these item ids; the combined outputs still cover every
             committed item.
         progress : bool, optional
-            Show a progress bar; by default when stderr is a terminal.
+            Show a progress bar; by default on a terminal, and in a notebook (Jupyter)
+            where ``ipywidgets`` is installed.
         wait : bool, default False
             Wait for another run holding the output folder to end, instead of failing.
         force : bool, default False
@@ -598,9 +600,9 @@ class Pipeline:
 
 @contextmanager
 def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[ItemOutcome], None]]:
-    """A progress bar over items on a terminal (rich); nothing otherwise."""
+    """A progress bar over items (rich): on a terminal, or a notebook's widget."""
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = progress_default()
     if not enabled:
         yield lambda outcome: None
         return
