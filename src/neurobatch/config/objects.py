@@ -14,8 +14,8 @@ import site
 import sys
 import sysconfig
 import types
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Union
 
 from pydantic import AfterValidator, Discriminator, PlainSerializer, Tag, WithJsonSchema
@@ -95,7 +95,6 @@ ObjectRef = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^.+:[A-Za-z_][A-Za-z0-9_.]*$"}),
 ]
 """A ``"module:function"`` or ``"path/to/file.py:function"`` string, checked but not imported."""
-
 
 
 def object_name(value: Any) -> str:
@@ -257,6 +256,7 @@ def resolve_object(value: Any) -> Any:
     (True, 'join')
     """
     return import_object(value) if isinstance(value, str) else value
+
 
 def _file_module(path: Path, ref: str) -> types.ModuleType:
     key = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()

@@ -26,10 +26,10 @@ import pandas as pd
 from distributed import Client
 
 from neurobatch import __version__
-from neurobatch.config import PipelineConfig, load_config
+from neurobatch.config import PipelineConfig, load_config, validate_config
 from neurobatch.engine.cluster import check_cluster, connect, planned_threads
-from neurobatch.engine.display import progress_default
 from neurobatch.engine.combine import Combiner
+from neurobatch.engine.display import progress_default
 from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, write_failure
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
@@ -150,7 +150,9 @@ class Pipeline:
     Parameters
     ----------
     config : neurobatch.config.PipelineConfig or mapping
-        The validated pipeline file, or a mapping validated into one.
+        The validated pipeline file, or a mapping validated into one (a ConfigError of one
+        line per problem, as for a file). Where a file takes ``module:function``, a
+        mapping may hold the function itself.
     stages : iterable of Stage, optional
         Stages of the user's own (:func:`neurobatch.stage`), after the file's.
 
@@ -178,9 +180,7 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig | Mapping[str, Any], *, stages: Iterable[Stage] = ()
     ) -> None:
-        self.config = (
-            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
-        )
+        self.config = config if isinstance(config, PipelineConfig) else validate_config(config)
         self.extra_stages = list(stages)
         self.stages = pipeline_stages(self.config, self.extra_stages)
 

@@ -583,9 +583,7 @@ def discover(
         if resolver is None:
             mappings = static
         else:
-            result = _resolve(
-                resolver, resolver_name, item.url, input_path(item.url, fs, options)
-            )
+            result = _resolve(resolver, resolver_name, item.url, input_path(item.url, fs, options))
             validated = validate_loader(result, source=item.url)
             mappings = _as_list(validated)
             _check_mappings(
