@@ -180,7 +180,7 @@ def test_to_anndata_equals_the_h5ad(case1: Any) -> None:
 
 
 def test_to_phopro_gives_photometry_data(case1: Any) -> None:
-    from PhoPro.core.PhotometryData import PhotometryData
+    from PhoPro.core.PhotometryData import PhotometryData  # type: ignore[import-untyped]
 
     result, _ = case1
     data = result.to_phopro()

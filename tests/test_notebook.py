@@ -41,7 +41,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         # the kernel runs in the notebook's folder: a relative PYTHONPATH would not follow
         paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
         patch.setenv("PYTHONPATH", os.pathsep.join(os.path.abspath(p) for p in paths if p))
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        notebook = nbformat.read(NOTEBOOK, as_version=4)  # type: ignore[no-untyped-call]
         client = NotebookClient(
             notebook,
             kernel_name=KERNEL,
@@ -49,9 +49,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             resources={"metadata": {"path": str(folder)}},
         )
         client.execute()
-    return {
-        tag: _text(cell) for cell in notebook.cells for tag in cell.metadata.get("tags", [])
-    } | {"kernel": str(client.km.kernel_spec.argv[0] if client.km else "")}
+    return {tag: _text(cell) for cell in notebook.cells for tag in cell.metadata.get("tags", [])}
 
 
 def test_same_trials_as_phopro_but_one_experiment(executed: dict[str, str]) -> None:

@@ -138,7 +138,7 @@ def _by_reference(module: types.ModuleType | None) -> bool:
     path = getattr(module, "__file__", None)
     if path is None:
         return module.__name__ in sys.builtin_module_names
-    return os.path.realpath(path).startswith(_installed_roots())
+    return os.path.realpath(str(path)).startswith(_installed_roots())
 
 
 class UserFunction:

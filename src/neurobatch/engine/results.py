@@ -94,7 +94,9 @@ class TrialsOutputs:
             If PhoPro is not installed.
         """
         try:
-            from PhoPro.core.PhotometryData import PhotometryData
+            from PhoPro.core.PhotometryData import (  # type: ignore[import-untyped]
+                PhotometryData,
+            )
         except ImportError as error:
             raise ImportError(
                 f"to_phopro needs PhoPro ({error}); install it with 'pip install PhoPro', "
