@@ -97,5 +97,5 @@ def check_main_guard() -> None:
     raise ConfigError(
         f"{path.name}, line {frame.f_lineno}: a cluster of worker processes imports this "
         'script again in each worker; put the run under if __name__ == "__main__": '
-        "(or use cluster kind: auto or processes: false, which run in this process)"
+        "(or set the cluster's processes: false, for workers in this process)"
     )
