@@ -121,7 +121,7 @@ class Results(TrialsOutputs):
 
     output_url: str
     items: pd.DataFrame
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # secrets
 
 
 def open_trials(

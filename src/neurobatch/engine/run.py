@@ -120,7 +120,7 @@ class RunResult(RunSummary, TrialsOutputs):
     (:class:`~neurobatch.engine.results.TrialsOutputs`), ``.items`` (this run's items).
     """
 
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # secrets
 
 
 def _with_chunk_budget(jobs: list[ItemJob], client: Client) -> list[ItemJob]:
