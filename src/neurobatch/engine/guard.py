@@ -5,9 +5,10 @@ A ``LocalCluster`` of processes starts each worker with ``multiprocessing``'s *s
 imports the main script again in the new process. A script that runs its pipeline at the
 top level, without ``if __name__ == "__main__":``, would start its run again in every
 worker; Python stops that with a long traceback and distributed reports "Nanny failed to
-start". :func:`check_main_guard` says so before any process starts. Notebooks, IPython and
-``python -c`` have no script to import again and are never refused; nor is the default
-``cluster.kind: auto`` on a small batch (workers in this process).
+start". :func:`check_main_guard` says so before any process starts. Notebooks, IPython,
+``python -c`` and a package's ``__main__.py`` (``python -m neurobatch``) are not imported
+again and are never refused; nor is the default ``cluster.kind: auto`` on a small batch
+(workers in this process).
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _main_frame() -> FrameType | None:
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if path is None:  # a notebook, IPython, python -c, an embedded interpreter
+        return None
+    # what multiprocessing's spawn does not import again (multiprocessing.spawn): a
+    # package's __main__.py (python -m neurobatch), IPython's launch script
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None
+    if name is None and Path(path).stem == "ipython":
         return None
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
