@@ -253,8 +253,9 @@ def test_resolver_receives_a_upath_on_s3(
 def test_hooks_and_stages_by_value_on_worker_processes(
     flat: Path, tmp_path: Path, local_client: Client
 ) -> None:
-    """Lambdas, a module-level test function and a user stage, on a process LocalCluster
-    whose workers cannot import this test module; provenance in aind-data-schema's GB."""
+    """Lambdas, a module-level test function, a user stage in the config and one from
+    ``neurobatch.stage``, on a process LocalCluster whose workers never imported this test
+    module; provenance in aind-data-schema's GB."""
     config = _config(
         flat,
         tmp_path / "out",
@@ -267,7 +268,13 @@ def test_hooks_and_stages_by_value_on_worker_processes(
     )
     worker_modules = local_client.run(lambda: __name__ in sys.modules)
     assert not any(worker_modules.values())  # the workers never imported this module
-    result = neurobatch.Pipeline(config).run(client=local_client, progress=False)
+    mean_dff = neurobatch.stage(
+        lambda trials: trials["dff"].mean("rel_time").to_dataset(name="mean_dff"),
+        name="mean_dff",
+        needs=["trials"],
+    )
+    pipeline = neurobatch.Pipeline(config, stages=[mean_dff])
+    result = pipeline.run(client=local_client, progress=False)
     assert result.n_done == 3, result.failures
     trials = result.trials.load()
     assert all(s.startswith("MOUSE-") for s in trials["subject"].values)
@@ -277,6 +284,8 @@ def test_hooks_and_stages_by_value_on_worker_processes(
         mine = trials.isel(trial=np.flatnonzero(trials["item_id"].values == item))
         expected = mine["dff"].sel(rel_time=slice(0, 2)).max("rel_time").values
         np.testing.assert_allclose(stored["peak"].values, expected)
+        means = xr.open_zarr(tmp_path / "out" / "items" / item / "mean_dff").load()
+        np.testing.assert_allclose(means["mean_dff"].values, mine["dff"].mean("rel_time").values)
     record = json.loads((tmp_path / "out" / "processing.json").read_text())
     processing = Processing.model_validate(record)  # the real schema
     usage = processing.data_processes[0].resources

@@ -66,3 +66,22 @@ def test_hooks_and_bounds(executed: dict[str, str]) -> None:
     assert "mouse-003_experiment_001" in executed["hooks"]
     assert "small_reward" in executed["hooks"] or "large_reward" in executed["hooks"]
     assert "160 timepoints" in executed["bounds"]
+
+
+def test_a_notebook_shows_the_progress_widget(tmp_path: Path) -> None:
+    """In a Jupyter kernel a run's bar is on by default, where ipywidgets is installed."""
+    jupyter = tmp_path / "jupyter"
+    write_kernel_spec(jupyter / "kernels" / KERNEL)
+    cell = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
+        "import importlib.util\n"
+        "from neurobatch.engine.display import in_notebook, progress_default\n"
+        "widgets = importlib.util.find_spec('ipywidgets') is not None\n"
+        "print(in_notebook(), progress_default() == widgets)"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[cell])  # type: ignore[no-untyped-call]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(jupyter))
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        patch.setenv("PYTHONPATH", os.pathsep.join(os.path.abspath(p) for p in paths if p))
+        NotebookClient(notebook, kernel_name=KERNEL, timeout=120).execute()
+    assert _text(notebook.cells[0]).strip() == "True True"
