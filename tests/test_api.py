@@ -302,6 +302,8 @@ def test_formats_are_honoured(flat: Path, tmp_path: Path) -> None:
     combined = {p.name for p in out.iterdir() if p.name.startswith(("trials", ".trials"))}
     assert combined == {"trials_obs.parquet", ".trials.zarr"}  # the engine's own, hidden
     assert first.trials.sizes["trial"] == first.n_trials  # still opened
+    processes = Processing.model_validate_json((out / "processing.json").read_text())
+    assert str(processes.data_processes[-1].output_path) == ".trials.zarr"  # combine
     config["output"]["formats"] = ["zarr", "csv"]
     neurobatch.Pipeline(config).run(progress=False)
     combined = {p.name for p in out.iterdir() if p.name.startswith(("trials", ".trials"))}
