@@ -484,7 +484,7 @@ import os
 
 
 def loader(url):
-    if url.endswith("vanishing.csv"):
+    if url.name == "vanishing.csv":
         os.remove(url)  # listed by discovery, gone before it is loaded
     return {"format": "photometry-csv", "event_cols": %r, "annotation": "{stem}.json"}
 """

@@ -3,6 +3,8 @@
 The public API, imported on first use (``import neurobatch.kernels`` stays free of dask):
 
 - :class:`Pipeline` (``neurobatch.engine.run``): a pipeline file, run on a cluster;
+  ``run()`` returns a :class:`RunResult` (``.trials``, ``.to_anndata()``, ``.to_phopro()``);
+- :func:`open_trials` (``neurobatch.engine.results``): the same for an earlier run's folder;
 - :class:`Stage` and :func:`stage` (``neurobatch.engine.stages``): stages of your own;
 - :class:`PipelineConfig` and :func:`load_config` (``neurobatch.config``): its models;
 - ``__version__``: the installed version (read once: every stage key and provenance record
@@ -15,7 +17,16 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["Pipeline", "PipelineConfig", "Stage", "__version__", "load_config", "stage"]
+__all__ = [
+    "Pipeline",
+    "PipelineConfig",
+    "RunResult",
+    "Stage",
+    "__version__",
+    "load_config",
+    "open_trials",
+    "stage",
+]
 
 try:
     __version__ = version("neurobatch")
@@ -25,6 +36,8 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
 _EXPORTS = {
     "Pipeline": "neurobatch.engine.run",
     "PipelineConfig": "neurobatch.config",
+    "RunResult": "neurobatch.engine.run",
+    "open_trials": "neurobatch.engine.results",
     "Stage": "neurobatch.engine.stages",
     "load_config": "neurobatch.config",
     "stage": "neurobatch.engine.stages",

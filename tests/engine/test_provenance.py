@@ -110,7 +110,9 @@ def test_a_run_leaves_a_valid_record_with_measured_resources(
             assert set(outputs["workers"]) <= workers
             assert usage.cpu_usage is not None
             assert usage.cpu_cores == len(outputs["workers"])  # one thread per worker
-            assert usage.ram == pytest.approx(2.0 * len(outputs["workers"]))  # GiB limits
+            assert usage.ram == pytest.approx(
+                2 * 2**30 / 1e9 * len(outputs["workers"]), abs=1e-3
+            )  # GB
     by_name = {p.name: p for p in processing.data_processes}
     # parsing, filtering and fitting are CPU-heavy: a worker ran flat out while the items
     # ran (the stages of a 30 min item are now shorter than a second each: all of them),
@@ -236,7 +238,7 @@ def test_a_scheduler_started_by_hand_with_the_preload(
     outputs = ingest.output_parameters.model_dump()  # type: ignore[union-attr]
     assert set(outputs["workers"]) == workers
     assert ingest.resources is not None and ingest.resources.cpu_cores == 2
-    assert ingest.resources.ram == pytest.approx(2.0)  # two workers of 1 GiB each
+    assert ingest.resources.ram == pytest.approx(2 * 2**30 / 1e9, abs=1e-3)  # two 1 GiB workers
     per_item = {
         _read(path).data_processes[0].output_parameters.model_dump()["workers"][0]  # type: ignore[union-attr]
         for path in (tmp_path / "out" / "items").glob("*/processing.json")

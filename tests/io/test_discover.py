@@ -387,7 +387,7 @@ def test_fan_out_by_list(tmp_path: Path) -> None:
 
 RESOLVER = """
 def by_name(url):
-    if url.endswith("pair.csv"):
+    if url.name == "pair.csv":  # a pathlib.Path
         return [
             {"format": "photometry-csv", "event_cols": ["cue"], "label": "green"},
             {"format": "photometry-csv", "event_cols": ["cue"], "label": "red",
@@ -411,7 +411,7 @@ def fails(url):
     raise KeyError(url)
 
 def none_for_b(url):
-    return [] if url.endswith("b.csv") else {"format": "photometry-csv"}
+    return [] if url.name == "b.csv" else {"format": "photometry-csv"}
 
 NOT_CALLABLE = 3
 """
@@ -451,12 +451,12 @@ def test_fan_out_by_resolver_callable(tmp_path: Path) -> None:
     data = tree(tmp_path, ["a.csv", "b.csv"])
     seen: list[str] = []
 
-    def resolver(url: str) -> list[dict[str, Any]]:
+    def resolver(url: Path) -> list[dict[str, Any]]:
         seen.append(url)
         return [CSV, CSV]
 
     manifest = discover({"url": str(data)}, resolver)
-    assert seen == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    assert seen == [tmp_path / "a.csv", tmp_path / "b.csv"]
     assert ids(manifest) == ["a-1", "a-2", "b-1", "b-2"]
 
 

@@ -34,7 +34,16 @@ from neurobatch.config.files import (
     validate_loader,
 )
 from neurobatch.config.loaders import LOADER_FORMATS, LoaderField, LoaderFormat, LoaderMapping
-from neurobatch.config.objects import ObjectRef, import_object, split_object_ref
+from neurobatch.config.objects import (
+    CallableRef,
+    ObjectRef,
+    UserFunction,
+    by_value,
+    import_object,
+    object_name,
+    resolve_object,
+    split_object_ref,
+)
 from neurobatch.config.pipeline import PipelineConfig, SourceConfig, trial_event_names
 from neurobatch.config.sections import (
     EngineConfig,
@@ -56,6 +65,7 @@ __all__ = [
     "AdaptiveConfig",
     "AddressClusterConfig",
     "Bounds",
+    "CallableRef",
     "ClusterConfig",
     "EngineConfig",
     "EphysFilterConfig",
@@ -83,11 +93,15 @@ __all__ = [
     "StageConfig",
     "TlsConfig",
     "TrialsConfig",
+    "UserFunction",
+    "by_value",
     "config_error_lines",
     "dump_config",
     "import_object",
     "load_config",
     "loader_arguments",
+    "object_name",
+    "resolve_object",
     "split_object_ref",
     "trial_event_names",
     "validate_config",

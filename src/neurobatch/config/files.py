@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from neurobatch.config.base import _short
 from neurobatch.config.errors import config_error_lines
 from neurobatch.config.loaders import _LOADER_ADAPTER, LOADER_FORMATS
-from neurobatch.config.objects import split_object_ref
+from neurobatch.config.objects import object_name, split_object_ref
 from neurobatch.config.pipeline import PipelineConfig
 from neurobatch.errors import ConfigError
 
@@ -402,6 +402,8 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
 def _dump_loader(loader: Any) -> Any:
     if loader is None or isinstance(loader, str):
         return loader
+    if callable(loader):  # a resolver given from Python: its name
+        return object_name(loader)
     if isinstance(loader, list):
         return [_dump_loader(m) for m in loader]
     return {"format": loader.format, **loader_arguments(loader)}

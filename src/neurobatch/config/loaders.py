@@ -6,7 +6,7 @@ in the entry-point group ``neurobatch.loaders`` (:mod:`neurobatch.config.plugins
 imported when its format is first used. :mod:`neurobatch.io.loaders` pairs each with its
 load function. A pipeline file's ``loader`` is a mapping with ``format`` (validated by that
 format's arguments model plus ``format``), a list of such mappings, or a ``module:function``
-resolver.
+resolver (from Python: the function itself).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, TypeAlias, Union
 
 from pydantic import (
@@ -51,7 +51,7 @@ from neurobatch.config.lazy_arguments import (
     SpikeGLXArguments,
     ZarrArguments,
 )
-from neurobatch.config.objects import ObjectRef
+from neurobatch.config.objects import CallableRef, ObjectRef
 from neurobatch.config.plugins import load_plugin, plugin_entry_points
 from neurobatch.errors import ConfigError
 
@@ -260,6 +260,8 @@ def __getattr__(name: str) -> Any:
 def _loader_tag(value: Any) -> str | None:
     if isinstance(value, str):
         return "@resolver"
+    if callable(value) and not isinstance(value, BaseModel | type):
+        return "@function"
     if isinstance(value, list | tuple):
         return "@list"
     if isinstance(value, Mapping | BaseModel):
@@ -284,7 +286,7 @@ _PLUGIN_MAPPING = Annotated[
 
 if TYPE_CHECKING:
     LoaderMapping: TypeAlias = BaseModel
-    LoaderField: TypeAlias = BaseModel | list[BaseModel] | str
+    LoaderField: TypeAlias = BaseModel | list[BaseModel] | str | Callable[..., Any]
 else:
     LoaderMapping = Annotated[
         Union[  # noqa: UP007
@@ -304,13 +306,14 @@ else:
             Annotated[LoaderMapping, Tag("@mapping")],
             Annotated[list[LoaderMapping], Tag("@list")],
             Annotated[ObjectRef, Tag("@resolver")],
+            Annotated[CallableRef, Tag("@function")],
         ],
         Discriminator(
             _loader_tag,
             custom_error_type="loader_type",
             custom_error_message=(
                 "expected a mapping with a 'format' key, a list of such mappings, or a "
-                "'module:function' resolver"
+                "'module:function' resolver (from Python: a function)"
             ),
         ),
     ]

@@ -1,24 +1,38 @@
-"""Importing user functions named as ``"module:function"`` or ``"path/to/file.py:function"``."""
+"""User functions: named as ``"module:function"`` or ``"path/to/file.py:function"`` (imported
+only when used), or, from Python, the function itself (:data:`CallableRef`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import logging
 import os
 import re
+import site
 import sys
+import sysconfig
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, WithJsonSchema
+from pydantic import AfterValidator, Discriminator, PlainSerializer, Tag, WithJsonSchema
 
 from neurobatch.config.base import _suggest
 from neurobatch.errors import ConfigError
 
-__all__ = ["ObjectRef", "import_object", "split_object_ref"]
+__all__ = [
+    "CallableRef",
+    "ObjectRef",
+    "UserFunction",
+    "by_value",
+    "import_object",
+    "object_name",
+    "resolve_object",
+    "split_object_ref",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +95,167 @@ ObjectRef = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^.+:[A-Za-z_][A-Za-z0-9_.]*$"}),
 ]
 """A ``"module:function"`` or ``"path/to/file.py:function"`` string, checked but not imported."""
+
+
+def object_name(value: Any) -> str:
+    """A reference's text, or ``module:qualname`` for a function given from Python.
+
+    Parameters
+    ----------
+    value : str or callable
+        A ``"module:function"`` reference or the function itself.
+
+    Returns
+    -------
+    str
+        What records and messages show (a lambda is ``module:<lambda>``).
+
+    Examples
+    --------
+    >>> import os.path
+    >>> object_name(os.path.join), object_name("mylab.hooks:build_id")
+    ('posixpath:join', 'mylab.hooks:build_id')
+    """
+    if isinstance(value, str):
+        return value
+    module = getattr(value, "__module__", None) or type(value).__module__
+    qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
+    return f"{module}:{qualname}"
+
+
+def _installed_roots() -> tuple[str, ...]:
+    """Folders whose modules every worker of the same environment imports: the standard
+    library and site-packages."""
+    roots = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages())
+    return tuple(os.path.join(os.path.realpath(root), "") for root in roots)
+
+
+def _by_reference(module: types.ModuleType | None) -> bool:
+    """Whether a module's functions may pickle by name: one installed in the environment."""
+    if module is None:
+        return False
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return module.__name__ in sys.builtin_module_names
+    return os.path.realpath(str(path)).startswith(_installed_roots())
+
+
+class UserFunction:
+    """A function given from Python, called as itself and pickled by value.
+
+    A script's, a notebook's or a test's functions (and lambdas) cannot be imported by a
+    Dask worker in another process or on another machine: cloudpickle ships their code
+    (with their module's, unless that module is installed in the environment). The
+    pickle is made once per function. ``inspect.signature`` and ``inspect.getsource`` see
+    the function itself (``__wrapped__``).
+
+    Parameters
+    ----------
+    function : callable
+        The function.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> square = by_value(lambda x: x * x)
+    >>> pickle.loads(pickle.dumps(square))(3), square.__name__
+    (9, '<lambda>')
+    """
+
+    __wrapped__: Callable[..., Any]
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, function)
+        self._payload: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{object_name(self)}>"
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        if self._payload is None:
+            import cloudpickle
+
+            function = self.__wrapped__
+            module = sys.modules.get(getattr(function, "__module__", "") or "")
+            by_value = module is not None and not _by_reference(module)
+            if by_value:
+                try:
+                    cloudpickle.register_pickle_by_value(module)
+                except ValueError:  # not importable by its name: cloudpickle decides
+                    by_value = False
+            try:
+                self._payload = cloudpickle.dumps(function)
+            finally:
+                if by_value:
+                    cloudpickle.unregister_pickle_by_value(module)
+        return _load_function, (self._payload,)
+
+
+def _load_function(payload: bytes) -> UserFunction:
+    import cloudpickle
+
+    return UserFunction(cloudpickle.loads(payload))
+
+
+def by_value(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` as a :class:`UserFunction` (itself when it already is one).
+
+    Parameters
+    ----------
+    function : callable
+        A function given from Python.
+
+    Returns
+    -------
+    UserFunction
+    """
+    return function if isinstance(function, UserFunction) else UserFunction(function)
+
+
+def _ref_tag(value: Any) -> str:
+    return "@function" if callable(value) and not isinstance(value, str) else "@reference"
+
+
+CallableRef = Annotated[
+    Union[  # noqa: UP007
+        Annotated[ObjectRef, Tag("@reference")],
+        Annotated[Callable[..., Any], AfterValidator(by_value), Tag("@function")],
+    ],
+    Discriminator(_ref_tag),
+    PlainSerializer(object_name, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^.+:[A-Za-z_][A-Za-z0-9_.]*$"}),
+]
+"""A :data:`ObjectRef`, or from Python the function itself (a :class:`UserFunction`: sent to
+the workers by value; dumped as its ``module:qualname``)."""
+
+
+def resolve_object(value: Any) -> Any:
+    """The function a :data:`CallableRef` holds: imported for a reference.
+
+    Parameters
+    ----------
+    value : str or callable
+        The reference or the function.
+
+    Returns
+    -------
+    object
+
+    Raises
+    ------
+    ConfigError
+        If a reference cannot be imported (:func:`import_object`).
+
+    Examples
+    --------
+    >>> resolve_object(len) is len, resolve_object("os.path:join").__name__
+    (True, 'join')
+    """
+    return import_object(value) if isinstance(value, str) else value
 
 
 def _file_module(path: Path, ref: str) -> types.ModuleType:

@@ -92,7 +92,7 @@ def _target_problem(
 
 
 def _mappings(loader: Any, at: str = "loader") -> list[tuple[str, BaseModel]]:
-    if loader is None or isinstance(loader, str):
+    if loader is None or isinstance(loader, str) or callable(loader):  # resolvers
         return []
     if isinstance(loader, list):
         return [(f"{at}[{i}]", m) for i, m in enumerate(loader)]

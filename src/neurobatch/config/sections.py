@@ -30,7 +30,7 @@ from neurobatch.config.base import (
     _short,
     _suggest,
 )
-from neurobatch.config.objects import ObjectRef, split_object_ref
+from neurobatch.config.objects import CallableRef, split_object_ref
 
 __all__ = [
     "EngineConfig",
@@ -426,15 +426,16 @@ def _duplicates(names: Sequence[str]) -> Iterable[tuple[int, str]]:
 
 
 class HooksConfig(_Model):
-    """User functions run at fixed points, named as ``module:function`` or ``file.py:function``."""
+    """User functions run at fixed points, named as ``module:function`` or ``file.py:function``
+    (from Python: the functions themselves, lambdas included)."""
 
-    id_builder: ObjectRef | None = None
+    id_builder: CallableRef | None = None
     """Called with the loaded recording, returns its ``experiment_id``."""
-    post_load: ObjectRef | None = None
+    post_load: CallableRef | None = None
     """Called with the loaded recording Dataset, returns a Dataset."""
-    post_preprocess: ObjectRef | None = None
+    post_preprocess: CallableRef | None = None
     """Called with the processed Dataset, returns a Dataset."""
-    post_trials: ObjectRef | None = None
+    post_trials: CallableRef | None = None
     """Called with the trials Dataset, returns a Dataset."""
 
 
@@ -448,8 +449,8 @@ class StageConfig(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """The stage's name: its group in each item's store and its name in provenance."""
-    run: ObjectRef
-    """The function."""
+    run: CallableRef
+    """The function (from Python: the function itself)."""
     needs: NameList | None = None
     """The stages whose outputs it takes; by default the stage before it."""
     params: dict[str, Any] = Field(default_factory=dict)

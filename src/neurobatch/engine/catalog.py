@@ -59,8 +59,9 @@ import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.engine.catalog_query import TABLES
-from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
+from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.ledger import _read_all, item_states, read_manifest, read_records
+from neurobatch.engine.results import combined_trials_url
 from neurobatch.errors import InputError
 from neurobatch.io import files
 from neurobatch.io.export import trials_obs
@@ -437,7 +438,7 @@ def _run_time(run: Any) -> pd.Timestamp | None:
 def _trials(con: Any, layout: OutputLayout) -> None:
     """The ``trial`` table, filled block by block: obs rows and their window summaries."""
     so = dict(layout.storage_options)
-    url = layout.combined(TRIALS)
+    url = combined_trials_url(layout)
     try:
         store = zarr_store(url, storage_options=so, read_only=True)
         with damage_reported(url):
@@ -493,7 +494,7 @@ def _check_rows(obs: pa.Table, block: xr.Dataset, start: int, layout: OutputLayo
         if differs is not None:
             raise InputError(
                 f"{layout.path(_OBS_TABLE)}: row {start + differs} has {name} "
-                f"{ours[differs]!r}, but {layout.combined(TRIALS)} has {theirs[differs]!r}; "
+                f"{ours[differs]!r}, but {combined_trials_url(layout)} has {theirs[differs]!r}; "
                 "expected the obs table of the same run (re-run with parquet in "
                 "output.formats, or remove it)"
             )
@@ -509,7 +510,7 @@ def _obs_blocks(layout: OutputLayout, rows: int) -> Iterator[pa.Table]:
         with files.translated(url, action="reading"):
             handle = files.retried(lambda: fs.open(path, "rb"), url=url, action="reading")
     except FileNotFoundError:
-        trials = open_trials(layout.combined(TRIALS), storage_options=so)
+        trials = open_trials(combined_trials_url(layout), storage_options=so)
         for start in range(0, int(trials.sizes[TRIAL_DIM]), rows):
             block = trials_obs(trials.isel({TRIAL_DIM: slice(start, start + rows)}))
             yield pa.Table.from_pandas(block, preserve_index=False)

@@ -41,6 +41,7 @@ from neurobatch.config import (
     KubernetesClusterConfig,
     LocalClusterConfig,
 )
+from neurobatch.engine.guard import check_main_guard
 from neurobatch.engine.placement import local_size
 from neurobatch.engine.security import (
     check_security,
@@ -329,6 +330,7 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
     processes = config.processes if config.processes is not None else config.kind == "local"
     with ExitStack() as stack:
         if processes:
+            check_main_guard()  # spawned workers import the main script again
             stack.enter_context(for_worker_processes())
             size: dict[str, Any] = {"n_workers": n_workers, "threads_per_worker": threads}
             # TLS with a certificate made here and kept in memory (the nannies hand it to

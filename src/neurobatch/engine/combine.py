@@ -35,7 +35,7 @@ import xarray as xr
 
 from neurobatch.chunking import TRIALS_BATCH_MEMORY
 from neurobatch.engine.item import ItemOutcome
-from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
+from neurobatch.engine.layout import ENGINE_TRIALS, ITEMS_TABLE, TRIALS, OutputLayout
 from neurobatch.errors import StorageError
 from neurobatch.io import export, files, trials_store
 from neurobatch.io.commit import remove
@@ -198,7 +198,9 @@ class Combiner:
         items : pandas.DataFrame
             The items table, one row per item of the manifest.
         formats : sequence of str
-            ``output.formats``: which of the obs tables and the AnnData to write.
+            ``output.formats``: which of the obs tables and the AnnData to write, and
+            whether the combined trials are ``trials.zarr`` (``zarr``) or the engine's
+            hidden ``.trials.zarr``. The outputs of a format not asked for are removed.
 
         Raises
         ------
@@ -239,9 +241,15 @@ class Combiner:
                     table = cast(Literal["parquet", "csv"], fmt)
                     export.write_obs(trials, url, format=table, storage_options=so)
                 names.append(name)
-            files.replace_folder(self.staged, layout.combined(TRIALS), storage_options=so)
+            # without 'zarr' in formats the store is kept as the engine's own, hidden
+            kept, other = (TRIALS, ENGINE_TRIALS) if "zarr" in formats else (ENGINE_TRIALS, TRIALS)
+            files.replace_folder(self.staged, layout.combined(kept), storage_options=so)
+            remove(layout.combined(other), storage_options=so)
         else:  # no committed item has trials (any more)
-            for name in (TRIALS, *_TABLES.values()):
+            for name in (TRIALS, ENGINE_TRIALS, *_TABLES.values()):
+                remove(layout.combined(name), storage_options=so)
+        for fmt, name in _TABLES.items():  # a format no longer asked for: its old file goes
+            if fmt not in formats:
                 remove(layout.combined(name), storage_options=so)
         for name in names:
             files.replace_file(

@@ -3,7 +3,8 @@
 ``post_load`` sees the ingested recording before any stage reads it, ``id_builder`` makes
 the experiment id from it, ``post_preprocess`` and ``post_trials`` see a stage's output
 before it is stored. Hooks named in a pipeline file are imported only because the file
-names them, and travel to the workers by value.
+names them; hooks given from Python (in the config's ``hooks`` or ``run(hooks=...)``,
+lambdas included) are used as they are. They travel to the workers by value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import cloudpickle
 import xarray as xr
 
-from neurobatch.config import PipelineConfig, import_object
+from neurobatch.config import PipelineConfig, by_value, resolve_object
 from neurobatch.errors import NeurobatchError
 
 logger = logging.getLogger(__name__)
@@ -78,14 +79,14 @@ def resolve_hooks(
     for name in HOOK_NAMES:
         target = getattr(config.hooks, name)
         if target is not None:
-            hooks[name] = import_object(target)
+            hooks[name] = resolve_object(target)
     for name, hook in (overrides or {}).items():
         if name not in HOOK_NAMES:
             raise NeurobatchError(f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}")
         if hook is None:
             hooks.pop(name, None)
         else:
-            hooks[name] = hook
+            hooks[name] = by_value(hook)
     return hooks
 
 

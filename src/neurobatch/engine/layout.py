@@ -6,6 +6,7 @@
       manifest.parquet          the last run's items (ledger)
       items.parquet             one row per item of the manifest
       trials.zarr               every committed item's trials (replaced whole, atomically)
+      .trials.zarr              the same, when output.formats has no zarr (the engine's own)
       trials_obs.parquet|csv    the per-trial table
       trials.h5ad               AnnData
       run.json  processing.json
@@ -27,7 +28,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CATALOG", "FAILURE_MARKER", "ITEMS_TABLE", "MANIFEST", "TRIALS", "OutputLayout"]
+__all__ = [
+    "CATALOG",
+    "ENGINE_TRIALS",
+    "FAILURE_MARKER",
+    "ITEMS_TABLE",
+    "MANIFEST",
+    "TRIALS",
+    "OutputLayout",
+]
 
 #: The last run's items, relative to OUT.
 MANIFEST = "manifest.parquet"
@@ -37,6 +46,10 @@ TRIALS, ITEMS_TABLE = "trials.zarr", "items.parquet"
 
 #: The database of the outputs (:mod:`neurobatch.engine.catalog`), relative to OUT.
 CATALOG = "catalog.duckdb"
+
+#: The combined trials when ``output.formats`` does not ask for ``zarr``: kept, hidden, for
+#: ``RunResult.trials`` and :func:`neurobatch.open_trials`.
+ENGINE_TRIALS = ".trials.zarr"
 
 #: Beside an item's stages while its last run failed: ``{"stage", "error", "run", "time"}``.
 FAILURE_MARKER = ".neurobatch-failed.json"

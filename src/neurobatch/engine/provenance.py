@@ -59,7 +59,8 @@ logger = logging.getLogger(__name__)
 #: Where neurobatch's code lives (the ``url`` of every ``Code`` in the record).
 SOURCE_URL = "https://github.com/neurobatch/neurobatch"
 
-_GB = 1024**3
+#: Bytes in aind-data-schema's ``MemoryUnit.GB`` ("Gigabyte": SI, 10**9; it has no GiB).
+_GB = 10**9
 
 
 @dataclass

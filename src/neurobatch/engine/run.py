@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import pandas as pd
 from distributed import Client
 
 from neurobatch import __version__
-from neurobatch.config import PipelineConfig, load_config
+from neurobatch.config import PipelineConfig, load_config, validate_config
 from neurobatch.engine.catalog import refresh_catalog
 from neurobatch.engine.cluster import check_cluster, connect, planned_threads
 from neurobatch.engine.combine import Combiner
+from neurobatch.engine.display import progress_default
 from neurobatch.engine.hooks import resolve_hooks
 from neurobatch.engine.item import ItemJob, ItemOutcome, process_item, write_failure
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
@@ -38,6 +39,7 @@ from neurobatch.engine.logs import run_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.rates import rate_outliers
+from neurobatch.engine.results import TrialsOutputs
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
@@ -49,7 +51,7 @@ from neurobatch.redact import scrub, secrets_in
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "RunError", "RunSummary"]
+__all__ = ["Pipeline", "RunError", "RunResult", "RunSummary"]
 
 
 class RunError(NeurobatchError, RuntimeError):
@@ -111,6 +113,17 @@ class RunSummary:
         return "\n".join(lines)
 
 
+@dataclass
+class RunResult(RunSummary, TrialsOutputs):
+    """What :meth:`Pipeline.run` returns: its summary, and its outputs opened.
+
+    ``.trials`` (the combined trials, lazy xarray), ``.to_anndata()``, ``.to_phopro()``
+    (:class:`~neurobatch.engine.results.TrialsOutputs`), ``.items`` (this run's items).
+    """
+
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # secrets
+
+
 def _with_chunk_budget(jobs: list[ItemJob], client: Client) -> list[ItemJob]:
     """The jobs with ``engine.chunk_memory`` derived from the workers' memory, unless set.
 
@@ -138,7 +151,9 @@ class Pipeline:
     Parameters
     ----------
     config : neurobatch.config.PipelineConfig or mapping
-        The validated pipeline file, or a mapping validated into one.
+        The validated pipeline file, or a mapping validated into one (a ConfigError of one
+        line per problem, as for a file). Where a file takes ``module:function``, a
+        mapping may hold the function itself.
     stages : iterable of Stage, optional
         Stages of the user's own (:func:`neurobatch.stage`), after the file's.
 
@@ -166,9 +181,7 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig | Mapping[str, Any], *, stages: Iterable[Stage] = ()
     ) -> None:
-        self.config = (
-            config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
-        )
+        self.config = config if isinstance(config, PipelineConfig) else validate_config(config)
         self.extra_stages = list(stages)
         self.stages = pipeline_stages(self.config, self.extra_stages)
 
@@ -258,7 +271,7 @@ class Pipeline:
         progress: bool | None = None,
         wait: bool = False,
         force: bool = False,
-    ) -> RunSummary:
+    ) -> RunResult:
         """Process every item and combine their trials.
 
         The run holds the output folder's lock (``OUT/.neurobatch-lock.json``) from start to
@@ -278,7 +291,8 @@ class Pipeline:
             Process only these item ids; the combined outputs still cover every
             committed item.
         progress : bool, optional
-            Show a progress bar; by default when stderr is a terminal.
+            Show a progress bar; by default on a terminal, and in a notebook (Jupyter)
+            where ``ipywidgets`` is installed.
         wait : bool, default False
             Wait for another run holding the output folder to end, instead of failing.
         force : bool, default False
@@ -287,7 +301,9 @@ class Pipeline:
 
         Returns
         -------
-        RunSummary
+        RunResult
+            The summary (items, counts, time) with the outputs opened: ``.trials``,
+            ``.to_anndata()``, ``.to_phopro()``.
 
         Raises
         ------
@@ -348,7 +364,7 @@ class Pipeline:
         run_id: str,
         start: float,
         force: bool,
-    ) -> RunSummary:
+    ) -> RunResult:
         config, layout = self.config, self.layout
         kind = KINDS[config.kind]
         with ExitStack() as stack:
@@ -537,7 +553,7 @@ class Pipeline:
         combiner: Combiner,
         seconds: float,
         run_id: str,
-    ) -> RunSummary:
+    ) -> RunResult:
         config, layout = self.config, self.layout
         so = layout.storage_options
         items = pd.DataFrame([outcome.row() for outcome in outcomes])
@@ -557,8 +573,12 @@ class Pipeline:
         }
         text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
         files.write_text(layout.run_record, text, storage_options=so)
-        summary = RunSummary(
-            output_url=layout.url, items=items, n_trials=combiner.n_trials, seconds=seconds
+        summary = RunResult(
+            output_url=layout.url,
+            items=items,
+            n_trials=combiner.n_trials,
+            seconds=seconds,
+            storage_options=layout.storage_options,
         )
         logger.info("%s", summary)
         return summary
@@ -582,9 +602,9 @@ class Pipeline:
 
 @contextmanager
 def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[ItemOutcome], None]]:
-    """A progress bar over items on a terminal (rich); nothing otherwise."""
+    """A progress bar over items (rich): on a terminal, or a notebook's widget."""
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = progress_default()
     if not enabled:
         yield lambda outcome: None
         return

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from neurobatch.config import PipelineConfig, dump_config
 from neurobatch.engine.item import CLUSTER, ItemJob, ItemOutcome
-from neurobatch.engine.layout import TRIALS, OutputLayout
+from neurobatch.engine.layout import ENGINE_TRIALS, TRIALS, OutputLayout
 from neurobatch.engine.logs import one_line
 from neurobatch.engine.monitor import DRIVER, Recorder
 from neurobatch.engine.provenance import StageRecord, append_processing, build_processing, machine
@@ -193,8 +193,10 @@ class RunProvenance:
                 "n_trials": combiner.n_trials,
             }
             start = combiner.started or (records[-1].end if records else self.started)
+            # without 'zarr' in output.formats, the engine's hidden store
+            combined = TRIALS if "zarr" in self.config.output.formats else ENGINE_TRIALS
             records.append(
-                self._record(COMBINE, start, time.time(), [DRIVER], outputs, output_path=TRIALS)
+                self._record(COMBINE, start, time.time(), [DRIVER], outputs, output_path=combined)
             )
         if records:
             url = self.layout.processing

@@ -38,6 +38,7 @@ from neurobatch.config import (
 from neurobatch.errors import ConfigError, InputError, InputNotFoundError, NoInputsError
 from neurobatch.io.listing import list_entries, ready_flag_path, walk_local
 from neurobatch.io.loaders import LOADERS
+from neurobatch.io.paths import input_path, plain_paths
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -478,9 +479,9 @@ def _resolver_name(resolver: Any) -> str:
     return f"{module}:{qualname}" if module and qualname else repr(resolver)
 
 
-def _resolve(resolver: Callable[[str], Any], name: str, url: str) -> Any:
+def _resolve(resolver: Callable[[Any], Any], name: str, url: str, path: Any) -> Any:
     try:
-        result = resolver(url)
+        result = plain_paths(resolver(path))
     except Exception as e:
         raise ConfigError(f"{url}: loader resolver {name} failed: {type(e).__name__}: {e}") from e
     if not isinstance(result, Mapping | BaseModel | list | tuple):
@@ -488,7 +489,7 @@ def _resolve(resolver: Callable[[str], Any], name: str, url: str) -> Any:
             f"{url}: loader resolver {name} returned {type(result).__name__!r}; "
             "expected a mapping with a 'format' key or a list of such mappings"
         )
-    return list(result) if isinstance(result, tuple) else result
+    return result
 
 
 def discover(
@@ -511,9 +512,11 @@ def discover(
         holding a neurobatch output left out (:mod:`neurobatch.io.listing`).
     loader : Mapping, list of Mapping, str or callable
         The loader: a mapping with ``format`` (one job per input), a list of them (several
-        jobs per input), or a resolver called with each input's URL and returning a mapping
-        or a list of mappings. A resolver may be a callable or a ``"module:function"`` /
-        ``"path/to/file.py:function"`` string, imported only now. Validated mappings
+        jobs per input), or a resolver called with each input as a path object
+        (:func:`neurobatch.io.paths.input_path`: ``pathlib.Path`` for a local input, a
+        ``UPath`` for a remote one) and returning a mapping or a list of mappings, whose
+        path values become strings. A resolver may be a callable or a
+        ``"module:function"`` / ``"path/to/file.py:function"`` string, imported only now. Validated mappings
         (``PipelineConfig.loader``) are accepted as they are.
     storage_options : Mapping, optional
         fsspec options, merged over ``input.storage_options``.
@@ -579,7 +582,7 @@ def discover(
         input = InputConfig.model_validate(dict(input))
     options = {**input.storage_options, **dict(storage_options or {})}
 
-    resolver: Callable[[str], Any] | None = None
+    resolver: Callable[[Any], Any] | None = None
     resolver_name = ""
     static: list[BaseModel] = []
     fanned = False
@@ -607,7 +610,7 @@ def discover(
         if resolver is None:
             mappings = static
         else:
-            result = _resolve(resolver, resolver_name, item.url)
+            result = _resolve(resolver, resolver_name, item.url, input_path(item.url, fs, options))
             validated = validate_loader(result, source=item.url)
             mappings = _as_list(validated)
             _check_mappings(

@@ -39,7 +39,7 @@ from neurobatch.io import files
 from neurobatch.io.commit import to_json_safe
 from neurobatch.io.trials_store import REL_TIME, TRIAL_DIM, open_trials
 
-__all__ = ["clean_axis_dtype", "trials_obs", "write_h5ad", "write_obs"]
+__all__ = ["clean_axis_dtype", "to_anndata", "trials_obs", "write_h5ad", "write_obs"]
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +304,46 @@ def write_h5ad(
                 _write_local(local, adata)
                 files.retried(lambda: fs.put_file(local, target), url=url, action="writing")
     logger.debug("wrote %d x %d %s to %s", *adata.shape, adata.uns["processed_variable"], url)
+
+
+def to_anndata(trials: xr.Dataset, *, variable: str | None = None) -> Any:
+    """The trials as an in-memory AnnData, as :func:`write_h5ad` writes them.
+
+    Parameters
+    ----------
+    trials : xarray.Dataset
+        A Trials dataset (lazy or in memory).
+    variable : str, optional
+        The ``(trial, rel_time)`` variable for ``X``; default: the ``processed_variable``
+        attribute, or the only such variable.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` trials x rel_time (NumPy), ``obs`` the per-trial columns, ``var["t"]`` the
+        relative times, ``uns`` the trials' attributes: what PhoPro's ``PhotometryData``
+        wraps.
+
+    Raises
+    ------
+    ValueError
+        If no variable for ``X`` can be chosen.
+
+    Examples
+    --------
+    >>> trials = xr.Dataset(
+    ...     {"dff": (("trial", "rel_time"), [[0.0, 1.0], [2.0, 3.0]])},
+    ...     coords={"rel_time": [-0.5, 0.0], "item_id": ("trial", ["a", "a"])},
+    ...     attrs={"processed_variable": "dff"},
+    ... )
+    >>> adata = to_anndata(trials)
+    >>> adata.X.tolist(), adata.var["t"].tolist(), adata.obs["item_id"].tolist()
+    ([[0.0, 1.0], [2.0, 3.0]], [-0.5, 0.0], ['a', 'a'])
+    """
+    adata = _anndata(trials, variable, _H5AD_CHUNK_MEMORY)
+    if not isinstance(adata.X, np.ndarray):
+        adata.X = np.asarray(adata.X.compute())
+    return adata
 
 
 @contextmanager

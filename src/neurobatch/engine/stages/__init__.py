@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from neurobatch.config import PipelineConfig, import_object
+from neurobatch.config import PipelineConfig, resolve_object
 from neurobatch.engine.stages import ephys, photometry, sta
 from neurobatch.engine.stages.base import (
     FigureContext,
@@ -128,7 +128,7 @@ def pipeline_stages(config: PipelineConfig, extra: Iterable[Stage] = ()) -> list
     """
     stages = [s for s in KINDS[config.kind].stages if s.enabled(config)]
     for section in config.stages:
-        function = import_object(section.run)
+        function = resolve_object(section.run)
         stages.append(
             stage(function, name=section.name, needs=section.needs, params=section.params)
         )

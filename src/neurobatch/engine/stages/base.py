@@ -30,7 +30,7 @@ import cloudpickle
 import xarray as xr
 
 from neurobatch import __version__
-from neurobatch.config import PipelineConfig
+from neurobatch.config import PipelineConfig, by_value
 from neurobatch.errors import ConfigError
 from neurobatch.io.cache import Fetched
 from neurobatch.io.loaders._common import closest
@@ -337,7 +337,8 @@ def stage(
     neurobatch.errors.ConfigError: stage name 'bad name' is not an identifier; expected letters, digits and underscores
     """
 
-    def make(fn: Callable[..., Any]) -> Stage:
+    def make(function: Callable[..., Any]) -> Stage:
+        fn = by_value(function)  # a worker in another process gets its code, not its name
         stage_name = name or fn.__name__
         if not stage_name.isidentifier() or keyword.iskeyword(stage_name):
             raise ConfigError(
