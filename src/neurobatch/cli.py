@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from neurobatch import __version__
 from neurobatch.cli_inspect import add_provenance, add_status
+from neurobatch.cli_report import add_report, add_view
 from neurobatch.errors import NeurobatchError, StorageError
 
 __all__ = ["main"]
@@ -155,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     add_cluster(commands)
     add_provenance(commands)
     add_status(commands)
+    add_report(commands)
+    add_view(commands)
     return parser
 
 

@@ -9,6 +9,7 @@
       trials_obs.parquet|csv    the per-trial table
       trials.h5ad               AnnData
       run.json  processing.json
+      report.html               one self-contained page of the batch (neurobatch.engine.report)
       items/<item>/             the item's Zarr group: one subgroup per stage
         ingest/ preprocess/ trials/ ...   each with its commit record
         .neurobatch-failed.json           while the item's last run failed
@@ -118,6 +119,11 @@ class OutputLayout:
     def run_record(self) -> str:
         """What the last run did, item by item (``run.json``)."""
         return self.path("run.json")
+
+    @property
+    def report(self) -> str:
+        """The page of the batch (``report.html``)."""
+        return self.path("report.html")
 
     @property
     def run_log(self) -> str:

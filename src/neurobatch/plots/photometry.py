@@ -381,19 +381,52 @@ def _draw_mean_sem(
     group_name: str,
 ) -> None:
     """Panel 4: mean ± SEM over trials per group, with a vertical line at 0."""
-    for i, (group, mask) in enumerate(_trial_groups(matrix.shape[0], labels)):
-        mean, sem = _mean_sem(matrix[mask])
-        color = f"C{i}"
+    stats = {
+        group: (*_mean_sem(matrix[mask]), int(mask.sum()))
+        for group, mask in _trial_groups(matrix.shape[0], labels)
+    }
+    _draw_group_means(ax, rel_time, stats, variable, n_bins, group_name)
+
+
+def _draw_group_means(
+    ax: Axes,
+    rel_time: FloatArray,
+    stats: Mapping[str, tuple[FloatArray, FloatArray, int]],
+    variable: str,
+    n_bins: int,
+    group_name: str,
+) -> None:
+    """Each group's ``(mean, sem, n)`` as a line in a ± SEM band, a vertical line at 0."""
+    for i, (group, (mean, sem, n)) in enumerate(stats.items()):
+        color = f"C{i % 10}"
         t_bins, lower, _ = envelope(rel_time, mean - sem, n_bins)
         _, _, upper = envelope(rel_time, mean + sem, n_bins)
         ax.fill_between(t_bins, lower, upper, color=color, alpha=0.25, linewidth=0)
         centre = envelope(rel_time, mean, n_bins)
-        _band(ax, centre, color=color, label=f"{group} (n={int(mask.sum())})")
+        _band(ax, centre, color=color, label=f"{group} (n={n})")
     ax.axvline(0.0, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlim(rel_time[0], rel_time[-1])
     ax.set_xlabel("time from alignment (s)")
     ax.set_ylabel(f"{variable} (mean ± SEM)")
     ax.legend(loc="upper right", fontsize="small", title=group_name, title_fontsize="small")
+
+
+def _group_means(
+    rel_time: FloatArray,
+    stats: Mapping[str, tuple[FloatArray, FloatArray, int]],
+    *,
+    variable: str,
+    group_name: str,
+    title: str,
+    max_points: int = 4000,
+) -> Figure:
+    """A figure of each group's mean ± SEM over ``rel_time`` (already reduced over trials)."""
+    fig = Figure(figsize=(9.0, 3.6), dpi=_DPI)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.88)
+    _draw_group_means(ax, rel_time, stats, variable, max(2, max_points // 2), group_name)
+    ax.set_title(title, loc="left", fontsize="medium")
+    return fig
 
 
 def dashboard(
