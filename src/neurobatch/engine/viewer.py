@@ -178,8 +178,16 @@ class Viewer:
             {"xs": [], "ys": [], "band_x": [], "band_y": [], "label": [], "color": []},
             name="means-source",
         )
+        from bokeh.models import Range1d
+
+        # an explicit range: a zoom sets it, and the server redraws the window at its
+        # resolution (a DataRange1d would follow the data sent instead)
         p_trace = figure(
-            height=300, sizing_mode="stretch_width", name="trace", x_axis_label="time (s)"
+            height=300,
+            sizing_mode="stretch_width",
+            name="trace",
+            x_axis_label="time (s)",
+            x_range=Range1d(0.0, 1.0),
         )
         p_trace.varea("t", "lo", "hi", source=trace, color="#1f77b4", alpha=0.6)
         p_trace.line("t", "hi", source=trace, color="#1f77b4", line_width=1)
@@ -196,8 +204,6 @@ class Viewer:
             legend_field="event",
             y_range_name="events",
         )
-        from bokeh.models import Range1d
-
         p_trace.extra_y_ranges = {"events": Range1d(0, 1)}
         mapper = LinearColorMapper(palette="RdBu11", low=-1, high=1)
         p_heat = figure(
@@ -231,6 +237,8 @@ class Viewer:
             self.values = processed[variable].data
             t, lo, hi = _window(self.time, self.values, None, None)
             trace.data = {"t": t, "lo": lo, "hi": hi}
+            if self.time.size > 1:
+                p_trace.x_range.update(start=float(self.time[0]), end=float(self.time[-1]))
             p_trace.title.text = f"{item}: {variable} ({self.time.size:,} samples)"
             p_trace.yaxis.axis_label = variable
             if "event_time" in processed.variables:
@@ -272,7 +280,7 @@ class Viewer:
             heat.data = {
                 "image": [_bin_mean(matrix, VIEW_POINTS // 2)],
                 "x": [rel_time[0]],
-                "y": [n + 0.5],
+                "y": [0.5],
                 "dw": [rel_time[-1] - rel_time[0]],
                 "dh": [n],
             }
