@@ -85,7 +85,7 @@ def _img(data: bytes, mime: str, alt: str, css_id: str = "") -> str:
 def _figure_img(fig: Any, alt: str, css_id: str = "") -> str:
     from neurobatch.plots._common import _render
 
-    return _img(_render(fig, "png", compress_level=6), "image/png", alt, css_id)
+    return _img(_render(fig, "png"), "image/png", alt, css_id)
 
 
 # --------------------------------------------------------------------------------------------
