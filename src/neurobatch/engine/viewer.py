@@ -189,9 +189,12 @@ class Viewer:
             x_axis_label="time (s)",
             x_range=Range1d(0.0, 1.0),
         )
-        p_trace.varea("t", "lo", "hi", source=trace, color="#1f77b4", alpha=0.6)
-        p_trace.line("t", "hi", source=trace, color="#1f77b4", line_width=1)
-        p_trace.line("t", "lo", source=trace, color="#1f77b4", line_width=1)
+        band = [
+            p_trace.varea("t", "lo", "hi", source=trace, color="#1f77b4", alpha=0.6),
+            p_trace.line("t", "hi", source=trace, color="#1f77b4", line_width=1),
+            p_trace.line("t", "lo", source=trace, color="#1f77b4", line_width=1),
+        ]
+        p_trace.y_range.renderers = band  # the event markers span their own 0-1 range
         p_trace.segment(
             "t",
             0,
