@@ -105,22 +105,31 @@ class _Sources:
 
     @classmethod
     def read(cls, layout: OutputLayout) -> _Sources:
-        so = dict(layout.storage_options)
+        items = read_items(layout)
         try:
-            items = pd.read_parquet(layout.combined(ITEMS_TABLE), storage_options=so)
-        except FileNotFoundError as error:
-            raise InputNotFoundError(
-                f"report: no {ITEMS_TABLE} in {layout.url}; expected the output folder of a "
-                "neurobatch run"
-            ) from error
-        try:
-            run = json.loads(_read(layout.run_record, so))
+            run = json.loads(_read(layout.run_record, layout.storage_options))
         except FileNotFoundError:
             run = {}
-        processing = read_processing(layout.processing, storage_options=so)
-        pipelines = list(processing.pipelines or []) if processing is not None else []
-        pipeline = dict(pipelines[-1].parameters or {}) if pipelines else {}
-        return cls(layout, items, run, processing, pipeline)
+        processing = read_processing(layout.processing, storage_options=layout.storage_options)
+        return cls(layout, items, run, processing, pipeline_of(processing))
+
+
+def read_items(layout: OutputLayout) -> pd.DataFrame:
+    """The items table of an output folder, or an error for people when there is none."""
+    try:
+        return pd.read_parquet(
+            layout.combined(ITEMS_TABLE), storage_options=dict(layout.storage_options)
+        )
+    except FileNotFoundError as error:
+        raise InputNotFoundError(
+            f"no {ITEMS_TABLE} in {layout.url}; expected the output folder of a neurobatch run"
+        ) from error
+
+
+def pipeline_of(processing: Any) -> dict[str, Any]:
+    """The last run's validated pipeline file, as its processing record keeps it."""
+    pipelines = list(processing.pipelines or []) if processing is not None else []
+    return dict(pipelines[-1].parameters or {}) if pipelines else {}
 
 
 def _trial_types(obs: Mapping[str, npt.NDArray[Any]], pipeline: Mapping[str, Any]) -> Any:

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import xarray as xr
 
-from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
+from neurobatch.engine.layout import OutputLayout
 from neurobatch.engine.provenance_summary import read_processing
+from neurobatch.engine.report import pipeline_of, read_items
 from neurobatch.errors import InputNotFoundError
 
 __all__ = ["VIEW_POINTS", "Viewer", "serve"]
@@ -59,22 +59,14 @@ class _Output:
 
     @classmethod
     def read(cls, layout: OutputLayout) -> _Output:
-        so = dict(layout.storage_options)
-        try:
-            table = pd.read_parquet(layout.combined(ITEMS_TABLE), storage_options=so)
-        except FileNotFoundError as error:
-            raise InputNotFoundError(
-                f"view: no {ITEMS_TABLE} in {layout.url}; expected the output folder of a "
-                "neurobatch run"
-            ) from error
+        table = read_items(layout)
         items = [
             str(i) for i, s in zip(table["item_id"], table["status"], strict=True) if s in _OPEN
         ]
         if not items:
-            raise InputNotFoundError(f"view: no item of {layout.url} is done; nothing to show")
-        processing = read_processing(layout.processing, storage_options=so)
-        pipelines = list(processing.pipelines or []) if processing is not None else []
-        pipeline = dict(pipelines[-1].parameters or {}) if pipelines else {}
+            raise InputNotFoundError(f"no item of {layout.url} is done: nothing to show")
+        processing = read_processing(layout.processing, storage_options=layout.storage_options)
+        pipeline = pipeline_of(processing)
         return cls(layout, items, str(pipeline.get("kind", "photometry")), pipeline)
 
     def stage(self, item: str, stage: str) -> xr.Dataset | None:
