@@ -31,6 +31,7 @@ from neurobatch import Pipeline
 from neurobatch.config import load_config
 from neurobatch.engine.report import _group_stats, write_report
 from neurobatch.io.trials_store import open_trials
+from runs import run_sta_demo
 
 
 class _Page(html.parser.HTMLParser):
@@ -227,3 +228,15 @@ def test_report_in_chromium(drawn_run: Path, chromium: Any) -> None:
     assert section.find_element(By.TAG_NAME, "img").is_displayed()
     screenshot(chromium, "report-item")
     assert console_errors(chromium) == []
+
+
+def test_report_command_draws_sta_grids_and_strfs(
+    local_client: Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    out = run_sta_demo(tmp_path_factory.mktemp("sta-report"), local_client)
+    write_report(str(out))
+    page = _parse(out / "report.html")
+    alts = [a.get("alt") for t, a in page.tags if t == "img"]
+    assert "STA of movie" in alts and "STRF of movie" in alts
+    assert "No combined trials in this output." in "".join(page.text)
+    assert _external(page) == []

@@ -25,13 +25,10 @@ from distributed import Client
 
 import browser
 from browser import console_errors, screenshot
-from neurobatch import Pipeline
-from neurobatch.config import load_config
 from neurobatch.engine.viewer import VIEW_POINTS
 from neurobatch.io.trials_store import open_trials
 from neurobatch.io.zarr import open_dataset
-from neurobatch.synthetic import demo_pipeline_file, receptive_field_movie
-from neurobatch.synthetic.writers import write_movie
+from runs import run_sta_demo
 
 
 @pytest.fixture
@@ -71,15 +68,7 @@ def viewer(photometry_reference: Path) -> Iterator[tuple[str, subprocess.Popen[s
 
 @pytest.fixture(scope="module")
 def sta_output(local_client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of the STA pipeline on a small white-noise movie with 3 units."""
-    folder = tmp_path_factory.mktemp("sta-view")
-    movie, _ = receptive_field_movie(n_frames=3000, height=8, width=8, n_units=3, seed=2)
-    (folder / "data").mkdir()
-    write_movie(movie, str(folder / "data" / "movie.zarr"))
-    config = load_config(demo_pipeline_file(folder, "sta"))
-    output = config.output.model_copy(update={"url": str(folder / "out"), "dashboards": None})
-    Pipeline(config.model_copy(update={"output": output})).run(client=local_client)
-    return folder / "out"
+    return run_sta_demo(tmp_path_factory.mktemp("sta-view"), local_client)
 
 
 def _status(url: str, headers: dict[str, str] | None = None) -> int:

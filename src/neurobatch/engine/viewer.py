@@ -31,7 +31,7 @@ import xarray as xr
 from neurobatch.engine.layout import OutputLayout
 from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.engine.report import pipeline_of, read_items
-from neurobatch.errors import InputNotFoundError
+from neurobatch.errors import InputError, InputNotFoundError
 
 __all__ = ["VIEW_POINTS", "Viewer", "serve"]
 
@@ -67,7 +67,13 @@ class _Output:
             raise InputNotFoundError(f"no item of {layout.url} is done: nothing to show")
         processing = read_processing(layout.processing, storage_options=layout.storage_options)
         pipeline = pipeline_of(processing)
-        return cls(layout, items, str(pipeline.get("kind", "photometry")), pipeline)
+        kind = str(pipeline.get("kind", "photometry"))
+        if kind not in ("photometry", "sta"):
+            raise InputError(
+                f"{layout.url} holds the output of a {kind} pipeline; the viewer shows "
+                "photometry and sta outputs (neurobatch report OUT shows any)"
+            )
+        return cls(layout, items, kind, pipeline)
 
     def stage(self, item: str, stage: str) -> xr.Dataset | None:
         from neurobatch.io.trials_store import open_trials
