@@ -144,7 +144,7 @@ def test_report_command_draws_what_the_run_did_not(
     shutil.copytree(photometry_reference, out)
     assert not (out / "dashboards").exists()
     before = _parse(out / "report.html")  # the run's own, not drawn
-    assert not [a for t, a in before.tags if t == "img" and "dashboard" in (a.get("alt") or "")]
+    assert not [a for t, a in before.tags if t == "img" and " of experiment_" in a["alt"]]
     done = subprocess.run(
         [sys.executable, "-m", "neurobatch", "report", str(out), "--items", "2"],
         capture_output=True,
@@ -156,7 +156,10 @@ def test_report_command_draws_what_the_run_did_not(
     assert done.stdout.strip() == f"report written to {out}/report.html"
     page = _parse(out / "report.html")
     alts = [a.get("alt") for t, a in page.tags if t == "img"]
-    assert sum(1 for alt in alts if alt and alt.startswith("dashboard of ")) == 2
+    assert [alt for alt in alts if alt and " of experiment_" in alt] == [
+        "experiment_001.png of experiment_001",
+        "experiment_002.png of experiment_002",
+    ]
     assert "Figures of the first 2 of 3 items" in "".join(page.text)
     assert _external(page) == []
 
@@ -237,6 +240,6 @@ def test_report_command_draws_sta_grids_and_strfs(
     write_report(str(out))
     page = _parse(out / "report.html")
     alts = [a.get("alt") for t, a in page.tags if t == "img"]
-    assert "STA of movie" in alts and "STRF of movie" in alts
+    assert "movie.sta.png of movie" in alts and "movie.strf.png of movie" in alts
     assert "No combined trials in this output." in "".join(page.text)
     assert _external(page) == []

@@ -20,6 +20,7 @@ import base64
 import html
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import fsspec
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import xarray as xr
 
 from neurobatch.engine.layout import ITEMS_TABLE, TRIALS, OutputLayout
 from neurobatch.engine.provenance_summary import read_processing
@@ -318,46 +320,64 @@ def _item_figures(
             )
 
 
-def _draw_item(item: str, layout: OutputLayout, pipeline: Mapping[str, Any]) -> list[str]:
-    """Figures drawn from the item's stores: the photometry dashboard, or STA grid and STRF."""
+def _draw_item(item: str, experiment_id: str, layout: OutputLayout, config: Any) -> list[str]:
+    """The item's figures drawn from its stores by its kind's own ``figures``, as ``<img>``s.
+
+    The figures are written to a scratch folder in memory and read back. Stages are opened
+    as stored (a ``post_load`` hook of the run is not applied); the filter's raw snippet
+    reads the input when the run kept no copy of it.
+    """
+    from neurobatch.engine.ledger import read_records
+    from neurobatch.engine.stages import KINDS
+    from neurobatch.engine.stages.base import FigureContext
     from neurobatch.io.trials_store import open_trials
     from neurobatch.io.zarr import open_dataset
-    from neurobatch.plots.photometry import _dashboard
-    from neurobatch.plots.sta import _sta_grid, _strf
 
+    kind = KINDS[config.kind]
+    if kind.figures is None:
+        return []
     so = layout.storage_options
-    kind = pipeline.get("kind", "photometry")
-    if kind == "photometry":
-        processed = open_dataset(layout.stage(item, "preprocess"), storage_options=so)
+    names = [stage.name for stage in kind.stages]
+    records = {stage: record for (_, stage), record in read_records(layout, [item], names).items()}
+
+    def open_stage(stage: str) -> xr.Dataset | None:
+        url = layout.stage(item, stage)
         try:
-            trials = open_trials(layout.stage(item, "trials"), storage_options=so)
+            if stage == "trials":
+                return open_trials(url, storage_options=so)
+            return open_dataset(url, storage_options=so)
         except FileNotFoundError:
-            trials = None
-        labels = None
-        if trials is not None and "trial_num" in trials.coords:
-            labels = _trial_types(
-                {str(k): np.asarray(v.values) for k, v in trials.coords.items() if k != "rel_time"},
-                pipeline,
-            )
-        fig = _dashboard(processed.assign_attrs(experiment_id=item), trials, group_by=labels)
-        return [_figure_img(fig, f"dashboard of {item}")]
-    if kind == "sta":
-        sta = open_dataset(layout.stage(item, "sta"), storage_options=so)
+            return None
+
+    scratch = f"memory://neurobatch-report-{secrets.token_hex(8)}"
+    output = config.output.model_copy(update={"dashboards": "png", "storage_options": {}})
+    kind.figures(
+        FigureContext(
+            open=open_stage,
+            path=lambda suffix: f"{scratch}/{item}{suffix}.png",
+            records=records,
+            config=config.model_copy(update={"output": output}),
+            experiment_id=experiment_id,
+        )
+    )
+    memory = fsspec.filesystem("memory")
+    try:
+        paths = sorted(memory.ls(scratch, detail=False))
         return [
-            _figure_img(_sta_grid(sta), f"STA of {item}"),
-            _figure_img(_strf(sta["strf"]), f"STRF of {item}"),
+            _img(memory.cat_file(path), "image/png", f"{path.rsplit('/', 1)[-1]} of {item}")
+            for path in paths
         ]
-    return []
+    finally:
+        memory.rm(scratch, recursive=True)
 
 
 def _item_section(
     row: Any,
     drawn: Mapping[str, list[str]],
     layout: OutputLayout,
-    pipeline: Mapping[str, Any],
-    *,
-    draw: bool,
+    config: Any,
 ) -> str:
+    """The item's collapsible section; ``config`` (the run's pipeline) to draw, or None."""
     item = str(row.item_id)
     status = str(getattr(row, "status", ""))
     parts = []
@@ -368,9 +388,9 @@ def _item_section(
         _img(data, mime, f"{name} of {item}")
         for data, mime, name in _item_figures(item, drawn, layout)
     ]
-    if not images and draw and status in ("done", "skipped", "carried"):
+    if not images and config is not None and status in ("done", "skipped", "carried"):
         try:
-            images = _draw_item(item, layout, pipeline)
+            images = _draw_item(item, str(getattr(row, "experiment_id", item)), layout, config)
         except (OSError, ValueError, KeyError) as error:
             parts.append(
                 f'<p class="note">figures could not be drawn: {html.escape(str(error))}</p>'
@@ -383,6 +403,19 @@ def _item_section(
         f'<details id="item-{name}"><summary>{name} <span class="{html.escape(status)}">'
         f"{html.escape(status)}</span></summary>{''.join(parts)}</details>"
     )
+
+
+def _config(pipeline: Mapping[str, Any]) -> Any:
+    """The run's pipeline as a validated model, or None (then nothing is drawn)."""
+    from pydantic import ValidationError
+
+    from neurobatch.config import PipelineConfig
+
+    try:
+        return PipelineConfig.model_validate(dict(pipeline))
+    except ValidationError as error:
+        logger.warning("report: cannot draw figures, the recorded pipeline is not valid: %s", error)
+        return None
 
 
 def _resources_section(processing: Any) -> str:
@@ -416,54 +449,54 @@ def write_report(
 ) -> str:
     """Write ``OUT/report.html``, one self-contained page of the batch in ``url``.
 
-    Sections: a summary of the last run; the items table (every item: status, the one-line
-    reason of a failure, trials, fit R²); the trials of every item, mean ± SEM grouped by
-    trial type (the ``center_on`` event a trial is centred on, else its alignment event)
-    or by any obs column with at most :data:`MAX_GROUPS` values, chosen from a menu; the
-    CPU and RAM of each stage; the pipeline file; and one collapsible section per item,
-    for the first ``max_items`` items, with the figures the run drew (dashboards: the
-    filtered channels, dF/F with events, trial heatmap and mean ± SEM per trial type; STA
-    grids and STRFs; the filter's raw-versus-filtered snippet) or, with ``draw``, drawn
-    from the item's stores when the run drew none. Figures are embedded PNGs (SVGs drawn by
-    the run stay SVG), so the file references nothing outside itself.
+        Sections: a summary of the last run; the items table (every item: status, the one-line
+        reason of a failure, trials, fit R²); the trials of every item, mean ± SEM grouped by
+        trial type (the ``center_on`` event a trial is centred on, else its alignment event)
+        or by any obs column with at most :data:`MAX_GROUPS` values, chosen from a menu; the
+        CPU and RAM of each stage; the pipeline file; and one collapsible section per item,
+        for the first ``max_items`` items, with the figures the run drew (dashboards: the
+        filtered channels, dF/F with events, trial heatmap and mean ± SEM per trial type; STA
+        grids and STRFs; the filter's raw-versus-filtered snippet) or, with ``draw``, drawn
+        from the item's stores when the run drew none. Figures are embedded PNGs (SVGs drawn by
+        the run stay SVG), so the file references nothing outside itself.
 
-    Parameters
-    ----------
-    url : str
-        The output folder of a run, any fsspec URL.
-    storage_options : mapping, optional
-        fsspec options to reach ``url``.
-    max_items : int, default 50
-        Items that get a section with figures (every item gets a row of the table).
-    draw : bool, default True
-        Draw the figures of an item whose run drew none (photometry and STA items).
+        Parameters
+        ----------
+        url : str
+            The output folder of a run, any fsspec URL.
+        storage_options : mapping, optional
+            fsspec options to reach ``url``.
+        max_items : int, default 50
+            Items that get a section with figures (every item gets a row of the table).
+        draw : bool, default True
+            Draw the figures of an item whose run drew none (photometry and STA items).
 
-    Returns
-    -------
-    str
-        The URL of the page written.
+        Returns
+        -------
+        str
+            The URL of the page written.
 
-    Raises
-    ------
-    InputNotFoundError
-        If ``url`` holds no ``items.parquet`` (not the output of a run).
-    ValueError
-        If ``max_items`` is negative.
+        Raises
+        ------
+        InputNotFoundError
+            If ``url`` holds no ``items.parquet`` (not the output of a run).
+        ValueError
+            If ``max_items`` is negative.
 
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from neurobatch.engine.layout import OutputLayout
-    >>> out = OutputLayout("memory://docs/report-out")
-    >>> pd.DataFrame({"item_id": ["a", "b"], "status": ["done", "failed"],
-    ...               "error": [None, "InputError: no column 'signal'"],
-    ...               "n_trials": [12, 0], "fit_r_squared": [0.93, None]}).to_parquet(
-    ...     out.combined("items.parquet"))
-    >>> write_report(out.url)
-    'memory://docs/report-out/report.html'
-    >>> page = fsspec.filesystem("memory").cat_file("/docs/report-out/report.html").decode()
-    >>> "no column &#x27;signal&#x27;" in page, "http" in page
-    (True, False)
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from neurobatch.engine.layout import OutputLayout
+        >>> out = OutputLayout("memory://docs/report-out")
+        >>> pd.DataFrame({"item_id": ["a", "b"], "status": ["done", "failed"],
+        ...               "error": [None, "InputError: no column 'signal'"],
+        ...               "n_trials": [12, 0], "fit_r_squared": [0.93, None]}).to_parquet(
+        ...     out.combined("items.parquet"))
+        >>> write_report(out.url)
+        'memory://docs/report-out/report.html'
+        >>> page = fsspec.filesystem("memory").cat_file("/docs/report-out/report.html").decode()
+        >>> "no column &#x27;signal&#x27;" in page, "http" in page
+        (True, False)
     """
     if max_items < 0:
         raise ValueError(f"report: max_items must be 0 or more, got {max_items}.")
@@ -473,10 +506,8 @@ def write_report(
     items, run, pipeline = sources.items, sources.run, sources.pipeline
     shown = items.head(max_items)
     drawn = _drawn_figures(layout)
-    sections = [
-        _item_section(row, drawn, layout, pipeline, draw=draw)
-        for row in shown.itertuples(index=False)
-    ]
+    config = _config(pipeline) if draw and pipeline else None
+    sections = [_item_section(row, drawn, layout, config) for row in shown.itertuples(index=False)]
     counts = items["status"].value_counts().to_dict() if "status" in items else {}
     status_line = ", ".join(f"{n} {html.escape(str(s))}" for s, n in counts.items())
     name = html.escape(str(pipeline.get("name") or run.get("name") or layout.url))
