@@ -9,8 +9,8 @@ file references nothing outside itself, so it can be mailed, archived or opened 
 Its size and its cost stay bounded for thousands of items: every item gets a row of the
 table, but only the first ``max_items`` get a section with figures. Those come from what
 the run drew (``output.dashboards``); with ``draw=True`` (the ``report`` command) an item
-whose figures were not drawn gets them drawn from its stores (photometry dashboards, STA
-grids and STRFs). The combined trials are reduced to group means one stored chunk at a time.
+whose figures were not drawn gets them drawn from its stores by its kind's own figures
+(photometry dashboards, STA grids and STRFs, the filter's snippet). The combined trials are reduced to group means one stored chunk at a time.
 A run writes the page at its end with ``draw=False`` (:func:`report_after_run`).
 """
 
@@ -449,54 +449,54 @@ def write_report(
 ) -> str:
     """Write ``OUT/report.html``, one self-contained page of the batch in ``url``.
 
-        Sections: a summary of the last run; the items table (every item: status, the one-line
-        reason of a failure, trials, fit R²); the trials of every item, mean ± SEM grouped by
-        trial type (the ``center_on`` event a trial is centred on, else its alignment event)
-        or by any obs column with at most :data:`MAX_GROUPS` values, chosen from a menu; the
-        CPU and RAM of each stage; the pipeline file; and one collapsible section per item,
-        for the first ``max_items`` items, with the figures the run drew (dashboards: the
-        filtered channels, dF/F with events, trial heatmap and mean ± SEM per trial type; STA
-        grids and STRFs; the filter's raw-versus-filtered snippet) or, with ``draw``, drawn
-        from the item's stores when the run drew none. Figures are embedded PNGs (SVGs drawn by
-        the run stay SVG), so the file references nothing outside itself.
+    Sections: a summary of the last run; the items table (every item: status, the one-line
+    reason of a failure, trials, fit R²); the trials of every item, mean ± SEM grouped by
+    trial type (the ``center_on`` event a trial is centred on, else its alignment event)
+    or by any obs column with at most :data:`MAX_GROUPS` values, chosen from a menu; the
+    CPU and RAM of each stage; the pipeline file; and one collapsible section per item,
+    for the first ``max_items`` items, with the figures the run drew (dashboards: the
+    filtered channels, dF/F with events, trial heatmap and mean ± SEM per trial type; STA
+    grids and STRFs; the filter's raw-versus-filtered snippet) or, with ``draw``, drawn
+    from the item's stores when the run drew none. Figures are embedded PNGs (SVGs drawn by
+    the run stay SVG), so the file references nothing outside itself.
 
-        Parameters
-        ----------
-        url : str
-            The output folder of a run, any fsspec URL.
-        storage_options : mapping, optional
-            fsspec options to reach ``url``.
-        max_items : int, default 50
-            Items that get a section with figures (every item gets a row of the table).
-        draw : bool, default True
-            Draw the figures of an item whose run drew none (photometry and STA items).
+    Parameters
+    ----------
+    url : str
+        The output folder of a run, any fsspec URL.
+    storage_options : mapping, optional
+        fsspec options to reach ``url``.
+    max_items : int, default 50
+        Items that get a section with figures (every item gets a row of the table).
+    draw : bool, default True
+        Draw the figures of an item whose run drew none, as its kind draws them.
 
-        Returns
-        -------
-        str
-            The URL of the page written.
+    Returns
+    -------
+    str
+        The URL of the page written.
 
-        Raises
-        ------
-        InputNotFoundError
-            If ``url`` holds no ``items.parquet`` (not the output of a run).
-        ValueError
-            If ``max_items`` is negative.
+    Raises
+    ------
+    InputNotFoundError
+        If ``url`` holds no ``items.parquet`` (not the output of a run).
+    ValueError
+        If ``max_items`` is negative.
 
-        Examples
-        --------
-        >>> import pandas as pd
-        >>> from neurobatch.engine.layout import OutputLayout
-        >>> out = OutputLayout("memory://docs/report-out")
-        >>> pd.DataFrame({"item_id": ["a", "b"], "status": ["done", "failed"],
-        ...               "error": [None, "InputError: no column 'signal'"],
-        ...               "n_trials": [12, 0], "fit_r_squared": [0.93, None]}).to_parquet(
-        ...     out.combined("items.parquet"))
-        >>> write_report(out.url)
-        'memory://docs/report-out/report.html'
-        >>> page = fsspec.filesystem("memory").cat_file("/docs/report-out/report.html").decode()
-        >>> "no column &#x27;signal&#x27;" in page, "http" in page
-        (True, False)
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from neurobatch.engine.layout import OutputLayout
+    >>> out = OutputLayout("memory://docs/report-out")
+    >>> pd.DataFrame({"item_id": ["a", "b"], "status": ["done", "failed"],
+    ...               "error": [None, "InputError: no column 'signal'"],
+    ...               "n_trials": [12, 0], "fit_r_squared": [0.93, None]}).to_parquet(
+    ...     out.combined("items.parquet"))
+    >>> write_report(out.url)
+    'memory://docs/report-out/report.html'
+    >>> page = fsspec.filesystem("memory").cat_file("/docs/report-out/report.html").decode()
+    >>> "no column &#x27;signal&#x27;" in page, "http" in page
+    (True, False)
     """
     if max_items < 0:
         raise ValueError(f"report: max_items must be 0 or more, got {max_items}.")
