@@ -50,3 +50,17 @@ def run_sta_demo(folder: Path, client: Any) -> Path:
     output = config.output.model_copy(update={"url": str(folder / "out"), "dashboards": None})
     Pipeline(config.model_copy(update={"output": output})).run(client=client)
     return folder / "out"
+
+
+def run_filter_demo(folder: Path, client: Any) -> Path:
+    """Run the filter demo's pipeline on one 8-channel SpikeGLX recording of 2 s at 30 kHz."""
+    from neurobatch import Pipeline, synthetic
+    from neurobatch.config import load_config
+
+    (folder / "data").mkdir(parents=True)
+    recording = synthetic.ephys_recording(n_channels=8, duration_s=2.0, fs=30_000.0, seed=1)
+    synthetic.write_spikeglx(recording.recording, str(folder / "data" / "recording_001.bin"))
+    config = load_config(synthetic.demo_pipeline_file(folder, "filter"))
+    output = config.output.model_copy(update={"url": str(folder / "out"), "dashboards": None})
+    Pipeline(config.model_copy(update={"output": output})).run(client=client)
+    return folder / "out"

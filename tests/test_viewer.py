@@ -28,7 +28,7 @@ from browser import console_errors, screenshot
 from neurobatch.engine.viewer import VIEW_POINTS
 from neurobatch.io.trials_store import open_trials
 from neurobatch.io.zarr import open_dataset
-from runs import run_sta_demo
+from runs import run_filter_demo, run_sta_demo
 
 
 @pytest.fixture
@@ -203,3 +203,29 @@ def test_viewer_scrubs_a_units_sta_over_the_lags(sta_output: Path, chromium: Any
         screenshot(chromium, "viewer-sta")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+
+
+def test_viewer_shows_a_filtered_channel(
+    local_client: Client, tmp_path_factory: pytest.TempPathFactory, chromium: Any
+) -> None:
+    out = run_filter_demo(tmp_path_factory.mktemp("filter-view"), local_client)
+    filtered = open_dataset(str(out / "items" / "recording_001" / "filter"))
+    labels = [str(c) for c in filtered["channel"].values]
+    for url, _ in _serve(out):
+        chromium.get(url)
+        _until(lambda: _points(chromium), "the first channel")
+        assert _model(chromium, "channel", "m.options") == labels
+        _model(chromium, "channel", f"(m.value = {json.dumps(labels[5])}, true)")
+        _until(
+            lambda: _model(chromium, "trace", "m.title.text").endswith(
+                f"channel {labels[5]} (60,000 samples)"
+            ),
+            "channel 5",
+        )
+        values = filtered["traces"].isel(channel=5).values
+        lo = np.asarray(_model(chromium, "trace-source", "Array.from(m.data.lo)"))
+        hi = np.asarray(_model(chromium, "trace-source", "Array.from(m.data.hi)"))
+        assert lo.size == VIEW_POINTS // 2
+        assert lo.min() == pytest.approx(values.min()) and hi.max() == pytest.approx(values.max())
+        assert console_errors(chromium) == []
+        screenshot(chromium, "viewer-filter")

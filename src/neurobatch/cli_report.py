@@ -47,8 +47,8 @@ def add_view(commands: Any) -> None:
         description=(
             "Serve a viewer of OUT on 127.0.0.1 only, behind a random token printed in its "
             "URL: pick an item to see its trace with events and its trials, group the trial "
-            "means by any obs column, pick a unit and scrub its STA over the lags. Stop it "
-            "with Ctrl-C."
+            "means by any obs column, pick a channel of a filtered recording, or pick a unit "
+            "and scrub its STA over the lags. Stop it with Ctrl-C."
         ),
     )
     view.add_argument("out", metavar="OUT", help="the output folder (any fsspec URL)")

@@ -10,8 +10,9 @@ Photometry outputs: pick an item to see its processed trace with its events, and
 trials as a heatmap and as mean ± SEM grouped by the trial type or by any obs column.
 Traces are reduced on the server to a min/max envelope of :data:`VIEW_POINTS` points of
 the visible window (:func:`neurobatch.plots.envelope`): zooming in asks for a finer one,
-so an hour at 1 kHz never travels to the browser whole. STA outputs: pick a unit and
-scrub its spike-triggered average over the lags.
+so an hour at 1 kHz never travels to the browser whole. Filter outputs: pick a channel of
+the filtered recording, drawn the same way. STA outputs: pick a unit and scrub its
+spike-triggered average over the lags.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ class _Output:
         processing = read_processing(layout.processing, storage_options=layout.storage_options)
         pipeline = pipeline_of(processing)
         kind = str(pipeline.get("kind", "photometry"))
-        if kind not in ("photometry", "sta"):
+        if kind not in ("photometry", "filter", "sta"):
             raise InputError(
                 f"{layout.url} holds the output of a {kind} pipeline; the viewer shows "
-                "photometry and sta outputs (neurobatch report OUT shows any)"
+                "photometry, filter and sta outputs (neurobatch report OUT shows any)"
             )
         return cls(layout, items, kind, pipeline)
 
@@ -157,6 +158,8 @@ class Viewer:
         )
         if self.output.kind == "sta":
             body = self._sta_page(picker)
+        elif self.output.kind == "filter":
+            body = self._filter_page(picker)
         else:
             body = self._photometry_page(picker)
         doc.add_root(column(title, row(picker), body, sizing_mode="stretch_width"))
@@ -164,22 +167,17 @@ class Viewer:
 
     # photometry -----------------------------------------------------------------------------
 
-    def _photometry_page(self, picker: Any) -> Any:
-        from bokeh.layouts import column
-        from bokeh.models import ColumnDataSource, LinearColorMapper, Select
+    def _trace_plot(self) -> tuple[Any, Any, Any]:
+        """The trace figure, its source and the event markers' source (named for tests).
+
+        The figure has an explicit x range: a zoom sets it, and the server sends the window
+        again at its resolution (a DataRange1d would follow the data sent instead).
+        """
+        from bokeh.models import ColumnDataSource, Range1d
         from bokeh.plotting import figure
 
         trace = ColumnDataSource({"t": [], "lo": [], "hi": []}, name="trace-source")
         events = ColumnDataSource({"t": [], "event": [], "color": []}, name="event-source")
-        heat = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []}, name="heat")
-        means = ColumnDataSource(
-            {"xs": [], "ys": [], "band_x": [], "band_y": [], "label": [], "color": []},
-            name="means-source",
-        )
-        from bokeh.models import Range1d
-
-        # an explicit range: a zoom sets it, and the server redraws the window at its
-        # resolution (a DataRange1d would follow the data sent instead)
         p_trace = figure(
             height=300,
             sizing_mode="stretch_width",
@@ -193,6 +191,81 @@ class Viewer:
             p_trace.line("t", "lo", source=trace, color="#1f77b4", line_width=1),
         ]
         p_trace.y_range.renderers = band  # the event markers span their own 0-1 range
+        p_trace.extra_y_ranges = {"events": Range1d(0, 1)}
+
+        def zoomed(attr: str, old: Any, new: Any) -> None:
+            if self.time.size:
+                start, end = p_trace.x_range.start, p_trace.x_range.end
+                t, lo, hi = _window(self.time, self.values, start, end)
+                trace.data = {"t": t, "lo": lo, "hi": hi}
+
+        p_trace.x_range.on_change("end", zoomed)
+        return p_trace, trace, events
+
+    def _show_trace(self, p_trace: Any, trace: Any, time: Any, values: Any, title: str) -> None:
+        """Show ``values`` over ``time`` whole, as an envelope of VIEW_POINTS points."""
+        self.time, self.values = np.asarray(time, dtype=np.float64), values
+        t, lo, hi = _window(self.time, self.values, None, None)
+        trace.data = {"t": t, "lo": lo, "hi": hi}
+        if self.time.size > 1:
+            p_trace.x_range.update(start=float(self.time[0]), end=float(self.time[-1]))
+        p_trace.title.text = f"{title} ({self.time.size:,} samples)"
+
+    # filter -------------------------------------------------------------------------------
+
+    def _filter_page(self, picker: Any) -> Any:
+        from bokeh.layouts import column
+        from bokeh.models import Select
+
+        p_trace, trace, _ = self._trace_plot()
+        channel = Select(title="channel", value="", options=[], name="channel")
+        filtered: dict[str, xr.Dataset] = {}
+
+        def show_channel() -> None:
+            ds = filtered.get("item")
+            if ds is None or not channel.value:
+                return
+            labels = [str(c) for c in ds["channel"].values]
+            values = ds["traces"].isel(channel=labels.index(channel.value)).data
+            self._show_trace(
+                p_trace,
+                trace,
+                ds["time"].values,
+                values,
+                f"{picker.value}: filtered channel {channel.value}",
+            )
+            p_trace.yaxis.axis_label = str(ds["traces"].attrs.get("units", "filtered"))
+
+        def show_item(item: str) -> None:
+            ds = self.output.stage(item, "filter")
+            if ds is None:
+                return
+            filtered["item"] = ds
+            labels = [str(c) for c in ds["channel"].values]
+            channel.options = labels
+            if channel.value not in labels:
+                channel.value = labels[0]  # show_channel runs on the change
+            else:
+                show_channel()
+
+        picker.on_change("value", lambda attr, old, new: show_item(new))
+        channel.on_change("value", lambda attr, old, new: show_channel())
+        show_item(picker.value)
+        return column(channel, p_trace, sizing_mode="stretch_width")
+
+    # photometry -----------------------------------------------------------------------------
+
+    def _photometry_page(self, picker: Any) -> Any:
+        from bokeh.layouts import column
+        from bokeh.models import ColumnDataSource, LinearColorMapper, Select
+        from bokeh.plotting import figure
+
+        heat = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []}, name="heat")
+        means = ColumnDataSource(
+            {"xs": [], "ys": [], "band_x": [], "band_y": [], "label": [], "color": []},
+            name="means-source",
+        )
+        p_trace, trace, events = self._trace_plot()
         p_trace.segment(
             "t",
             0,
@@ -205,7 +278,6 @@ class Viewer:
             legend_field="event",
             y_range_name="events",
         )
-        p_trace.extra_y_ranges = {"events": Range1d(0, 1)}
         mapper = LinearColorMapper(palette="RdBu11", low=-1, high=1)
         p_heat = figure(
             height=280,
@@ -234,13 +306,13 @@ class Viewer:
             if processed is None:
                 return
             variable = str(processed.attrs.get("processed_variable", "dff"))
-            self.time = np.asarray(processed["time"].values, dtype=np.float64)
-            self.values = processed[variable].data
-            t, lo, hi = _window(self.time, self.values, None, None)
-            trace.data = {"t": t, "lo": lo, "hi": hi}
-            if self.time.size > 1:
-                p_trace.x_range.update(start=float(self.time[0]), end=float(self.time[-1]))
-            p_trace.title.text = f"{item}: {variable} ({self.time.size:,} samples)"
+            self._show_trace(
+                p_trace,
+                trace,
+                processed["time"].values,
+                processed[variable].data,
+                f"{item}: {variable}",
+            )
             p_trace.yaxis.axis_label = variable
             if "event_time" in processed.variables:
                 names = np.asarray(processed["event_name"].values).astype(str)
@@ -290,15 +362,8 @@ class Viewer:
             p_mean.title.text = f"mean ± SEM by {group.value}"
             p_mean.yaxis.axis_label = name
 
-        def zoomed(attr: str, old: Any, new: Any) -> None:
-            if self.time.size:
-                start, end = p_trace.x_range.start, p_trace.x_range.end
-                t, lo, hi = _window(self.time, self.values, start, end)
-                trace.data = {"t": t, "lo": lo, "hi": hi}
-
         picker.on_change("value", lambda attr, old, new: show_item(new))
         group.on_change("value", lambda attr, old, new: show_trials())
-        p_trace.x_range.on_change("end", zoomed)
         show_item(picker.value)
         return column(p_trace, group, p_heat, p_mean, sizing_mode="stretch_width")
 
