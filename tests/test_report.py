@@ -243,3 +243,29 @@ def test_report_command_draws_sta_grids_and_strfs(
     assert "movie.sta.png of movie" in alts and "movie.strf.png of movie" in alts
     assert "No combined trials in this output." in "".join(page.text)
     assert _external(page) == []
+
+
+def test_thousands_of_items_get_a_row_each_and_a_bounded_number_of_sections(
+    tmp_path: Path,
+) -> None:
+    n = 3000
+    items = pd.DataFrame(
+        {
+            "item_id": [f"item_{i:05d}" for i in range(n)],
+            "status": ["done"] * (n - 1) + ["failed"],
+            "error": [None] * (n - 1) + ["InputError: '<script>' is no column"],
+            "n_trials": np.arange(n),
+            "fit_r_squared": np.linspace(0.5, 1.0, n),
+        }
+    )
+    items.to_parquet(tmp_path / "items.parquet")
+    write_report(str(tmp_path), max_items=7, draw=False)
+    page = _parse(tmp_path / "report.html")
+    assert sum(1 for tag, _ in page.tags if tag == "tr") == n + 1
+    assert sum(1 for tag, _ in page.tags if tag == "details") == 7
+    links = [a["href"] for t, a in page.tags if t == "a"]
+    assert links == [f"#item-item_{i:05d}" for i in range(7)]
+    assert "Figures of the first 7 of 3000 items" in "".join(page.text)
+    # text from the outputs is escaped: no script but the page's own
+    assert sum(1 for tag, _ in page.tags if tag == "script") == 1
+    assert (tmp_path / "report.html").stat().st_size < 2_000_000
