@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from neurobatch import __version__
 from neurobatch.cli_catalog import add_catalog, add_query
 from neurobatch.cli_inspect import add_provenance, add_status
+from neurobatch.cli_report import add_report, add_view
 from neurobatch.errors import NeurobatchError, StorageError
 
 __all__ = ["main"]
@@ -159,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     add_catalog(commands)
     add_query(commands)
     add_watch(commands)
+    add_report(commands)
+    add_view(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Dashboards: raw channels, the processed variable, trial heatmap and mean ± SEM."""
+"""Dashboards: filtered channels, the processed variable, trial heatmap and mean ± SEM."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import xarray as xr
 from dask.callbacks import Callback
 
 from neurobatch.errors import InputError
-from neurobatch.plots import dashboard
+from neurobatch.plots import dashboard, trial_labels
+from neurobatch.plots.photometry import _dashboard
 from neurobatch.synthetic import photometry_recording
 
 FS = 100.0
@@ -189,7 +190,7 @@ def test_dashboard_with_no_trial_left(
 ) -> None:
     path = tmp_path / "empty.svg"
     dashboard(processed, trials.isel(trial=slice(0, 0)), str(path))
-    assert len(_axes_ids(_svg(path))) == 2  # raw channels and the processed variable
+    assert len(_axes_ids(_svg(path))) == 2  # filtered channels and the processed variable
     assert "0 trials" in path.read_text()
 
 
@@ -276,3 +277,92 @@ def test_dashboard_rejects_bad_input(processed: xr.Dataset, tmp_path: Path) -> N
     with pytest.raises(InputError, match=r"trials dataset has no variable 'dff'"):
         dashboard(processed, bad_trials, str(tmp_path / "d.svg"))
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# the fixed properties, read off the matplotlib objects
+# --------------------------------------------------------------------------------------------
+
+
+def _panels(figure: Any) -> dict[str, Any]:
+    """The dashboard's axes by their left-hand title (the heatmap's colorbar has none)."""
+    return {ax.get_title(loc="left"): ax for ax in figure.axes if ax.get_title(loc="left")}
+
+
+def test_dashboard_top_panel_says_it_shows_filtered_channels(
+    processed: xr.Dataset, trials: xr.Dataset
+) -> None:
+    figure = _dashboard(processed, trials)
+    titles = [ax.get_title(loc="left") for ax in figure.axes]
+    assert "raw channels" not in titles
+    assert titles[0] == "filtered channels and fitted reference"
+    single = _dashboard(processed.drop_vars(["isosbestic", "reference"]), trials)
+    assert single.axes[0].get_title(loc="left") == "filtered channels"
+
+
+def test_heatmap_has_integer_trial_ticks_time_labels_and_a_zero_line(
+    processed: xr.Dataset, trials: xr.Dataset
+) -> None:
+    figure = _dashboard(processed, trials)
+    figure.canvas.draw()  # tick locations are settled at draw time
+    heat = _panels(figure)["trials"]
+    n = trials.sizes["trial"]
+    ticks = [t for t in heat.get_yticks() if 0.5 <= t <= n + 0.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert min(ticks) >= 1 and max(ticks) <= n  # trials are numbered 1..n
+    assert sorted(heat.get_ylim()) == [0.5, n + 0.5]
+    assert heat.get_xlabel() == "time from alignment (s)"
+    labels = [t.get_text() for t in heat.get_xticklabels() if t.get_visible()]
+    assert any(text for text in labels)  # time tick labels are drawn
+    zero = [
+        line
+        for line in heat.get_lines()
+        if list(line.get_xdata()) == [0.0, 0.0] and line.get_linestyle() == "--"
+    ]
+    assert len(zero) == 1
+
+
+def test_mean_sem_has_one_legend_entry_per_trial_type(
+    processed: xr.Dataset, trials: xr.Dataset
+) -> None:
+    labels = trial_labels(
+        {"lever1": trials["lever1"].values}, center_on=["lever1"], align_to="trial_cue"
+    )
+    # independent count: a trial is centred on lever1 where its offset is exactly 0
+    offsets = trials["lever1"].values
+    expected = {"lever1": int(np.sum(offsets == 0.0)), "trial_cue": int(np.sum(offsets != 0.0))}
+    figure = _dashboard(processed, trials, group_by=labels)
+    mean_axes = [ax for ax in figure.axes if ax.get_ylabel() == "dff (mean ± SEM)"]
+    legend = mean_axes[0].get_legend()
+    texts = sorted(t.get_text() for t in legend.get_texts())
+    assert texts == sorted(f"{k} (n={v})" for k, v in expected.items() if v)
+    assert legend.get_title().get_text() == "trial type"
+
+
+def test_mean_sem_groups_by_any_obs_column(processed: xr.Dataset, trials: xr.Dataset) -> None:
+    halves = np.where(np.arange(trials.sizes["trial"]) % 2 == 0, "even", "odd")
+    with_column = trials.assign_coords(half=("trial", halves))
+    figure = _dashboard(processed, with_column, group_by="half")
+    legend = next(ax for ax in figure.axes if ax.get_ylabel().endswith("(mean ± SEM)")).get_legend()
+    counts = {"even": int(np.sum(halves == "even")), "odd": int(np.sum(halves == "odd"))}
+    assert sorted(t.get_text() for t in legend.get_texts()) == [
+        f"{k} (n={v})" for k, v in sorted(counts.items())
+    ]
+    assert legend.get_title().get_text() == "half"
+    with pytest.raises(InputError, match="group_by 'subject' is not a per-trial column"):
+        _dashboard(processed, trials, group_by="subject")
+    with pytest.raises(InputError, match="expected one label per trial"):
+        _dashboard(processed, trials, group_by=["a", "b"])
+
+
+def test_trial_labels_follow_center_on_order_and_pooled_alignments() -> None:
+    obs = {
+        "a": np.array([0.0, 0.0, np.nan, np.nan]),
+        "b": np.array([np.nan, 0.0, 0.0, 1.5]),
+        "align_event": np.array(["cue", "cue", "tone", "tone"]),
+    }
+    # later center_on names win; a trial centred on neither keeps its alignment event
+    assert trial_labels(obs, center_on=["a", "b"]).tolist() == ["a", "b", "b", "tone"]
+    assert trial_labels({"trial_num": np.arange(3)}, align_to="cue").tolist() == ["cue"] * 3
+    with pytest.raises(InputError, match=r"center_on events \['lever9'\] have no column"):
+        trial_labels(obs, center_on=["lever9"])

@@ -17,10 +17,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from neurobatch.errors import EmptyUnitWarning, InputError
 from neurobatch.kernels.sta import spike_triggered_average
 from neurobatch.plots import sta_grid, strf
+from neurobatch.plots.sta import _strf
 from neurobatch.synthetic import receptive_field_movie
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -152,3 +154,18 @@ def test_strf_draws_each_unit_and_blanks_the_nan_one(sta: xr.Dataset, tmp_path: 
         strf(sta.drop_vars("strf"), str(tmp_path / "strf.png"))
     with pytest.raises(ValueError, match="n_cols must be at least 1, got 0"):
         strf(sta, str(tmp_path / "strf.png"), n_cols=0)
+
+
+@pytest.mark.parametrize("n_units", [1, 2, 4, 12])
+def test_strf_title_does_not_overlap_the_panel_titles(sta: xr.Dataset, n_units: int) -> None:
+    many = xr.concat([sta["strf"]] * 3, dim="unit").assign_coords(unit=np.arange(12))
+    figure = _strf(many.isel(unit=slice(0, n_units)))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    title = figure._suptitle.get_window_extent(renderer)
+    assert figure.bbox.contains(title.x0, title.y0) and figure.bbox.contains(title.x1, title.y1)
+    heads = [ax.title.get_window_extent(renderer) for ax in figure.axes if ax.get_title()]
+    assert len(heads) == n_units
+    for head in heads:
+        assert not title.overlaps(head), (title, head)
+        assert head.y1 < title.y0

@@ -473,6 +473,8 @@ class OutputConfig(_Model):
     """The combined outputs to write."""
     dashboards: Literal["svg", "png"] | None = None
     """One figure per item in this format, or none."""
+    report: bool = True
+    """Write ``report.html`` at the end of each run (``neurobatch report`` writes it too)."""
     zarr_format: Literal[3, 2] = 3
     """The Zarr format of every store written (the items' stages, ``trials.zarr``): 2 for
     readers pinned to zarr-python 2 (spikeinterface, GuPPy, neuroconv); both are checksummed

@@ -11,6 +11,7 @@
       trials.h5ad               AnnData
       run.json  processing.json
       catalog.duckdb            the tables of the outputs, for SQL (neurobatch.engine.catalog)
+      report.html               one self-contained page of the batch (neurobatch.engine.report)
       items/<item>/             the item's Zarr group: one subgroup per stage
         ingest/ preprocess/ trials/ ...   each with its commit record
         .neurobatch-failed.json           while the item's last run failed
@@ -141,6 +142,11 @@ class OutputLayout:
     def run_record(self) -> str:
         """What the last run did, item by item (``run.json``)."""
         return self.path("run.json")
+
+    @property
+    def report(self) -> str:
+        """The page of the batch (``report.html``)."""
+        return self.path("report.html")
 
     @property
     def run_log(self) -> str:

@@ -39,6 +39,7 @@ from neurobatch.engine.logs import run_log
 from neurobatch.engine.monitor import Recorder
 from neurobatch.engine.placement import resolve_auto
 from neurobatch.engine.rates import rate_outliers
+from neurobatch.engine.report import report_after_run
 from neurobatch.engine.results import TrialsOutputs
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
@@ -413,6 +414,8 @@ class Pipeline:
                     logger.error("could not write the run's provenance: %s", failure)
                 raise
             provenance.write(combiner if kind.trials else None)
+        if config.output.report:
+            report_after_run(layout)
         return summary
 
     def _carried(self, rows: pd.DataFrame, trials_stage: str | None) -> list[ItemOutcome]:

@@ -236,17 +236,23 @@ def _figure_format(path: str) -> DashboardFormat:
     return "svg" if suffix == "svg" else "png"
 
 
+def _render(fig: Figure, fmt: DashboardFormat, *, compress_level: int = 1) -> bytes:
+    """The bytes of ``fig`` as SVG or PNG (zlib ``compress_level`` 0-9 for PNG)."""
+    buffer = io.BytesIO()
+    if fmt == "svg":
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    else:  # fast zlib level by default: a third faster to encode, a fifth bigger
+        fig.savefig(buffer, format="png", pil_kwargs={"compress_level": compress_level})
+    return buffer.getvalue()
+
+
 def _write_figure(
     fig: Figure, path: str, fmt: DashboardFormat, storage_options: Mapping[str, Any] | None
 ) -> int:
     """Render ``fig`` and write it whole to any fsspec URL; returns the number of bytes."""
-    buffer = io.BytesIO()
-    if fmt == "svg":
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    else:  # fast zlib level: a third faster to encode, a fifth bigger
-        fig.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
-    files.write_bytes(path, buffer.getvalue(), storage_options=storage_options)  # atomic
-    return buffer.tell()
+    data = _render(fig, fmt)
+    files.write_bytes(path, data, storage_options=storage_options)  # atomic
+    return len(data)
 
 
 def _labels(array: xr.DataArray, dim: str) -> npt.NDArray[Any]:

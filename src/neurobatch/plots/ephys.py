@@ -171,6 +171,23 @@ def trace_snippet(
     b'\\x89PNG'
     """
     fmt = _figure_format(path)
+    fig = _trace_snippet(
+        raw, filtered, channels=channels, seconds=seconds, max_points=max_points, title=title
+    )
+    n_bytes = _write_figure(fig, path, fmt, storage_options)
+    logger.debug("trace snippet %s: %d bytes", path, n_bytes)
+
+
+def _trace_snippet(
+    raw: xr.Dataset | xr.DataArray,
+    filtered: xr.Dataset | xr.DataArray,
+    *,
+    channels: Sequence[Any] | None = None,
+    seconds: tuple[float, float] | None = None,
+    max_points: int = 4000,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`trace_snippet`, not written."""
     if isinstance(max_points, bool) or not isinstance(max_points, int | np.integer):
         raise TypeError(f"trace_snippet: max_points must be an int, got {max_points!r}.")
     if max_points < 4:
@@ -238,5 +255,5 @@ def trace_snippet(
     fig.subplots_adjust(
         left=0.07, right=0.98, bottom=0.6 / height, top=1.0 - 0.75 / height, wspace=0.15
     )
-    n_bytes = _write_figure(fig, path, fmt, storage_options)
-    logger.debug("trace snippet %s: %d channels, %d bytes", path, len(chosen), n_bytes)
+    logger.debug("trace snippet: %d channels", len(chosen))
+    return fig

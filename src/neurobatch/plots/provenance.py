@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from neurobatch.plots._common import _DPI, FloatArray, _figure_format, _write_figure
 
@@ -30,6 +33,87 @@ _MINUTES_AFTER_S = 600.0
 _Span = tuple[str, float, float]
 #: A process's samples: its name, then CPU times and values, RAM times and values.
 _Series = tuple[str, FloatArray, FloatArray, FloatArray, FloatArray]
+
+#: Idle stretches longer than this fraction of the active time are cut ...
+_GAP_MIN_FRACTION = 0.1
+#: ... to a band this fraction of the active time wide.
+_GAP_FRACTION = 0.04
+
+
+@dataclass(frozen=True)
+class _GapAxis:
+    """A time axis that cuts the idle gaps between activity down to a narrow band.
+
+    Runs appended to one ``processing.json`` can be hours apart: drawn on a linear axis each
+    is a sliver. Every stretch of time with no process running that is longer than
+    :data:`_GAP_MIN_FRACTION` of the active time is drawn :data:`_GAP_FRACTION` of the
+    active time wide; the rest of the axis is linear. ``knots`` maps real seconds (first
+    column) to drawn seconds (second), piecewise linearly.
+    """
+
+    knots: FloatArray
+    gaps: tuple[tuple[float, float], ...]
+    active: float
+    total: float
+
+    @classmethod
+    def of(cls, spans: Sequence[_Span], series: Sequence[_Series]) -> _GapAxis:
+        """The axis of these process spans (and samples, which may run past a span)."""
+        intervals = sorted((start, end) for _, start, end in spans)
+        for _, cpu_t, _, ram_t, _ in series:
+            intervals.extend((float(t), float(t)) for t in (*cpu_t, *ram_t))
+        intervals.sort()
+        merged: list[list[float]] = []
+        for start, end in intervals:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        total = max(end for _, end in merged) if merged else 0.0
+        active = sum(end - start for start, end in merged)
+        candidates = [(a[1], b[0]) for a, b in itertools.pairwise(merged)]
+        min_gap = max(_GAP_MIN_FRACTION * active, 1e-9)
+        gaps = tuple((a, b) for a, b in candidates if b - a > min_gap)
+        width = _GAP_FRACTION * active if active > 0 else 1.0
+        real, drawn, shift = [0.0], [0.0], 0.0
+        for a, b in gaps:
+            real += [a, b]
+            drawn += [a - shift, a - shift + width]
+            shift += (b - a) - width
+        real.append(max(total, real[-1]))
+        drawn.append(real[-1] - shift)
+        return cls(np.column_stack([real, drawn]), gaps, active if gaps else total, total)
+
+    @property
+    def width(self) -> float:
+        """The drawn length of the whole axis, seconds."""
+        return float(self.knots[-1, 1])
+
+    def __call__(self, t: Any) -> Any:
+        """Drawn seconds of real seconds ``t`` (a number or an array)."""
+        drawn = np.interp(t, self.knots[:, 0], self.knots[:, 1])
+        return float(drawn) if np.ndim(drawn) == 0 else drawn
+
+    def real(self, x: float) -> float:
+        """Real seconds of drawn seconds ``x``."""
+        return float(np.interp(x, self.knots[:, 1], self.knots[:, 0]))
+
+    def mark_gaps(self, axes: Sequence[Axes], scale: float, unit: str) -> None:
+        """Hatch each cut gap in ``axes`` and write how long it was over the first."""
+        for a, b in self.gaps:
+            left, right = self(a) / scale, self(b) / scale
+            for ax in axes:
+                ax.axvspan(left, right, facecolor="0.92", hatch="//", edgecolor="0.6", lw=0)
+            axes[0].text(
+                (left + right) / 2,
+                1.0,
+                f"+{(b - a) / scale:.3g} {unit}",
+                transform=axes[0].get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize="x-small",
+                color="0.3",
+            )
 
 
 def _usage_series(
@@ -127,9 +211,13 @@ def resource_usage(
     process's sampled series (``resources.cpu_usage`` and ``resources.ram_usage``) drawn as
     points joined by lines in the process's colour. Above them a lane per process shows its
     ``[start, end]`` as a bar labelled with its name (the stages of a batch overlap, as
-    items are pipelined), and the same span is lightly shaded in the panels. Times are relative to the
-    earliest start, in seconds, or in minutes when the run spans more than 10 minutes. A
-    process with no end time is shaded up to its last sample.
+    items are pipelined), and the same span is lightly shaded in the panels. Times are
+    relative to the earliest start, in seconds, or in minutes when the processes were
+    active for more than 10 minutes. Runs appended to one record may lie hours apart: each
+    idle stretch between processes longer than a tenth of the active time is cut to a
+    narrow hatched band labelled with its length, and the tick labels give the real time
+    since the start, so every run keeps its width. A process with no end time is shaded up
+    to its last sample.
 
     Parameters
     ----------
@@ -184,29 +272,46 @@ def resource_usage(
     >>> memory.rm("/docs", recursive=True)
     """
     fmt = _figure_format(path)
+    fig = _resource_usage(processing, title=title)
+    n_bytes = _write_figure(fig, path, fmt, storage_options)
+    logger.debug("resource usage %s: wrote %d bytes", path, n_bytes)
+
+
+def _resource_usage(processing: Processing, *, title: str | None = None) -> Figure:
+    """The figure of :func:`resource_usage`, not written."""
     processes = list(processing.data_processes)
     if not processes:
         raise ValueError("the processing record has no data process to draw.")
     t0 = min(p.start_date_time for p in processes)
     spans, series = _usage_series(processes, t0)
-    total = max(
-        max(end for _, _, end in spans),
-        *(max(cpu_t.max(initial=0.0), ram_t.max(initial=0.0)) for _, cpu_t, _, ram_t, _ in series),
-    )
-    scale, unit = (60.0, "min") if total > _MINUTES_AFTER_S else (1.0, "s")
+    axis = _GapAxis.of(spans, series)
+    scale, unit = (60.0, "min") if axis.active > _MINUTES_AFTER_S else (1.0, "s")
 
     # a lane per process on top (stages of a batch overlap: items are pipelined), and each
-    # process's span lightly shaded in its colour under its own CPU and RAM series
+    # process's span lightly shaded in its colour under its own CPU and RAM series; idle
+    # gaps between runs are cut to a narrow band so that every run keeps its width
     fig, ax_lanes, ax_cpu, ax_ram = _usage_figure(len(spans))
-    _draw_lanes(ax_lanes, (ax_cpu, ax_ram), spans, scale)
-    _draw_usage(ax_cpu, ax_ram, series, scale)
-    ax_ram.set_xlabel(f"time since {t0.isoformat(timespec='seconds')} ({unit})")
-    ax_ram.set_xlim(0.0, max(total, 1e-9) / scale)
+    squeezed = [(name, axis(start), axis(end)) for name, start, end in spans]
+    _draw_lanes(ax_lanes, (ax_cpu, ax_ram), squeezed, scale)
+    _draw_usage(
+        ax_cpu,
+        ax_ram,
+        [(n, axis(ct), cv, axis(rt), rv) for n, ct, cv, rt, rv in series],
+        scale,
+    )
+    axis.mark_gaps((ax_lanes, ax_cpu, ax_ram), scale, unit)
+    ax_ram.xaxis.set_major_formatter(
+        FuncFormatter(lambda x, _: f"{axis.real(x * scale) / scale:.4g}")
+    )
+    cut = " (idle gaps cut)" if axis.gaps else ""
+    ax_ram.set_xlabel(f"time since {t0.isoformat(timespec='seconds')} ({unit}){cut}")
+    ax_ram.set_xlim(0.0, max(axis.width, 1e-9) / scale)
     if title is None:
         title = (
             f"resource usage: {len(spans)} data process{'es' if len(spans) != 1 else ''} "
-            f"over {total / scale:.1f} {unit}"
+            f"over {axis.total / scale:.1f} {unit}"
         )
+        if axis.gaps:
+            title += f", {axis.active / scale:.1f} {unit} active"
     fig.suptitle(title)
-    n_bytes = _write_figure(fig, path, fmt, storage_options)
-    logger.debug("resource usage %s: wrote %d bytes", path, n_bytes)
+    return fig

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 #: Largest figure side, inches: panels shrink beyond it.
 _MAX_FIGURE_IN = 18.0
 _STA_CMAP = "RdBu_r"
+#: Inches above the STRF panels: the figure title, then the first row's panel titles.
+_STRF_HEADER_IN = 0.95
 
 
 def _named_array(
@@ -188,8 +190,21 @@ def sta_grid(
     >>> fsspec.filesystem("memory").cat_file("/docs/sta.png")[:8]
     b'\\x89PNG\\r\\n\\x1a\\n'
     """
-    function = "sta_grid"
     fmt = _figure_format(path)
+    fig = _sta_grid(sta, units=units, max_units=max_units, title=title)
+    n_bytes = _write_figure(fig, path, fmt, storage_options)
+    logger.debug("sta grid %s: %d bytes", path, n_bytes)
+
+
+def _sta_grid(
+    sta: xr.Dataset | xr.DataArray,
+    *,
+    units: Sequence[Any] | None = None,
+    max_units: int = 16,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`sta_grid`, not written."""
+    function = "sta_grid"
     array, n_spikes_all = _named_array(sta, "sta", ("unit", "lag", "y", "x"), function)
     rows = _select_units(array, units, max_units, function)
     labels = _labels(array, "unit")[rows]
@@ -253,8 +268,8 @@ def sta_grid(
         wspace=0.05,
         hspace=0.08,
     )
-    n_bytes = _write_figure(fig, path, fmt, storage_options)
-    logger.debug("sta grid %s: %d units x %d lags, %d bytes", path, n_rows, n_lags, n_bytes)
+    logger.debug("sta grid: %d units x %d lags", n_rows, n_lags)
+    return fig
 
 
 def strf(
@@ -317,8 +332,22 @@ def strf(
     >>> fsspec.filesystem("memory").cat_file("/docs/strf.svg")[:5]
     b'<?xml'
     """
-    function = "strf"
     fmt = _figure_format(path)
+    fig = _strf(strf, units=units, max_units=max_units, n_cols=n_cols, title=title)
+    n_bytes = _write_figure(fig, path, fmt, storage_options)
+    logger.debug("strf %s: %d bytes", path, n_bytes)
+
+
+def _strf(
+    strf: xr.Dataset | xr.DataArray,
+    *,
+    units: Sequence[Any] | None = None,
+    max_units: int = 36,
+    n_cols: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`strf`, not written."""
+    function = "strf"
     array, n_spikes_all = _named_array(strf, "strf", ("unit", "y", "x"), function)
     rows = _select_units(array, units, max_units, function)
     labels = _labels(array, "unit")[rows]
@@ -336,7 +365,10 @@ def strf(
     ny, nx = int(array.sizes["y"]), int(array.sizes["x"])
     panel = min(2.0, _MAX_FIGURE_IN / n_cols, _MAX_FIGURE_IN / n_rows)
     fig = Figure(
-        figsize=(0.4 + panel * n_cols, 0.7 + (panel * ny / max(nx, 1) + 0.45) * n_rows),
+        figsize=(
+            0.4 + panel * n_cols,
+            _STRF_HEADER_IN + 0.1 + (panel * ny / max(nx, 1) + 0.45) * n_rows,
+        ),
         dpi=_DPI,
     )
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -356,14 +388,16 @@ def strf(
         ax.set_title(f"{caption}\n±{limit:.2g}", fontsize="small")
     if title is None:
         title = f"collapsed STRF: {n} of {int(array.sizes['unit'])} units"
-    fig.suptitle(title)
+    height = fig.get_figheight()
+    # the figure title in the top 0.4 in, the first row's two-line panel titles below it
+    fig.suptitle(title, y=1.0 - 0.08 / height, va="top")
     fig.subplots_adjust(
         left=0.02,
         right=0.98,
-        bottom=0.02,
-        top=1.0 - min(0.3, 0.6 / fig.get_figheight()),
+        bottom=0.1 / height,
+        top=1.0 - _STRF_HEADER_IN / height,
         wspace=0.08,
         hspace=0.45,
     )
-    n_bytes = _write_figure(fig, path, fmt, storage_options)
-    logger.debug("strf %s: %d units, %d bytes", path, n, n_bytes)
+    logger.debug("strf: %d units", n)
+    return fig

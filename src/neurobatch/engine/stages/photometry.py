@@ -451,6 +451,21 @@ TRIALS = Stage(
 )
 
 
+def trial_types(trials: xr.Dataset | None, config: PipelineConfig) -> Any:
+    """Each trial's type (:func:`neurobatch.plots.trial_labels`), or None without trials."""
+    from neurobatch import plots
+
+    if trials is None or config.trials is None or "trial_num" not in trials.coords:
+        return None
+    align = config.trials.align_to
+    columns = [*config.trials.center_on, "align_event", "trial_num"]
+    return plots.trial_labels(
+        {c: trials[c].values for c in columns if c in trials.coords},
+        center_on=config.trials.center_on,
+        align_to=align if isinstance(align, str) else "",
+    )
+
+
 def figures(context: FigureContext) -> None:
     """The item's dashboard: the processed signal, the fit and the trials."""
     from neurobatch import plots  # matplotlib: imported only when dashboards are asked for
@@ -461,5 +476,8 @@ def figures(context: FigureContext) -> None:
     processed = processed.assign_attrs(experiment_id=context.experiment_id)
     path = context.path("")
     so = context.config.output.storage_options
-    plots.dashboard(processed, context.open("trials"), path, storage_options=so)
+    trials = context.open("trials")
+    plots.dashboard(
+        processed, trials, path, group_by=trial_types(trials, context.config), storage_options=so
+    )
     logger.info("dashboard written to %s", path)
