@@ -305,7 +305,13 @@ class _ItemRun:
 
     def run(self) -> None:
         for stage in self.job.stages:
-            report(self.job.item_id, stage.name, self.job.config.engine.item_timeout_s)
+            report(
+                self.job.item_id,
+                stage.name,
+                self.job.config.engine.item_timeout_s,
+                run_id=self.job.run_id,
+                worker=self.outcome.worker,
+            )
             upstream = {name: self.records[name]["key"] for name in stage.needs}
             record = self._committed(stage, upstream)
             if record is None:
@@ -594,7 +600,7 @@ def timed_out(
     ItemOutcome
         Failed, with one line naming the input, the stage and the setting.
     """
-    timeout = job.config.engine.item_timeout_s or 0.0
+    timeout, now = job.config.engine.item_timeout_s or 0.0, time.time()
     tries = (
         f"; its worker was restarted, {restarts} attempt(s) in all (engine.retries: "
         f"{job.config.engine.retries})"
@@ -612,8 +618,11 @@ def timed_out(
             f"(engine.item_timeout_s: {timeout:g}){tries}; expected to finish within it"
         ),
         stages_run=list(so_far.stages_run),
-        # the stage still running ends here, for the record
-        spans=[{"end": time.time()} | span for span in so_far.spans],
+        # the stage still running ends here, for the record, abandoned
+        spans=[
+            span if "end" in span else span | {"end": now, "abandoned": True}
+            for span in so_far.spans
+        ],
         seconds=timeout,
     )
     secrets = secrets_in(job.config.model_dump())
