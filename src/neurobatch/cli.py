@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from neurobatch import __version__
+from neurobatch.cli_history import add_history
 from neurobatch.cli_inspect import add_provenance, add_status
 from neurobatch.errors import NeurobatchError, StorageError
 
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     add_cluster(commands)
     add_provenance(commands)
     add_status(commands)
+    add_history(commands)
     return parser
 
 
