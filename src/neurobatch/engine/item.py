@@ -305,19 +305,16 @@ class _ItemRun:
 
     def run(self) -> None:
         for stage in self.job.stages:
-            report(
-                self.job.item_id,
-                stage.name,
-                self.job.config.engine.item_timeout_s,
-                run_id=self.job.run_id,
-                worker=self.outcome.worker,
-            )
+            self._report(stage.name, "started")
             upstream = {name: self.records[name]["key"] for name in stage.needs}
             record = self._committed(stage, upstream)
             if record is None:
                 with _span(self.outcome, stage.name):
                     record = self._run(stage, upstream)
             self.records[stage.name] = record
+            self._report(
+                stage.name, "skipped" if stage.name in self.outcome.stages_skipped else "done"
+            )
         self.outcome.records = {
             name: {k: v for k, v in record.items() if k not in _BOOKKEEPING}
             for name, record in self.records.items()
@@ -326,6 +323,14 @@ class _ItemRun:
         kind = KINDS[self.job.config.kind]
         if self.job.config.output.dashboards and self.outcome.stages_run and kind.figures:
             kind.figures(self._figure_context())
+
+    def _report(self, stage: str, status: str) -> None:
+        """Tell the driver the stage started, or is done or skipped."""
+        timeout = self.job.config.engine.item_timeout_s
+        worker = self.outcome.worker
+        report(
+            self.job.item_id, stage, timeout, status=status, run_id=self.job.run_id, worker=worker
+        )
 
     def _committed(self, stage: Stage, upstream: Mapping[str, str]) -> dict[str, Any] | None:
         """The stage's commit record when its output is done and intact, else None."""

@@ -50,7 +50,7 @@ def listening(run_id: str, listener: Callable[[dict[str, Any]], None]) -> Iterat
         The run.
     listener : callable
         Called on the item's thread with the report: ``run``, ``key``, ``item``,
-        ``stage``, ``worker``, ``host`` and ``time`` (epoch seconds).
+        ``stage``, ``status``, ``worker``, ``host`` and ``time`` (epoch seconds).
 
     Examples
     --------
@@ -89,14 +89,20 @@ def restartable() -> Worker | None:
 
 
 def report(
-    item_id: str, stage: str, timeout_s: float | None, *, run_id: str = "", worker: str = ""
+    item_id: str,
+    stage: str,
+    timeout_s: float | None,
+    *,
+    status: str = "started",
+    run_id: str = "",
+    worker: str = "",
 ) -> None:
-    """Tell the driver that item ``item_id`` is in ``stage``.
+    """Tell the driver that item ``item_id`` entered ``stage`` (or is done with it).
 
     In the driver's own process, a direct call to its :func:`listening` listener; in a
     task elsewhere, an event under :data:`PROGRESS`. When the driver times the item (with a
-    timeout, on a worker a nanny can restart: :func:`restartable`) the item goes on only
-    once the event has left the worker; otherwise the event is sent in passing.
+    timeout, on a worker a nanny can restart: :func:`restartable`) an item entering a stage
+    goes on only once the event has left the worker; otherwise the event is sent in passing.
 
     Parameters
     ----------
@@ -106,6 +112,8 @@ def report(
         The stage it is checking or running.
     timeout_s : float or None
         The run's ``engine.item_timeout_s``.
+    status : {"started", "done", "skipped"}, default "started"
+        Entering the stage, or leaving it having run it or found it committed.
     run_id : str, optional
         The run.
     worker : str, optional
@@ -127,13 +135,19 @@ def report(
         "key": str(task_worker.get_current_task()) if task_worker else "",
         "item": item_id,
         "stage": stage,
+        "status": status,
         "worker": task_worker.address if task_worker else worker,
         "host": _HOST,
         "time": time.time(),
     }
     if listener is not None:
         listener(message)
-    elif task_worker is not None and timeout_s is not None and task_worker.nanny:
+    elif (
+        task_worker is not None
+        and timeout_s is not None
+        and task_worker.nanny
+        and status == "started"
+    ):
         sync(task_worker.loop, _send, task_worker, message)
     elif task_worker is not None:
         task_worker.loop.add_callback(task_worker.log_event, PROGRESS, message)

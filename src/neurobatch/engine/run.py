@@ -471,7 +471,7 @@ class Pipeline:
             if KINDS[self.config.kind].on_cluster:
                 self._one_at_a_time(client, jobs, finished)
             else:
-                self._in_flight(client, jobs, finished, statuses.started)
+                self._in_flight(client, jobs, finished, statuses.reported)
 
     def _one_at_a_time(
         self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
@@ -493,10 +493,10 @@ class Pipeline:
         client: Client,
         jobs: list[ItemJob],
         finished: Callable[..., None],
-        started: Callable[[dict[str, Any]], None],
+        reported: Callable[[dict[str, Any]], None],
     ) -> None:
         """Items in tasks (several small ones to a task), a bounded number of tasks in
-        flight, each item handed back as its task completes; ``started`` hears the items'
+        flight, each item handed back as its task completes; ``reported`` hears the items'
         reports that come through the scheduler."""
         engine = self.config.engine
         planned = planned_threads(self.config.cluster)
@@ -521,7 +521,7 @@ class Pipeline:
             client.dashboard_link,
         )
         pending = iter(groups)
-        with ItemTasks(client, engine, on_progress=started) as tasks:
+        with ItemTasks(client, engine, on_progress=reported) as tasks:
             for group in itertools.islice(pending, in_flight_limit()):
                 tasks.submit(group)
             for group, outcomes, key in tasks.finished():

@@ -5,8 +5,9 @@ Each stage of each item the run processes is
 
 * ``waiting`` until its item enters it (or for good, when an earlier stage errored);
 * ``started`` once its item reports entering it (:func:`neurobatch.engine.progress.report`);
-* ``done``, ``skipped`` (committed earlier with the same key) or ``errored`` when its item
-  finishes, with its host, worker, start, duration and one-line reason;
+* ``done`` or ``skipped`` (committed earlier with the same key) once its item reports
+  leaving it, ``errored`` when its item failed in it; when the item finishes, its host,
+  worker, start, duration and one-line reason are those of its outcome (its spans);
 * ``abandoned`` when its item was still in it after ``engine.item_timeout_s``.
 
 :class:`TaskStatuses` is the driver's recorder. While the run goes on it writes the table
@@ -177,8 +178,8 @@ class TaskStatuses:
     >>> layout = OutputLayout(tempfile.mkdtemp())
     >>> with TaskStatuses(layout, "1a", items=["a", "b"], stages=["ingest", "trials"],
     ...                   name="doc", command="neurobatch run doc.yaml") as statuses:
-    ...     statuses.started({"run": "1a", "item": "a", "stage": "ingest", "worker": "w1",
-    ...                       "host": "lab", "time": 100.0})
+    ...     statuses.reported({"run": "1a", "item": "a", "stage": "ingest", "worker": "w1",
+    ...                        "host": "lab", "time": 100.0, "status": "started"})
     ...     print(statuses.table()[["item_id", "stage", "status"]].to_string(index=False))
     ...     statuses.finished(ItemOutcome("a", "a.csv", status="skipped",
     ...                                   stages_skipped=["ingest", "trials"]))
@@ -230,11 +231,11 @@ class TaskStatuses:
         self._dirty = False
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
-        self._listening = listening(run_id, self.started)
+        self._listening = listening(run_id, self.reported)
 
     def __enter__(self) -> Self:
+        self._write_table()  # first: a record says running only beside its table
         self._write_record("running", None)
-        self._write_table()
         self._listening.__enter__()
         self._writer = threading.Thread(
             target=self._write_while_running, name="neurobatch-statuses", daemon=True
@@ -258,8 +259,9 @@ class TaskStatuses:
         except Exception as failure:  # noqa: BLE001 - the run's outputs are in place anyway
             logger.error("could not write the statuses of run %s: %s", self.run_id, failure)
 
-    def started(self, message: Mapping[str, Any]) -> None:
-        """An item's report that it entered a stage (:func:`neurobatch.engine.progress.report`).
+    def reported(self, message: Mapping[str, Any]) -> None:
+        """An item's report that it entered a stage, or is done with it
+        (:func:`neurobatch.engine.progress.report`).
 
         Reports of other runs, and of a stage whose item has finished, are ignored.
         """
@@ -269,14 +271,12 @@ class TaskStatuses:
             row = self._rows.get(message["item"], {}).get(message["stage"])
             if row is None or row[0] not in ("waiting", "started"):
                 return
-            row[:] = [
-                "started",
-                message.get("host"),
-                message["worker"],
-                message["time"],
-                None,
-                None,
-            ]
+            status, at = message.get("status", "started"), message["time"]
+            if status == "started":
+                row[:] = [status, message.get("host"), message["worker"], at, None, None]
+            else:
+                row[:2] = [status, message.get("host")]
+                row[4] = None if row[3] is None else at - row[3]
             self._dirty = True
 
     def finished(self, outcome: ItemOutcome) -> None:
@@ -418,13 +418,21 @@ def read_record(layout: OutputLayout, run_id: str, *, holder: Any = ...) -> dict
     neurobatch.errors.InputNotFoundError
         If the folder has no record of that run.
     """
-    text = _read(layout.past_run(run_id), layout.storage_options)
-    if text is None:
+    record = _judged(layout, run_id, holder)
+    if record is None:
         known = _run_ids(layout)
         raise InputNotFoundError(
             f"{layout.url}: no run {run_id!r} in {layout.runs()}; expected one of "
             + (", ".join(known[:10]) + (" ..." if len(known) > 10 else "") if known else "none")
         )
+    return record
+
+
+def _judged(layout: OutputLayout, run_id: str, holder: Any = ...) -> dict[str, Any] | None:
+    """:func:`read_record`, or None when the run has no record (yet: it is starting)."""
+    text = _read(layout.past_run(run_id), layout.storage_options)
+    if text is None:
+        return None
     record: dict[str, Any] = json.loads(text)
     if record.get("state") == "running":
         if holder is ...:
@@ -436,6 +444,12 @@ def read_record(layout: OutputLayout, run_id: str, *, holder: Any = ...) -> dict
         if not ours:
             record["state"] = "killed"
             record["reason"] = "its process ended without recording an end (SIGKILL, a crash)"
+            content = _read(layout.run_tasks(run_id), layout.storage_options)
+            if content is not None:  # as far as its table got
+                tasks = pd.read_parquet(io.BytesIO(content))
+                record["counts"] = _counts(
+                    list(tasks.groupby("item_id", sort=False)["status"].agg(list))
+                )
     return record
 
 
@@ -471,7 +485,9 @@ def read_runs(layout: OutputLayout, *, limit: int | None = None) -> pd.DataFrame
     holder = live_holder(layout.url, storage_options=layout.storage_options) if ids else None
     rows = []
     for run_id in ids:
-        record = read_record(layout, run_id, holder=holder)
+        record = _judged(layout, run_id, holder)
+        if record is None:  # starting
+            continue
         counts = record.get("counts") or {}
         rows.append(
             {
@@ -527,7 +543,7 @@ def live_run(layout: OutputLayout) -> dict[str, Any] | None:
     if holder is None:
         return None
     for run_id in _run_ids(layout)[:3]:  # the holder's is the newest, or nearly
-        record = read_record(layout, run_id, holder=holder)
-        if record.get("state") == "running":
+        record = _judged(layout, run_id, holder)
+        if record is not None and record.get("state") == "running":
             return record
     return None

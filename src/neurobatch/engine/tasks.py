@@ -281,6 +281,8 @@ class ItemTasks:
             return
         if self.on_progress is not None:
             self.on_progress(message)
+        if message.get("status") != "started":  # leaving a stage: the item is still in it
+            return
         with task.lock:
             # a new item, or the same again on another worker (Dask reran the task)
             if (message["item"], message["worker"]) != (task.item, task.worker):
