@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ STAGES = ["ingest", "preprocess", "trials"]
 #: experiment_002 until the file ``go`` exists.
 HOLDING_HOOK = '''
 import pathlib
+import threading
 import time
 
 
@@ -160,13 +163,12 @@ def _status_rows(printed: str) -> tuple[str, dict[tuple[str, str], str]]:
     return lines[0], rows
 
 
-def _hold(out: Path, deadline_s: float = 60.0) -> None:
+def _hold(layout: OutputLayout, deadline_s: float = 60.0) -> None:
     """Wait until the live table of the run going on shows experiment_002 held in
     preprocess and the others through."""
-    layout = OutputLayout(str(out))
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        record = live_run(layout) if (out / "runs").exists() else None
+        record = live_run(layout)
         if record is not None:
             statuses = _by_stage(read_tasks(layout, record["run"]))
             held = statuses["experiment_002"][1] == "started"
@@ -193,7 +195,7 @@ def test_status_shows_a_run_live_and_history_how_each_run_ended(
     # 1: held, seen live by `neurobatch status` in another process, then killed
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _hold(out)
+        _hold(layout)
         printed = _neurobatch("status", str(out))
         assert printed.returncode == 0, printed.stderr
         first, rows = _status_rows(printed.stdout)
@@ -216,7 +218,7 @@ def test_status_shows_a_run_live_and_history_how_each_run_ended(
     # 2: held again (the others skipped), then stopped by SIGTERM
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _hold(out)
+        _hold(layout)
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
@@ -255,15 +257,20 @@ def test_status_shows_a_run_live_and_history_how_each_run_ended(
     assert last.startswith(f"last run {runs['run'].iloc[0]}: finished")
 
 
-def test_history_of_a_folder_no_run_wrote(tmp_path: Path) -> None:
-    printed = _neurobatch("history", str(tmp_path))
-    assert printed.returncode == 1
-    assert printed.stderr.splitlines() == [
+def test_history_of_a_folder_no_run_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
         (
             f"neurobatch history: error: {tmp_path} is not a neurobatch output folder: no "
             "manifest.parquet; expected the output.url of a run"
         )
     ]
+    with pytest.raises(SystemExit) as exited:
+        main(["history", str(tmp_path), "--limit", "0"])
+    assert exited.value.code == 1
+    assert "--limit: expected a positive whole number, got '0'" in capsys.readouterr().err
 
 
 def test_an_item_abandoned_for_its_timeout(data: Path, tmp_path: Path) -> None:
@@ -276,25 +283,42 @@ def test_an_item_abandoned_for_its_timeout(data: Path, tmp_path: Path) -> None:
     layout = OutputLayout(config.output.url)
     [run_id] = read_runs(layout)["run"]
     tasks = read_tasks(layout, run_id).set_index(["item_id", "stage"])
-    assert tasks.loc[("experiment_002", "ingest"), "status"] == "abandoned"
-    assert tasks.loc[("experiment_002", "ingest"), "seconds"] >= 2
+    assert tasks.loc[("experiment_002", "preprocess"), "status"] == "abandoned"
+    # the item's 2 s began with its ingest: its preprocess ends when it was given up
+    assert 0 < tasks.loc[("experiment_002", "preprocess"), "seconds"] < 10
     error = summary.failures.set_index("item_id").loc["experiment_002", "error"]
-    assert tasks.loc[("experiment_002", "ingest"), "reason"] == error
-    assert "still running after 2 s, in stage ingest" in error
+    assert tasks.loc[("experiment_002", "preprocess"), "reason"] == error
+    assert "still running after 2 s, in stage preprocess" in error
     assert read_runs(layout)[["done", "failed", "abandoned"]].iloc[0].tolist() == [1, 1, 1]
 
 
-def test_statuses_on_an_object_store(
-    s3_options: dict[str, Any], data: Path, tmp_path: Path, local_client: Client
+def test_status_live_on_an_object_store(
+    s3_options: dict[str, Any], data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = load_config(_pipeline(tmp_path, data, cluster="{kind: local}"))
+    go = tmp_path / "go"
+    (tmp_path / "holding.py").write_text(HOLDING_HOOK.format(go=str(go)))
+    hooks = f"hooks: {{post_load: '{tmp_path / 'holding.py'}:hold'}}"
+    cluster = "{kind: local, processes: false, n_workers: 1, threads_per_worker: 2}"
+    config = load_config(_pipeline(tmp_path, data, cluster=cluster, hooks=hooks))
     out = "s3://lab/statuses/out"
     output = config.output.model_copy(update={"url": out, "storage_options": s3_options})
-    Pipeline(config.model_copy(update={"output": output})).run(client=local_client, progress=False)
+    pipeline = Pipeline(config.model_copy(update={"output": output}))
+    layout = pipeline.layout
     options = json.dumps(s3_options)
-    history = _neurobatch("history", out, "--storage-options", options)
-    assert history.returncode == 0, history.stderr
-    assert "finished" in history.stdout and s3_options["secret"] not in history.stdout
-    layout = OutputLayout(out, s3_options)
+    run = threading.Thread(target=lambda: pipeline.run(progress=False))
+    run.start()
+    try:
+        _hold(layout)
+        assert main(["status", out, "--storage-options", options]) == 0
+        first, rows = _status_rows(capsys.readouterr().out)
+        assert " running, started " in first and f"(pid {os.getpid()})" in first
+        assert rows["experiment_002", "preprocess"] == "started"
+        assert rows["experiment_001", "trials"] == "done"
+    finally:
+        go.touch()
+        run.join(timeout=120)
+    assert main(["history", out, "--storage-options", options]) == 0
+    printed = capsys.readouterr().out
+    assert "finished" in printed and s3_options["secret"] not in printed
     [run_id] = read_runs(layout)["run"]
-    assert _by_stage(read_tasks(layout, run_id))["experiment_001"] == ["done"] * 3
+    assert _by_stage(read_tasks(layout, run_id))["experiment_002"] == ["done"] * 3
