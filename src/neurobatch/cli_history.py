@@ -97,7 +97,7 @@ def _history(args: argparse.Namespace) -> int:
             str(row["run"]),
             _clock(row["started"], date=True),
             _duration(row["seconds"]),
-            Text(str(row["command"] or "")),
+            Text(_command(row["command"])),
             *(str(row[key]) for key in ("done", "skipped", "failed", "abandoned")),
             Text(str(row["state"]), style=_STYLES.get(str(row["state"]), "")),
             Text(str(row["reason"] or "")),
@@ -160,7 +160,7 @@ def _print_tasks(layout: Any, record: dict[str, Any]) -> None:
         f"{layout.url}: run {record['run']} {state}"
         + (f" ({record['reason']})" if record.get("reason") else "")
         + f", started {_clock(record.get('started'), date=True)} UTC, {_duration(seconds)}, "
-        f"on {record.get('host')} (pid {record.get('pid')}): {record.get('command')}"
+        f"on {record.get('host')} (pid {record.get('pid')}): {_command(record.get('command'))}"
     )
     view = Table()
     for column in ("item", "stage", "status", "host", "worker", "start (UTC)", "duration"):
@@ -185,6 +185,13 @@ def _print_tasks(layout: Any, record: dict[str, Any]) -> None:
     n = tasks["status"].value_counts()
     by_status = ", ".join(f"{int(n.get(s, 0))} {s}" for s in STATUSES)
     print(f"{tasks['item_id'].nunique()} items, {len(tasks)} stages: {by_status}")
+
+
+def _command(command: Any) -> str:
+    """A recorded command line with the program as ``neurobatch``, not its full path."""
+    program, _, rest = str(command or "").partition(" ")
+    name = program.rsplit("/", 1)[-1]
+    return f"{'neurobatch' if name in ('neurobatch', 'cli.py', '__main__.py') else program} {rest}"
 
 
 def _clock(value: Any, *, date: bool = False) -> str:

@@ -11,9 +11,10 @@ Each stage of each item the run processes is
 * ``abandoned`` when its item was still in it after ``engine.item_timeout_s``.
 
 :class:`TaskStatuses` is the driver's recorder. While the run goes on it writes the table
-to ``OUT/runs/<run>/tasks.parquet`` at most once every :data:`WRITE_EVERY_S` seconds, and
-once more at the end; beside it ``OUT/runs/<run>/run.json`` holds what ``OUT/run.json``
-holds, plus the command, the host and process, the start and end (UTC) and the state:
+to ``OUT/runs/<run>/tasks.parquet`` when it changed, at most once every
+:data:`WRITE_EVERY_S` seconds (less often when a write takes long), and once more at the
+end; beside it ``OUT/runs/<run>/run.json`` holds what ``OUT/run.json`` holds, plus the
+command, the host and process, the start and end (UTC) and the state:
 ``running``, ``finished`` or ``interrupted``. Both are written whole (a reader sees the old
 file or the new one, on local disk and object stores alike). :func:`read_runs`,
 :func:`read_tasks` and :func:`live_run` read them back for ``neurobatch status`` and
@@ -317,13 +318,19 @@ class TaskStatuses:
         )
 
     def _write_while_running(self) -> None:
-        while not self._stop.wait(self.every_s):
+        """Write the table when it changed, every ``every_s`` or, for a table that takes
+        long to write (tens of thousands of rows), 20 times as long as it took: at most 5 %
+        of the driver's time."""
+        wait_s = self.every_s
+        while not self._stop.wait(wait_s):
             if not self._dirty:
                 continue
+            start = time.perf_counter()
             try:
                 self._write_table()
             except Exception as failure:  # noqa: BLE001 - a live view never stops a run
                 logger.warning("could not write the statuses of run %s: %s", self.run_id, failure)
+            wait_s = max(self.every_s, 20 * (time.perf_counter() - start))
 
     def _write_record(self, state: str, error: BaseException | None) -> None:
         now = time.time()
