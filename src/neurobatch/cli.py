@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from neurobatch import __version__
+from neurobatch.cli_catalog import add_catalog, add_query
 from neurobatch.cli_history import add_history
 from neurobatch.cli_inspect import add_provenance, add_status
 from neurobatch.errors import NeurobatchError, StorageError
@@ -157,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     add_provenance(commands)
     add_status(commands)
     add_history(commands)
+    add_catalog(commands)
+    add_query(commands)
     return parser
 
 
@@ -181,6 +184,11 @@ def add_run(commands: Any) -> None:
         "--wait",
         action="store_true",
         help="wait for another run on the same output folder to end, instead of failing",
+    )
+    run.add_argument(
+        "--download-only",
+        action="store_true",
+        help="fetch and verify every input into input.cache, and process nothing",
     )
     _cluster_arguments(run, workers_default=None)
     _force_argument(run)
@@ -400,6 +408,14 @@ def _storage_status(summary: Any) -> int:
 def _run(args: argparse.Namespace) -> int:
     from neurobatch.engine.run import Pipeline
 
+    if args.download_only:
+        from neurobatch.engine.download import download_inputs
+
+        summary = download_inputs(Pipeline.from_file(args.file).config, echo=print)
+        print(summary)
+        if not summary.n_failed:
+            return 0
+        return EXIT_ALL_FAILED if summary.n_failed == len(summary.inputs) else EXIT_SOME_FAILED
     return _run_pipeline(Pipeline.from_file(args.file), args)
 
 
@@ -435,7 +451,13 @@ def _validate(args: argparse.Namespace) -> int:
         import_object(target)
     functions = function_hashes(pipeline.config.preprocess)
     # every input's header (a CSV's first line, a Parquet footer, an NWB file's structure)
-    problems = check_inputs(manifest, storage_options=pipeline.config.input.storage_options)
+    problems = [
+        line
+        for source in pipeline.config.sources
+        for line in check_inputs(
+            manifest[manifest["source"] == source.name], storage_options=source.storage_options
+        )
+    ]
     if problems:
         shown = 20  # inputs named; the others are counted
         more = len(problems) - shown

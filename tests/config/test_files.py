@@ -261,3 +261,18 @@ def test_preprocess_function_files_in_toml(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.preprocess.fit.method == f"{tmp_path / 'lab.py'}:line"
     assert config.preprocess.correction == "dff"
+
+
+def test_input_cache_is_a_local_folder_relative_to_the_pipeline_file(tmp_path: Path) -> None:
+    data = minimal(input={"url": "s3://lab/raw", "cache": "raw-cache"})
+    config = load_config(write(tmp_path, yaml.safe_dump(data)))
+    assert config.input.cache == str(tmp_path / "raw-cache")
+    assert config.input.url == "s3://lab/raw"
+    sources = [{"name": "rig1", "url": "s3://lab/rig1", "cache": "raw-cache"}]
+    listed = load_config(write(tmp_path, yaml.safe_dump(minimal(input=sources))))
+    assert listed.source("rig1").cache == str(tmp_path / "raw-cache")  # each source's own
+    data["input"]["cache"] = "s3://lab/cache"
+    with pytest.raises(
+        ConfigError, match=r"input\.cache: expected a local folder, got 's3://lab/cache'"
+    ):
+        load_config(write(tmp_path, yaml.safe_dump(data)))

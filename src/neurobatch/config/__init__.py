@@ -35,7 +35,7 @@ from neurobatch.config.files import (
 )
 from neurobatch.config.loaders import LOADER_FORMATS, LoaderField, LoaderFormat, LoaderMapping
 from neurobatch.config.objects import ObjectRef, import_object, split_object_ref
-from neurobatch.config.pipeline import PipelineConfig, trial_event_names
+from neurobatch.config.pipeline import PipelineConfig, SourceConfig, trial_event_names
 from neurobatch.config.sections import (
     EngineConfig,
     EphysFilterConfig,
@@ -78,6 +78,7 @@ __all__ = [
     "OutputFormat",
     "PipelineConfig",
     "PreprocessConfig",
+    "SourceConfig",
     "StaConfig",
     "StageConfig",
     "TlsConfig",

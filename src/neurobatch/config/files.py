@@ -265,6 +265,24 @@ def _resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         value = data.get(section)
         if isinstance(value, Mapping) and isinstance(value.get("url"), str):
             data[section] = {**value, "url": _local_path(value["url"], base_dir)}
+    if isinstance(data.get("input"), list):  # sources: each URL, and a resolver of its own
+        data["input"] = [
+            {
+                **source,
+                **({"url": _local_path(source["url"], base_dir)} if "url" in source else {}),
+                **({"loader": _ref_path(source["loader"], base_dir)} if "loader" in source else {}),
+                **(
+                    {"cache": _local_path(source["cache"], base_dir)}
+                    if isinstance(source.get("cache"), str)
+                    else {}
+                ),
+            }
+            if isinstance(source, Mapping) and isinstance(source.get("url", ""), str)
+            else source
+            for source in data["input"]
+        ]
+    if isinstance(data.get("input"), Mapping) and isinstance(data["input"].get("cache"), str):
+        data["input"] = {**data["input"], "cache": _local_path(data["input"]["cache"], base_dir)}
     if isinstance(data.get("loader"), str):
         data["loader"] = _ref_path(data["loader"], base_dir)
     hooks = data.get("hooks")
@@ -310,10 +328,10 @@ def _mib(size: int) -> str:
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Read and validate a pipeline file (``.yaml``, ``.yml`` or ``.toml``).
 
-    Relative local paths in ``input.url``, ``output.url`` and ``file.py:function``
-    references (hooks, a loader resolver, ``preprocess.fit`` or ``fit.method``,
-    ``preprocess.correction``) are made absolute against the file's folder; URLs with a
-    protocol (``s3://``, ``memory://``) are left alone.
+    Relative local paths in ``input.url``, ``input.cache``, ``output.url`` and
+    ``file.py:function`` references (hooks, a loader resolver, ``preprocess.fit`` or
+    ``fit.method``, ``preprocess.correction``) are made absolute against the file's folder;
+    URLs with a protocol (``s3://``, ``memory://``) are left alone.
 
     Parameters
     ----------
@@ -382,7 +400,7 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
 
 
 def _dump_loader(loader: Any) -> Any:
-    if isinstance(loader, str):
+    if loader is None or isinstance(loader, str):
         return loader
     if isinstance(loader, list):
         return [_dump_loader(m) for m in loader]
@@ -419,4 +437,7 @@ def dump_config(config: PipelineConfig) -> dict[str, Any]:
     """
     data = config.model_dump(mode="json")
     data["loader"] = _dump_loader(config.loader)
+    if isinstance(config.input, list):
+        for source, dumped in zip(config.input, data["input"], strict=True):
+            dumped["loader"] = _dump_loader(source.loader)
     return data

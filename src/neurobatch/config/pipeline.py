@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, Union
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
 from neurobatch.config.base import Kind, NameList, _Model, _problem, _raise_problems, _suggest
@@ -23,7 +24,7 @@ from neurobatch.config.sections import (
     TrialsConfig,
 )
 
-__all__ = ["PipelineConfig", "trial_event_names"]
+__all__ = ["PipelineConfig", "SourceConfig", "trial_event_names"]
 
 
 def trial_event_names(trials: TrialsConfig) -> list[tuple[tuple[str | int, ...], str]]:
@@ -75,25 +76,75 @@ def _event_problems(
     return problems
 
 
-def _target_problem(target: str, mapping: BaseModel, *, where: str) -> InitErrorDetails | None:
+def _target_problem(
+    target: str, mapping: BaseModel, *, where: str, at: tuple[str | int, ...]
+) -> InitErrorDetails | None:
     fmt = str(mapping.format)  # type: ignore[attr-defined]
     wanted = LOADER_FORMATS[fmt].target
     if wanted == target:
         return None
     return _problem(
-        ("input", "target"),
+        (*at, "target"),
         "target_mismatch",
         f"{target!r}, but {where} format {fmt!r} reads {wanted}s; set target: {wanted}",
         target,
     )
 
 
-def _mappings(loader: Any) -> list[tuple[str, BaseModel]]:
-    if isinstance(loader, str):
+def _mappings(loader: Any, at: str = "loader") -> list[tuple[str, BaseModel]]:
+    if loader is None or isinstance(loader, str):
         return []
     if isinstance(loader, list):
-        return [(f"loader[{i}]", m) for i, m in enumerate(loader)]
-    return [("the loader", loader)]
+        return [(f"{at}[{i}]", m) for i, m in enumerate(loader)]
+    return [(f"the {at}" if at == "loader" else at, loader)]
+
+
+class SourceConfig(InputConfig):
+    """One data source of several: ``input`` as a list, each with its own URL, pattern and
+    loader; their items merge into one manifest.
+
+    Examples
+    --------
+    >>> source = SourceConfig.model_validate({
+    ...     "name": "rig2", "url": "exports", "files": ["m1.csv", "m2.csv"],
+    ...     "loader": {"format": "photometry-csv", "signal_col": "G"}})
+    >>> source.name, source.loader.format, source.files
+    ('rig2', 'photometry-csv', ['m1.csv', 'm2.csv'])
+    """
+
+    name: str = ""
+    """A short name, unique among the sources: its items' ids are ``<name>__<id>``, so that
+    inputs of the same name in two sources stay apart and a source added later changes no
+    other source's ids."""
+    loader: LoaderField | None = None
+    """The source's loader (a mapping, a list, or a resolver); the pipeline's ``loader`` when
+    absent."""
+
+    @field_validator("name")
+    @classmethod
+    def _usable_in_ids(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}", value):
+            raise ValueError(
+                f"{value!r} cannot start an item id; expected up to 40 letters, digits, "
+                "'_', '.' or '-', starting with a letter or digit"
+            )
+        return value
+
+
+def _input_tag(value: Any) -> str:
+    return "@list" if isinstance(value, list) else "@mapping"
+
+
+if TYPE_CHECKING:
+    InputField: TypeAlias = InputConfig | list[SourceConfig]
+else:
+    InputField = Annotated[
+        Union[  # noqa: UP007
+            Annotated[InputConfig, Tag("@mapping")],
+            Annotated[list[SourceConfig], Tag("@list")],
+        ],
+        Discriminator(_input_tag),
+    ]
 
 
 class PipelineConfig(_Model):
@@ -120,11 +171,13 @@ class PipelineConfig(_Model):
     a stimulus movie) or ``custom`` (ingest, then the file's own ``stages``)."""
     experimenters: list[str] = Field(default_factory=list)
     """Who ran it (in provenance)."""
-    input: InputConfig
-    """Where the inputs are."""
-    loader: LoaderField
+    input: InputField
+    """Where the inputs are: one mapping, or a list of sources (:class:`SourceConfig`), each
+    with its own URL, pattern and loader."""
+    loader: LoaderField | None = None
     """A mapping with ``format`` (one job per input), a list of them (several jobs per
-    input), or a ``module:function`` resolver called with each input URL."""
+    input), or a ``module:function`` resolver called with each input URL; for a list of
+    sources, the loader of those without their own."""
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     """Filtering, isosbestic fit, correction and normalisation."""
     trials: TrialsConfig | None = None
@@ -146,52 +199,136 @@ class PipelineConfig(_Model):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Scheduling of items."""
 
+    @property
+    def sources(self) -> list[SourceConfig]:
+        """The data sources, each with its loader: one, unnamed, for an ``input`` mapping.
+
+        Examples
+        --------
+        >>> config = PipelineConfig.model_validate({
+        ...     "name": "demo", "output": {"url": "out"},
+        ...     "loader": {"format": "photometry-csv"},
+        ...     "input": [{"name": "a", "url": "rig-a"},
+        ...               {"name": "b", "url": "rig-b",
+        ...                "loader": {"format": "photometry-parquet"}}]})
+        >>> [(s.name, s.loader.format) for s in config.sources]
+        [('a', 'photometry-csv'), ('b', 'photometry-parquet')]
+        """
+        if isinstance(self.input, list):
+            return [
+                source
+                if source.loader is not None
+                else source.model_copy(update={"loader": self.loader})
+                for source in self.input
+            ]
+        return [SourceConfig.model_validate(self.input.model_dump() | {"loader": self.loader})]
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called ``name`` (``""``: the one of an ``input`` mapping).
+
+        Examples
+        --------
+        >>> config = PipelineConfig.model_validate({
+        ...     "name": "demo", "input": {"url": "data"}, "output": {"url": "out"},
+        ...     "loader": {"format": "photometry-csv"}})
+        >>> config.source("").url
+        'data'
+        """
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(repr(s.name) for s in self.sources)
+        raise KeyError(f"no source {name!r} in the pipeline; its sources: {known}")
+
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
+        problems = self._source_problems()
+        listed = isinstance(self.input, list)
+        for i, source in enumerate(self.sources):
+            at: tuple[str | int, ...] = ("input", i) if listed else ("input",)
+            own = isinstance(self.input, list) and self.input[i].loader is not None
+            loader_at = (*at, "loader") if own else ("loader",)
+            problems.extend(self._loader_problems(source, at, loader_at))
+            problems.extend(self._output_problems(source, at))
+        problems.extend(self._kind_problems())
+        _raise_problems("PipelineConfig", problems)
+        return self
+
+    def _source_problems(self) -> list[InitErrorDetails]:
+        """A list of sources: each named, each name once, each with a loader."""
+        if not isinstance(self.input, list):
+            if self.loader is None:
+                return [_problem(("loader",), "missing", "Field required", None)]
+            return []
         problems: list[InitErrorDetails] = []
+        seen: dict[str, int] = {}
+        if not self.input:
+            problems.append(_problem(("input",), "no_sources", "expected at least one source", []))
+        for i, source in enumerate(self.input):
+            if not source.name:
+                message = "a source of a list needs a name (its items' ids start with it)"
+                problems.append(_problem(("input", i, "name"), "missing_name", message, None))
+            elif source.name in seen:
+                message = f"{source.name!r} is also input[{seen[source.name]}]'s name"
+                problems.append(_problem(("input", i, "name"), "duplicate", message, source.name))
+            seen.setdefault(source.name, i)
+            if source.loader is None and self.loader is None:
+                message = "no loader: give this source one, or the pipeline a loader"
+                problems.append(_problem(("input", i, "loader"), "missing_loader", message, None))
+        return problems
+
+    def _loader_problems(
+        self, source: SourceConfig, at: tuple[str | int, ...], location: tuple[str | int, ...]
+    ) -> list[InitErrorDetails]:
+        """Labels, targets and events of one source's loader mappings (``location``: where
+        its loader is in the file)."""
+        problems: list[InitErrorDetails] = []
+        name = ".".join(f"[{p}]" if isinstance(p, int) else p for p in location)
+        name = name.replace(".[", "[")
         labels: dict[str, int] = {}
-        for i, (where, mapping) in enumerate(_mappings(self.loader)):
+        for i, (where, mapping) in enumerate(_mappings(source.loader, name)):
             label = getattr(mapping, "label", None)
-            if isinstance(self.loader, list) and label is not None:
+            if isinstance(source.loader, list) and label is not None:
                 if label in labels:
                     problems.append(
                         _problem(
-                            ("loader", i, "label"),
+                            (*location, i, "label"),
                             "duplicate_label",
-                            f"{label!r} is also loader[{labels[label]}]'s label; the jobs of "
+                            f"{label!r} is also {name}[{labels[label]}]'s label; the jobs of "
                             "one input need different labels",
                             label,
                         )
                     )
                 labels.setdefault(label, i)
-            target = _target_problem(self.input.target, mapping, where=where)
+            target = _target_problem(source.target, mapping, where=where, at=at)
             if target is not None:
                 problems.append(target)
             if self.trials is not None:
                 problems.extend(
                     _event_problems(self.trials, mapping, where=where, prefix=("trials",))
                 )
-        problems.extend(self._kind_problems())
-        problems.extend(self._output_problems())
-        _raise_problems("PipelineConfig", problems)
-        return self
+        return problems
 
-    def _output_problems(self) -> list[InitErrorDetails]:
-        """The output folder must lie where the input's search does not reach."""
+    def _output_problems(
+        self, source: SourceConfig, at: tuple[str | int, ...]
+    ) -> list[InitErrorDetails]:
+        """The output folder must lie where no source's search reaches."""
         how = output_reach(
-            self.input.url,
+            source.url,
             self.output.url,
-            pattern=self.input.pattern,
-            recursive=self.input.recursive,
-            target=self.input.target,
-            input_options=self.input.storage_options,
+            pattern=source.pattern,
+            recursive=source.recursive,
+            target=source.target,
+            input_options=source.storage_options,
             output_options=self.output.storage_options,
         )
         if how is None:
             return []
+        source_name = "" if at == ("input",) else f" (input[{at[1]}])"
         message = (
-            f"{self.output.url!r} {how}: the next run would take its files as inputs; "
-            "expected an output folder outside the input folder (put output.url elsewhere)"
+            f"{self.output.url!r} {how}{source_name}: the next run would take its files as "
+            "inputs; expected an output folder outside the input folder (put output.url "
+            "elsewhere)"
         )
         return [_problem(("output", "url"), "output_inside_input", message, self.output.url)]
 

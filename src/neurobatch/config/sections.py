@@ -62,6 +62,39 @@ class InputConfig(_Model):
     """Whether an input is a file or a folder (a TDT block is a folder)."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """Passed to fsspec, e.g. credentials or an endpoint URL."""
+    files: list[str] | None = None
+    """The inputs, listed: paths relative to ``url``, each of which must exist; instead of
+    ``pattern``."""
+    cache: str | None = None
+    """A local folder to copy remote inputs to before they are processed, verified and
+    resumed after a kill (:mod:`neurobatch.io.cache`); later runs read the copies. Relative
+    paths are relative to the pipeline file. Local inputs are read in place."""
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_is_local(cls, value: str | None) -> str | None:
+        if value is not None and ("://" in value or "::" in value or not value.strip()):
+            raise ValueError(f"expected a local folder, got {value!r}")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _relative_paths(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("files is empty; expected at least one input")
+        for name in value or ():
+            if "://" in name or name.startswith("/") or ".." in name.split("/"):
+                raise ValueError(
+                    f"{name!r} is not a path inside url; expected paths relative to url, "
+                    "without '..'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _files_or_pattern(self) -> InputConfig:
+        if self.files is not None and (self.pattern is not None or self.recursive):
+            raise ValueError("give files or pattern/recursive, not both")
+        return self
 
     @field_validator("url")
     @classmethod

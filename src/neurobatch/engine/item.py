@@ -48,6 +48,7 @@ from neurobatch.engine.stages import (
 )
 from neurobatch.errors import StorageError, StoreDamagedError
 from neurobatch.io import files, trials_store
+from neurobatch.io.cache import Fetched, fetch_input
 from neurobatch.io.commit import commit, read_commit, remove, verify
 from neurobatch.io.discover import fingerprints
 from neurobatch.io.zarr import ensure_group, open_dataset, write_dataset
@@ -89,6 +90,13 @@ class ItemJob:
     """Stamped on every commit record, so that a retried task knows its own run's outputs."""
     size: int = 0
     """The input's size in bytes (the manifest's)."""
+    source: str = ""
+    """The name of the data source it came from (``""``: the pipeline's one ``input``)."""
+
+    @property
+    def input_options(self) -> dict[str, Any]:
+        """fsspec options of the input: its source's ``storage_options``."""
+        return self.config.source(self.source).storage_options
 
     @property
     def layout(self) -> OutputLayout:
@@ -243,7 +251,7 @@ def _key(
 ) -> dict[str, Any]:
     """The key parts of a stage's output now, and ``sources``: the fingerprints of the other
     files it read (for the stage that reads the input)."""
-    found = fingerprints(list(sources or ()), job.config.input.storage_options)
+    found = fingerprints(list(sources or ()), job.input_options)
     parts: dict[str, Any] = key_parts(
         stage,
         job.config,
@@ -302,6 +310,7 @@ class _ItemRun:
         self.written: dict[str, xr.Dataset] = {}
         """Stages stored from memory in this pass, as reading them back gives them."""
         self.experiment_id = functools.cache(self._experiment_id)
+        self.input_copy = functools.cache(self._input_copy)
 
     def run(self) -> None:
         for stage in self.job.stages:
@@ -418,6 +427,23 @@ class _ItemRun:
             chunk_memory=job.config.engine.chunk_memory,
             scratch_url=scratch,
             experiment_id=self.experiment_id,
+            storage_options=job.input_options,
+            input_copy=None if stage.needs else self.input_copy(),
+        )
+
+    def _input_copy(self) -> Fetched | None:
+        """The input's copy in ``input.cache``, fetched or checked before a stage reads it."""
+        job = self.job
+        source = job.config.source(job.source)
+        if source.cache is None:
+            return None
+        return fetch_input(
+            job.url,
+            source.cache,
+            fingerprint=job.fingerprint,
+            target=source.target,
+            loader_arguments=job.loader_arguments,
+            storage_options=job.input_options,
         )
 
     def _store(
@@ -498,6 +524,7 @@ class _ItemRun:
             records=self.outcome.records,
             config=self.job.config,
             experiment_id=self.outcome.experiment_id or item,
+            storage_options=self.job.input_options,
         )
 
 

@@ -9,6 +9,7 @@
       trials_obs.parquet|csv    the per-trial table
       trials.h5ad               AnnData
       run.json  processing.json
+      catalog.duckdb            the tables of the outputs, for SQL (neurobatch.engine.catalog)
       items/<item>/             the item's Zarr group: one subgroup per stage
         ingest/ preprocess/ trials/ ...   each with its commit record
         .neurobatch-failed.json           while the item's last run failed
@@ -27,13 +28,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FAILURE_MARKER", "ITEMS_TABLE", "MANIFEST", "TRIALS", "OutputLayout"]
+__all__ = ["CATALOG", "FAILURE_MARKER", "ITEMS_TABLE", "MANIFEST", "TRIALS", "OutputLayout"]
 
 #: The last run's items, relative to OUT.
 MANIFEST = "manifest.parquet"
 
 #: The combined trials and the items table, relative to OUT.
 TRIALS, ITEMS_TABLE = "trials.zarr", "items.parquet"
+
+#: The database of the outputs (:mod:`neurobatch.engine.catalog`), relative to OUT.
+CATALOG = "catalog.duckdb"
 
 #: Beside an item's stages while its last run failed: ``{"stage", "error", "run", "time"}``.
 FAILURE_MARKER = ".neurobatch-failed.json"
@@ -110,6 +114,11 @@ class OutputLayout:
     def manifest(self) -> str:
         """The last run's items (:mod:`neurobatch.engine.ledger`)."""
         return self.path(MANIFEST)
+
+    @property
+    def catalog(self) -> str:
+        """The database of the outputs (``catalog.duckdb``)."""
+        return self.path(CATALOG)
 
     @property
     def processing(self) -> str:

@@ -27,6 +27,7 @@ from distributed import Client
 
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig, load_config
+from neurobatch.engine.catalog import refresh_catalog
 from neurobatch.engine.cluster import check_cluster, connect, planned_threads
 from neurobatch.engine.combine import Combiner
 from neurobatch.engine.hooks import resolve_hooks
@@ -43,7 +44,7 @@ from neurobatch.engine.statuses import TaskStatuses
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
 from neurobatch.errors import ConfigError, NeurobatchError
 from neurobatch.io import files, storage
-from neurobatch.io.discover import discover
+from neurobatch.io.discover import discover_config
 from neurobatch.io.lock import OutputLock
 from neurobatch.redact import scrub, secrets_in
 
@@ -202,12 +203,7 @@ class Pipeline:
         pandas.DataFrame
             See :func:`neurobatch.io.discover.discover`.
         """
-        return discover(
-            self.config.input,
-            self.config.loader,
-            storage_options=self.config.input.storage_options,
-            trials=self.config.trials,
-        )
+        return discover_config(self.config)
 
     def jobs(
         self,
@@ -248,6 +244,7 @@ class Pipeline:
                 reprocess=reprocess,
                 run_id=run_id,
                 size=int(row.get("size") or 0),
+                source=str(row.get("source") or ""),
             )
             for row in manifest.to_dict("records")
         ]
@@ -564,6 +561,7 @@ class Pipeline:
         order = {item: i for i, item in enumerate(combiner.order)}
         table = table.sort_values("item_id", key=lambda ids: ids.map(order), kind="stable")
         combiner.finish(table.reset_index(drop=True), config.output.formats)
+        refresh_catalog(layout)  # a failure is a warning: neurobatch catalog rebuilds it
         run = {
             "name": config.name,
             "neurobatch": __version__,

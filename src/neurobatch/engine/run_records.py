@@ -55,7 +55,7 @@ class RunProvenance:
             return parameters
         if job is not None:  # the stage that reads the input: the item's loader
             return {"loader": {"format": job.format, **job.loader_arguments}}
-        return {"input": config.input.model_dump(mode="json"), "loader": _loader(config)}
+        return {key: dump_config(config)[key] for key in ("input", "loader")}
 
     def _record(
         self,
@@ -205,7 +205,3 @@ class RunProvenance:
                 storage_options=self.layout.storage_options,
             )
             logger.info("provenance appended to %s", url)
-
-
-def _loader(config: PipelineConfig) -> Any:
-    return dump_config(config)["loader"]

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from neurobatch.config import (
     InputConfig,
     PipelineConfig,
+    SourceConfig,
     TrialsConfig,
     import_object,
     loader_arguments,
@@ -56,6 +57,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "size",
     "format",
     "loader_arguments",
+    "source",
 )
 """The columns of a manifest, in order."""
 
@@ -293,6 +295,8 @@ def _list_inputs(fs: Any, root: str, input: InputConfig) -> list[_Input]:
     try:
         if not fs.exists(root):
             raise _missing(fs, root, input)
+        if input.files is not None:
+            return _listed(fs, root, input, local)
         return _list(fs, root, input, local)
     except InputError:
         raise
@@ -348,9 +352,48 @@ def _list(fs: Any, root: str, input: InputConfig, local: bool) -> list[_Input]:
     return inputs
 
 
+def _listed(fs: Any, root: str, source: InputConfig, local: bool) -> list[_Input]:
+    """The inputs a source names (``files``), relative to its URL; each must exist."""
+    wanted = "file" if source.target == "file" else "directory"
+    prefix = root.rstrip("/") + "/"
+    inputs, missing = [], []
+    for relative in dict.fromkeys(name.strip("/") for name in source.files or ()):
+        try:
+            info = fs.info(prefix + relative)
+        except FileNotFoundError:
+            missing.append(relative)
+            continue
+        if info.get("type") != wanted:
+            raise InputError(
+                f"input {source.url!r}: listed {relative!r} is a {info.get('type')}, but "
+                f"target is {source.target!r}"
+            )
+        url = prefix + relative if local else source.url.rstrip("/") + "/" + relative
+        inputs.append(_Input(prefix + relative, relative, url, info))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputNotFoundError(
+            f"input {source.url!r}: listed file(s) {', '.join(map(repr, missing[:3]))}{more} "
+            "do not exist; expected every entry of files to exist under the url"
+        )
+    return sorted(inputs, key=lambda item: item.url)
+
+
 # ---------------------------------------------------------------------------------------------
 # Jobs
 # ---------------------------------------------------------------------------------------------
+
+
+def _enumerated(
+    mapping: BaseModel, url: str, storage_options: Mapping[str, Any]
+) -> list[tuple[str, BaseModel]]:
+    """The jobs one loader mapping makes of one input: itself, or one per recording the
+    input holds (a format's :attr:`~neurobatch.io.loaders.LoaderSpec.enumerate`)."""
+    enumerate_items = LOADERS[str(mapping.format)].enumerate  # type: ignore[attr-defined]
+    if enumerate_items is None:
+        return [("", mapping)]
+    found = enumerate_items(url, loader_arguments(mapping), storage_options=storage_options)
+    return [(label, mapping.model_copy(update=update)) for label, update in found]
 
 
 def _as_list(validated: Any) -> list[BaseModel]:
@@ -552,8 +595,10 @@ def discover(
         several = len(mappings) > 1
         for n, mapping in enumerate(mappings, start=1):
             label = getattr(mapping, "label", None)
-            suffix = (str(label) if label is not None else str(n)) if several else None
-            jobs.append(_Job(item, suffix, mapping))
+            own = (str(label) if label is not None else str(n)) if several else ""
+            for part, job_mapping in _enumerated(mapping, item.url, options):
+                suffix = "-".join(p for p in (own, part) if p)
+                jobs.append(_Job(item, suffix or None, job_mapping))
     if not jobs:
         raise InputError(
             f"no jobs: the loader resolver {resolver_name} returned no mappings for any of "
@@ -567,14 +612,16 @@ def discover(
         else:
             stamps[item.path] = (fingerprint(item.info), int(item.info.get("size") or 0))
 
+    name = input.name if isinstance(input, SourceConfig) else ""
     rows = [
         {
-            "item_id": item_id,
+            "item_id": f"{name}__{item_id}" if name else item_id,
             "url": job.input.url,
             "fingerprint": stamps[job.input.path][0],
             "size": stamps[job.input.path][1],
             "format": str(job.mapping.format),  # type: ignore[attr-defined]
             "loader_arguments": loader_arguments(job.mapping),
+            "source": name,
         }
         for item_id, job in zip(_item_ids(jobs), jobs, strict=True)
     ]
@@ -611,6 +658,15 @@ def discover_config(
     >>> discover_config(config)["item_id"].tolist()
     ['x']
     """
-    return discover(
-        config.input, config.loader, storage_options=storage_options, trials=config.trials
-    )
+    manifests = [
+        discover(source, source.loader, storage_options=storage_options, trials=config.trials)
+        for source in config.sources
+    ]
+    manifest = pd.concat(manifests, ignore_index=True) if len(manifests) > 1 else manifests[0]
+    if len(config.sources) > 1:
+        logger.info(
+            "%d sources: %s",
+            len(manifests),
+            ", ".join(f"{s.name} {len(m)}" for s, m in zip(config.sources, manifests, strict=True)),
+        )
+    return manifest

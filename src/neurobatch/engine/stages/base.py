@@ -32,6 +32,7 @@ import xarray as xr
 from neurobatch import __version__
 from neurobatch.config import PipelineConfig
 from neurobatch.errors import ConfigError
+from neurobatch.io.cache import Fetched
 from neurobatch.io.loaders._common import closest
 
 __all__ = [
@@ -137,6 +138,11 @@ class StageContext:
         A folder the stage may use for temporaries (removed after it).
     experiment_id : callable
         Returns the item's experiment id (``id_builder`` hook, or the item id).
+    storage_options : mapping
+        fsspec options of the item's input: its source's ``storage_options``.
+    input_copy : neurobatch.io.cache.Fetched or None
+        The input's verified copy in ``input.cache``, which a stage that reads the input
+        reads instead of ``url`` (:func:`~neurobatch.engine.stages.ingest.read_input`).
     """
 
     item_id: str
@@ -150,6 +156,8 @@ class StageContext:
     chunk_memory: int
     scratch_url: str
     experiment_id: Callable[[], str]
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    input_copy: Fetched | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -444,6 +452,8 @@ class FigureContext:
         The pipeline file.
     experiment_id : str
         The item's experiment id.
+    storage_options : mapping
+        fsspec options of the item's input: its source's ``storage_options``.
     """
 
     open: Callable[[str], xr.Dataset | None]
@@ -451,6 +461,7 @@ class FigureContext:
     records: dict[str, dict[str, Any]]
     config: PipelineConfig
     experiment_id: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

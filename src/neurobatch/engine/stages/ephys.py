@@ -292,7 +292,7 @@ def figures(context: FigureContext) -> None:
             read["input"],
             read["loader_arguments"],
             format=read["format"],
-            storage_options=context.config.input.storage_options,
+            storage_options=context.storage_options,
         )
         if "channel" in raw.coords and "channel" in filtered.coords:
             raw = raw.sel(channel=filtered["channel"].values)  # those post_load kept

@@ -27,7 +27,8 @@ def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
     Parameters
     ----------
     context : StageContext
-        The item: its URL, format and loader arguments, and the pipeline's storage options.
+        The item: its URL (or its copy in ``input.cache``), format and loader arguments,
+        and the pipeline's storage options.
 
     Returns
     -------
@@ -42,14 +43,19 @@ def read_input(context: StageContext) -> tuple[xr.Dataset, list[str]]:
         What the loader raises, and a sampling rate implausible for the recording's kind
         (:func:`~neurobatch.engine.rates.check_sampling_rate`).
     """
+    copy = context.input_copy
     with recorded_reads() as read:
         recording = load_recording(
-            context.url,
+            context.url if copy is None else copy.path,
             context.loader_arguments,
             format=context.format,
-            storage_options=context.config.input.storage_options,
+            storage_options=context.storage_options if copy is None else {},
             chunk_memory=context.chunk_memory,
         )
+    if copy is not None:  # named by their remote URLs: the same keys and trials as without it
+        read = [copy.remote(url) for url in read]
+        if recording.attrs.get("source") == copy.path:
+            recording.attrs["source"] = context.url
     check_sampling_rate(recording, source=context.url, arguments=context.loader_arguments)
     return recording, read
 

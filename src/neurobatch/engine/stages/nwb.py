@@ -54,7 +54,7 @@ def nwb_url(config: PipelineConfig, item_id: str) -> str:
 def _modified(context: StageContext) -> dt.datetime | None:
     """The input's modification time, the session start when the metadata has none."""
     try:
-        fs, path = fsspec.core.url_to_fs(context.url, **context.config.input.storage_options)
+        fs, path = fsspec.core.url_to_fs(context.url, **context.storage_options)
         info = fs.info(path)
     except (OSError, ValueError):
         return None

@@ -96,7 +96,7 @@ from neurobatch.io.loaders.binary import load_raw_binary
 from neurobatch.io.loaders.csv import check_photometry_csv, load_photometry_csv
 from neurobatch.io.loaders.doric import load_doric
 from neurobatch.io.loaders.headers import HEADER_BLOCK_BYTES, check_columns, named_columns
-from neurobatch.io.loaders.legacy_pickle import load_rgc_pickle
+from neurobatch.io.loaders.legacy_pickle import enumerate_rgc_pickle, load_rgc_pickle
 from neurobatch.io.loaders.neurophotometrics import load_neurophotometrics
 from neurobatch.io.loaders.nwb import load_nwb
 from neurobatch.io.loaders.nwb_photometry import check_nwb_photometry, load_nwb_photometry
@@ -115,6 +115,7 @@ __all__ = [
     "ChunkedLoadFunction",
     "ColumnArguments",
     "DoricArguments",
+    "EnumerateFunction",
     "LoadFunction",
     "LoaderArguments",
     "LoaderPlugin",
@@ -139,6 +140,7 @@ __all__ = [
     "check_nwb_photometry",
     "check_photometry_csv",
     "check_photometry_parquet",
+    "enumerate_rgc_pickle",
     "load_annotation",
     "load_doric",
     "load_neurophotometrics",
@@ -192,6 +194,21 @@ class ChunkedLoadFunction(Protocol):
         ...
 
 
+class EnumerateFunction(Protocol):
+    """``enumerate(url, arguments, *, storage_options=None) -> [(label, arguments), ...]``."""
+
+    def __call__(
+        self,
+        url: str,
+        arguments: Any,
+        /,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The items one input holds: a label and the arguments that pick each."""
+        ...
+
+
 class CheckFunction(Protocol):
     """``check(url, arguments, *, storage_options=None)``: an input's structure, checked."""
 
@@ -232,6 +249,10 @@ class LoaderSpec:
     kind : {"photometry", "ephys", "movie"} or None, default None
         What ``load`` returns, checked after every load when set (a plugin's
         :attr:`~neurobatch.config.plugins.LoaderPlugin.kind`); None: not checked.
+    enumerate : EnumerateFunction or None, default None
+        For a format whose file holds several recordings (the legacy pickle's sessions and
+        stimulations): the items of one input, each a label and the arguments that pick it;
+        discovery makes a job of each. None: one job per input.
 
     Examples
     --------
@@ -251,6 +272,7 @@ class LoaderSpec:
     chunked: bool = False
     check: CheckFunction | None = None
     kind: Literal["photometry", "ephys", "movie"] | None = None
+    enumerate: EnumerateFunction | None = None
 
 
 #: Every format's load function, and whether it reads lazily in chunks.
@@ -284,6 +306,7 @@ _BUILTIN_LOADERS: dict[str, LoaderSpec] = {
         LOADER_FORMATS[fmt].target,
         *_LOAD_FUNCTIONS[fmt],
         check=_CHECK_FUNCTIONS.get(fmt),
+        enumerate=enumerate_rgc_pickle if fmt == "rgc-pickle" else None,
     )
     for fmt in _LOAD_FUNCTIONS
 }

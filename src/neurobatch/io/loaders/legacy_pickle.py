@@ -27,7 +27,8 @@ solutions read (e.g. https://github.com/guzman-raphael/dj-neuron-sta.python-modu
 
 The loader accepts that list, one session dict, or one stimulation dict (the "dict with the
 stimulus movie, its fps, pixel size, stimulus onset and per-unit spike times"); ``session``
-and ``stimulation`` pick one where there are several. ``spikes`` may also be a mapping of
+and ``stimulation`` pick one where there are several. Left unset where there are several,
+discovery makes an item of each (:func:`enumerate_rgc_pickle`). ``spikes`` may also be a mapping of
 unit id to spike times. Only ``movie``, ``fps``, ``stimulus_onset`` and ``spikes`` are
 required; the other keys become attributes when present.
 
@@ -63,7 +64,7 @@ from neurobatch.io.loaders._lazy import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "load_rgc_pickle"]
+__all__ = ["FORMAT", "enumerate_rgc_pickle", "load_rgc_pickle"]
 
 FORMAT = "rgc-pickle"
 
@@ -154,6 +155,85 @@ def _stimulation(content: Any, args: RGCPickleArguments, url: str) -> tuple[Any,
             f"{keys}"
         )
     return content, session
+
+
+def _indices(items: Any, index: int | None) -> list[int | None]:
+    """The entries of a list to make items of: ``index``, or each of several (None: one)."""
+    if index is not None or not _is_list(items) or len(items) < 2:
+        return [index]
+    return list(range(len(items)))
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def enumerate_rgc_pickle(
+    url: str,
+    arguments: RGCPickleArguments | Mapping[str, Any],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The items a legacy pickle holds: one per session and stimulation the arguments leave open.
+
+    The file is read (whole: a pickle cannot be read in part) only when ``session`` or
+    ``stimulation`` is unset and ``allow_pickle`` is true; otherwise, and for a file of one
+    session with one stimulation, it is one item as the arguments say.
+
+    Parameters
+    ----------
+    url : str
+        The pickle, a local path or any fsspec URL.
+    arguments : RGCPickleArguments or mapping
+        The loader's arguments.
+    storage_options : mapping, optional
+        Passed to fsspec.
+
+    Returns
+    -------
+    list of (str, dict)
+        For each item, a label (``session1-stimulation0``, naming only what varies; empty
+        for a single item) and the arguments to set (``session``, ``stimulation``).
+
+    Examples
+    --------
+    >>> import fsspec, pickle
+    >>> stimulation = {"movie": np.zeros((2, 2, 3)), "fps": 10.0, "stimulus_onset": 0.0,
+    ...                "spikes": [np.array([0.1])]}
+    >>> sessions = [{"subject_name": "KO", "stimulations": [stimulation, stimulation]},
+    ...             {"subject_name": "WT", "stimulations": [stimulation]}]
+    >>> fsspec.filesystem("memory").pipe("/rgc-enum/ret1_data.pkl", pickle.dumps(sessions))
+    >>> for label, update in enumerate_rgc_pickle(
+    ...         "memory://rgc-enum/ret1_data.pkl", {"allow_pickle": True}):
+    ...     print(label, update)
+    session0-stimulation0 {'session': 0, 'stimulation': 0}
+    session0-stimulation1 {'session': 0, 'stimulation': 1}
+    session1 {'session': 1}
+    >>> enumerate_rgc_pickle("memory://rgc-enum/ret1_data.pkl",
+    ...                      {"allow_pickle": True, "session": 1})
+    [('', {})]
+    """
+    args = coerce_arguments(arguments, RGCPickleArguments, fmt=FORMAT)
+    single: list[tuple[str, dict[str, Any]]] = [("", {})]
+    if not args.allow_pickle or (args.session is not None and args.stimulation is not None):
+        return single
+    content = _read(url, storage_options or {})
+    sessions = content if _is_list(content) else [content]
+    found = []
+    for session in _indices(content, args.session):
+        chosen = sessions[session if session is not None else 0] if sessions else None
+        if session is not None and session >= len(sessions):
+            return single  # out of range: the load says so
+        stimulations = chosen.get("stimulations") if isinstance(chosen, Mapping) else None
+        for stimulation in _indices(stimulations, args.stimulation):
+            update = {}
+            if session is not None and args.session is None:
+                update["session"] = session
+            if stimulation is not None and args.stimulation is None:
+                update["stimulation"] = stimulation
+            label = "-".join(f"{key}{value}" for key, value in update.items())
+            found.append((label, update))
+    return found if len(found) > 1 else single
 
 
 def _number(value: Any, key: str, url: str, *, positive: bool = False) -> float:
