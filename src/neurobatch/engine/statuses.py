@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,9 @@ COLUMNS = ("item_id", "stage", "status", "host", "worker", "start", "seconds", "
 #: The least time between two writes of a run's table while it goes on.
 WRITE_EVERY_S = 1.0
 
+#: The reason of a skipped stage.
+_SKIPPED = "committed earlier with the same key"
+
 #: What an item's stages were, as :data:`COLUMNS` after the item and the stage.
 _Row = list[Any]
 
@@ -82,8 +86,11 @@ def _utc(seconds: float | None) -> str | None:
 
 def _stopped(error: BaseException) -> str:
     """Why a run stopped, in one line."""
-    if isinstance(error, SystemExit):
-        return f"stopped by a signal (exit status {error.code})"
+    if isinstance(error, SystemExit):  # neurobatch.cli: a signal's exit status is 128 + it
+        code = error.code if isinstance(error.code, int) else 1
+        if code - 128 in set(signal.Signals):
+            return f"stopped by {signal.Signals(code - 128).name}"
+        return f"exited with status {code}"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt: Ctrl-C or SIGINT)"
     return one_line(error)
@@ -109,8 +116,8 @@ def _outcome_rows(outcome: ItemOutcome, rows: Mapping[str, _Row]) -> dict[str, _
             seconds = None if end is None else end - span["start"]
             reason = None if status == "done" else outcome.error
             new[stage] = [status, host, span.get("worker"), span["start"], seconds, reason]
-        elif stage in outcome.stages_skipped:
-            new[stage] = ["skipped", host, outcome.worker, row[3], None, "committed earlier"]
+        elif stage in outcome.stages_skipped:  # its check's time, as reported
+            new[stage] = ["skipped", host, outcome.worker, row[3], row[4], _SKIPPED]
         elif stage in outcome.stages_run:  # committed earlier in this run, by a lost worker
             new[stage] = [
                 "done",
@@ -278,6 +285,7 @@ class TaskStatuses:
             else:
                 row[:2] = [status, message.get("host")]
                 row[4] = None if row[3] is None else at - row[3]
+                row[5] = _SKIPPED if status == "skipped" else None
             self._dirty = True
 
     def finished(self, outcome: ItemOutcome) -> None:
@@ -450,7 +458,7 @@ def _judged(layout: OutputLayout, run_id: str, holder: Any = ...) -> dict[str, A
         )
         if not ours:
             record["state"] = "killed"
-            record["reason"] = "its process ended without recording an end (SIGKILL, a crash)"
+            record["reason"] = "its process died (SIGKILL, a crash): no end recorded"
             content = _read(layout.run_tasks(run_id), layout.storage_options)
             if content is not None:  # as far as its table got
                 tasks = pd.read_parquet(io.BytesIO(content))
