@@ -1,7 +1,8 @@
 """What an item's task tells the driver while it runs: the stage each of its items is in.
 
-Each time an item enters a stage (to check it or to run it) it reports the run, the task's
-key, the item, the stage, the worker and the time. The driver records the stages' statuses
+Each time an item enters a stage (to check it or to run it), and as it leaves it (done or
+skipped), it reports the run, the task's key, the item, the stage, the status, the worker,
+the host and the time. The driver records the stages' statuses
 from these reports (:mod:`neurobatch.engine.statuses`) and, on a worker that a nanny can
 restart (a process of its own), enforces ``engine.item_timeout_s`` itself
 (:class:`neurobatch.engine.tasks.ItemTasks`), timing each item from them; elsewhere the
