@@ -74,7 +74,8 @@ WRITE_EVERY_S = 1.0
 #: The reason of a skipped stage.
 _SKIPPED = "committed earlier with the same key"
 
-#: What an item's stages were, as :data:`COLUMNS` after the item and the stage.
+#: One stage of one item: its :data:`COLUMNS` after the item and the stage (status, host,
+#: worker, start, seconds, reason).
 _Row = list[Any]
 
 
