@@ -30,15 +30,17 @@ STAGES = ["ingest", "preprocess", "trials"]
 #: experiment_002 until the file ``go`` exists.
 HOLDING_HOOK = '''
 import pathlib
-import threading
 import time
 
 
 def hold(recording):
-    """post_load: experiment_002 waits (up to a minute) for {go!r} to exist."""
+    """post_load: experiment_002 waits (up to a minute) for {go!r} to exist; it fails at
+    once when {go!r} + ".stop" does."""
     if str(recording.attrs.get("source", "")).endswith("experiment_002.csv"):
         deadline = time.monotonic() + 60
         while not pathlib.Path({go!r}).exists() and time.monotonic() < deadline:
+            if pathlib.Path({go!r} + ".stop").exists():
+                raise RuntimeError("stopped by the test")
             time.sleep(0.02)
     return recording
 '''
@@ -223,7 +225,10 @@ def test_status_shows_a_run_live_and_history_how_each_run_ended(
     try:
         _hold(layout)
         run.send_signal(signal.SIGTERM)
+        # the held thread cannot be stopped: it fails at once, so the cluster closes at once
+        (tmp_path / "go.stop").touch()
         assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        (tmp_path / "go.stop").unlink()
     finally:
         run.kill()
     # 3: let go: it finishes
