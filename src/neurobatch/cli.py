@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from neurobatch import __version__
 from neurobatch.cli_catalog import add_catalog, add_query
+from neurobatch.cli_history import add_history
 from neurobatch.cli_inspect import add_provenance, add_status
 from neurobatch.cli_report import add_report, add_view
 from neurobatch.errors import NeurobatchError, StorageError
@@ -157,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     add_cluster(commands)
     add_provenance(commands)
     add_status(commands)
+    add_history(commands)
     add_catalog(commands)
     add_query(commands)
     add_watch(commands)

@@ -46,7 +46,10 @@ def add_status(commands: Any) -> None:
             "records and failure marker, and print one row per item: each stage done, failed "
             "(with the one-line reason) or pending, then how many items are in each state. "
             "Given the pipeline file instead of OUT, a done stage whose key no longer matches "
-            "the file (its settings, code, input or sidecar changed) shows as stale, with why."
+            "the file (its settings, code, input or sidecar changed) shows as stale, with why. "
+            "While a run writes to OUT, print its live statuses instead: each stage of each "
+            "item waiting, started, done, skipped, errored or abandoned, with its host, "
+            "worker, start, duration and reason (see also: neurobatch history OUT)."
         ),
     )
     status.add_argument(
@@ -166,13 +169,18 @@ def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
+    from neurobatch.cli_history import print_last_run, print_live_run
+    from neurobatch.engine.layout import OutputLayout
     from neurobatch.engine.ledger import counts, item_states
 
     out, options, expected = _status_target(str(args.out), _storage_options(args.storage_options))
     states = item_states(out, options, expected=expected)
+    if print_live_run(OutputLayout(out, options)):  # a run is going: its statuses, live
+        return 0
     stages = list(states.attrs["stages"])
     styles = {"done": "green", "stale": "magenta", "failed": "bold red", "pending": "yellow"}
     print(f"{out}: {states.attrs['kind']} pipeline, stages {', '.join(stages)}")
+    print_last_run(OutputLayout(out, options))
     view = Table()
     view.add_column("item", no_wrap=True)
     for stage in stages:

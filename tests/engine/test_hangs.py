@@ -16,7 +16,8 @@ from distributed import Client
 
 from neurobatch import synthetic
 from neurobatch.cli import EXIT_SOME_FAILED, main
-from neurobatch.engine.layout import FAILURE_MARKER
+from neurobatch.engine.layout import FAILURE_MARKER, OutputLayout
+from neurobatch.engine.statuses import read_runs, read_tasks
 from processes import ProcessCluster, dask_processes
 from runs import assert_same_results
 from silent import silent_server
@@ -132,6 +133,13 @@ def test_a_frozen_worker_without_retries_fails_its_item_in_one_line(
     # the three others are combined
     trials = pd.read_parquet(out / "trials_obs.parquet")
     assert set(trials["item_id"]) == set(items.index) - {"experiment_002"}
+    # its stage was abandoned on its worker (reported through the scheduler)
+    layout = OutputLayout(str(out))
+    [run_id] = read_runs(layout)["run"]
+    tasks = read_tasks(layout, run_id).set_index(["item_id", "stage"])
+    assert tasks.loc[("experiment_002", "preprocess"), "status"] == "abandoned"
+    assert tasks.loc[("experiment_002", "preprocess"), "reason"] == error
+    assert read_runs(layout)[["done", "failed", "abandoned"]].iloc[0].tolist() == [3, 0, 1]
 
 
 def test_inputs_on_a_silent_endpoint_end_the_run_in_one_line(

@@ -314,13 +314,16 @@ class _ItemRun:
 
     def run(self) -> None:
         for stage in self.job.stages:
-            report(self.job.item_id, stage.name, self.job.config.engine.item_timeout_s)
+            self._report(stage.name, "started")
             upstream = {name: self.records[name]["key"] for name in stage.needs}
             record = self._committed(stage, upstream)
             if record is None:
                 with _span(self.outcome, stage.name):
                     record = self._run(stage, upstream)
             self.records[stage.name] = record
+            self._report(
+                stage.name, "skipped" if stage.name in self.outcome.stages_skipped else "done"
+            )
         self.outcome.records = {
             name: {k: v for k, v in record.items() if k not in _BOOKKEEPING}
             for name, record in self.records.items()
@@ -329,6 +332,14 @@ class _ItemRun:
         kind = KINDS[self.job.config.kind]
         if self.job.config.output.dashboards and self.outcome.stages_run and kind.figures:
             kind.figures(self._figure_context())
+
+    def _report(self, stage: str, status: str) -> None:
+        """Tell the driver the stage started, or is done or skipped."""
+        timeout = self.job.config.engine.item_timeout_s
+        worker = self.outcome.worker
+        report(
+            self.job.item_id, stage, timeout, status=status, run_id=self.job.run_id, worker=worker
+        )
 
     def _committed(self, stage: Stage, upstream: Mapping[str, str]) -> dict[str, Any] | None:
         """The stage's commit record when its output is done and intact, else None."""
@@ -621,7 +632,7 @@ def timed_out(
     ItemOutcome
         Failed, with one line naming the input, the stage and the setting.
     """
-    timeout = job.config.engine.item_timeout_s or 0.0
+    timeout, now = job.config.engine.item_timeout_s or 0.0, time.time()
     tries = (
         f"; its worker was restarted, {restarts} attempt(s) in all (engine.retries: "
         f"{job.config.engine.retries})"
@@ -639,8 +650,11 @@ def timed_out(
             f"(engine.item_timeout_s: {timeout:g}){tries}; expected to finish within it"
         ),
         stages_run=list(so_far.stages_run),
-        # the stage still running ends here, for the record
-        spans=[{"end": time.time()} | span for span in so_far.spans],
+        # the stage still running ends here, for the record, abandoned
+        spans=[
+            span if "end" in span else span | {"end": now, "abandoned": True}
+            for span in so_far.spans
+        ],
         seconds=timeout,
     )
     secrets = secrets_in(job.config.model_dump())

@@ -19,6 +19,8 @@
       dashboards/<item>.<fmt>
       logs/run.log  logs/<item>.log
       logs/watch.log            one line per cycle of `neurobatch watch`
+      runs/<run>/run.json       each run's record: command, times, state (engine.statuses)
+      runs/<run>/tasks.parquet  each run's item-stage statuses, live while it runs
       .neurobatch-lock.json     held while a run writes here (neurobatch.io.lock)
       .staging/<run>/           combined outputs being built (swapped in at the end)
 """
@@ -142,6 +144,18 @@ class OutputLayout:
     def run_record(self) -> str:
         """What the last run did, item by item (``run.json``)."""
         return self.path("run.json")
+
+    def runs(self, run_id: str | None = None) -> str:
+        """The folder of a run's record and statuses (of every run's without ``run_id``)."""
+        return self.path("runs", run_id) if run_id else self.path("runs")
+
+    def run_tasks(self, run_id: str) -> str:
+        """A run's table of statuses, one row per item and stage."""
+        return self.path("runs", run_id, "tasks.parquet")
+
+    def past_run(self, run_id: str) -> str:
+        """A run's record, kept (``run.json`` with its command, times and state)."""
+        return self.path("runs", run_id, "run.json")
 
     @property
     def report(self) -> str:

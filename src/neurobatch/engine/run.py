@@ -43,6 +43,7 @@ from neurobatch.engine.report import report_after_run
 from neurobatch.engine.results import TrialsOutputs
 from neurobatch.engine.run_records import RunProvenance
 from neurobatch.engine.stages import KINDS, Stage, pipeline_stages
+from neurobatch.engine.statuses import TaskStatuses
 from neurobatch.engine.tasks import ItemTasks, storage_timeouts_on_workers, task_groups
 from neurobatch.errors import ConfigError, NeurobatchError
 from neurobatch.io import files, storage
@@ -323,12 +324,10 @@ class Pipeline:
         if client is None:  # before anything is written: a refused cluster leaves OUT alone
             check_cluster(config.cluster, force=force)
         storage.configure(config.engine.storage_timeouts)  # workers': in _run
+        command = scrub(" ".join(sys.argv), secrets)
         with (
             OutputLock(
-                layout.url,
-                storage_options=layout.storage_options,
-                wait=wait,
-                command=scrub(" ".join(sys.argv), secrets),
+                layout.url, storage_options=layout.storage_options, wait=wait, command=command
             ),
             run_log(
                 layout.run_log,
@@ -346,7 +345,16 @@ class Pipeline:
                 storage_options=layout.storage_options,
             )
             jobs = self.jobs(manifest, hooks=hooks, reprocess=reprocess, run_id=run_id)
-            summary = self._run(jobs, discovered, client, progress, run_id, start, force)
+            with TaskStatuses(
+                layout,
+                run_id,
+                items=[job.item_id for job in jobs],
+                stages=[stage.name for stage in self.stages],
+                name=config.name,
+                command=command,
+                scrub=lambda text: scrub(text, secrets),
+            ) as statuses:
+                summary = self._run(jobs, discovered, client, progress, statuses, start, force)
         if summary.n_failed == len(summary.items):
             raise RunError(
                 f"every item failed ({summary.n_failed}); first error: "
@@ -362,11 +370,11 @@ class Pipeline:
         manifest: pd.DataFrame,
         client: Client | None,
         progress: bool | None,
-        run_id: str,
+        statuses: TaskStatuses,
         start: float,
         force: bool,
     ) -> RunResult:
-        config, layout = self.config, self.layout
+        config, layout, run_id = self.config, self.layout, statuses.run_id
         kind = KINDS[config.kind]
         with ExitStack() as stack:
             if client is None:
@@ -394,11 +402,11 @@ class Pipeline:
             for outcome in carried:
                 combiner.add(outcome)
             try:
-                self._submit(client, jobs, combiner, provenance, progress)
+                self._submit(client, jobs, combiner, provenance, progress, statuses)
                 combiner = self._refuse_rate_outliers(combiner, run_id)
                 outcomes = [combiner.outcomes[job.item_id] for job in jobs]
                 summary = self._finish(
-                    outcomes, carried, combiner, time.perf_counter() - start, run_id
+                    outcomes, carried, combiner, time.perf_counter() - start, statuses
                 )
             except BaseException as error:
                 combiner.discard(error)  # the outputs in place stay: the last complete run's
@@ -457,8 +465,10 @@ class Pipeline:
         combiner: Combiner,
         provenance: RunProvenance,
         progress: bool | None,
+        statuses: TaskStatuses,
     ) -> None:
-        """Run every job, handing each outcome to the combiner and provenance as it comes."""
+        """Run every job, handing each outcome to the combiner, provenance and the
+        statuses as it comes."""
         # a task whose workers keep dying is rerun this many times, then fails (KilledWorker)
         retries = self.config.engine.retries
         client.run_on_scheduler(
@@ -471,12 +481,13 @@ class Pipeline:
                     logger.error("%s failed: %s", outcome.item_id, outcome.error)
                 combiner.add(outcome)
                 provenance.item_finished(outcome, job, key)
+                statuses.finished(outcome)
                 advance(outcome)
 
             if KINDS[self.config.kind].on_cluster:
                 self._one_at_a_time(client, jobs, finished)
             else:
-                self._in_flight(client, jobs, finished)
+                self._in_flight(client, jobs, finished, statuses.reported)
 
     def _one_at_a_time(
         self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
@@ -494,10 +505,15 @@ class Pipeline:
                 finished(process_item(job), job, None)
 
     def _in_flight(
-        self, client: Client, jobs: list[ItemJob], finished: Callable[..., None]
+        self,
+        client: Client,
+        jobs: list[ItemJob],
+        finished: Callable[..., None],
+        reported: Callable[[dict[str, Any]], None],
     ) -> None:
         """Items in tasks (several small ones to a task), a bounded number of tasks in
-        flight, each item handed back as its task completes."""
+        flight, each item handed back as its task completes; ``reported`` hears the items'
+        reports that come through the scheduler."""
         engine = self.config.engine
         planned = planned_threads(self.config.cluster)
         threads = sum(client.nthreads().values()) or 1
@@ -521,7 +537,7 @@ class Pipeline:
             client.dashboard_link,
         )
         pending = iter(groups)
-        with ItemTasks(client, engine) as tasks:
+        with ItemTasks(client, engine, on_progress=reported) as tasks:
             for group in itertools.islice(pending, in_flight_limit()):
                 tasks.submit(group)
             for group, outcomes, key in tasks.finished():
@@ -555,9 +571,9 @@ class Pipeline:
         carried: list[ItemOutcome],
         combiner: Combiner,
         seconds: float,
-        run_id: str,
+        statuses: TaskStatuses,
     ) -> RunResult:
-        config, layout = self.config, self.layout
+        config, layout, run_id = self.config, self.layout, statuses.run_id
         so = layout.storage_options
         items = pd.DataFrame([outcome.row() for outcome in outcomes])
         table = pd.concat([items, self._earlier_rows(carried)], ignore_index=True)
@@ -576,6 +592,7 @@ class Pipeline:
         }
         text = scrub(json.dumps(run, indent=2, default=str), secrets_in(config.model_dump()))
         files.write_text(layout.run_record, text, storage_options=so)
+        statuses.ended(outcomes, run)
         summary = RunResult(
             output_url=layout.url,
             items=items,

@@ -28,7 +28,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -161,6 +161,9 @@ class ItemTasks:
         The cluster.
     engine : neurobatch.config.EngineConfig
         ``item_timeout_s`` (None: no limit) and ``retries``.
+    on_progress : callable, optional
+        Also given every report of the run's items that comes through the scheduler
+        (:func:`neurobatch.engine.progress.report`), on the client's event loop.
 
     Examples
     --------
@@ -190,8 +193,15 @@ class ItemTasks:
     ['done', 'done']
     """
 
-    def __init__(self, client: Client, engine: EngineConfig) -> None:
+    def __init__(
+        self,
+        client: Client,
+        engine: EngineConfig,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.client = client
+        self.on_progress = on_progress
         self.timeout_s = engine.item_timeout_s
         self.retries = engine.retries
         self.tasks: dict[str, _Task] = {}
@@ -204,12 +214,12 @@ class ItemTasks:
         """Futures as they finish (or are cancelled), put there from Dask's threads."""
 
     def __enter__(self) -> Self:
-        if self.timeout_s is not None:
+        if self.timeout_s is not None or self.on_progress is not None:
             self.client.subscribe_topic(PROGRESS, self._progress)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.timeout_s is not None:
+        if self.timeout_s is not None or self.on_progress is not None:
             self.client.unsubscribe_topic(PROGRESS)
 
     def __len__(self) -> int:
@@ -268,6 +278,10 @@ class ItemTasks:
         _, message = event
         task = self.tasks.get(message.get("key", ""))
         if task is None:  # an earlier attempt's, or another run's
+            return
+        if self.on_progress is not None:
+            self.on_progress(message)
+        if message.get("status") != "started":  # leaving a stage: the item is still in it
             return
         with task.lock:
             # a new item, or the same again on another worker (Dask reran the task)

@@ -48,7 +48,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from neurobatch.errors import OutputLockedError
 
-__all__ = ["LOCK_NAME", "OutputLock", "read_lock"]
+__all__ = ["LOCK_NAME", "OutputLock", "live_holder", "read_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +290,38 @@ def read_lock(
     None
     """
     return _parse(_backend(out_url, storage_options).read())
+
+
+def live_holder(
+    out_url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The holder of an output folder's lock, when it is alive.
+
+    Parameters
+    ----------
+    out_url : str
+        The output folder, any fsspec URL.
+    storage_options : mapping, optional
+        For fsspec.
+
+    Returns
+    -------
+    dict or None
+        As :func:`read_lock`; None also when the lock is stale (its process is gone from
+        this host, or its lease expired), which the next run takes over.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> with OutputLock(out):
+    ...     live_holder(out)["pid"] == os.getpid()
+    True
+    >>> print(live_holder(out))
+    None
+    """
+    holder = read_lock(out_url, storage_options=storage_options)
+    return holder if holder is not None and _stale_reason(holder, time.time()) is None else None
 
 
 class OutputLock:
