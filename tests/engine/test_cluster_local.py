@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 from dask.system import CPU_COUNT
@@ -187,3 +188,23 @@ def test_a_worker_that_does_not_exit_in_time_is_still_reported(
     monkeypatch.setattr(cluster, "WORKER_CLOSE_TIMEOUT_S", 2.0)
     _run_and_close(LocalClusterConfig(kind="local", n_workers=1, memory_limit="1GiB"))
     assert dask_warnings == ["Worker process still alive after 1.6 seconds, killing"]
+
+
+# ---------------------------------------------------------------------------------------------
+# An in-process worker in a process that holds more than its limit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_in_process_worker_runs_in_a_process_holding_more_than_its_limit() -> None:
+    # Dask's memory manager measures the whole process: a notebook's data (here 256 MiB of
+    # ballast) would pause the worker at 80 % of its limit and a run would wait forever
+    ballast = np.ones(256 * 2**20 // 8)
+    assert psutil.Process().memory_info().rss > 128 * 2**20
+    config = LocalClusterConfig(n_workers=1, processes=False, memory_limit="128MiB")
+    with connect(config) as client:
+        time.sleep(0.5)  # the memory monitor runs every 0.1 s
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["memory_limit"] == 128 * 2**20  # still what sizes the chunks
+        assert worker["status"] == "running"
+    del ballast

@@ -324,6 +324,12 @@ def check_cluster(config: ClusterConfig, *, force: bool = False) -> list[str]:
     return check_security(config)
 
 
+#: Dask settings that switch its worker memory manager off (spilling, pausing, restarting).
+_NO_MEMORY_MANAGER = {
+    f"distributed.worker.memory.{name}": False for name in ("target", "spill", "pause", "terminate")
+}
+
+
 @contextmanager
 def _local(config: LocalClusterConfig) -> Iterator[Client]:
     n_workers, threads = local_size(config)
@@ -341,6 +347,10 @@ def _local(config: LocalClusterConfig) -> Iterator[Client]:
             # one worker of every thread, in this process, talking to its scheduler through
             # memory (inproc://: no port opens but the HTTP servers')
             stack.enter_context(for_workers_in_this_process())
+            # Dask's memory manager would measure this whole process (a notebook's data, a
+            # test session's), not the worker's: above 80 % of the limit it pauses the
+            # worker and the run waits forever. The limit still sizes the chunks.
+            stack.enter_context(dask.config.set(_NO_MEMORY_MANAGER))
             size = {"n_workers": 1, "threads_per_worker": n_workers * threads}
             # its worker's own HTTP server too (every interface by default)
             size["worker_dashboard_address"] = "127.0.0.1:0"
