@@ -29,6 +29,7 @@ import browser
 from browser import console_errors, screenshot
 from neurobatch import Pipeline
 from neurobatch.config import load_config
+from neurobatch.engine import report
 from neurobatch.engine.report import _group_stats, write_report
 from neurobatch.io.trials_store import open_trials
 from runs import run_sta_demo
@@ -123,9 +124,14 @@ def test_a_run_writes_its_report_and_it_holds_the_run(drawn_run: Path) -> None:
     assert "subject" not in options or "age" not in options  # one partition drawn once
 
 
-def test_group_means_are_computed_block_by_block(drawn_run: Path) -> None:
+@pytest.mark.parametrize(("rows", "chunk"), [(1, 7), (7, 5), (3, 1000), (10_000, 7)])
+def test_group_means_are_computed_block_by_block(
+    drawn_run: Path, rows: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trials = open_trials(str(drawn_run / "trials.zarr"))
-    data = trials["dff"].transpose("trial", "rel_time").data.rechunk({0: 7})
+    data = trials["dff"].transpose("trial", "rel_time").data.rechunk({0: chunk})
+    # blocks of ``rows`` trials, across the stored chunks: uneven, tiny, whole
+    monkeypatch.setattr(report, "TRIALS_BATCH_MEMORY", rows * 8 * data.shape[1])
     labels = np.asarray(trials["item_id"].values).astype(str)
     stats = _group_stats(data, {"item": labels})["item"]
     whole = trials["dff"].values.astype(np.float64)

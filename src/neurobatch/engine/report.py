@@ -32,6 +32,7 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
+from neurobatch.chunking import TRIALS_BATCH_MEMORY
 from neurobatch.engine.layout import ITEMS_TABLE, OutputLayout
 from neurobatch.engine.provenance_summary import read_processing
 from neurobatch.engine.results import combined_trials_url
@@ -172,11 +173,10 @@ def _groupings(
 def _group_stats(
     data: Any, groupings: Mapping[str, npt.NDArray[np.str_]]
 ) -> dict[str, dict[str, tuple[Any, Any, int]]]:
-    """Mean, SEM and count per group of every grouping, one stored block of trials at a time."""
+    """Mean, SEM and count per group of every grouping, a bounded block of trials at a time."""
     n_time = int(data.shape[1])
     sums = {g: {} for g in groupings}  # type: dict[str, dict[str, npt.NDArray[np.float64]]]
-    offsets = np.cumsum([0, *data.chunks[0]])
-    for start, block in zip(offsets, _blocks(data), strict=False):
+    for start, block in _blocks(data):
         values = np.asarray(block, dtype=np.float64)
         finite = np.isfinite(values)
         zeroed = np.where(finite, values, 0.0)
@@ -202,10 +202,13 @@ def _group_stats(
     return stats
 
 
-def _blocks(data: Any) -> Iterator[Any]:
-    """The trial blocks of a dask array, each computed on its own (memory: one block)."""
-    for i in range(len(data.chunks[0])):
-        yield data.blocks[i].compute(scheduler="synchronous")
+def _blocks(data: Any) -> Iterator[tuple[int, Any]]:
+    """Blocks of trials of a dask array and where each starts, each computed on its own and
+    of at most :data:`~neurobatch.chunking.TRIALS_BATCH_MEMORY` as float64 (the combined
+    store opens in blocks of tens of thousands of trials: hundreds of MB in float64)."""
+    rows = max(1, TRIALS_BATCH_MEMORY // (8 * max(1, int(data.shape[1]))))
+    for start in range(0, int(data.shape[0]), rows):
+        yield start, data[start : start + rows].compute(scheduler="synchronous")
 
 
 # --------------------------------------------------------------------------------------------
